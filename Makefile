@@ -1,0 +1,51 @@
+# lmlab: two commands. `make lab` opens the workbook; `make test` runs every test, nbval included.
+# Both set everything up on a fresh clone (Python 3.11+ and make are all they need) and skip the
+# install when nothing changed since the last run.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+# One stamp per requirements set: it is newer than the files it was installed from.
+LAB_STAMP  := $(VENV)/.lab-installed
+TEST_STAMP := $(VENV)/.test-installed
+PIP := $(BIN)/python -m pip --disable-pip-version-check
+
+.PHONY: lab test quick setup setup-test bench clean-venv help
+
+help:
+	@echo "make lab    set up .venv and open JupyterLab on notebooks/"
+	@echo "make test   set up .venv and run the unit tests and every notebook (strict nbval)"
+	@echo "make quick  the same tests, skipping those marked slow"
+	@echo "make bench  run the speed comparisons in benchmarks/"
+
+$(BIN)/python:
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "lmlab needs Python 3.11 or newer, this is " + sys.version.split()[0]'
+	$(PYTHON) -m venv $(VENV)
+
+$(LAB_STAMP): requirements.txt pyproject.toml | $(BIN)/python
+	$(PIP) install -q -r requirements.txt
+	$(PIP) install -q --no-deps --no-build-isolation -e .
+	@touch $@
+
+$(TEST_STAMP): requirements-dev.txt $(LAB_STAMP)
+	$(PIP) install -q -r requirements-dev.txt
+	@touch $@
+
+setup: $(LAB_STAMP)
+
+setup-test: $(TEST_STAMP)
+
+lab: setup
+	$(BIN)/jupyter lab --notebook-dir=notebooks
+
+test: setup-test
+	$(BIN)/python -m pytest
+
+quick: setup-test
+	$(BIN)/python -m pytest -m "not slow"
+
+bench: setup-test
+	@for script in benchmarks/bench_*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,109 @@
+"""Time a function properly: warm up, repeat, synchronize, report the median and p90.
+
+Introduced in notebooks/00_measuring_milliseconds.ipynb.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from lmlab.runtime import synchronize, torch_threads
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Wall-clock samples of one function, in milliseconds, and the torch threads they ran on."""
+
+    samples_ms: tuple[float, ...]
+    threads: int
+    warmup: int
+    first_ms: float | None  # the cold first call (the first warm-up), if there was a warm-up
+
+    @property
+    def median_ms(self) -> float:
+        return float(np.median(self.samples_ms))
+
+    @property
+    def p90_ms(self) -> float:
+        return float(np.percentile(self.samples_ms, 90))
+
+    @property
+    def mean_ms(self) -> float:
+        return float(np.mean(self.samples_ms))
+
+    @property
+    def min_ms(self) -> float:
+        return float(np.min(self.samples_ms))
+
+    @property
+    def max_ms(self) -> float:
+        return float(np.max(self.samples_ms))
+
+    @property
+    def repeat(self) -> int:
+        return len(self.samples_ms)
+
+    def __str__(self) -> str:
+        thread_word = "thread" if self.threads == 1 else "threads"
+        return (
+            f"median {format_ms(self.median_ms).strip()} (p90 {format_ms(self.p90_ms).strip()}, "
+            f"{self.repeat} runs, {self.threads} {thread_word})"
+        )
+
+
+def format_ms(value_ms: float, width: int = 9) -> str:
+    """Format milliseconds with their unit at a fixed width: ``format_ms(0.01234) == '  0.01234 ms'``.
+
+    Fixed width keeps table columns aligned identically whatever the value, so nbval's sanitizer
+    (tests/sanitize.cfg) can replace the number without changing the rest of the line.
+    """
+    return f"{value_ms:>{width}.4g} ms"
+
+
+def time_ms(
+    fn: Callable[..., Any],
+    *args: Any,
+    warmup: int = 3,
+    repeat: int = 20,
+    threads: int | None = None,
+    sync: bool = True,
+    **kwargs: Any,
+) -> Timing:
+    """Call ``fn(*args, **kwargs)`` ``warmup`` times untimed, then ``repeat`` times timed, one call per sample.
+
+    Each sample is ``time.perf_counter()`` after minus before, with the GPU synchronized
+    (CUDA or MPS) before each clock read when ``sync`` is true. torch runs on ``threads``
+    threads (default ``lmlab.runtime.default_threads()``, i.e. 1 unless ``$LMLAB_THREADS``
+    says otherwise); the previous count is restored afterwards.
+
+    Raises ValueError if ``repeat < 1``, ``warmup < 0``, ``threads < 1`` or ``fn`` is not callable.
+    """
+    if not callable(fn):
+        raise ValueError(f"fn={fn!r} is not callable; pass the function to time, then its arguments")
+    if isinstance(repeat, bool) or not isinstance(repeat, int) or repeat < 1:
+        raise ValueError(f"repeat={repeat!r} is out of range; use an integer >= 1")
+    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+        raise ValueError(f"warmup={warmup!r} is out of range; use an integer >= 0")
+
+    with torch_threads(threads) as used_threads:
+        first_ms = None
+        for i in range(warmup):
+            elapsed = _timed_call(fn, args, kwargs, sync)
+            if i == 0:
+                first_ms = elapsed
+        samples = tuple(_timed_call(fn, args, kwargs, sync) for _ in range(repeat))
+    return Timing(samples_ms=samples, threads=used_threads, warmup=warmup, first_ms=first_ms)
+
+
+def _timed_call(fn: Callable[..., Any], args: tuple, kwargs: dict, sync: bool) -> float:
+    if sync:
+        synchronize()
+    start = time.perf_counter()
+    fn(*args, **kwargs)
+    if sync:
+        synchronize()
+    return (time.perf_counter() - start) * 1e3

@@ -1,0 +1,219 @@
+"""What every lmlab language model answers, and the one evaluation that serves them all.
+
+Introduced in notebooks/00_measuring_milliseconds.ipynb.
+
+A language model here is any object with
+  - ``vocab``: a ``lmlab.corpora.Vocab``;
+  - ``context_size``: how many previous tokens it reads;
+  - ``next_token_logprobs(contexts)``: for int64 contexts of shape (batch, context_size), the natural-log
+    probabilities of every next token, a float tensor of shape (batch, vocab).
+Count-based and neural models alike; then ``evaluate`` and ``measure`` work for every chapter.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Protocol, Sequence, runtime_checkable
+
+import numpy as np
+import torch
+
+from lmlab.bench import time_ms
+from lmlab.corpora import Vocab
+from lmlab.results import Result
+
+
+@runtime_checkable
+class LanguageModel(Protocol):
+    vocab: Vocab
+    context_size: int
+
+    def next_token_logprobs(self, contexts: np.ndarray | torch.Tensor) -> torch.Tensor: ...
+
+
+class UniformModel:
+    """Guess every token with the same probability: P(w | context) = 1 / |V|. The baseline of baselines."""
+
+    def __init__(self, vocab: Vocab):
+        self.vocab = vocab
+        self.context_size = 0
+
+    def next_token_logprobs(self, contexts: np.ndarray | torch.Tensor) -> torch.Tensor:
+        batch = len(contexts)
+        return torch.full((batch, len(self.vocab)), -math.log(len(self.vocab)), dtype=torch.float64)
+
+    def size_bytes(self) -> int:
+        return 0
+
+
+def check_contexts(model: LanguageModel, contexts: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """Return ``contexts`` as an int64 tensor of shape (batch, model.context_size) with valid ids.
+
+    Raises ValueError for the wrong shape or an id outside the model's vocabulary.
+    """
+    ctx = torch.as_tensor(np.asarray(contexts) if not isinstance(contexts, torch.Tensor) else contexts)
+    if ctx.dim() != 2 or ctx.shape[1] != model.context_size:
+        raise ValueError(
+            f"contexts has shape {tuple(ctx.shape)}; this model needs (batch, {model.context_size}) token ids"
+        )
+    if ctx.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
+        raise ValueError(f"contexts has dtype {ctx.dtype}; token ids must be integers")
+    if ctx.numel() and (int(ctx.min()) < 0 or int(ctx.max()) >= len(model.vocab)):
+        raise ValueError(
+            f"contexts holds token id {int(ctx.max()) if int(ctx.max()) >= len(model.vocab) else int(ctx.min())}, "
+            f"outside [0, {len(model.vocab) - 1}]"
+        )
+    return ctx.long()
+
+
+def evaluate(
+    model: LanguageModel, contexts: np.ndarray, targets: np.ndarray, batch_size: int = 4096
+) -> dict[str, float]:
+    """Score next-token predictions on held-out (context, target) pairs.
+
+    - accuracy: the top-1 guess is right. Ties (e.g. a uniform model) are counted as a fair random
+      tie-break would on average: 1 / (number of tied tokens) when the target is among them.
+    - nll_nats: mean of -ln P(target | context), the cross-entropy.
+    - perplexity: exp(nll_nats), infinite if any target gets probability 0.
+    """
+    if len(targets) == 0:
+        raise ValueError("targets is empty: evaluate needs at least one (context, target) pair")
+    if len(contexts) != len(targets):
+        raise ValueError(f"contexts has {len(contexts)} rows but targets has {len(targets)}; they must match")
+    correct = 0.0
+    nll = 0.0
+    for start in range(0, len(targets), batch_size):
+        ctx = contexts[start : start + batch_size]
+        tgt = torch.as_tensor(targets[start : start + batch_size]).long()
+        with torch.no_grad():
+            logp = model.next_token_logprobs(ctx).double()  # (batch, vocab)
+        is_best = logp >= logp.max(dim=-1, keepdim=True).values  # (batch, vocab)
+        target_best = is_best.gather(1, tgt[:, None]).squeeze(1)
+        correct += float((target_best / is_best.sum(dim=-1)).sum())
+        nll -= float(logp.gather(1, tgt[:, None]).sum())
+    n = len(targets)
+    mean_nll = nll / n
+    return {
+        "accuracy": correct / n,
+        "nll_nats": mean_nll,
+        "perplexity": math.exp(mean_nll) if mean_nll < 700 else math.inf,
+        "tokens": n,
+    }
+
+
+def measure(
+    model: LanguageModel,
+    contexts: np.ndarray,
+    targets: np.ndarray,
+    *,
+    name: str,
+    technique: str,
+    setting: str = "",
+    batch_size: int = 1,
+    repeat: int = 30,
+    warmup: int = 3,
+    threads: int | None = None,
+    corpus: str = "",
+    device: str = "cpu",
+) -> Result:
+    """Evaluate ``model`` on the pairs and time one prediction call on ``batch_size`` contexts: one results row.
+
+    The timed call is ``next_token_logprobs`` plus the argmax that picks the guess; ``median_ms`` is
+    the time of that whole call (so per-prediction cost is ``median_ms / batch_size``).
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size={batch_size!r} is out of range; use an integer >= 1")
+    scores = evaluate(model, contexts, targets)
+    sample = contexts[:batch_size]
+
+    def predict() -> torch.Tensor:
+        with torch.no_grad():
+            return model.next_token_logprobs(sample).argmax(dim=-1)
+
+    timing = time_ms(predict, warmup=warmup, repeat=repeat, threads=threads)
+    size_bytes = model.size_bytes() if hasattr(model, "size_bytes") else None
+    params = model.num_parameters() if hasattr(model, "num_parameters") else None
+    return Result.from_timing(
+        timing,
+        name=name,
+        technique=technique,
+        setting=setting,
+        accuracy=scores["accuracy"],
+        perplexity=scores["perplexity"],
+        size_mb=None if size_bytes is None else size_bytes / 1e6,
+        params=params,
+        device=device,
+        batch_size=batch_size,
+        corpus=corpus,
+    )
+
+
+def top_k(model: LanguageModel, context: Sequence[int], k: int = 5) -> list[tuple[str, float]]:
+    """Return the ``k`` most likely next tokens after one context, with their probabilities."""
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= len(model.vocab):
+        raise ValueError(f"k={k!r} is out of range; use an integer in [1, {len(model.vocab)}]")
+    ctx = check_contexts(model, np.asarray([context], dtype=np.int64))
+    with torch.no_grad():
+        probs = model.next_token_logprobs(ctx)[0].exp()
+    values, ids = probs.topk(k)
+    return [(model.vocab.itos[i], float(p)) for p, i in zip(values.tolist(), ids.tolist())]
+
+
+def sequence_logprob(model: LanguageModel, tokens: Sequence[str], strict: bool = True) -> dict:
+    """Score a token sequence by the chain rule: ln P(w1..wn) = Σ ln P(wi | w1..wi-1), ending with </s>.
+
+    The model sees ``model.context_size`` previous tokens, <s>-padded at the start. Returns
+    ``{"nats", "bits", "factors"}``, where factors lists (token, P(token | context)) in order.
+    With ``strict`` (the default) a token outside the vocabulary raises ValueError instead of
+    silently becoming <unk>.
+    """
+    vocab = model.vocab
+    ids = list(vocab.encode(list(tokens), strict=strict)) + [vocab.eos_id]
+    padded = [vocab.bos_id] * model.context_size + ids
+    k = model.context_size
+    contexts = np.array([padded[i : i + k] for i in range(len(ids))], dtype=np.int64).reshape(len(ids), k)
+    with torch.no_grad():
+        logp = model.next_token_logprobs(contexts).double()  # (len(ids), vocab)
+    picked = logp[torch.arange(len(ids)), torch.as_tensor(ids)]
+    nats = float(picked.sum())
+    return {
+        "nats": nats,
+        "bits": nats / math.log(2),
+        "factors": [(vocab.itos[i], math.exp(float(lp))) for i, lp in zip(ids, picked)],
+    }
+
+
+def sample(
+    model: LanguageModel,
+    prompt: Sequence[str] = (),
+    max_tokens: int = 30,
+    seed: int = 0,
+    temperature: float = 1.0,
+) -> list[str]:
+    """Draw tokens one at a time from P(w | context) until </s> or ``max_tokens``; seeded, so repeatable.
+
+    Returns the generated tokens (without the prompt and without </s>). Temperature T rescales the
+    distribution to P^(1/T); T must be > 0.
+    """
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+        raise ValueError(f"max_tokens={max_tokens!r} is out of range; use an integer >= 1")
+    if not temperature > 0:
+        raise ValueError(f"temperature={temperature!r} is out of range; use a number > 0")
+    vocab = model.vocab
+    history = [vocab.bos_id] * model.context_size + list(vocab.encode(list(prompt), strict=True))
+    generator = torch.Generator().manual_seed(seed)
+    out: list[int] = []
+    for _ in range(max_tokens):
+        context = np.array([history[len(history) - model.context_size :]], dtype=np.int64).reshape(1, -1)
+        with torch.no_grad():
+            logp = model.next_token_logprobs(context)[0].double() / temperature  # (vocab,)
+        logp[vocab.bos_id] = -math.inf  # <s> only pads; it is never a next token
+        probs = torch.softmax(logp, dim=-1)
+        if not torch.isfinite(probs).all() or float(probs.sum()) <= 0:
+            break  # the model gives no probability to anything here (e.g. an unseen context, unsmoothed)
+        token = int(torch.multinomial(probs, 1, generator=generator))
+        if token == vocab.eos_id:
+            break
+        out.append(token)
+        history.append(token)
+    return vocab.decode(out)

@@ -1,0 +1,77 @@
+"""The trade-off plot: accuracy against milliseconds, with the Pareto frontier. Every chapter ends with it.
+
+Introduced in notebooks/00_measuring_milliseconds.ipynb.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import matplotlib.pyplot as plt
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+from lmlab.results import Result
+from lmlab.runtime import device_name
+
+FONT_SIZE = 14  # readable on a projector
+
+
+def pareto_frontier(results: Sequence[Result]) -> list[Result]:
+    """Return the rows no other row beats on both counts (faster AND more accurate), fastest first."""
+    frontier: list[Result] = []
+    for r in sorted(results, key=lambda r: (r.median_ms, -r.accuracy)):
+        if not frontier or r.accuracy > frontier[-1].accuracy:
+            frontier.append(r)
+    return frontier
+
+
+def tradeoff_plot(
+    results: Sequence[Result],
+    title: str = "Accuracy against latency",
+    log_x: bool = True,
+    hardware: str | None = None,
+    ax: Axes | None = None,
+) -> Figure:
+    """Plot accuracy (y) against median ms (x, log scale by default), p90 as an error bar, frontier labelled.
+
+    The hardware (default: this machine's device name and the thread count of the rows) is named in the title.
+    Raises ValueError for an empty list of results.
+    """
+    results = list(results)
+    if not results:
+        raise ValueError("results is empty: the trade-off plot needs at least one Result")
+    if hardware is None:
+        threads = sorted({r.threads for r in results})
+        devices = sorted({r.device for r in results})
+        hardware = f"{device_name(devices[0]) if len(devices) == 1 else ', '.join(devices)}, " \
+                   f"{'/'.join(map(str, threads))} thread{'s' if threads != [1] else ''}"
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(11, 6.5))
+    else:
+        fig = ax.figure
+    techniques = list(dict.fromkeys(r.technique for r in results))
+    colors = plt.get_cmap("tab10")
+    for i, technique in enumerate(techniques):
+        rows = [r for r in results if r.technique == technique]
+        ax.errorbar(
+            [r.median_ms for r in rows], [r.accuracy for r in rows],
+            xerr=[[0] * len(rows), [max(r.p90_ms - r.median_ms, 0) for r in rows]],
+            fmt="o", ms=9, capsize=4, color=colors(i % 10), label=technique,
+        )
+    frontier = pareto_frontier(results)
+    ax.step([r.median_ms for r in frontier], [r.accuracy for r in frontier], where="post",
+            color="black", lw=1.5, alpha=0.6, label="Pareto frontier")
+    for r in frontier:
+        ax.annotate(r.name, (r.median_ms, r.accuracy), textcoords="offset points", xytext=(8, 6),
+                    fontsize=FONT_SIZE - 2)
+    if log_x:
+        ax.set_xscale("log")
+    ax.set_xlabel("median latency per call (ms)" + (", log scale" if log_x else ""), fontsize=FONT_SIZE)
+    ax.set_ylabel("next-token accuracy", fontsize=FONT_SIZE)
+    ax.set_title(f"{title}\n{hardware}", fontsize=FONT_SIZE)
+    ax.tick_params(labelsize=FONT_SIZE - 2)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=FONT_SIZE - 3, loc="best")
+    fig.tight_layout()
+    return fig

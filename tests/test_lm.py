@@ -1,0 +1,106 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from lmlab.corpora import Vocab
+from lmlab.lm import UniformModel, check_contexts, evaluate, measure, sample, sequence_logprob, top_k
+
+
+class TableBigram:
+    """A tiny hand-made bigram model: P(next | previous) from a fixed table."""
+
+    def __init__(self, vocab: Vocab, table: np.ndarray):
+        self.vocab, self.context_size, self.table = vocab, 1, torch.as_tensor(table, dtype=torch.float64)
+
+    def next_token_logprobs(self, contexts):
+        ctx = check_contexts(self, contexts)
+        return self.table[ctx[:, 0]].log()
+
+
+@pytest.fixture
+def bigram():
+    vocab = Vocab.build([["a", "b"]])  # <unk> <s> </s> a b
+    table = np.full((5, 5), 0.05)
+    table[1] = [0.0, 0.0, 0.0, 0.8, 0.2]  # after <s>: mostly a
+    table[3] = [0.0, 0.0, 0.1, 0.1, 0.8]  # after a: mostly b
+    table[4] = [0.0, 0.0, 0.7, 0.2, 0.1]  # after b: mostly </s>
+    table[[0, 2]] = 0.2
+    return TableBigram(vocab, table)
+
+
+def test_uniform_model_has_perplexity_vocab_size_and_fair_accuracy():
+    vocab = Vocab.build([list("abcdefg")])
+    model = UniformModel(vocab)
+    contexts, targets = np.zeros((50, 0), np.int64), np.arange(50) % len(vocab)
+    scores = evaluate(model, contexts, targets)
+    assert scores["perplexity"] == pytest.approx(len(vocab))
+    assert scores["accuracy"] == pytest.approx(1 / len(vocab))  # a fair random tie-break, on average
+
+
+def test_sequence_logprob_is_the_chain_rule(bigram):
+    out = sequence_logprob(bigram, ["a", "b"])
+    # P(a | <s>) P(b | a) P(</s> | b) = 0.8 * 0.8 * 0.7
+    assert math.exp(out["nats"]) == pytest.approx(0.8 * 0.8 * 0.7)
+    assert out["bits"] == pytest.approx(out["nats"] / math.log(2))
+    assert [tok for tok, _ in out["factors"]] == ["a", "b", "</s>"]
+
+
+def test_sequence_logprob_rejects_unknown_tokens(bigram):
+    with pytest.raises(ValueError, match="'zzz' is not in the vocabulary"):
+        sequence_logprob(bigram, ["a", "zzz"])
+
+
+def test_evaluate_matches_hand_computation(bigram):
+    contexts = np.array([[1], [3], [4]])
+    targets = np.array([3, 3, 2])
+    scores = evaluate(bigram, contexts, targets)
+    assert scores["accuracy"] == pytest.approx(2 / 3)
+    assert scores["perplexity"] == pytest.approx(math.exp(-(math.log(0.8) + math.log(0.1) + math.log(0.7)) / 3))
+
+
+def test_zero_probability_gives_infinite_perplexity(bigram):
+    assert evaluate(bigram, np.array([[1]]), np.array([0]))["perplexity"] == math.inf
+
+
+def test_evaluate_rejects_empty_or_mismatched_input(bigram):
+    with pytest.raises(ValueError, match="targets is empty"):
+        evaluate(bigram, np.zeros((0, 1), np.int64), np.zeros(0, np.int64))
+    with pytest.raises(ValueError, match="must match"):
+        evaluate(bigram, np.zeros((2, 1), np.int64), np.zeros(3, np.int64))
+
+
+@pytest.mark.parametrize("contexts, match", [
+    (np.zeros((2, 2), np.int64), "shape"), (np.array([[9]]), "outside"), (np.array([[0.5]]), "dtype"),
+])
+def test_bad_contexts_are_clear_errors(bigram, contexts, match):
+    with pytest.raises(ValueError, match=match):
+        bigram.next_token_logprobs(contexts)
+
+
+def test_top_k_is_sorted_and_validated(bigram):
+    best = top_k(bigram, [3], k=2)
+    assert best[0][0] == "b" and best[0][1] == pytest.approx(0.8)
+    assert best[1][1] == pytest.approx(0.1) and len(best) == 2
+    with pytest.raises(ValueError, match="k="):
+        top_k(bigram, [3], k=0)
+
+
+def test_sample_is_seeded_and_stops_at_eos(bigram):
+    first = [sample(bigram, seed=s, max_tokens=20) for s in range(5)]
+    assert first == [sample(bigram, seed=s, max_tokens=20) for s in range(5)]
+    assert all(len(s) < 20 for s in first)  # </s> arrives long before 20 tokens here
+    with pytest.raises(ValueError, match="max_tokens="):
+        sample(bigram, max_tokens=0)
+    with pytest.raises(ValueError, match="temperature="):
+        sample(bigram, temperature=0)
+
+
+def test_measure_returns_a_results_row(bigram):
+    row = measure(bigram, np.array([[1], [3], [4]]), np.array([3, 4, 2]), name="table", technique="bigram",
+                  batch_size=2, repeat=3, threads=1)
+    assert row.accuracy == pytest.approx(1.0) and row.batch_size == 2 and row.threads == 1
+    assert 0 <= row.median_ms <= row.p90_ms
+    with pytest.raises(ValueError, match="batch_size="):
+        measure(bigram, np.array([[1]]), np.array([3]), name="x", technique="y", batch_size=0)

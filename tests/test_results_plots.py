@@ -1,0 +1,64 @@
+import json
+
+import pytest
+
+from lmlab.plots import pareto_frontier, tradeoff_plot
+from lmlab.results import Result, load_results, results_table, save_results
+
+
+def row(name, accuracy, ms, technique="t"):
+    return Result(name=name, technique=technique, setting="", accuracy=accuracy, median_ms=ms, p90_ms=ms * 1.2)
+
+
+def test_pareto_frontier_keeps_only_undominated_points():
+    rows = [row("slow-bad", 0.1, 10), row("fast", 0.2, 1), row("mid", 0.5, 5), row("slow-best", 0.6, 50),
+            row("dominated", 0.4, 6)]
+    assert [r.name for r in pareto_frontier(rows)] == ["fast", "mid", "slow-best"]
+
+
+def test_table_prints_times_with_their_unit():
+    table = results_table([row("a", 0.25, 0.0123), row("b", 0.5, 1234.5)])
+    assert list(table["median"]) == ["   0.0123 ms", "     1234 ms"]
+    assert len({len(v) for v in table["median"]}) == 1  # fixed width, so nbval's sanitizer keeps alignment
+    assert "ms" in table.to_string()
+
+
+def test_result_validates_its_numbers():
+    with pytest.raises(ValueError, match="accuracy="):
+        row("x", 1.5, 1.0)
+    with pytest.raises(ValueError, match="median_ms="):
+        row("x", 0.5, float("nan"))
+
+
+def test_save_and_load_round_trip_without_overwriting(tmp_path):
+    path = tmp_path / "rows.json"
+    rows = [row("a", 0.25, 1.0), Result("b", "t", "n=2", 0.5, 2.0, 3.0, perplexity=float("inf"), size_mb=1.0)]
+    save_results(rows, path)
+    assert load_results(path) == rows
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        save_results(rows[:1], path)
+    assert len(json.loads(path.read_text())) == 2  # the user's file is untouched
+    save_results(rows[:1], path, overwrite=True)
+    assert load_results(path) == rows[:1]
+    assert not list(tmp_path.glob(".*.tmp"))  # no temporary file left behind
+
+
+def test_missing_results_file_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no-rows.json"):
+        load_results(tmp_path / "no-rows.json")
+
+
+def test_tradeoff_plot_draws_points_frontier_and_hardware():
+    rows = [row("fast", 0.2, 1, "lookup"), row("mid", 0.5, 5, "lookup"), row("best", 0.6, 50, "neural")]
+    fig = tradeoff_plot(rows, title="Test", hardware="Test CPU, 1 thread")
+    ax = fig.axes[0]
+    assert ax.get_xscale() == "log" and "ms" in ax.get_xlabel()
+    assert "Test CPU, 1 thread" in ax.get_title()
+    assert {t.get_text() for t in ax.texts} == {"fast", "mid", "best"}
+    linear = tradeoff_plot(rows, log_x=False)
+    assert linear.axes[0].get_xscale() == "linear"
+
+
+def test_empty_results_to_plot_is_a_clear_error():
+    with pytest.raises(ValueError, match="results is empty"):
+        tradeoff_plot([])
