@@ -1,0 +1,25 @@
+from lmlab.__main__ import main
+
+
+def test_env_prints_the_environment(capsys):
+    assert main(["env"]) == 0
+    assert "torch threads:" in capsys.readouterr().out
+
+
+def test_stats_of_own_text_file(tmp_path, capsys):
+    path = tmp_path / "story.txt"
+    path.write_text("once upon a time\nthe end\n", encoding="utf-8")
+    assert main(["stats", str(path)]) == 0
+    out = capsys.readouterr().out
+    lines = {line.split(":")[0].strip(): line.split(":")[1].strip() for line in out.splitlines()[1:5]}
+    assert lines == {"documents": "2", "characters": "23", "tokens": "6", "types": "6"}
+
+
+def test_missing_file_is_a_clear_error_not_a_traceback(tmp_path, capsys):
+    assert main(["stats", str(tmp_path / "nope.txt")]) == 2
+    assert "no such text file" in capsys.readouterr().err
+
+
+def test_time_matmul_rejects_bad_size(capsys):
+    assert main(["time-matmul", "0"]) == 2
+    assert "size=0" in capsys.readouterr().err
