@@ -35,8 +35,14 @@ setup: $(LAB_STAMP)
 
 setup-test: $(TEST_STAMP)
 
+# JupyterLab keeps its defaults: localhost only, token login on. It refuses to run as root unless told;
+# containers often run as root, so say so only there.
+ALLOW_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root,)
+
+LAB_ARGS ?=
+
 lab: setup
-	$(BIN)/jupyter lab --notebook-dir=notebooks
+	$(BIN)/jupyter lab --notebook-dir=notebooks $(ALLOW_ROOT) $(LAB_ARGS)
 
 test: setup-test
 	$(BIN)/python -m pytest
