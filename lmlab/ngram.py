@@ -25,6 +25,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 import torch
 
 from lmlab.corpora import TokenizedCorpus, Vocab
@@ -45,8 +46,16 @@ class _Level:
     totals: np.ndarray  # (contexts,) Σ_w counts
     distinct: np.ndarray  # (contexts,) N1+(h •): words with a non-zero count after h
 
+    def __post_init__(self) -> None:
+        # Hash indexes over the sorted keys: O(1) lookups when scoring a whole corpus at once.
+        self.context_index = pd.Index(self.context_keys)
+        self.key_index = pd.Index(self.keys)
+        for index in (self.context_index, self.key_index):
+            index.get_indexer(index[:1])  # build the hash table now, as part of fitting
+
     def nbytes(self) -> int:
-        return sum(a.nbytes for a in vars(self).values())
+        return sum(a.nbytes for a in (self.context_keys, self.context_parent, self.starts, self.keys,
+                                      self.counts, self.totals, self.distinct))
 
 
 class NGramModel:
@@ -144,15 +153,7 @@ class NGramModel:
         ids, found = self._context_ids(ctx)
         V = len(self.vocab)
         if self.smoothing == "kneser-ney":
-            lowest = self._lowest_kn()
-            probs = lowest[targets]
-            for j in range(self.n):
-                rows = np.flatnonzero(found[j])
-                level = self._levels[j]
-                h = ids[j][rows]
-                c = self._lookup(j, h, targets[rows])
-                total = level.totals[h]
-                probs[rows] = (np.maximum(c - self.discount, 0) + self.discount * level.distinct[h] * probs[rows]) / total
+            probs = self._kn_targets(ids, found, targets, self.n - 1)
         else:
             top = self.n - 1
             c = np.zeros(len(targets))
@@ -187,6 +188,59 @@ class NGramModel:
         return (f"NGramModel(n={self.n}, smoothing={self.smoothing!r}, vocab={len(self.vocab)}, "
                 f"ngrams={self.num_ngrams():,}, size={self.size_bytes() / 1e6:.2f} MB)")
 
+    def to_arpa(self, path) -> None:
+        """Write this Kneser-Ney model as an ARPA file (log10 probabilities and backoff weights), atomically.
+
+        Each stored n-gram gets its interpolated probability P(w | h); each context h gets the backoff
+        weight γ(h) = D · N1+(h •) / c(h), so an ARPA reader (e.g. KenLM) reproduces this model exactly.
+        Contexts that never end an n-gram themselves (such as <s> <s>) are written with log10 P = -99.
+        (KenLM reads models of order 2 and up.)
+        Raises ValueError for other smoothings, whose probabilities are not backoff-shaped.
+        """
+        from lmlab.results import atomic_write_text
+
+        if self.smoothing != "kneser-ney":
+            raise ValueError(f"smoothing={self.smoothing!r}: only a kneser-ney model can be written as ARPA")
+        V, itos = len(self.vocab), self.vocab.itos
+        tokens = [np.zeros((1, 0), dtype=np.int64)]  # tokens[j][h]: the j tokens of context h at level j
+        for j in range(1, self.n):
+            level = self._levels[j]
+            tokens.append(np.concatenate([(level.context_keys % V)[:, None], tokens[j - 1][level.context_parent]], 1))
+        entries: list[dict[tuple, list[float]]] = []
+        for j, level in enumerate(self._levels):
+            if j == 0:
+                words = np.arange(V)
+                grams = words[:, None]
+                probs = self._kn_targets([np.zeros(V, np.int64)], [np.ones(V, bool)], words, 0)
+            else:
+                h = level.keys // V
+                words = level.keys % V
+                ids = self._suffix_ids(j, h)
+                found = [np.ones(len(h), bool)] * (j + 1)
+                grams = np.concatenate([tokens[j][h], words[:, None]], 1)
+                probs = self._kn_targets(ids, found, words, j)
+            entries.append({tuple(g): [float(lp), 0.0] for g, lp in zip(grams.tolist(), np.log10(probs).tolist())})
+        for j in range(1, self.n):  # backoff weights γ(h), stored on the j-gram h itself
+            level = self._levels[j]
+            gammas = np.log10(self.discount * level.distinct / level.totals)
+            for gram, gamma in zip(tokens[j].tolist(), gammas.tolist()):
+                entries[j - 1].setdefault(tuple(gram), [-99.0, 0.0])[1] = gamma
+        lines = ["", "\\data\\"] + [f"ngram {m + 1}={len(e)}" for m, e in enumerate(entries)]
+        for m, table in enumerate(entries):
+            lines += ["", f"\\{m + 1}-grams:"]
+            for gram, (logp, backoff) in table.items():
+                text = " ".join(itos[t] for t in gram)
+                lines.append(f"{logp:.7f}\t{text}" + (f"\t{backoff:.7f}" if m + 1 < self.n else ""))
+        lines += ["", "\\end\\", ""]
+        atomic_write_text(path, "\n".join(lines))
+
+    def _suffix_ids(self, j: int, h: np.ndarray) -> list[np.ndarray]:
+        """For contexts h at level j, the ids of their suffixes at levels 0..j (the last is h itself)."""
+        ids = [h]
+        for level in range(j, 0, -1):
+            ids.insert(0, self._levels[level].context_parent[ids[0]])
+        return ids
+
     # ----- internals -----------------------------------------------------------------------------
     def _context_ids(self, ctx: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """Dense ids h_j of each row's last j tokens, and whether that context was seen, for j = 0..n-1."""
@@ -194,10 +248,10 @@ class NGramModel:
         ids = [np.zeros(len(ctx), dtype=np.int64)]
         found = [np.ones(len(ctx), dtype=bool)]
         for j in range(1, self.n):
-            table = self._levels[j].context_keys
+            level = self._levels[j]
             keys = ids[-1] * V + ctx[:, self.n - 1 - j]
-            pos = np.minimum(np.searchsorted(table, keys), max(len(table) - 1, 0))
-            hit = found[-1] & (len(table) > 0) & (table[pos] == keys if len(table) else False)
+            pos = _find(level.context_keys, level.context_index, keys)
+            hit = found[-1] & (pos >= 0)
             ids.append(np.where(hit, pos, 0))
             found.append(hit)
         return ids, found
@@ -205,9 +259,18 @@ class NGramModel:
     def _lookup(self, j: int, h: np.ndarray, words: np.ndarray) -> np.ndarray:
         """Counts stored at level j for (context id, word) pairs; 0 where never seen."""
         level = self._levels[j]
-        keys = h * len(self.vocab) + words
-        pos = np.minimum(np.searchsorted(level.keys, keys), len(level.keys) - 1)
-        return np.where(level.keys[pos] == keys, level.counts[pos], 0.0)
+        pos = _find(level.keys, level.key_index, h * len(self.vocab) + words)
+        return np.where(pos >= 0, level.counts[pos], 0.0)
+
+    def _kn_targets(self, ids: list[np.ndarray], found: list[np.ndarray], targets: np.ndarray, upto: int) -> np.ndarray:
+        """P_{upto+1}(target | context): Kneser-Ney interpolated from the uniform up to context length ``upto``."""
+        probs = self._lowest_kn()[targets]
+        for j in range(upto + 1):
+            rows = np.flatnonzero(found[j])
+            level, h = self._levels[j], ids[j][rows]
+            c = self._lookup(j, h, targets[rows])
+            probs[rows] = (np.maximum(c - self.discount, 0) + self.discount * level.distinct[h] * probs[rows]) / level.totals[h]
+        return probs
 
     def _scatter_counts(self, j: int, h: np.ndarray, out: np.ndarray, rows: np.ndarray) -> None:
         """out[rows[i], w] = count of (h[i], w) at level j, for every stored w."""
@@ -228,6 +291,19 @@ class NGramModel:
     def _lowest_kn(self) -> np.ndarray:
         """The uniform distribution the lowest Kneser-Ney order interpolates with."""
         return np.full(len(self.vocab), 1.0 / len(self.vocab))
+
+
+HASH_FROM = 512  # batches at least this large look keys up by hash; smaller ones by binary search
+
+
+def _find(sorted_keys: np.ndarray, index: pd.Index, queries: np.ndarray) -> np.ndarray:
+    """Positions of ``queries`` in ``sorted_keys``, -1 where absent."""
+    if len(sorted_keys) == 0:
+        return np.full(len(queries), -1, dtype=np.int64)
+    if len(queries) >= HASH_FROM:
+        return index.get_indexer(queries)
+    pos = np.minimum(np.searchsorted(sorted_keys, queries), len(sorted_keys) - 1)
+    return np.where(sorted_keys[pos] == queries, pos, -1)
 
 
 def _make_level(context_keys: np.ndarray, parents: np.ndarray, keys: np.ndarray, counts: np.ndarray,

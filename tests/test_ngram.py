@@ -1,0 +1,200 @@
+import math
+from collections import Counter, defaultdict
+
+import numpy as np
+import pytest
+import torch
+
+from lmlab.corpora import Corpus, load_kjv, tokenize_corpus
+from lmlab.lm import evaluate, sample, sequence_logprob, top_k
+from lmlab.ngram import NGramModel
+
+
+@pytest.fixture(scope="module")
+def verses(kjv_corpus):
+    return tokenize_corpus(Corpus("kjv-slice", "word", kjv_corpus.documents[:1500]), min_count=2)
+
+
+def random_contexts(data, n, rows=40, seed=0):
+    """Seen contexts from the validation split, plus random (mostly unseen) ones and some with <unk>."""
+    seen, _ = data.examples("valid", n - 1)
+    rng = np.random.default_rng(seed)
+    noise = rng.integers(0, len(data.vocab), size=(rows, n - 1))
+    noise[: rows // 4, :] = data.vocab.unk_id if n > 1 else noise[: rows // 4, :]
+    return np.concatenate([seen[:rows], noise])
+
+
+@pytest.mark.parametrize("smoothing", ["add-k", "kneser-ney"])
+@pytest.mark.parametrize("n", [1, 2, 3, 4])
+def test_probabilities_sum_to_one(verses, n, smoothing):
+    model = NGramModel.fit(verses, n=n, smoothing=smoothing, k=0.5)
+    probs = model.next_token_logprobs(random_contexts(verses, n)).exp()
+    assert probs.dtype == torch.float64
+    assert torch.allclose(probs.sum(-1), torch.ones(len(probs), dtype=torch.float64), rtol=0, atol=1e-9)
+    assert (probs > 0).all()
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_maximum_likelihood_sums_to_one_for_seen_contexts_and_shows_zeros(verses, n):
+    model = NGramModel.fit(verses, n=n, smoothing="none")
+    seen, _ = verses.examples("train", n - 1)
+    probs = model.next_token_logprobs(seen[:50]).exp()
+    assert torch.allclose(probs.sum(-1), torch.ones(50, dtype=torch.float64), rtol=0, atol=1e-9)
+    if n > 1:
+        assert (probs == 0).any()  # zero probabilities are shown honestly
+        unseen = np.full((1, n - 1), verses.vocab.unk_id)
+        unseen[0, -1] = verses.vocab.eos_id  # </s> never precedes a token inside a document
+        assert torch.isneginf(model.next_token_logprobs(unseen)).all()
+
+
+def test_maximum_likelihood_is_count_ratio(verses):
+    model = NGramModel.fit(verses, n=2, smoothing="none")
+    contexts, targets = verses.examples("train", 1)
+    the = verses.vocab.stoi["the"]
+    after_the = targets[contexts[:, 0] == the]
+    expected = Counter(after_the.tolist())
+    probs = model.next_token_logprobs(np.array([[the]])).exp()[0]
+    for word, count in list(expected.items())[:20]:
+        assert probs[word].item() == pytest.approx(count / len(after_the), rel=1e-12)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_laplace_perplexity_equals_nltk(verses, n):
+    from nltk.lm import Laplace, Vocabulary
+
+    model = NGramModel.fit(verses, n=n, smoothing="add-k", k=1.0)
+    itos = verses.vocab.itos
+
+    def ngrams(split):
+        contexts, targets = verses.examples(split, n - 1)
+        return [tuple(itos[i] for i in row) + (itos[t],) for row, t in zip(contexts, targets)]
+
+    vocabulary = Vocabulary(itos[1:], unk_cutoff=1, unk_label="<unk>")  # nltk adds its unk label itself
+    assert len(vocabulary) == len(verses.vocab)
+    reference = Laplace(n, vocabulary=vocabulary)
+    reference.fit([ngrams("train")])
+    held_out = ngrams("valid")[:400]
+    contexts, targets = verses.examples("valid", n - 1)
+    ours = model.perplexity(contexts[:400], targets[:400])
+    assert ours == pytest.approx(reference.perplexity(held_out), rel=1e-6)
+
+
+def kneser_ney_reference(train_ngrams, vocab_size, n, discount):
+    """A slow, dict-based interpolated Kneser-Ney of the variant documented in lmlab.ngram."""
+    counts = [defaultdict(Counter) for _ in range(n)]  # counts[j][context of length j][word]
+    for gram in train_ngrams:
+        counts[n - 1][gram[:-1]][gram[-1]] += 1
+    for j in range(n - 2, -1, -1):  # continuation counts: distinct left extensions
+        for context, followers in counts[j + 1].items():
+            for word in followers:
+                counts[j][context[1:]][word] += 1
+
+    def prob(context, word):
+        p = 1.0 / vocab_size
+        for j in range(0, n):
+            h = tuple(context[len(context) - j:]) if j else ()
+            followers = counts[j].get(h)
+            if not followers:
+                continue
+            total = sum(followers.values())
+            p = (max(followers[word] - discount, 0) + discount * len(followers) * p) / total
+        return p
+
+    return prob
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4])
+def test_kneser_ney_perplexity_matches_reference(verses, n):
+    model = NGramModel.fit(verses, n=n, smoothing="kneser-ney", discount=0.75)
+    train_c, train_t = verses.examples("train", n - 1)
+    prob = kneser_ney_reference([tuple(c) + (t,) for c, t in zip(train_c.tolist(), train_t.tolist())],
+                                len(verses.vocab), n, 0.75)
+    contexts, targets = verses.examples("valid", n - 1)
+    contexts, targets = contexts[:500], targets[:500]
+    reference = math.exp(-np.mean([math.log(prob(c, t)) for c, t in zip(contexts.tolist(), targets.tolist())]))
+    assert model.perplexity(contexts, targets) == pytest.approx(reference, rel=1e-3)
+    # And the dense path agrees with the per-target path.
+    dense = model.next_token_logprobs(contexts).numpy()[np.arange(len(targets)), targets]
+    np.testing.assert_allclose(dense, model.logprob_of(contexts, targets), rtol=1e-12)
+
+
+def test_answers_the_shared_questions(verses):
+    model = NGramModel.fit(verses, n=3)
+    contexts, targets = verses.examples("valid", 2)
+    scores = evaluate(model, contexts, targets)
+    assert scores["perplexity"] == pytest.approx(model.perplexity(contexts, targets), rel=1e-9)
+    assert 0 < scores["accuracy"] < 1
+    chain = sequence_logprob(model, ["and", "god", "said"])
+    assert chain["bits"] == pytest.approx(chain["nats"] / math.log(2))
+    assert math.exp(chain["nats"]) == pytest.approx(math.prod(p for _, p in chain["factors"]))
+    best = top_k(model, [verses.vocab.stoi["and"], verses.vocab.stoi["god"]], k=3)
+    assert best[0][0] == "said" and best[0][1] >= best[1][1] >= best[2][1]
+
+
+def test_sampling_is_seeded(verses):
+    model = NGramModel.fit(verses, n=3)
+    assert sample(model, seed=7, max_tokens=25) == sample(model, seed=7, max_tokens=25)
+    assert sample(model, seed=7, max_tokens=25) != sample(model, seed=8, max_tokens=25)
+
+
+def test_unknown_tokens_get_probability(verses):
+    model = NGramModel.fit(verses, n=2)
+    out = sequence_logprob(model, ["and", "zebra"], strict=False)  # zebra -> <unk>
+    assert out["factors"][1][0] == "<unk>" and out["factors"][1][1] > 0
+    with pytest.raises(ValueError, match="'zebra' is not in the vocabulary"):
+        sequence_logprob(model, ["and", "zebra"])
+
+
+def test_size_grows_with_n(verses):
+    sizes = [NGramModel.fit(verses, n=n) for n in (1, 2, 3)]
+    assert sizes[0].num_ngrams() < sizes[1].num_ngrams() < sizes[2].num_ngrams()
+    assert 0 < sizes[0].size_bytes() < sizes[1].size_bytes() < sizes[2].size_bytes()
+    assert sizes[0].num_ngrams() <= len(verses.vocab)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"n": 0}, "n=0"), ({"n": 2.5}, "n=2.5"), ({"n": 2, "smoothing": "witten-bell"}, "smoothing="),
+    ({"n": 2, "smoothing": "add-k", "k": 0}, "k=0"), ({"n": 2, "smoothing": "add-k", "k": -1.0}, "k=-1.0"),
+    ({"n": 2, "discount": 0.0}, "discount="), ({"n": 2, "discount": 1.0}, "discount="),
+])
+def test_bad_settings_are_clear_errors(verses, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        NGramModel.fit(verses, **kwargs)
+
+
+def test_empty_corpus_is_a_clear_error(verses):
+    with pytest.raises(ValueError, match="empty"):
+        NGramModel.from_examples(np.zeros((0, 1), np.int64), np.zeros(0, np.int64), verses.vocab, n=2)
+
+
+def test_context_of_the_wrong_length_is_a_clear_error(verses):
+    model = NGramModel.fit(verses, n=3)
+    with pytest.raises(ValueError, match=r"needs \(batch, 2\)"):
+        model.next_token_logprobs(np.zeros((1, 3), np.int64))
+    with pytest.raises(ValueError, match="n=3 needs"):
+        NGramModel.from_examples(np.zeros((4, 1), np.int64), np.zeros(4, np.int64), verses.vocab, n=3)
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_arpa_file_read_by_kenlm_reproduces_the_model(verses, tmp_path, n):
+    kenlm = pytest.importorskip("kenlm")
+    model = NGramModel.fit(verses, n=n)
+    model.to_arpa(tmp_path / "model.arpa")
+    reader = kenlm.Model(str(tmp_path / "model.arpa"))
+    contexts, targets = verses.examples("valid", n - 1)
+    itos, state, out = verses.vocab.itos, kenlm.State(), kenlm.State()
+    theirs = []
+    for row, target in zip(contexts[:300].tolist(), targets[:300].tolist()):
+        reader.NullContextWrite(state)
+        for token in row:
+            reader.BaseScore(state, itos[token], out)
+            state, out = out, state
+        theirs.append(reader.BaseScore(state, itos[target], out))
+    ours = model.logprob_of(contexts[:300], targets[:300]) / math.log(10)
+    np.testing.assert_allclose(theirs, ours, atol=1e-5)  # ARPA stores 7 decimals
+
+
+def test_only_kneser_ney_writes_arpa(verses, tmp_path):
+    with pytest.raises(ValueError, match="only a kneser-ney model"):
+        NGramModel.fit(verses, n=2, smoothing="add-k").to_arpa(tmp_path / "x.arpa")
+    assert not (tmp_path / "x.arpa").exists()
