@@ -3,6 +3,7 @@
   env                      what timings here are measured on (CPU, cores, threads, torch, device)
   stats CORPUS [--level]   tokens, types and characters of "kjv", "names" or your own UTF-8 text file
   time-matmul SIZE         time_ms of a SIZE x SIZE matmul, to check this machine's timing noise
+  train PRESET --out PATH  train a shipped checkpoint from scratch (presets in lmlab.train.PRESETS)
 """
 
 from __future__ import annotations
@@ -25,6 +26,13 @@ def main(argv: list[str] | None = None) -> int:
     matmul.add_argument("size", type=int)
     matmul.add_argument("--threads", type=int, default=None)
     matmul.add_argument("--repeat", type=int, default=50)
+    train = commands.add_parser("train", help="train a preset from scratch and save it as safetensors + JSON")
+    train.add_argument("preset", help="one of lmlab.train.PRESETS, e.g. gpt-large")
+    train.add_argument("--out", required=True, help="path without suffix, e.g. data/gpt-large")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--threads", type=int, default=None, help="torch threads (default: $LMLAB_THREADS or 1)")
+    train.add_argument("--epochs", type=float, default=None, help="override the preset's epochs")
+    train.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint at --out")
     args = parser.parse_args(argv)
 
     try:
@@ -52,7 +60,15 @@ def main(argv: list[str] | None = None) -> int:
             timing = time_ms(torch.mm, a, a, repeat=args.repeat, threads=args.threads)
             print(describe_environment(threads=timing.threads))
             print(f"{args.size}x{args.size} matmul: {timing}")
-    except (ValueError, FileNotFoundError) as err:
+        elif args.command == "train":
+            from lmlab.train import train_preset
+
+            card = train_preset(args.preset, args.out, seed=args.seed, threads=args.threads, epochs=args.epochs,
+                                overwrite=args.overwrite)
+            print(f"saved {args.out}.safetensors: {card['params']:,} parameters, "
+                  f"validation perplexity {card['final_valid']['perplexity']:.2f}, "
+                  f"trained in {card['training']['train_seconds']:.0f} s")
+    except (ValueError, FileNotFoundError, FileExistsError) as err:
         print(f"lmlab: {err}", file=sys.stderr)
         return 2
     return 0

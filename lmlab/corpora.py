@@ -321,3 +321,41 @@ def batches(
     for start in range(0, len(order), batch_size):
         rows = order[start : start + batch_size]
         yield torch.from_numpy(contexts[rows]), torch.from_numpy(targets[rows])
+
+
+def document_batches(
+    data: TokenizedCorpus, split: str, batch_size: int, max_len: int | None = None,
+    shuffle: bool = False, seed: int = 0,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Yield whole documents as (inputs, targets, mask) for a model that reads a document prefix.
+
+    inputs are <s> w1 ... wn, targets are w1 ... wn </s> (so position t predicts token t+1), both
+    right-padded to the batch's longest document; padded targets are -100 and mask is 0 there.
+    Documents of similar length are batched together to save padding; ``shuffle`` reorders them
+    (seeded). A document longer than ``max_len`` tokens is cut to its first ``max_len`` predictions.
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size={batch_size!r} is out of range; use an integer >= 1")
+    docs = data._split_ids(split)
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(docs)) if shuffle else np.arange(len(docs))
+    # Sort by length within chunks of 50 batches: little padding, and still a shuffled order.
+    chunk = 50 * batch_size
+    order = np.concatenate([sorted(order[i:i + chunk], key=lambda j: len(docs[j]))
+                            for i in range(0, len(order), chunk)]).astype(int) if len(order) else order
+    starts = list(range(0, len(order), batch_size))
+    if shuffle:
+        rng.shuffle(starts)
+    for start in starts:
+        rows = [docs[j] for j in order[start:start + batch_size]]
+        length = max(len(doc) + 1 for doc in rows)
+        if max_len is not None:
+            length = min(length, max_len)
+        inputs = np.full((len(rows), length), data.vocab.eos_id, dtype=np.int64)
+        targets = np.full((len(rows), length), -100, dtype=np.int64)
+        for i, doc in enumerate(rows):
+            seq = np.concatenate([[data.vocab.bos_id], doc, [data.vocab.eos_id]])[: length + 1]
+            inputs[i, : len(seq) - 1] = seq[:-1]
+            targets[i, : len(seq) - 1] = seq[1:]
+        mask = (targets != -100).astype(np.int64)
+        yield torch.from_numpy(inputs), torch.from_numpy(targets), torch.from_numpy(mask)

@@ -67,7 +67,7 @@ def check_contexts(model: LanguageModel, contexts: np.ndarray | torch.Tensor) ->
 
 
 def evaluate(
-    model: LanguageModel, contexts: np.ndarray, targets: np.ndarray, batch_size: int = 4096
+    model: LanguageModel, contexts: np.ndarray, targets: np.ndarray, batch_size: int = 512
 ) -> dict[str, float]:
     """Score next-token predictions on held-out (context, target) pairs.
 
@@ -87,10 +87,13 @@ def evaluate(
         tgt = torch.as_tensor(targets[start : start + batch_size]).long()
         with torch.no_grad():
             logp = model.next_token_logprobs(ctx).double()  # (batch, vocab)
-        is_best = logp >= logp.max(dim=-1, keepdim=True).values  # (batch, vocab)
-        target_best = is_best.gather(1, tgt[:, None]).squeeze(1)
-        correct += float((target_best / is_best.sum(dim=-1)).sum())
-        nll -= float(logp.gather(1, tgt[:, None]).sum())
+        best = logp.max(dim=-1, keepdim=True).values  # (batch, 1)
+        target_logp = logp.gather(1, tgt[:, None])  # (batch, 1)
+        hit = (target_logp >= best).squeeze(1).nonzero().squeeze(1)  # rows whose target is a best guess
+        if len(hit):
+            ties = torch.count_nonzero(logp[hit] >= best[hit], dim=-1)  # best guesses in those rows
+            correct += float((1.0 / ties).sum())
+        nll -= float(target_logp.sum())
     n = len(targets)
     mean_nll = nll / n
     return {
@@ -115,15 +118,20 @@ def measure(
     threads: int | None = None,
     corpus: str = "",
     device: str = "cpu",
+    scores: dict | None = None,
 ) -> Result:
     """Evaluate ``model`` on the pairs and time one prediction call on ``batch_size`` contexts: one results row.
 
     The timed call is ``next_token_logprobs`` plus the argmax that picks the guess; ``median_ms`` is
-    the time of that whole call (so per-prediction cost is ``median_ms / batch_size``).
+    the time of that whole call (so per-prediction cost is ``median_ms / batch_size``). Pass
+    ``scores`` (a dict with "accuracy" and "perplexity") to use figures computed another way, e.g. a
+    model's faster whole-corpus path; the contexts are then only used for timing.
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size={batch_size!r} is out of range; use an integer >= 1")
-    scores = evaluate(model, contexts, targets)
+    if len(contexts) < batch_size:
+        raise ValueError(f"batch_size={batch_size} is larger than the {len(contexts)} contexts given to time it on")
+    scores = evaluate(model, contexts, targets) if scores is None else scores
     sample = contexts[:batch_size]
 
     def predict() -> torch.Tensor:
@@ -157,6 +165,20 @@ def top_k(model: LanguageModel, context: Sequence[int], k: int = 5) -> list[tupl
         probs = model.next_token_logprobs(ctx)[0].exp()
     values, ids = probs.topk(k)
     return [(model.vocab.itos[i], float(p)) for p, i in zip(values.tolist(), ids.tolist())]
+
+
+def make_context(model: LanguageModel, tokens: Sequence[str], strict: bool = False) -> tuple[np.ndarray, list[str]]:
+    """Encode the last ``model.context_size`` tokens as a (1, context_size) context, <s>-padded on the left.
+
+    Returns the context and the tokens that were not in the vocabulary (encoded as <unk>, or a
+    ValueError if ``strict``).
+    """
+    vocab = model.vocab
+    unknown = [tok for tok in tokens if tok not in vocab]
+    ids = list(vocab.encode(list(tokens), strict=strict))
+    k = model.context_size
+    history = [vocab.bos_id] * k + ids
+    return np.array([history[len(history) - k:]], dtype=np.int64).reshape(1, k), unknown
 
 
 def sequence_logprob(model: LanguageModel, tokens: Sequence[str], strict: bool = True) -> dict:
@@ -200,11 +222,11 @@ def sample(
     if not temperature > 0:
         raise ValueError(f"temperature={temperature!r} is out of range; use a number > 0")
     vocab = model.vocab
-    history = [vocab.bos_id] * model.context_size + list(vocab.encode(list(prompt), strict=True))
+    history = list(vocab.encode(list(prompt), strict=True))
     generator = torch.Generator().manual_seed(seed)
     out: list[int] = []
     for _ in range(max_tokens):
-        context = np.array([history[len(history) - model.context_size :]], dtype=np.int64).reshape(1, -1)
+        context, _ = make_context(model, vocab.decode(history))
         with torch.no_grad():
             logp = model.next_token_logprobs(context)[0].double() / temperature  # (vocab,)
         logp[vocab.bos_id] = -math.inf  # <s> only pads; it is never a next token

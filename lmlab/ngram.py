@@ -65,6 +65,12 @@ class NGramModel:
         self.vocab, self.n, self.smoothing, self.k, self.discount = vocab, n, smoothing, k, discount
         self.context_size = n - 1
         self._levels = levels  # levels[j] for context length j = 0 .. n-1
+        # Level 0 has one context (the empty one): its distribution is the same for every row.
+        if smoothing == "kneser-ney":
+            self._base = self._lowest_kn()
+            self._kn_step(0, np.zeros(1, dtype=np.int64), self._base[None, :])
+        else:
+            self._base = None
 
     # ----- fitting -------------------------------------------------------------------------------
     @classmethod
@@ -124,27 +130,32 @@ class NGramModel:
         """Return ln P(w | context) for every w in the vocabulary: (batch, n-1) ids -> (batch, |V|) float64."""
         ctx = check_contexts(self, contexts).numpy()
         ids, found = self._context_ids(ctx)
-        V = len(self.vocab)
+        V, batch = len(self.vocab), len(ctx)
         if self.smoothing == "kneser-ney":
-            probs = np.tile(self._lowest_kn(), (len(ctx), 1))  # (batch, V)
-            for j in range(self.n):
+            probs = np.tile(self._base, (batch, 1))  # (batch, V): P_1, the unigram level
+            for j in range(1, self.n):
                 rows = np.flatnonzero(found[j])
-                if len(rows):
-                    probs[rows] = self._kn_step(j, ids[j][rows], probs[rows])
+                if len(rows) == batch:
+                    self._kn_step(j, ids[j], probs)
+                elif len(rows):
+                    part = probs[rows]
+                    self._kn_step(j, ids[j][rows], part)
+                    probs[rows] = part
         else:
-            top = self.n - 1
-            counts = np.zeros((len(ctx), V))
-            rows = np.flatnonzero(found[top])
-            self._scatter_counts(top, ids[top][rows], counts, rows)
-            totals = np.zeros(len(ctx))
-            totals[rows] = self._levels[top].totals[ids[top][rows]]
+            top = self._levels[self.n - 1]
+            rows = np.flatnonzero(found[self.n - 1])
+            h = ids[self.n - 1][rows]
+            totals = np.zeros(batch)
+            totals[rows] = top.totals[h]
             if self.smoothing == "add-k":
-                probs = (counts + self.k) / (totals[:, None] + self.k * V)
+                denominator = totals + self.k * V
+                probs = np.repeat((self.k / denominator)[:, None], V, axis=1)  # (batch, V)
+                self._scatter_add(self.n - 1, h, probs, rows, 1 / denominator[rows], 0.0)
             else:
-                with np.errstate(invalid="ignore", divide="ignore"):
-                    probs = np.where(totals[:, None] > 0, counts / np.maximum(totals[:, None], 1), 0.0)
+                probs = np.zeros((batch, V))
+                self._scatter_add(self.n - 1, h, probs, rows, 1 / np.maximum(totals[rows], 1), 0.0)
         with np.errstate(divide="ignore"):
-            return torch.from_numpy(np.log(probs))
+            return torch.from_numpy(np.log(probs, out=probs))
 
     def logprob_of(self, contexts: np.ndarray, targets: np.ndarray) -> np.ndarray:
         """Return ln P(target | context) for each pair, (N,), without building (N, |V|): fast corpus scoring."""
@@ -179,6 +190,10 @@ class NGramModel:
     def num_ngrams(self) -> int:
         """Return how many distinct n-grams the model stores, all orders together."""
         return int(sum(len(level.keys) for level in self._levels))
+
+    def num_parameters(self) -> int:
+        """An n-gram model's parameters are its stored counts: one per distinct n-gram."""
+        return self.num_ngrams()
 
     def size_bytes(self) -> int:
         """Return the bytes of every array the model stores."""
@@ -264,29 +279,33 @@ class NGramModel:
 
     def _kn_targets(self, ids: list[np.ndarray], found: list[np.ndarray], targets: np.ndarray, upto: int) -> np.ndarray:
         """P_{upto+1}(target | context): Kneser-Ney interpolated from the uniform up to context length ``upto``."""
-        probs = self._lowest_kn()[targets]
-        for j in range(upto + 1):
+        probs = self._base[targets]
+        for j in range(1, upto + 1):
             rows = np.flatnonzero(found[j])
             level, h = self._levels[j], ids[j][rows]
             c = self._lookup(j, h, targets[rows])
             probs[rows] = (np.maximum(c - self.discount, 0) + self.discount * level.distinct[h] * probs[rows]) / level.totals[h]
         return probs
 
-    def _scatter_counts(self, j: int, h: np.ndarray, out: np.ndarray, rows: np.ndarray) -> None:
-        """out[rows[i], w] = count of (h[i], w) at level j, for every stored w."""
+    def _scatter_add(self, j: int, h: np.ndarray, out: np.ndarray, rows: np.ndarray, scale: np.ndarray,
+                     shift: float) -> None:
+        """out[rows[i], w] += (count(h[i], w) + shift) · scale[i] for every w stored after context h[i] at level j."""
         level = self._levels[j]
         lengths = level.starts[h + 1] - level.starts[h]
-        row_index = np.repeat(rows, lengths)
         entry = np.repeat(level.starts[h] - np.cumsum(lengths) + lengths, lengths) + np.arange(lengths.sum())
-        out[row_index, level.keys[entry] % len(self.vocab)] = level.counts[entry]
+        # Each (row, word) pair appears once, so the fancy-index += adds every value.
+        out[np.repeat(rows, lengths), level.keys[entry] % len(self.vocab)] += \
+            (level.counts[entry] + shift) * np.repeat(scale, lengths)
 
-    def _kn_step(self, j: int, h: np.ndarray, lower: np.ndarray) -> np.ndarray:
-        """One interpolation step at context length j: discounted counts plus weighted lower order."""
+    def _kn_step(self, j: int, h: np.ndarray, probs: np.ndarray) -> None:
+        """One interpolation step at context length j, in place on ``probs`` (the lower order on entry).
+
+        P(w | h) = γ(h) · P_lower(w | h') + (c(h w) − D) / c(h) for stored w, where γ(h) = D · N1+(h •) / c(h).
+        """
         level = self._levels[j]
-        counts = np.zeros_like(lower)
-        self._scatter_counts(j, h, counts, np.arange(len(h)))
-        total = level.totals[h][:, None]
-        return (np.maximum(counts - self.discount, 0) + self.discount * level.distinct[h][:, None] * lower) / total
+        total = level.totals[h]
+        probs *= (self.discount * level.distinct[h] / total)[:, None]
+        self._scatter_add(j, h, probs, np.arange(len(h)), 1 / total, -self.discount)
 
     def _lowest_kn(self) -> np.ndarray:
         """The uniform distribution the lowest Kneser-Ney order interpolates with."""
@@ -322,3 +341,32 @@ def _make_level(context_keys: np.ndarray, parents: np.ndarray, keys: np.ndarray,
 def _check_n(n: int) -> None:
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"n={n!r} is out of range; an n-gram model needs an integer n >= 1")
+
+
+def measure_ngrams(
+    data: TokenizedCorpus,
+    orders: tuple[int, ...] = (1, 2, 3, 4, 5),
+    smoothing: str = "kneser-ney",
+    split: str = "test",
+    accuracy_tokens: int = 10_000,
+    repeat: int = 50,
+    threads: int | None = None,
+) -> list:
+    """Fit an n-gram model for each n and return one results row per model (chapter 01's baseline).
+
+    Perplexity is over the whole ``split`` (the fast per-target path); accuracy over its first
+    ``accuracy_tokens`` predictions; latency is one prediction at batch 1. Later chapters call this to
+    put the n-gram rows beside their own, measured on the same machine in the same run.
+    """
+    from lmlab.lm import evaluate, measure
+
+    rows = []
+    for n in orders:
+        model = NGramModel.fit(data, n=n, smoothing=smoothing)
+        contexts, targets = data.examples(split, n - 1)
+        scores = {"accuracy": evaluate(model, contexts[:accuracy_tokens], targets[:accuracy_tokens])["accuracy"],
+                  "perplexity": model.perplexity(contexts, targets)}
+        rows.append(measure(model, contexts, targets, name=f"{n}-gram", technique=f"n-gram, {smoothing}",
+                            setting=f"n={n}", corpus=data.corpus.name, repeat=repeat, threads=threads,
+                            scores=scores))
+    return rows

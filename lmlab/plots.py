@@ -17,13 +17,16 @@ from lmlab.runtime import device_name
 FONT_SIZE = 14  # readable on a projector
 
 
-def pareto_frontier(results: Sequence[Result]) -> list[Result]:
-    """Return the rows no other row beats on both counts (faster AND more accurate), fastest first."""
+def pareto_frontier(results: Sequence[Result], x: str = "median_ms") -> list[Result]:
+    """Return the rows no other row beats on both counts (smaller ``x`` AND more accurate), smallest first."""
     frontier: list[Result] = []
-    for r in sorted(results, key=lambda r: (r.median_ms, -r.accuracy)):
+    for r in sorted(results, key=lambda r: (getattr(r, x), -r.accuracy)):
         if not frontier or r.accuracy > frontier[-1].accuracy:
             frontier.append(r)
     return frontier
+
+
+X_AXES = {"median_ms": "median latency per call (ms)", "size_mb": "size (MB)"}
 
 
 def tradeoff_plot(
@@ -32,15 +35,21 @@ def tradeoff_plot(
     log_x: bool = True,
     hardware: str | None = None,
     ax: Axes | None = None,
+    x: str = "median_ms",
 ) -> Figure:
     """Plot accuracy (y) against median ms (x, log scale by default), p90 as an error bar, frontier labelled.
 
-    The hardware (default: this machine's device name and the thread count of the rows) is named in the title.
-    Raises ValueError for an empty list of results.
+    ``x="size_mb"`` plots against model size instead. The hardware (default: this machine's device
+    name and the thread count of the rows) is named in the title. Raises ValueError for an empty list
+    of results, an unknown ``x``, or rows without a size when ``x="size_mb"``.
     """
     results = list(results)
     if not results:
         raise ValueError("results is empty: the trade-off plot needs at least one Result")
+    if x not in X_AXES:
+        raise ValueError(f"x={x!r} is not an axis; use one of {tuple(X_AXES)}")
+    if x == "size_mb" and any(r.size_mb is None for r in results):
+        raise ValueError("x='size_mb' needs every row to have a size_mb; some rows have None")
     if hardware is None:
         threads = sorted({r.threads for r in results})
         devices = sorted({r.device for r in results})
@@ -54,20 +63,20 @@ def tradeoff_plot(
     colors = plt.get_cmap("tab10")
     for i, technique in enumerate(techniques):
         rows = [r for r in results if r.technique == technique]
+        spread = [max(r.p90_ms - r.median_ms, 0) for r in rows] if x == "median_ms" else [0] * len(rows)
         ax.errorbar(
-            [r.median_ms for r in rows], [r.accuracy for r in rows],
-            xerr=[[0] * len(rows), [max(r.p90_ms - r.median_ms, 0) for r in rows]],
+            [getattr(r, x) for r in rows], [r.accuracy for r in rows], xerr=[[0] * len(rows), spread],
             fmt="o", ms=9, capsize=4, color=colors(i % 10), label=technique,
         )
-    frontier = pareto_frontier(results)
-    ax.step([r.median_ms for r in frontier], [r.accuracy for r in frontier], where="post",
+    frontier = pareto_frontier(results, x)
+    ax.step([getattr(r, x) for r in frontier], [r.accuracy for r in frontier], where="post",
             color="black", lw=1.5, alpha=0.6, label="Pareto frontier")
     for r in frontier:
-        ax.annotate(r.name, (r.median_ms, r.accuracy), textcoords="offset points", xytext=(8, 6),
+        ax.annotate(r.name, (getattr(r, x), r.accuracy), textcoords="offset points", xytext=(8, 6),
                     fontsize=FONT_SIZE - 2)
     if log_x:
         ax.set_xscale("log")
-    ax.set_xlabel("median latency per call (ms)" + (", log scale" if log_x else ""), fontsize=FONT_SIZE)
+    ax.set_xlabel(X_AXES[x] + (", log scale" if log_x else ""), fontsize=FONT_SIZE)
     ax.set_ylabel("next-token accuracy", fontsize=FONT_SIZE)
     ax.set_title(f"{title}\n{hardware}", fontsize=FONT_SIZE)
     ax.tick_params(labelsize=FONT_SIZE - 2)

@@ -198,3 +198,12 @@ def test_only_kneser_ney_writes_arpa(verses, tmp_path):
     with pytest.raises(ValueError, match="only a kneser-ney model"):
         NGramModel.fit(verses, n=2, smoothing="add-k").to_arpa(tmp_path / "x.arpa")
     assert not (tmp_path / "x.arpa").exists()
+
+
+def test_measure_ngrams_gives_one_row_per_order(names_data):
+    from lmlab.ngram import measure_ngrams
+
+    rows = measure_ngrams(names_data, orders=(1, 2), accuracy_tokens=500, repeat=3)
+    assert [r.name for r in rows] == ["1-gram", "2-gram"]
+    assert rows[1].perplexity < rows[0].perplexity and rows[1].accuracy > rows[0].accuracy
+    assert rows[1].params > rows[0].params and rows[0].size_mb > 0 and rows[0].corpus == "names"

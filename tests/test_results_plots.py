@@ -62,3 +62,14 @@ def test_tradeoff_plot_draws_points_frontier_and_hardware():
 def test_empty_results_to_plot_is_a_clear_error():
     with pytest.raises(ValueError, match="results is empty"):
         tradeoff_plot([])
+
+
+def test_tradeoff_plot_against_size():
+    rows = [Result("small", "t", "", 0.2, 1.0, 1.2, size_mb=1.0), Result("big", "t", "", 0.5, 0.5, 0.6, size_mb=50.0)]
+    fig = tradeoff_plot(rows, x="size_mb", hardware="test")
+    assert fig.axes[0].get_xlabel().startswith("size (MB)")
+    assert [r.name for r in pareto_frontier(rows, "size_mb")] == ["small", "big"]
+    with pytest.raises(ValueError, match="x="):
+        tradeoff_plot(rows, x="params")
+    with pytest.raises(ValueError, match="size_mb"):
+        tradeoff_plot([row("no-size", 0.2, 1.0)], x="size_mb")
