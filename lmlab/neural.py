@@ -1,0 +1,186 @@
+"""Neural language models that answer the same questions as the n-gram model.
+
+Introduced in notebooks/02_neural_language_models.ipynb.
+
+- ``MLPLanguageModel``: Bengio et al. (2003). The embeddings of the last k tokens are concatenated,
+  pass one tanh hidden layer, and a softmax gives P(w | context):
+  P(· | w_{t-k..t-1}) = softmax(W · tanh(H · [e(w_{t-k}); ...; e(w_{t-1})] + b) + c).
+- ``GPTLanguageModel``: a small GPT-2 (``transformers.GPT2LMHeadModel`` built from a ``GPT2Config``,
+  nothing downloaded) that reads a whole document prefix, up to ``n_positions`` tokens.
+
+Both take (batch, context_size) int64 contexts, <s>-padded on the left as
+``lmlab.corpora.TokenizedCorpus.examples`` makes them, and return (batch, vocab) log-probabilities.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lmlab.corpora import TokenizedCorpus, Vocab, document_batches
+from lmlab.lm import check_contexts
+
+IGNORE = -100  # target id that the loss skips (padding)
+
+
+class NeuralLM(nn.Module):
+    """What the neural models share: the lmlab LM interface, sizes, and the training loss."""
+
+    vocab: Vocab
+    context_size: int
+
+    def next_token_logprobs(self, contexts: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Return ln P(next token | context) for each row: (batch, context_size) ids -> (batch, vocab)."""
+        ctx = check_contexts(self, contexts).to(self.device)
+        return torch.log_softmax(self.last_logits(ctx).float(), dim=-1)
+
+    def last_logits(self, contexts: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def num_parameters(self) -> int:
+        """Count distinct parameters (tied weights once)."""
+        return sum(p.numel() for p in {id(p): p for p in self.parameters()}.values())
+
+    def size_bytes(self) -> int:
+        """Bytes of the distinct parameters at their current precision."""
+        return sum(p.numel() * p.element_size() for p in {id(p): p for p in self.parameters()}.values())
+
+
+@dataclass(frozen=True)
+class MLPConfig:
+    vocab_size: int
+    context_size: int = 8
+    embed_dim: int = 24
+    hidden_dim: int = 256
+
+
+class MLPLanguageModel(NeuralLM):
+    """Bengio-style MLP language model over the last ``context_size`` tokens."""
+
+    kind = "mlp"
+
+    def __init__(self, vocab: Vocab, config: MLPConfig):
+        super().__init__()
+        _check_config(vocab, config)
+        self.vocab, self.config, self.context_size = vocab, config, config.context_size
+        self.embed = nn.Embedding(config.vocab_size, config.embed_dim)
+        self.hidden = nn.Linear(config.context_size * config.embed_dim, config.hidden_dim)
+        self.out = nn.Linear(config.hidden_dim, config.vocab_size)
+
+    def last_logits(self, contexts: torch.Tensor) -> torch.Tensor:
+        e = self.embed(contexts).flatten(1)  # (batch, context * embed)
+        return self.out(torch.tanh(self.hidden(e)))  # (batch, vocab)
+
+    def loss(self, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """Cross-entropy, -mean ln P(target | context), on a (contexts, targets) batch."""
+        contexts, targets = (t.to(self.device) for t in batch)
+        return F.cross_entropy(self.last_logits(contexts), targets)
+
+
+@dataclass(frozen=True)
+class GPTConfig:
+    vocab_size: int
+    n_layer: int = 2
+    n_embd: int = 128
+    n_head: int = 4
+    n_positions: int = 128
+    dropout: float = 0.1
+
+
+class GPTLanguageModel(NeuralLM):
+    """A small GPT-2 reading one document prefix: <s> w1 ... w_{t-1} -> P(w_t | prefix)."""
+
+    kind = "gpt"
+
+    def __init__(self, vocab: Vocab, config: GPTConfig):
+        super().__init__()
+        from transformers import GPT2Config, GPT2LMHeadModel
+
+        _check_config(vocab, config)
+        if config.n_embd % config.n_head:
+            raise ValueError(f"n_embd={config.n_embd} must be a multiple of n_head={config.n_head}")
+        self.vocab, self.config = vocab, config
+        self.context_size = config.n_positions - 1
+        hf_config = GPT2Config(
+            vocab_size=config.vocab_size, n_positions=config.n_positions, n_embd=config.n_embd,
+            n_layer=config.n_layer, n_head=config.n_head, resid_pdrop=config.dropout, embd_pdrop=config.dropout,
+            attn_pdrop=config.dropout, bos_token_id=vocab.bos_id, eos_token_id=vocab.eos_id,
+            pad_token_id=vocab.eos_id, tie_word_embeddings=True,
+        )
+        self.gpt = GPT2LMHeadModel(hf_config)
+
+    def last_logits(self, contexts: torch.Tensor) -> torch.Tensor:
+        # Rows are <s>-padded on the left. Keep one <s> as the document start, mask the rest, and
+        # number positions from that <s>, so the result equals running the unpadded prefix.
+        bos = self.vocab.bos_id
+        first_word = torch.where(contexts != bos, torch.arange(contexts.shape[1], device=contexts.device),
+                                 contexts.shape[1]).min(dim=1).values  # (batch,)
+        start = (first_word - 1).clamp(min=0)  # index of the <s> that starts each document
+        contexts = contexts[:, int(start.min()):]  # drop padding columns every row has
+        start = start - int(start.min())
+        positions = torch.arange(contexts.shape[1], device=contexts.device)[None, :] - start[:, None]
+        mask = (positions >= 0).long()
+        out = self.gpt(input_ids=contexts, attention_mask=mask, position_ids=positions.clamp(min=0))
+        return out.logits[:, -1, :]  # (batch, vocab): the last position predicts the next token
+
+    def loss(self, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """Cross-entropy over every real position of a batch of documents (padding skipped)."""
+        inputs, targets, mask = (t.to(self.device) for t in batch)
+        logits = self.gpt(input_ids=inputs, attention_mask=mask).logits  # (batch, time, vocab)
+        return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE)
+
+    @torch.no_grad()
+    def evaluate_documents(self, data: TokenizedCorpus, split: str, batch_size: int = 64) -> dict[str, float]:
+        """Score every token (and each </s>) of ``split`` in one causal pass per document.
+
+        The same targets and contexts as ``lmlab.lm.evaluate(model, *data.examples(split, k))``,
+        computed about ``k`` times faster.
+        """
+        was_training = self.training
+        self.eval()
+        nll, correct, count = 0.0, 0.0, 0
+        for inputs, targets, mask in document_batches(data, split, batch_size, max_len=self.config.n_positions):
+            logp = torch.log_softmax(self.gpt(input_ids=inputs.to(self.device),
+                                              attention_mask=mask.to(self.device)).logits.float(), -1).cpu()
+            real = targets != IGNORE  # (batch, time)
+            picked = logp.gather(-1, targets.clamp(min=0)[..., None]).squeeze(-1)  # (batch, time)
+            nll -= float(picked[real].sum())
+            correct += float((logp.argmax(-1) == targets)[real].sum())
+            count += int(real.sum())
+        self.train(was_training)
+        mean = nll / count
+        return {"accuracy": correct / count, "nll_nats": mean, "perplexity": math.exp(mean), "tokens": count}
+
+
+MODEL_KINDS = {"mlp": (MLPLanguageModel, MLPConfig), "gpt": (GPTLanguageModel, GPTConfig)}
+
+
+def build_model(kind: str, vocab: Vocab, **config) -> NeuralLM:
+    """Build a fresh "mlp" or "gpt" model for ``vocab``; ``config`` fills MLPConfig or GPTConfig."""
+    if kind not in MODEL_KINDS:
+        raise ValueError(f"kind={kind!r} is not a model kind; use one of {tuple(MODEL_KINDS)}")
+    model_cls, config_cls = MODEL_KINDS[kind]
+    return model_cls(vocab, config_cls(vocab_size=len(vocab), **config))
+
+
+def model_config(model: NeuralLM) -> dict:
+    return {"kind": model.kind, **asdict(model.config)}
+
+
+def _check_config(vocab: Vocab, config) -> None:
+    if config.vocab_size != len(vocab):
+        raise ValueError(f"vocab_size={config.vocab_size} does not match the vocabulary's {len(vocab)} tokens")
+    for name, value in asdict(config).items():
+        if name != "dropout" and (not isinstance(value, int) or value < 1):
+            raise ValueError(f"{name}={value!r} is out of range; use an integer >= 1")
+    if not 0 <= getattr(config, "dropout", 0) < 1:
+        raise ValueError(f"dropout={config.dropout!r} is out of range; use a number in [0, 1)")

@@ -1,0 +1,183 @@
+"""Training: a seeded loop with a progress bar and validation curves, and the presets that made data/.
+
+Introduced in notebooks/02_neural_language_models.ipynb (checkpoints) and 03_gradient_descent.ipynb (the loop).
+"""
+
+from __future__ import annotations
+
+import math
+import shlex
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Iterator
+
+import torch
+from tqdm.auto import tqdm
+
+from lmlab.corpora import TokenizedCorpus, batches, document_batches, load_corpus, tokenize_corpus
+from lmlab.lm import evaluate
+from lmlab.neural import NeuralLM, build_model
+from lmlab.runtime import seed_everything, torch_threads
+
+# The shipped checkpoints: python -m lmlab train PRESET reproduces data/PRESET.safetensors from scratch.
+PRESETS: dict[str, dict] = {
+    "mlp-names": dict(corpus="names", min_count=1, kind="mlp", model=dict(context_size=8, embed_dim=24, hidden_dim=256),
+                      batch_size=256, epochs=4, lr=3e-3, weight_decay=0.0, warmup_steps=100),
+    "gpt-small": dict(corpus="kjv", min_count=2, kind="gpt", model=dict(n_layer=2, n_embd=128, n_head=4, dropout=0.1),
+                      batch_size=32, epochs=4, lr=3e-3, weight_decay=0.1, warmup_steps=200),
+    "gpt-medium": dict(corpus="kjv", min_count=2, kind="gpt", model=dict(n_layer=3, n_embd=192, n_head=6, dropout=0.1),
+                       batch_size=32, epochs=5, lr=2e-3, weight_decay=0.1, warmup_steps=200),
+    "gpt-large": dict(corpus="kjv", min_count=2, kind="gpt", model=dict(n_layer=4, n_embd=256, n_head=8, dropout=0.15),
+                      batch_size=32, epochs=6, lr=1.5e-3, weight_decay=0.1, warmup_steps=300),
+}
+
+
+@dataclass
+class History:
+    """Curves recorded while training: one entry per evaluation."""
+
+    step: list[int] = field(default_factory=list)
+    train_loss: list[float] = field(default_factory=list)
+    valid_loss: list[float] = field(default_factory=list)
+    valid_accuracy: list[float] = field(default_factory=list)
+    elapsed_ms: list[float] = field(default_factory=list)
+
+
+def check_lr(lr: float) -> float:
+    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+        raise ValueError(f"lr={lr!r} is out of range; the learning rate must be a finite number > 0")
+    return float(lr)
+
+
+def train_model(
+    model: NeuralLM,
+    train_batches: Callable[[int], Iterable],
+    *,
+    steps: int,
+    lr: float,
+    evaluate_fn: Callable[[NeuralLM], dict],
+    optimizer: torch.optim.Optimizer | None = None,
+    weight_decay: float = 0.0,
+    warmup_steps: int = 0,
+    eval_every: int = 100,
+    seed: int = 0,
+    progress: bool = True,
+) -> History:
+    """Train for ``steps`` optimizer steps on ``train_batches(epoch)``, evaluating every ``eval_every`` steps.
+
+    θ ← θ − α ∇J(θ) with AdamW by default; the learning rate warms up linearly, then follows a cosine
+    from ``lr`` down to ``lr / 10``. ``evaluate_fn(model)`` returns a dict with "nll_nats" and "accuracy".
+    Raises ValueError if ``lr <= 0`` or ``steps < 1``.
+    """
+    check_lr(lr)
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps={steps!r} is out of range; use an integer >= 1")
+    seed_everything(seed)
+    optimizer = optimizer or torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, steps, warmup_steps))
+    history = History()
+    start = time.perf_counter()
+    model.train()
+    stream = _endless(train_batches)
+    running = []
+    for step in tqdm(range(1, steps + 1), disable=not progress, desc="training", mininterval=2):
+        loss = model.loss(next(stream))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        running.append(loss.item())
+        if step % eval_every == 0 or step == steps:
+            model.eval()
+            scores = evaluate_fn(model)
+            model.train()
+            history.step.append(step)
+            history.train_loss.append(sum(running) / len(running))
+            history.valid_loss.append(scores["nll_nats"])
+            history.valid_accuracy.append(scores["accuracy"])
+            history.elapsed_ms.append((time.perf_counter() - start) * 1e3)
+            running = []
+    model.eval()
+    return history
+
+
+def _lr_factor(step: int, steps: int, warmup: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, steps - warmup)
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def _endless(train_batches: Callable[[int], Iterable]) -> Iterator:
+    epoch = 0
+    while True:
+        yielded = False
+        for batch in train_batches(epoch):
+            yielded = True
+            yield batch
+        if not yielded:
+            raise ValueError("train_batches gave no batches: the training split is empty")
+        epoch += 1
+
+
+def preset_data(name: str) -> TokenizedCorpus:
+    """Load and tokenize the corpus a preset trains on (the same split and vocabulary as chapter 01)."""
+    preset = _preset(name)
+    return tokenize_corpus(load_corpus(preset["corpus"]), min_count=preset["min_count"])
+
+
+def train_preset(name: str, out: str, seed: int = 0, threads: int | None = None, epochs: float | None = None,
+                 overwrite: bool = False, progress: bool = True) -> dict:
+    """Train a preset from scratch and save it to ``out`` (safetensors + JSON card). Returns the card."""
+    from lmlab.checkpoints import save_checkpoint
+
+    preset = _preset(name)
+    epochs = preset["epochs"] if epochs is None else epochs
+    data = preset_data(name)
+    with torch_threads(threads) as used_threads:
+        seed_everything(seed)
+        model = build_model(preset["kind"], data.vocab, **preset["model"])
+        if preset["kind"] == "gpt":
+            per_epoch = math.ceil(len(data.ids["train"]) / preset["batch_size"])
+            def train_batches(epoch):
+                return document_batches(data, "train", preset["batch_size"], max_len=model.config.n_positions,
+                                        shuffle=True, seed=seed * 1000 + epoch)
+            def evaluate_fn(m):
+                return m.evaluate_documents(data, "valid")
+        else:
+            contexts, targets = data.examples("train", model.context_size)
+            valid = data.examples("valid", model.context_size)
+            per_epoch = math.ceil(len(targets) / preset["batch_size"])
+            def train_batches(epoch):
+                return batches(contexts, targets, preset["batch_size"], shuffle=True, seed=seed * 1000 + epoch)
+            def evaluate_fn(m):
+                return evaluate(m, *valid)
+        steps = max(1, int(per_epoch * epochs))
+        start = time.perf_counter()
+        history = train_model(model, train_batches, steps=steps, lr=preset["lr"], evaluate_fn=evaluate_fn,
+                              weight_decay=preset["weight_decay"], warmup_steps=preset["warmup_steps"],
+                              eval_every=max(1, per_epoch // 4), seed=seed, progress=progress)
+        train_s = time.perf_counter() - start
+        final = evaluate_fn(model)
+    card = {
+        "preset": name, "corpus": preset["corpus"], "min_count": preset["min_count"], "seed": seed,
+        "command": "python -m lmlab train " + " ".join(shlex.quote(a) for a in sys.argv[2:])
+                   if sys.argv[1:2] == ["train"] else f"python -m lmlab train {name} --out {out} --seed {seed}",
+        "training": {"epochs": epochs, "steps": steps, "batch_size": preset["batch_size"], "lr": preset["lr"],
+                     "weight_decay": preset["weight_decay"], "warmup_steps": preset["warmup_steps"],
+                     "threads": used_threads, "train_seconds": round(train_s, 1), "torch": torch.__version__},
+        "final_valid": {k: round(v, 4) for k, v in final.items() if k != "tokens"},
+        "history": {"step": history.step, "valid_loss": [round(v, 4) for v in history.valid_loss],
+                    "valid_accuracy": [round(v, 4) for v in history.valid_accuracy]},
+        "params": model.num_parameters(),
+    }
+    save_checkpoint(model, out, card, overwrite=overwrite)
+    return card
+
+
+def _preset(name: str) -> dict:
+    if name not in PRESETS:
+        raise ValueError(f"preset={name!r} is not a preset; use one of {tuple(PRESETS)}")
+    return PRESETS[name]
