@@ -7,8 +7,10 @@ from __future__ import annotations
 
 from typing import Callable, Mapping
 
-import matplotlib.pyplot as plt
+import io
+
 import torch
+from matplotlib.figure import Figure
 
 from lmlab.bench import Timing, time_ms
 from lmlab.lm import LanguageModel, make_context
@@ -28,8 +30,10 @@ class NextTokenPanel:
         self.models, self.tokenize, self.k = dict(models), tokenize, k
         self.text = widgets.Text(value=text, description="context", layout=widgets.Layout(width="60%"))
         self.choice = widgets.Dropdown(options=list(self.models), description="model")
-        self.output = widgets.Output()
-        self.widget = widgets.VBox([widgets.HBox([self.text, self.choice]), self.output])
+        # The chart is a PNG in an Image widget: redrawing changes widget state only, never the cell's output.
+        self.chart = widgets.Image(format="png")
+        self.info = widgets.HTML()
+        self.widget = widgets.VBox([widgets.HBox([self.text, self.choice]), self.info, self.chart])
         self.text.observe(lambda _: self.refresh(), names="value")
         self.choice.observe(lambda _: self.refresh(), names="value")
         self.refresh()
@@ -46,14 +50,15 @@ class NextTokenPanel:
 
     def refresh(self) -> None:
         top, timing, unknown = self.predict(self.text.value, self.choice.value)
-        self.output.clear_output(wait=True)
-        with self.output:
-            fig, ax = plt.subplots(figsize=(9, 4))
-            ax.barh([tok for tok, _ in top][::-1], [p for _, p in top][::-1], color="tab:blue")
-            ax.set_xlabel("P(next token | context)", fontsize=13)
-            ax.set_title(f"{self.choice.value}: computed in {timing}", fontsize=12)
-            ax.tick_params(labelsize=12)
-            fig.tight_layout()
-            plt.show()
-            if unknown:
-                print("not in the vocabulary, read as <unk>: " + ", ".join(unknown))
+        fig = Figure(figsize=(9, 4))
+        ax = fig.subplots()
+        ax.barh([tok for tok, _ in top][::-1], [p for _, p in top][::-1], color="tab:blue")
+        ax.set_xlabel("P(next token | context)", fontsize=13)
+        ax.set_title(f"the {self.k} most likely next tokens ({self.choice.value})", fontsize=13)
+        ax.tick_params(labelsize=12)
+        fig.tight_layout()
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=80)
+        self.chart.value = buffer.getvalue()
+        note = f" Not in the vocabulary, read as &lt;unk&gt;: {', '.join(unknown)}." if unknown else ""
+        self.info.value = f"<b>{self.choice.value}</b> computed this in {timing}.{note}"

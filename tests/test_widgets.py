@@ -18,6 +18,7 @@ def test_panel_predicts_and_times(models):
     # Changing the text or the model redraws without error.
     panel.text.value = "mar"
     panel.choice.value = "1-gram"
+    assert bytes(panel.chart.value).startswith(b"\x89PNG") and "1-gram" in panel.info.value
 
 
 def test_panel_reports_unknown_symbols(models):
