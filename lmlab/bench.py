@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from lmlab.runtime import synchronize, torch_threads
+from lmlab.runtime import check_int, synchronize, torch_threads
 
 
 @dataclass(frozen=True)
@@ -84,10 +84,8 @@ def time_ms(
     """
     if not callable(fn):
         raise ValueError(f"fn={fn!r} is not callable; pass the function to time, then its arguments")
-    if isinstance(repeat, bool) or not isinstance(repeat, int) or repeat < 1:
-        raise ValueError(f"repeat={repeat!r} is out of range; use an integer >= 1")
-    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
-        raise ValueError(f"warmup={warmup!r} is out of range; use an integer >= 0")
+    check_int("repeat", repeat, 1)
+    check_int("warmup", warmup, 0)
 
     with torch_threads(threads) as used_threads:
         first_ms = None

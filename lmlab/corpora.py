@@ -21,6 +21,8 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 import torch
 
+from lmlab.runtime import check_int
+
 UNK, BOS, EOS = "<unk>", "<s>", "</s>"
 SPECIALS = (UNK, BOS, EOS)
 LEVELS = ("word", "char")
@@ -192,8 +194,7 @@ class Vocab:
 
         Rarer tokens will encode as <unk>. Ties are broken alphabetically, so the result is deterministic.
         """
-        if isinstance(min_count, bool) or not isinstance(min_count, int) or min_count < 1:
-            raise ValueError(f"min_count={min_count!r} is out of range; use an integer >= 1")
+        check_int("min_count", min_count, 1)
         counts: Counter[str] = Counter()
         for tokens in token_lists:
             counts.update(tokens)
@@ -263,8 +264,7 @@ class TokenizedCorpus:
         ``context_size`` ids before it. Shapes: contexts (N, context_size), targets (N,), int64.
         """
         docs = self._split_ids(split)
-        if isinstance(context_size, bool) or not isinstance(context_size, int) or context_size < 0:
-            raise ValueError(f"context_size={context_size!r} is out of range; use an integer >= 0")
+        check_int("context_size", context_size, 0)
         k = context_size
         pad = np.full(k, self.vocab.bos_id, dtype=np.int64)
         eos = np.array([self.vocab.eos_id], dtype=np.int64)
@@ -313,8 +313,7 @@ def batches(
     ``shuffle`` reorders rows with a seeded generator first. Raises ValueError if ``batch_size < 1`` or
     the two arrays disagree in length.
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size={batch_size!r} is out of range; use an integer >= 1")
+    check_int("batch_size", batch_size, 1)
     if len(contexts) != len(targets):
         raise ValueError(f"contexts has {len(contexts)} rows but targets has {len(targets)}; they must match")
     order = np.random.default_rng(seed).permutation(len(targets)) if shuffle else np.arange(len(targets))
@@ -334,8 +333,7 @@ def document_batches(
     Documents of similar length are batched together to save padding; ``shuffle`` reorders them
     (seeded). A document longer than ``max_len`` tokens is cut to its first ``max_len`` predictions.
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size={batch_size!r} is out of range; use an integer >= 1")
+    check_int("batch_size", batch_size, 1)
     docs = data._split_ids(split)
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(docs)) if shuffle else np.arange(len(docs))

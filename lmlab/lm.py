@@ -21,6 +21,7 @@ import torch
 from lmlab.bench import time_ms
 from lmlab.corpora import Vocab
 from lmlab.results import Result
+from lmlab.runtime import check_int
 
 
 @runtime_checkable
@@ -127,8 +128,7 @@ def measure(
     ``scores`` (a dict with "accuracy" and "perplexity") to use figures computed another way, e.g. a
     model's faster whole-corpus path; the contexts are then only used for timing.
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size={batch_size!r} is out of range; use an integer >= 1")
+    check_int("batch_size", batch_size, 1)
     if len(contexts) < batch_size:
         raise ValueError(f"batch_size={batch_size} is larger than the {len(contexts)} contexts given to time it on")
     scores = evaluate(model, contexts, targets) if scores is None else scores
@@ -158,8 +158,7 @@ def measure(
 
 def top_k(model: LanguageModel, context: Sequence[int], k: int = 5) -> list[tuple[str, float]]:
     """Return the ``k`` most likely next tokens after one context, with their probabilities."""
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= len(model.vocab):
-        raise ValueError(f"k={k!r} is out of range; use an integer in [1, {len(model.vocab)}]")
+    check_int("k", k, 1, len(model.vocab))
     ctx = check_contexts(model, np.asarray([context], dtype=np.int64))
     with torch.no_grad():
         probs = model.next_token_logprobs(ctx)[0].exp()
@@ -217,8 +216,7 @@ def sample(
     Returns the generated tokens (without the prompt and without </s>). Temperature T rescales the
     distribution to P^(1/T); T must be > 0.
     """
-    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
-        raise ValueError(f"max_tokens={max_tokens!r} is out of range; use an integer >= 1")
+    check_int("max_tokens", max_tokens, 1)
     if not temperature > 0:
         raise ValueError(f"temperature={temperature!r} is out of range; use a number > 0")
     vocab = model.vocab

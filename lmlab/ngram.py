@@ -30,6 +30,7 @@ import torch
 
 from lmlab.corpora import TokenizedCorpus, Vocab
 from lmlab.lm import check_contexts
+from lmlab.runtime import check_int
 
 SMOOTHINGS = ("none", "add-k", "kneser-ney")
 
@@ -339,8 +340,7 @@ def _make_level(context_keys: np.ndarray, parents: np.ndarray, keys: np.ndarray,
 
 
 def _check_n(n: int) -> None:
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n={n!r} is out of range; an n-gram model needs an integer n >= 1")
+    check_int("n", n, 1)
 
 
 def measure_ngrams(

@@ -38,11 +38,18 @@ def default_threads() -> int:
     return threads
 
 
+def check_int(name: str, value: int, minimum: int = 1, maximum: int | None = None) -> int:
+    """Return ``value`` if it is an int in [minimum, maximum], else raise ValueError naming ``name``."""
+    if (isinstance(value, bool) or not isinstance(value, int) or value < minimum
+            or (maximum is not None and value > maximum)):
+        allowed = f"in [{minimum}, {maximum}]" if maximum is not None else f">= {minimum}"
+        raise ValueError(f"{name}={value!r} is out of range; use an integer {allowed}")
+    return value
+
+
 def check_threads(threads: int) -> int:
     """Return ``threads`` if it is an int >= 1, else raise ValueError naming it."""
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-        raise ValueError(f"threads={threads!r} is out of range; use an integer >= 1")
-    return threads
+    return check_int("threads", threads)
 
 
 @contextmanager
@@ -117,8 +124,7 @@ def seed_everything(seed: int = 0, deterministic: bool = True) -> int:
 
     Returns the seed. Raises ValueError if ``seed`` is not an int in [0, 2**32).
     """
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
-        raise ValueError(f"seed={seed!r} is out of range; use an integer in [0, 2**32)")
+    check_int("seed", seed, 0, 2**32 - 1)
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)  # also seeds every CUDA device

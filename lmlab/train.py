@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from lmlab.corpora import TokenizedCorpus, batches, document_batches, load_corpus, tokenize_corpus
 from lmlab.lm import evaluate
 from lmlab.neural import NeuralLM, build_model
-from lmlab.runtime import seed_everything, torch_threads
+from lmlab.runtime import check_int, seed_everything, torch_threads
 
 # The shipped checkpoints: python -m lmlab train PRESET reproduces data/PRESET.safetensors from scratch.
 PRESETS: dict[str, dict] = {
@@ -71,8 +71,7 @@ def train_model(
     Raises ValueError if ``lr <= 0`` or ``steps < 1``.
     """
     check_lr(lr)
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps={steps!r} is out of range; use an integer >= 1")
+    check_int("steps", steps, 1)
     seed_everything(seed)
     optimizer = optimizer or torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, steps, warmup_steps))

@@ -73,3 +73,17 @@ def test_tradeoff_plot_against_size():
         tradeoff_plot(rows, x="params")
     with pytest.raises(ValueError, match="size_mb"):
         tradeoff_plot([row("no-size", 0.2, 1.0)], x="size_mb")
+
+
+def test_tradeoff_plot_of_perplexity_prefers_lower():
+    rows = [Result("a", "t", "", 0.2, 1.0, 1.1, perplexity=90.0), Result("b", "t", "", 0.3, 2.0, 2.2, perplexity=60.0),
+            Result("c", "t", "", 0.1, 3.0, 3.3, perplexity=70.0), Result("d", "t", "", 0.0, 0.5, 0.6,
+                                                                          perplexity=float("inf"))]
+    assert [r.name for r in pareto_frontier(rows[:3], y="perplexity")] == ["a", "b"]
+    fig = tradeoff_plot(rows, y="perplexity", hardware="test")
+    assert fig.axes[0].get_yscale() == "log" and "perplexity" in fig.axes[0].get_ylabel()
+    assert {t.get_text() for t in fig.axes[0].texts} == {"a", "b"}  # the infinite row is left out
+    with pytest.raises(ValueError, match="y="):
+        tradeoff_plot(rows, y="loss")
+    with pytest.raises(ValueError, match="'perplexity' is missing"):
+        tradeoff_plot([row("x", 0.1, 1.0)], y="perplexity")
