@@ -41,6 +41,7 @@ def test_save_and_load_round_trip_without_overwriting(tmp_path):
     save_results(rows[:1], path, overwrite=True)
     assert load_results(path) == rows[:1]
     assert not list(tmp_path.glob(".*.tmp"))  # no temporary file left behind
+    assert path.stat().st_mode & 0o044  # readable by others, like any file the user saves
 
 
 def test_missing_results_file_is_a_clear_error(tmp_path):
