@@ -5,9 +5,12 @@ Introduced in notebooks/00_measuring_milliseconds.ipynb.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -105,3 +108,25 @@ def _timed_call(fn: Callable[..., Any], args: tuple, kwargs: dict, sync: bool) -
     if sync:
         synchronize()
     return (time.perf_counter() - start) * 1e3
+
+
+@contextmanager
+def background_load(processes: int = 1) -> Iterator[int]:
+    """Keep ``processes`` other processes busy with torch matrix products for the duration of the body.
+
+    Each neighbour runs torch at its default thread count, as a second notebook training a model
+    would. It shows what a neighbour on a shared machine does to your timings: run the same
+    ``time_ms`` inside and outside. The processes are stopped on exit, also on error. Yields the
+    number started.
+    """
+    check_int("processes", processes, 1, 64)
+    busy = "import torch\na = torch.randn(512, 512)\nwhile True:\n    a @ a"
+    spinners = [subprocess.Popen([sys.executable, "-c", busy]) for _ in range(processes)]
+    try:
+        time.sleep(2.0)  # let them import torch and start working
+        yield len(spinners)
+    finally:
+        for spinner in spinners:
+            spinner.kill()
+        for spinner in spinners:
+            spinner.wait()

@@ -60,3 +60,19 @@ def test_format_ms_has_a_fixed_width_and_unit():
     widths = {len(format_ms(x)) for x in (0.0001234, 0.5, 12.0, 987.6, 12345.6)}
     assert widths == {12}
     assert format_ms(1.5).endswith(" ms")
+
+
+def test_background_load_starts_and_stops_busy_processes():
+    import psutil
+
+    from lmlab.bench import background_load
+
+    me = psutil.Process()
+    before = {child.pid for child in me.children()}
+    with background_load(2) as started:
+        busy = [child for child in me.children() if child.pid not in before]
+        assert started == 2 and len(busy) == 2 and all(child.is_running() for child in busy)
+    assert not any(child.is_running() and child.status() != psutil.STATUS_ZOMBIE for child in busy)
+    with pytest.raises(ValueError, match="processes="):
+        with background_load(0):
+            pass
