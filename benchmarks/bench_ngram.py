@@ -18,7 +18,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 
 from lmlab.bench import format_ms, time_ms
 from lmlab.corpora import load_kjv, tokenize_corpus

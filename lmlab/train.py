@@ -15,6 +15,7 @@ from typing import Callable, Iterable, Iterator
 import torch
 from tqdm.auto import tqdm
 
+from lmlab.descent import check_lr
 from lmlab.corpora import TokenizedCorpus, batches, document_batches, load_corpus, tokenize_corpus
 from lmlab.lm import evaluate
 from lmlab.neural import NeuralLM, build_model
@@ -42,12 +43,6 @@ class History:
     valid_loss: list[float] = field(default_factory=list)
     valid_accuracy: list[float] = field(default_factory=list)
     elapsed_ms: list[float] = field(default_factory=list)
-
-
-def check_lr(lr: float) -> float:
-    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
-        raise ValueError(f"lr={lr!r} is out of range; the learning rate must be a finite number > 0")
-    return float(lr)
 
 
 def train_model(

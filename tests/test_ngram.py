@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from lmlab.corpora import Corpus, load_kjv, tokenize_corpus
+from lmlab.corpora import Corpus, tokenize_corpus
 from lmlab.lm import evaluate, sample, sequence_logprob, top_k
 from lmlab.ngram import NGramModel
 

@@ -1,0 +1,91 @@
+import numpy as np
+import pytest
+import torch
+
+from lmlab.descent import (
+    Adam, Momentum, SGD, descend, linear_data, squared_error, squared_error_gradient,
+)
+
+
+def problem(seed=0):
+    """A small least-squares problem with a few parameter tensors, so every optimizer has work to do."""
+    g = torch.Generator().manual_seed(seed)
+    x, y = torch.randn(64, 5, generator=g), torch.randn(64, 3, generator=g)
+    w, b = torch.randn(5, 3, generator=g), torch.randn(3, generator=g)
+    return x, y, [w, b]
+
+
+def run(optimizer_for, steps=25, seed=0):
+    x, y, params = problem(seed)
+    params = [p.clone().requires_grad_(True) for p in params]
+    optimizer = optimizer_for(params)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        loss = ((x @ params[0] + params[1] - y) ** 2).mean()
+        loss.backward()
+        optimizer.step()
+    return [p.detach() for p in params]
+
+
+@pytest.mark.parametrize("ours, theirs", [
+    (lambda p: SGD(p, lr=0.05), lambda p: torch.optim.SGD(p, lr=0.05)),
+    (lambda p: Momentum(p, lr=0.05, momentum=0.9), lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9)),
+    (lambda p: Adam(p, lr=0.01), lambda p: torch.optim.Adam(p, lr=0.01)),
+    (lambda p: Adam(p, lr=0.01, betas=(0.8, 0.99), eps=1e-6),
+     lambda p: torch.optim.Adam(p, lr=0.01, betas=(0.8, 0.99), eps=1e-6)),
+], ids=["sgd", "momentum", "adam", "adam-betas"])
+def test_hand_written_steps_match_torch_optim(ours, theirs):
+    for a, b in zip(run(ours), run(theirs)):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+
+
+def test_squared_error_gradient_matches_autograd():
+    x, y = linear_data(50, seed=1)
+    w = torch.tensor(0.3, dtype=torch.float64, requires_grad=True)
+    b = torch.tensor(-0.2, dtype=torch.float64, requires_grad=True)
+    squared_error(w, b, x, y).backward()
+    grad_w, grad_b = squared_error_gradient(w.item(), b.item(), x, y)
+    assert grad_w == pytest.approx(float(w.grad), rel=1e-12)
+    assert grad_b == pytest.approx(float(b.grad), rel=1e-12)
+
+
+def test_linear_data_follows_y_equals_2x_plus_1():
+    x, y = linear_data(2000, noise=0.1, seed=0)
+    slope, intercept = np.polyfit(x.numpy(), y.numpy(), 1)
+    assert slope == pytest.approx(2.0, abs=0.02) and intercept == pytest.approx(1.0, abs=0.02)
+
+
+@pytest.mark.parametrize("batch_size", [None, 1, 8])
+def test_descent_finds_the_line(batch_size):
+    x, y = linear_data(200, noise=0.1, seed=0)
+    path = descend(x, y, lr=0.1, steps=300, batch_size=batch_size, seed=0)
+    w, b = path[-1]
+    assert w == pytest.approx(2.0, abs=0.1) and b == pytest.approx(1.0, abs=0.1)
+    assert len(path) == 301  # the start and every step
+
+
+def test_too_large_a_learning_rate_diverges():
+    x, y = linear_data(200, seed=0)
+    path = descend(x, y, lr=3.0, steps=20)
+    assert abs(path[-1][0]) > 1e3
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"lr": 0}, "lr="), ({"lr": -1.0}, "lr="), ({"lr": float("nan")}, "lr="),
+    ({"batch_size": 0}, "batch_size="), ({"steps": 0}, "steps="),
+])
+def test_bad_settings_are_clear_errors(kwargs, match):
+    x, y = linear_data(20)
+    settings = {"lr": 0.1, "steps": 5, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        descend(x, y, **settings)
+
+
+def test_optimizers_reject_bad_settings():
+    params = [torch.zeros(2, requires_grad=True)]
+    with pytest.raises(ValueError, match="lr="):
+        SGD(params, lr=0)
+    with pytest.raises(ValueError, match="momentum="):
+        Momentum(params, lr=0.1, momentum=1.0)
+    with pytest.raises(ValueError, match="betas="):
+        Adam(params, lr=0.1, betas=(0.9, 1.0))
