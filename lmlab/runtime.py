@@ -52,6 +52,17 @@ def check_threads(threads: int) -> int:
     return check_int("threads", threads)
 
 
+def use_threads(threads: int | None = None) -> int:
+    """Set torch's thread count for everything that follows (default: ``default_threads()``); return it.
+
+    Call it once at the top of a notebook, so training and evaluation run on the same, printed thread
+    count as the timings (``time_ms`` sets it for the duration of each timing anyway).
+    """
+    threads = default_threads() if threads is None else check_threads(threads)
+    torch.set_num_threads(threads)
+    return threads
+
+
 @contextmanager
 def torch_threads(threads: int | None = None) -> Iterator[int]:
     """Run the body with torch using ``threads`` threads (default: ``default_threads()``), then restore.

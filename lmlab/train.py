@@ -62,14 +62,17 @@ def train_model(
     """Train for ``steps`` optimizer steps on ``train_batches(epoch)``, evaluating every ``eval_every`` steps.
 
     θ ← θ − α ∇J(θ) with AdamW by default; the learning rate warms up linearly, then follows a cosine
-    from ``lr`` down to ``lr / 10``. ``evaluate_fn(model)`` returns a dict with "nll_nats" and "accuracy".
+    from ``lr`` down to ``lr / 10``. Any object with ``zero_grad()`` and ``step()`` may be passed as
+    ``optimizer`` (lmlab.descent's hand-written ones included); only a ``torch.optim`` optimizer gets
+    the schedule. ``evaluate_fn(model)`` returns a dict with "nll_nats" and "accuracy".
     Raises ValueError if ``lr <= 0`` or ``steps < 1``.
     """
     check_lr(lr)
     check_int("steps", steps, 1)
     seed_everything(seed)
     optimizer = optimizer or torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, steps, warmup_steps))
+    schedule = (torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, steps, warmup_steps))
+                if isinstance(optimizer, torch.optim.Optimizer) else None)
     history = History()
     start = time.perf_counter()
     model.train()
@@ -77,11 +80,12 @@ def train_model(
     running = []
     for step in tqdm(range(1, steps + 1), disable=not progress, desc="training", mininterval=2):
         loss = model.loss(next(stream))
-        optimizer.zero_grad(set_to_none=True)
+        optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
-        schedule.step()
+        if schedule is not None:
+            schedule.step()
         running.append(loss.item())
         if step % eval_every == 0 or step == steps:
             model.eval()

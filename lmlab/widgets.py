@@ -62,3 +62,50 @@ class NextTokenPanel:
         self.chart.value = buffer.getvalue()
         note = f" Not in the vocabulary, read as &lt;unk&gt;: {', '.join(unknown)}." if unknown else ""
         self.info.value = f"<b>{self.choice.value}</b> computed this in {timing}.{note}"
+
+
+class DescentPanel:
+    """Sliders for the learning rate and batch size of gradient descent on y ≈ w·x + b; redraws the path."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, lr: float = 0.1, batch_size: int = 16, steps: int = 60):
+        import ipywidgets as widgets
+
+        from lmlab.descent import check_lr
+
+        check_lr(lr)
+        self.x, self.y, self.steps = x, y, steps
+        self.lr = widgets.FloatLogSlider(value=lr, base=10, min=-3, max=0.3, step=0.05, description="learning rate",
+                                         readout_format=".3f", style={"description_width": "initial"})
+        self.batch = widgets.IntSlider(value=batch_size, min=1, max=len(x), description="batch size",
+                                       style={"description_width": "initial"})
+        self.chart = widgets.Image(format="png")
+        self.info = widgets.HTML()
+        self.widget = widgets.VBox([widgets.HBox([self.lr, self.batch]), self.info, self.chart])
+        self.lr.observe(lambda _: self.refresh(), names="value")
+        self.batch.observe(lambda _: self.refresh(), names="value")
+        self.refresh()
+
+    def refresh(self) -> None:
+        from lmlab.descent import descend, squared_error
+
+        path = descend(self.x, self.y, lr=self.lr.value, steps=self.steps, batch_size=self.batch.value, seed=0)
+        losses = [float(squared_error(w, b, self.x, self.y)) for w, b in path]
+        fig = Figure(figsize=(11, 4.2))
+        left, right = fig.subplots(1, 2)
+        w_grid, b_grid = torch.meshgrid(torch.linspace(-3, 5, 80), torch.linspace(-2, 4, 80), indexing="ij")
+        surface = 0.5 * ((self.y[None, None, :] - w_grid[..., None] * self.x - b_grid[..., None]) ** 2).mean(-1)
+        left.contour(w_grid, b_grid, surface.log10(), levels=20, cmap="viridis")
+        ws, bs = zip(*path)
+        left.plot(ws, bs, "o-", color="tab:red", ms=3)
+        left.set(xlim=(-3, 5), ylim=(-2, 4), xlabel="w", ylabel="b", title="path on the loss surface")
+        right.semilogy(losses, color="tab:red")
+        right.set(xlabel="step", ylabel="J(w, b), log scale", title="loss")
+        fig.tight_layout()
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=72)
+        self.chart.value = buffer.getvalue()
+        kind = "batch" if self.batch.value == len(self.x) else "stochastic" if self.batch.value == 1 else "mini-batch"
+        final = losses[-1]
+        verdict = "diverged" if not final < losses[0] * 10 else f"final loss {final:.4f}"
+        self.info.value = (f"{kind} descent, α = {self.lr.value:.3f}, batch {self.batch.value}: {verdict}; "
+                           f"w = {ws[-1]:.3f}, b = {bs[-1]:.3f} after {self.steps} steps")

@@ -78,3 +78,16 @@ def test_environment_names_what_a_timing_ran_on():
     assert env["torch"] == torch.__version__ and env["torch_threads"] == 1 and env["cores"] >= 1
     line = describe_environment("cpu", threads=1)
     assert line.startswith("CPU: ") and "torch threads: 1" in line and "device: cpu" in line
+
+
+def test_use_threads_sets_torch_globally(monkeypatch):
+    from lmlab.runtime import use_threads
+
+    before = torch.get_num_threads()
+    monkeypatch.delenv(THREADS_ENV, raising=False)
+    try:
+        assert use_threads() == 1 and torch.get_num_threads() == 1
+        with pytest.raises(ValueError, match="threads="):
+            use_threads(0)
+    finally:
+        torch.set_num_threads(before)

@@ -32,3 +32,19 @@ def test_panel_rejects_bad_settings(models):
         NextTokenPanel({}, str.split)
     with pytest.raises(ValueError, match="k="):
         NextTokenPanel(models, str.split, k=0)
+
+
+def test_descent_panel_redraws_and_flags_divergence():
+    from lmlab.descent import linear_data
+    from lmlab.widgets import DescentPanel
+
+    x, y = linear_data(64, seed=0)
+    panel = DescentPanel(x, y, lr=0.1, batch_size=64)
+    assert "batch descent" in panel.info.value and "final loss" in panel.info.value
+    panel.lr.value = 1.9
+    assert "diverged" in panel.info.value
+    panel.batch.value = 1
+    assert "stochastic" in panel.info.value
+    assert bytes(panel.chart.value).startswith(b"\x89PNG")
+    with pytest.raises(ValueError, match="lr="):
+        DescentPanel(x, y, lr=0)
