@@ -288,6 +288,19 @@ class TokenizedCorpus:
         self._split_ids(split)
         return "\n".join(self.documents[split])
 
+    def head(self, split: str, documents: int) -> "TokenizedCorpus":
+        """Return a copy holding only the first ``documents`` documents of ``split`` (a fixed evaluation slice)."""
+        self._split_ids(split)
+        check_int("documents", documents, 1)
+        return TokenizedCorpus(self.corpus, self.vocab, {split: self.documents[split][:documents]},
+                               {split: self.ids[split][:documents]})
+
+    def normalized_text(self, split: str) -> str:
+        """Return ``split`` as the token models see it: tokens joined by spaces (chars: concatenated), one
+        document per line. Every model's bits per character are counted on this same string."""
+        joiner = " " if self.corpus.level == "word" else ""
+        return "\n".join(joiner.join(self.corpus.tokens(doc)) for doc in self.documents[split]) + "\n"
+
     def _split_ids(self, split: str) -> tuple[np.ndarray, ...]:
         if split not in self.ids:
             raise ValueError(f"split={split!r} is not a split; use one of {SPLITS}")

@@ -4,16 +4,18 @@ Introduced in notebooks/01_ngram_language_models.ipynb.
 
 An n-gram model assumes the next token depends only on the n−1 before it:
     P(w1..wm) = Π P(wi | w1..wi-1) ≈ Π P(wi | wi-n+1..wi-1).
-Counting the training text gives the estimates. Three smoothings:
+Counting the training text gives the estimates; c(h w) counts context h followed by w, c(h) = Σ_w c(h w).
 
-- "none" (maximum likelihood):  P(w | h) = c(h w) / c(h). Unseen n-grams get probability 0.
-- "add-k":                       P(w | h) = (c(h w) + k) / (c(h) + k|V|); Laplace is k = 1.
-- "kneser-ney" (interpolated, one discount D):
-      P(w | h) = max(c(h w) − D, 0) / c(h)  +  D · N1+(h •) / c(h) · P_lower(w | h')
-  where h' drops the oldest token of h, and N1+(h •) is the number of distinct words seen after h.
-  The lower orders use continuation counts N1+(• h' w) (in how many distinct contexts h' w was seen)
-  in place of c(h' w); the lowest order interpolates with the uniform 1/|V|, so no token gets 0.
-  A context never seen in training backs off entirely: P(w | h) = P_lower(w | h').
+- "none" (maximum likelihood):  P(w | h) = c(h w) / c(h). An unseen n-gram gets P = 0 (ln P = −inf);
+  an unseen context gets −inf for every w: the model honestly knows nothing there.
+- "add-k":  P(w | h) = (c(h w) + k) / (c(h) + k|V|); Laplace is k = 1. An unseen context gives 1/|V|.
+- "kneser-ney" (interpolated, one discount D), built up from the uniform P_0(w) = 1/|V|, for j = 1 .. n:
+      P_j(w | h) = max(c_j(h w) − D, 0) / c_j(h)  +  γ(h) · P_{j−1}(w | h'),   γ(h) = D · N1+(h •) / c_j(h)
+  where h holds the last j−1 tokens, h' drops the oldest of them, and N1+(h •) = |{w : c_j(h w) > 0}|.
+  The highest order (j = n) uses the raw counts c_n = c. Each lower order uses continuation counts,
+  c_j(h w) = N1+(• h w) = |{v : c_{j+1}(v h w) > 0}|: in how many distinct contexts h w was seen.
+  A context with c_j(h) = 0 (never seen) backs off entirely: P_j(w | h) = P_{j−1}(w | h'). Since
+  P_0 > 0, every token of the vocabulary (even one never seen in training) gets P > 0.
 
 Counts are stored per context length j as sorted integer keys. A context of length j gets a dense id
 h_j from the pair (h_{j-1}, its oldest token): key = h_{j-1}·|V| + token, so keys fit in int64 for any n.
@@ -23,6 +25,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from numbers import Real
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -33,6 +37,7 @@ from lmlab.lm import check_contexts
 from lmlab.runtime import check_int
 
 SMOOTHINGS = ("none", "add-k", "kneser-ney")
+HASH_FROM = 512  # batches at least this large look keys up by hash; smaller ones by binary search
 
 
 @dataclass
@@ -44,7 +49,7 @@ class _Level:
     starts: np.ndarray  # (contexts + 1,) CSR row starts into keys/counts
     keys: np.ndarray  # (ngrams,) sorted keys h_j·V + w: context id, then next token
     counts: np.ndarray  # (ngrams,) float64: c(h w), or the continuation count for KN lower orders
-    totals: np.ndarray  # (contexts,) Σ_w counts
+    totals: np.ndarray  # (contexts,) c(h) = Σ_w counts
     distinct: np.ndarray  # (contexts,) N1+(h •): words with a non-zero count after h
 
     def __post_init__(self) -> None:
@@ -60,48 +65,60 @@ class _Level:
 
 
 class NGramModel:
-    """An n-gram language model over token ids; answers lmlab's language-model interface."""
+    """An n-gram language model over token ids; answers lmlab's language-model interface.
+
+    ``vocab`` and ``context_size`` (= n − 1) as every lmlab model; ``n``, ``smoothing``, ``k`` and
+    ``discount`` as fitted. Build one with ``NGramModel.fit`` or ``NGramModel.from_examples``.
+    """
 
     def __init__(self, vocab: Vocab, n: int, smoothing: str, k: float, discount: float, levels: list[_Level]):
         self.vocab, self.n, self.smoothing, self.k, self.discount = vocab, n, smoothing, k, discount
         self.context_size = n - 1
         self._levels = levels  # levels[j] for context length j = 0 .. n-1
-        # Level 0 has one context (the empty one): its distribution is the same for every row.
+        self._base = None  # Kneser-Ney: P_1, the same for every context, computed once
         if smoothing == "kneser-ney":
-            self._base = self._lowest_kn()
-            self._kn_step(0, np.zeros(1, dtype=np.int64), self._base[None, :])
-        else:
-            self._base = None
+            base = np.full((1, len(vocab)), 1.0 / len(vocab))  # (1, V): P_0, uniform
+            self._kn_step(0, np.zeros(1, dtype=np.int64), base)
+            self._base = base[0]
 
     # ----- fitting -------------------------------------------------------------------------------
     @classmethod
     def fit(cls, data: TokenizedCorpus, n: int, smoothing: str = "kneser-ney", k: float = 1.0,
             discount: float = 0.75) -> "NGramModel":
-        """Count the training split of ``data`` (contexts <s>-padded per document) and return the model."""
-        _check_n(n)
+        """Count the training split of ``data`` (each document <s>×(n−1), tokens, </s>) and return the model.
+
+        Raises ValueError as ``from_examples`` does.
+        """
+        check_int("n", n, 1)
         return cls.from_examples(*data.examples("train", n - 1), data.vocab, n, smoothing, k, discount)
 
     @classmethod
     def from_examples(cls, contexts: np.ndarray, targets: np.ndarray, vocab: Vocab, n: int,
                       smoothing: str = "kneser-ney", k: float = 1.0, discount: float = 0.75) -> "NGramModel":
-        """Count (context, target) pairs: contexts (N, n-1) and targets (N,) int ids.
+        """Count (context, target) pairs, contexts (N, n−1) and targets (N,) token ids, into a model.
 
-        Raises ValueError for n < 1, an unknown smoothing, k <= 0 (add-k), a discount outside (0, 1)
-        (kneser-ney), no examples, or contexts of the wrong width.
+        c(h w) = number of rows with context h and target w; see the module docstring for P(w | h).
+        Raises ValueError for n < 1 or not an int, an unknown smoothing, k <= 0 (add-k), a discount
+        outside (0, 1) (kneser-ney), no examples, contexts of the wrong shape, or ids outside the vocab.
         """
-        _check_n(n)
+        check_int("n", n, 1)
         if smoothing not in SMOOTHINGS:
             raise ValueError(f"smoothing={smoothing!r} is unknown; use one of {SMOOTHINGS}")
-        if smoothing == "add-k" and not (math.isfinite(k) and k > 0):
-            raise ValueError(f"k={k!r} is out of range; add-k smoothing needs a finite k > 0")
-        if smoothing == "kneser-ney" and not 0 < discount < 1:
-            raise ValueError(f"discount={discount!r} is out of range; Kneser-Ney needs 0 < D < 1")
+        if smoothing == "add-k" and not (_is_real(k) and math.isfinite(k) and k > 0):
+            raise ValueError(f"k={k!r} is out of range; add-k smoothing needs a finite number k > 0")
+        if smoothing == "kneser-ney" and not (_is_real(discount) and 0 < discount < 1):
+            raise ValueError(f"discount={discount!r} is out of range; Kneser-Ney needs a number 0 < D < 1")
         contexts, targets = np.asarray(contexts, dtype=np.int64), np.asarray(targets, dtype=np.int64)
         if len(targets) == 0:
-            raise ValueError("the corpus is empty: there are no training (context, target) pairs to count")
-        if contexts.shape != (len(targets), n - 1):
-            raise ValueError(f"contexts has shape {contexts.shape}; n={n} needs ({len(targets)}, {n - 1})")
+            raise ValueError("targets is empty: the corpus has 0 training (context, target) pairs to count")
+        if targets.ndim != 1 or contexts.shape != (len(targets), n - 1):
+            raise ValueError(f"contexts has shape {contexts.shape} and targets {targets.shape}; "
+                             f"n={n} needs ({len(targets)}, {n - 1}) and ({len(targets)},)")
         V = len(vocab)
+        for name, ids in (("contexts", contexts), ("targets", targets)):
+            if ids.size and (ids.min() < 0 or ids.max() >= V):
+                raise ValueError(f"{name} holds token id {ids.min() if ids.min() < 0 else ids.max()}, "
+                                 f"outside [0, {V - 1}] for this vocabulary")
         # Dense context ids for each context length j, from the newest token backwards.
         ids = [np.zeros(len(targets), dtype=np.int64)]  # h_0 = 0 for every example
         context_keys, parents = [np.zeros(0, np.int64)], [np.zeros(1, np.int64)]
@@ -128,8 +145,12 @@ class NGramModel:
 
     # ----- the language-model interface ----------------------------------------------------------
     def next_token_logprobs(self, contexts: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """Return ln P(w | context) for every w in the vocabulary: (batch, n-1) ids -> (batch, |V|) float64."""
-        ctx = check_contexts(self, contexts).numpy()
+        """Return ln P(w | context) for every w in the vocabulary: (batch, n−1) ids -> (batch, |V|) float64.
+
+        P is the fitted smoothing's formula (module docstring), one dense row per context.
+        Raises ValueError for contexts of the wrong shape or ids outside the vocabulary.
+        """
+        ctx = check_contexts(self, contexts).cpu().numpy()
         ids, found = self._context_ids(ctx)
         V, batch = len(self.vocab), len(ctx)
         if self.smoothing == "kneser-ney":
@@ -139,7 +160,7 @@ class NGramModel:
                 if len(rows) == batch:
                     self._kn_step(j, ids[j], probs)
                 elif len(rows):
-                    part = probs[rows]
+                    part = probs[rows]  # (seen rows, V)
                     self._kn_step(j, ids[j][rows], part)
                     probs[rows] = part
         else:
@@ -153,15 +174,19 @@ class NGramModel:
                 probs = np.repeat((self.k / denominator)[:, None], V, axis=1)  # (batch, V)
                 self._scatter_add(self.n - 1, h, probs, rows, 1 / denominator[rows], 0.0)
             else:
-                probs = np.zeros((batch, V))
+                probs = np.zeros((batch, V))  # (batch, V); unseen contexts stay all zero
                 self._scatter_add(self.n - 1, h, probs, rows, 1 / np.maximum(totals[rows], 1), 0.0)
         with np.errstate(divide="ignore"):
             return torch.from_numpy(np.log(probs, out=probs))
 
-    def logprob_of(self, contexts: np.ndarray, targets: np.ndarray) -> np.ndarray:
-        """Return ln P(target | context) for each pair, (N,), without building (N, |V|): fast corpus scoring."""
-        ctx = check_contexts(self, contexts).numpy()
-        targets = np.asarray(targets, dtype=np.int64)
+    def logprob_of(self, contexts: np.ndarray | torch.Tensor, targets: np.ndarray | torch.Tensor) -> np.ndarray:
+        """Return ln P(target_i | context_i) for each pair, shape (N,), without building (N, |V|).
+
+        The fast path for scoring a whole corpus: a few hash lookups per order for each pair.
+        Raises ValueError for contexts of the wrong shape, targets not (N,), or ids outside the vocabulary.
+        """
+        ctx = check_contexts(self, contexts).cpu().numpy()
+        targets = self._check_targets(targets, len(ctx))
         ids, found = self._context_ids(ctx)
         V = len(self.vocab)
         if self.smoothing == "kneser-ney":
@@ -180,8 +205,11 @@ class NGramModel:
         with np.errstate(divide="ignore"):
             return np.log(probs)
 
-    def perplexity(self, contexts: np.ndarray, targets: np.ndarray) -> float:
-        """Return exp(−mean ln P(target | context)); infinite if any target has probability 0."""
+    def perplexity(self, contexts: np.ndarray | torch.Tensor, targets: np.ndarray | torch.Tensor) -> float:
+        """Return the perplexity exp(−(1/N) Σ_i ln P(target_i | context_i)), infinite if any P is 0.
+
+        Raises ValueError for no targets, and as ``logprob_of`` does.
+        """
         if len(targets) == 0:
             raise ValueError("targets is empty: perplexity needs at least one (context, target) pair")
         mean_nll = -float(np.mean(self.logprob_of(contexts, targets)))
@@ -189,34 +217,42 @@ class NGramModel:
 
     # ----- size ----------------------------------------------------------------------------------
     def num_ngrams(self) -> int:
-        """Return how many distinct n-grams the model stores, all orders together."""
+        """Return how many distinct n-grams the model stores, all orders 1..n together."""
         return int(sum(len(level.keys) for level in self._levels))
 
     def num_parameters(self) -> int:
-        """An n-gram model's parameters are its stored counts: one per distinct n-gram."""
+        """Return the parameter count: an n-gram model's parameters are its stored counts, one per n-gram."""
         return self.num_ngrams()
 
     def size_bytes(self) -> int:
-        """Return the bytes of every array the model stores."""
+        """Return the bytes of the count arrays the model stores (keys, counts, totals, CSR offsets).
+
+        The hash tables pandas keeps over those keys for whole-corpus scoring are not counted.
+        """
         return int(sum(level.nbytes() for level in self._levels))
 
     def __repr__(self) -> str:
         return (f"NGramModel(n={self.n}, smoothing={self.smoothing!r}, vocab={len(self.vocab)}, "
                 f"ngrams={self.num_ngrams():,}, size={self.size_bytes() / 1e6:.2f} MB)")
 
-    def to_arpa(self, path) -> None:
+    def to_arpa(self, path: str | Path, overwrite: bool = False) -> Path:
         """Write this Kneser-Ney model as an ARPA file (log10 probabilities and backoff weights), atomically.
 
-        Each stored n-gram gets its interpolated probability P(w | h); each context h gets the backoff
-        weight γ(h) = D · N1+(h •) / c(h), so an ARPA reader (e.g. KenLM) reproduces this model exactly.
-        Contexts that never end an n-gram themselves (such as <s> <s>) are written with log10 P = -99.
-        (KenLM reads models of order 2 and up.)
-        Raises ValueError for other smoothings, whose probabilities are not backoff-shaped.
+        Each stored n-gram h w gets log10 P(w | h), the interpolated probability; each context h gets
+        log10 γ(h), γ(h) = D · N1+(h •) / c(h). An ARPA reader computes P(w | h) = P(h w) if stored,
+        else γ(h) · P(w | h') (γ = 1 for a context not in the file): exactly this model (e.g. KenLM,
+        which reads models of order 2 and up). Contexts that never end an n-gram themselves (such as
+        <s> <s>) are written with log10 P = −99. Returns the path.
+        Raises ValueError for other smoothings, whose probabilities are not backoff-shaped, and
+        FileExistsError if ``path`` exists and ``overwrite`` is false.
         """
         from lmlab.results import atomic_write_text
 
         if self.smoothing != "kneser-ney":
             raise ValueError(f"smoothing={self.smoothing!r}: only a kneser-ney model can be written as ARPA")
+        path = Path(path)
+        if path.exists() and not overwrite:
+            raise FileExistsError(f"path={str(path)!r} exists; pass overwrite=True to replace it")
         V, itos = len(self.vocab), self.vocab.itos
         tokens = [np.zeros((1, 0), dtype=np.int64)]  # tokens[j][h]: the j tokens of context h at level j
         for j in range(1, self.n):
@@ -227,7 +263,7 @@ class NGramModel:
             if j == 0:
                 words = np.arange(V)
                 grams = words[:, None]
-                probs = self._kn_targets([np.zeros(V, np.int64)], [np.ones(V, bool)], words, 0)
+                probs = self._base[words]
             else:
                 h = level.keys // V
                 words = level.keys % V
@@ -249,6 +285,19 @@ class NGramModel:
                 lines.append(f"{logp:.7f}\t{text}" + (f"\t{backoff:.7f}" if m + 1 < self.n else ""))
         lines += ["", "\\end\\", ""]
         atomic_write_text(path, "\n".join(lines))
+        return path
+
+    # ----- internals -----------------------------------------------------------------------------
+    def _check_targets(self, targets: np.ndarray | torch.Tensor, rows: int) -> np.ndarray:
+        """Return ``targets`` as int64 (rows,), or raise ValueError naming what is wrong."""
+        targets = targets.cpu().numpy() if isinstance(targets, torch.Tensor) else np.asarray(targets)
+        if targets.shape != (rows,) or (rows and targets.dtype.kind not in "iu"):
+            raise ValueError(f"targets has shape {targets.shape} and dtype {targets.dtype}; "
+                             f"it must be ({rows},) integer token ids, one per context")
+        if rows and (targets.min() < 0 or targets.max() >= len(self.vocab)):
+            raise ValueError(f"targets holds token id {targets.min() if targets.min() < 0 else targets.max()}, "
+                             f"outside [0, {len(self.vocab) - 1}]")
+        return targets.astype(np.int64, copy=False)
 
     def _suffix_ids(self, j: int, h: np.ndarray) -> list[np.ndarray]:
         """For contexts h at level j, the ids of their suffixes at levels 0..j (the last is h itself)."""
@@ -257,7 +306,6 @@ class NGramModel:
             ids.insert(0, self._levels[level].context_parent[ids[0]])
         return ids
 
-    # ----- internals -----------------------------------------------------------------------------
     def _context_ids(self, ctx: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """Dense ids h_j of each row's last j tokens, and whether that context was seen, for j = 0..n-1."""
         V = len(self.vocab)
@@ -267,7 +315,7 @@ class NGramModel:
             level = self._levels[j]
             keys = ids[-1] * V + ctx[:, self.n - 1 - j]
             pos = _find(level.context_keys, level.context_index, keys)
-            hit = found[-1] & (pos >= 0)
+            hit = found[-1] & (pos >= 0)  # a row whose shorter suffix is unseen is unseen too
             ids.append(np.where(hit, pos, 0))
             found.append(hit)
         return ids, found
@@ -279,7 +327,7 @@ class NGramModel:
         return np.where(pos >= 0, level.counts[pos], 0.0)
 
     def _kn_targets(self, ids: list[np.ndarray], found: list[np.ndarray], targets: np.ndarray, upto: int) -> np.ndarray:
-        """P_{upto+1}(target | context): Kneser-Ney interpolated from the uniform up to context length ``upto``."""
+        """P_{upto+1}(target | context): Kneser-Ney interpolated from the unigram level up to context length ``upto``."""
         probs = self._base[targets]
         for j in range(1, upto + 1):
             rows = np.flatnonzero(found[j])
@@ -308,12 +356,9 @@ class NGramModel:
         probs *= (self.discount * level.distinct[h] / total)[:, None]
         self._scatter_add(j, h, probs, np.arange(len(h)), 1 / total, -self.discount)
 
-    def _lowest_kn(self) -> np.ndarray:
-        """The uniform distribution the lowest Kneser-Ney order interpolates with."""
-        return np.full(len(self.vocab), 1.0 / len(self.vocab))
 
-
-HASH_FROM = 512  # batches at least this large look keys up by hash; smaller ones by binary search
+def _is_real(value) -> bool:
+    return isinstance(value, Real) and not isinstance(value, bool)
 
 
 def _find(sorted_keys: np.ndarray, index: pd.Index, queries: np.ndarray) -> np.ndarray:
@@ -328,19 +373,13 @@ def _find(sorted_keys: np.ndarray, index: pd.Index, queries: np.ndarray) -> np.n
 
 def _make_level(context_keys: np.ndarray, parents: np.ndarray, keys: np.ndarray, counts: np.ndarray,
                 V: int) -> _Level:
-    contexts = keys // V
+    contexts = keys // V  # (ngrams,) dense context id of each n-gram, sorted
     num_contexts = max(len(parents), 1)
-    starts = np.zeros(num_contexts + 1, dtype=np.int64)
-    np.add.at(starts, contexts + 1, 1)
-    starts = np.cumsum(starts)
+    starts = np.concatenate([[0], np.cumsum(np.bincount(contexts, minlength=num_contexts))])
     counts = counts.astype(np.float64)
     totals = np.bincount(contexts, weights=counts, minlength=num_contexts)
     distinct = np.bincount(contexts, minlength=num_contexts).astype(np.float64)
     return _Level(context_keys, parents, starts, keys.astype(np.int64), counts, totals, distinct)
-
-
-def _check_n(n: int) -> None:
-    check_int("n", n, 1)
 
 
 def measure_ngrams(

@@ -12,6 +12,7 @@ loads take seconds. Nothing is downloaded: the hub is switched off for every loa
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
 import shutil
 import tempfile
@@ -49,8 +50,17 @@ def load_smollm2(dtype: torch.dtype = torch.float32, refresh: bool = False):
     ``refresh=True`` rebuilds the cache from the GGUF file.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the hub
+    hf_logging.disable_progress_bar()  # loading bars would land in notebook outputs
+    try:
+        return _load(AutoModelForCausalLM, AutoTokenizer, dtype, refresh)
+    finally:
+        hf_logging.enable_progress_bar()
+
+
+def _load(AutoModelForCausalLM, AutoTokenizer, dtype: torch.dtype, refresh: bool):
     cached = cache_dir() / CACHE_NAME
     if cached.is_dir() and not refresh:
         tokenizer = AutoTokenizer.from_pretrained(cached, local_files_only=True)
@@ -109,3 +119,39 @@ def perplexity(model, tokenizer, text: str) -> dict[str, float]:
         "accuracy": float((logp.argmax(-1) == targets).float().mean()),
         "tokens": len(targets),
     }
+
+
+@torch.no_grad()
+def next_word_scores(model, tokenizer, text: str) -> dict[str, float]:
+    """Score ``text`` (words separated by spaces and newlines) word by word with a sub-word causal LM.
+
+    - bits_per_char: −Σ log2 P(token | before) over every token after the first, divided by the
+      characters those tokens cover; comparable across tokenizers on the same text.
+    - accuracy: the share of words (after the first) that greedy decoding would produce exactly:
+      every sub-word token of the word is the model's top choice given the true text before it, and
+      the top choice after the word starts a new word. One teacher-forced pass computes this.
+    """
+    encoded = tokenizer(text, return_offsets_mapping=True, return_tensors="pt")
+    ids, offsets = encoded.input_ids, encoded.offset_mapping[0].tolist()  # ids (1, tokens)
+    if ids.shape[1] > model.config.max_position_embeddings:
+        raise ValueError(f"text has {ids.shape[1]} tokens; the model's window is {model.config.max_position_embeddings}")
+    logits = model(input_ids=ids).logits.float()[0]  # (tokens, vocab)
+    logp = torch.log_softmax(logits, -1)
+    best = logp.argmax(-1)  # (tokens,): top choice for the NEXT token
+    targets = ids[0, 1:]
+    nll = -logp[:-1].gather(1, targets[:, None]).sum().item()
+    covered = offsets[-1][1] - offsets[0][1]
+    # Which word each token starts or continues: a token starts a word when its text begins with a separator
+    # or follows one.
+    starts = [i for i, (a, b) in enumerate(offsets) if i > 0 and (text[a - 1:a] in (" ", "\n") or
+                                                                   text[a:a + 1] in (" ", "\n"))]
+    starts.append(len(offsets))
+    boundary = [tokenizer.decode([int(t)]).startswith((" ", "\n")) for t in best.tolist()]
+    correct = 0
+    for first, end in zip(starts[:-1], starts[1:]):
+        word_ok = all(int(best[i - 1]) == int(ids[0, i]) for i in range(first, end))
+        ends_ok = end >= len(offsets) or boundary[end - 1]
+        correct += word_ok and ends_ok
+    words = len(starts) - 1
+    return {"bits_per_char": nll / covered / math.log(2), "accuracy": correct / words, "words": words,
+            "tokens": ids.shape[1]}
