@@ -43,9 +43,11 @@ def tradeoff_plot(
     ax: Axes | None = None,
     x: str = "median_ms",
     y: str = "accuracy",
+    label_all: bool = False,
 ) -> Figure:
     """Plot accuracy (y) against median ms (x, log scale by default), p90 as an error bar, frontier labelled.
 
+    Frontier points are labelled with their names (every point with ``label_all``).
     ``x="size_mb"`` plots against model size instead; ``y="perplexity"`` plots perplexity (log scale,
     lower is better; rows with infinite perplexity are left out). The hardware (default: this
     machine's device name and the thread count of the rows) is named in the title. Raises ValueError
@@ -86,7 +88,7 @@ def tradeoff_plot(
     frontier = pareto_frontier(results, x, y)
     ax.step([getattr(r, x) for r in frontier], [getattr(r, y) for r in frontier], where="post",
             color="black", lw=1.5, alpha=0.6, label="Pareto frontier")
-    for r in frontier:
+    for r in results if label_all else frontier:
         ax.annotate(r.name, (getattr(r, x), getattr(r, y)), textcoords="offset points", xytext=(8, 6),
                     fontsize=FONT_SIZE - 2)
     if log_x:

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from lmlab.corpora import Corpus, tokenize_corpus
+from lmlab.corpora import Corpus, Vocab, tokenize_corpus
 from lmlab.lm import evaluate, sample, sequence_logprob, top_k
 from lmlab.ngram import NGramModel
 
@@ -34,7 +34,7 @@ def test_probabilities_sum_to_one(verses, n, smoothing):
     assert (probs > 0).all()
 
 
-@pytest.mark.parametrize("n", [1, 2, 3])
+@pytest.mark.parametrize("n", [1, 2, 3, 4])
 def test_maximum_likelihood_sums_to_one_for_seen_contexts_and_shows_zeros(verses, n):
     model = NGramModel.fit(verses, n=n, smoothing="none")
     seen, _ = verses.examples("train", n - 1)
@@ -145,6 +145,29 @@ def test_unknown_tokens_get_probability(verses):
         sequence_logprob(model, ["and", "zebra"])
 
 
+def test_tokens_never_seen_in_training_get_probability(verses):
+    """A vocabulary token absent from the training text: Kneser-Ney and add-k still give it P > 0."""
+    vocab = Vocab(verses.vocab.itos + ("zebra",))
+    zebra = vocab.stoi["zebra"]
+    contexts, targets = verses.examples("train", 2)
+    probe = verses.examples("valid", 2)[0][:50]
+    kn = NGramModel.from_examples(contexts, targets, vocab, n=3).next_token_logprobs(probe).exp()
+    assert (kn[:, zebra] > 0).all() and torch.allclose(kn.sum(-1), torch.ones(50, dtype=torch.float64), atol=1e-9)
+    laplace = NGramModel.from_examples(contexts, targets, vocab, n=3, smoothing="add-k")
+    assert (laplace.next_token_logprobs(probe)[:, zebra] > -math.inf).all()
+    mle = NGramModel.from_examples(contexts, targets, vocab, n=3, smoothing="none")
+    assert torch.isneginf(mle.next_token_logprobs(probe)[:, zebra]).all()  # honest: never seen, P = 0
+
+
+def test_torch_and_numpy_inputs_agree(verses):
+    model = NGramModel.fit(verses, n=3)
+    contexts, targets = verses.examples("valid", 2)
+    torch.testing.assert_close(model.next_token_logprobs(torch.from_numpy(contexts[:20])),
+                               model.next_token_logprobs(contexts[:20]), rtol=0, atol=0)
+    np.testing.assert_array_equal(model.logprob_of(torch.from_numpy(contexts), torch.from_numpy(targets)),
+                                  model.logprob_of(contexts, targets))
+
+
 def test_size_grows_with_n(verses):
     sizes = [NGramModel.fit(verses, n=n) for n in (1, 2, 3)]
     assert sizes[0].num_ngrams() < sizes[1].num_ngrams() < sizes[2].num_ngrams()
@@ -155,7 +178,9 @@ def test_size_grows_with_n(verses):
 @pytest.mark.parametrize("kwargs, match", [
     ({"n": 0}, "n=0"), ({"n": 2.5}, "n=2.5"), ({"n": 2, "smoothing": "witten-bell"}, "smoothing="),
     ({"n": 2, "smoothing": "add-k", "k": 0}, "k=0"), ({"n": 2, "smoothing": "add-k", "k": -1.0}, "k=-1.0"),
-    ({"n": 2, "discount": 0.0}, "discount="), ({"n": 2, "discount": 1.0}, "discount="),
+    ({"n": 2, "smoothing": "add-k", "k": math.inf}, "k=inf"), ({"n": 2, "smoothing": "add-k", "k": "1"}, "k='1'"),
+    ({"n": 2, "discount": 0.0}, "discount=0.0"), ({"n": 2, "discount": 1.0}, "discount=1.0"),
+    ({"n": 2, "discount": None}, "discount=None"),
 ])
 def test_bad_settings_are_clear_errors(verses, kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -165,6 +190,21 @@ def test_bad_settings_are_clear_errors(verses, kwargs, match):
 def test_empty_corpus_is_a_clear_error(verses):
     with pytest.raises(ValueError, match="empty"):
         NGramModel.from_examples(np.zeros((0, 1), np.int64), np.zeros(0, np.int64), verses.vocab, n=2)
+
+
+def test_ids_outside_the_vocabulary_are_clear_errors(verses):
+    V = len(verses.vocab)
+    with pytest.raises(ValueError, match=f"targets holds token id {V}"):
+        NGramModel.from_examples(np.zeros((2, 1), np.int64), np.array([3, V]), verses.vocab, n=2)
+    with pytest.raises(ValueError, match="contexts holds token id -1"):
+        NGramModel.from_examples(np.array([[3], [-1]]), np.array([3, 4]), verses.vocab, n=2)
+    model = NGramModel.fit(verses, n=2)
+    with pytest.raises(ValueError, match=f"targets holds token id {V}"):
+        model.logprob_of(np.zeros((2, 1), np.int64), np.array([3, V]))
+    with pytest.raises(ValueError, match=r"targets has shape \(3,\)"):
+        model.perplexity(np.zeros((2, 1), np.int64), np.array([3, 4, 5]))
+    with pytest.raises(ValueError, match="outside"):
+        model.next_token_logprobs(np.array([[V]]))
 
 
 def test_context_of_the_wrong_length_is_a_clear_error(verses):
@@ -198,6 +238,19 @@ def test_only_kneser_ney_writes_arpa(verses, tmp_path):
     with pytest.raises(ValueError, match="only a kneser-ney model"):
         NGramModel.fit(verses, n=2, smoothing="add-k").to_arpa(tmp_path / "x.arpa")
     assert not (tmp_path / "x.arpa").exists()
+
+
+def test_arpa_never_overwrites_a_file_unless_asked(verses, tmp_path):
+    path = tmp_path / "mine.arpa"
+    path.write_text("my notes")
+    model = NGramModel.fit(verses, n=2)
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        model.to_arpa(path)
+    assert path.read_text() == "my notes"
+    assert model.to_arpa(path, overwrite=True) == path
+    text = path.read_text()
+    assert text.startswith("\n\\data\\\nngram 1=") and text.rstrip().endswith("\\end\\")
+    assert f"ngram 1={len(verses.vocab)}" in text and [p.name for p in tmp_path.iterdir()] == ["mine.arpa"]
 
 
 def test_measure_ngrams_gives_one_row_per_order(names_data):

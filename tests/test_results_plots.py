@@ -56,6 +56,9 @@ def test_tradeoff_plot_draws_points_frontier_and_hardware():
     assert ax.get_xscale() == "log" and "ms" in ax.get_xlabel()
     assert "Test CPU, 1 thread" in ax.get_title()
     assert {t.get_text() for t in ax.texts} == {"fast", "mid", "best"}
+    dominated = rows + [row("slow-bad", 0.1, 100, "neural")]
+    assert "slow-bad" not in {t.get_text() for t in tradeoff_plot(dominated).axes[0].texts}
+    assert "slow-bad" in {t.get_text() for t in tradeoff_plot(dominated, label_all=True).axes[0].texts}
     linear = tradeoff_plot(rows, log_x=False)
     assert linear.axes[0].get_xscale() == "linear"
 
