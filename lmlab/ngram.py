@@ -60,8 +60,10 @@ class _Level:
             index.get_indexer(index[:1])  # build the hash table now, as part of fitting
 
     def nbytes(self) -> int:
-        return sum(a.nbytes for a in (self.context_keys, self.context_parent, self.starts, self.keys,
-                                      self.counts, self.totals, self.distinct))
+        arrays = sum(a.nbytes for a in (self.context_keys, self.context_parent, self.starts, self.keys,
+                                        self.counts, self.totals, self.distinct))
+        hash_tables = sum(index.memory_usage() - index.nbytes for index in (self.context_index, self.key_index))
+        return arrays + hash_tables
 
 
 class NGramModel:
@@ -225,10 +227,8 @@ class NGramModel:
         return self.num_ngrams()
 
     def size_bytes(self) -> int:
-        """Return the bytes of the count arrays the model stores (keys, counts, totals, CSR offsets).
-
-        The hash tables pandas keeps over those keys for whole-corpus scoring are not counted.
-        """
+        """Return the bytes the model holds: its count arrays (keys, counts, totals, CSR offsets) and the
+        hash tables over the keys that make whole-corpus scoring fast (often the larger part)."""
         return int(sum(level.nbytes() for level in self._levels))
 
     def __repr__(self) -> str:
