@@ -184,3 +184,50 @@ def _check_config(vocab: Vocab, config) -> None:
             raise ValueError(f"{name}={value!r} is out of range; use an integer >= 1")
     if not 0 <= getattr(config, "dropout", 0) < 1:
         raise ValueError(f"dropout={config.dropout!r} is out of range; use a number in [0, 1)")
+
+
+@dataclass(frozen=True)
+class WeightLayer:
+    """One weight matrix of a model, as a matrix product sees it: ``matrix`` has shape (out, in).
+
+    nn.Linear and nn.Embedding store (out, in) already (an embedding's "out" rows are its tokens);
+    transformers' GPT-2 ``Conv1D`` stores the transpose, (in, out), which ``transposed`` records.
+    ``tied`` says that another module uses the same tensor (a GPT's embedding and output layer).
+    """
+
+    name: str
+    module: nn.Module
+    transposed: bool
+    tied: bool
+
+    @property
+    def matrix(self) -> torch.Tensor:
+        weight = self.module.weight
+        return weight.T if self.transposed else weight  # (out, in)
+
+    def set_matrix(self, matrix: torch.Tensor) -> None:
+        """Overwrite the weight in place with an (out, in) matrix of the same shape."""
+        with torch.no_grad():
+            self.module.weight.copy_(matrix.T if self.transposed else matrix)
+
+
+def weight_layers(model: nn.Module, embeddings: bool = True) -> list[WeightLayer]:
+    """Return every distinct weight matrix of ``model`` (ours or a transformers model), in module order.
+
+    Finds nn.Linear, transformers' ``Conv1D`` and, with ``embeddings``, nn.Embedding. A tensor shared
+    by several modules (tied embeddings) is listed once, under its first module, with ``tied=True``.
+    Introduced in notebooks/04_quantization.ipynb; chapter 05's pruning uses it too.
+    """
+    from transformers.pytorch_utils import Conv1D
+
+    kinds = (nn.Linear, Conv1D) + ((nn.Embedding,) if embeddings else ())
+    users: dict[int, int] = {}
+    for module in model.modules():
+        if isinstance(module, (nn.Linear, Conv1D, nn.Embedding)):
+            users[id(module.weight)] = users.get(id(module.weight), 0) + 1
+    layers, seen = [], set()
+    for name, module in model.named_modules():
+        if isinstance(module, kinds) and id(module.weight) not in seen:
+            seen.add(id(module.weight))
+            layers.append(WeightLayer(name, module, isinstance(module, Conv1D), users[id(module.weight)] > 1))
+    return layers
