@@ -42,6 +42,18 @@ class NeuralLM(nn.Module):
     def last_logits(self, contexts: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def batch_logits(self, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return (logits, targets) for every prediction in a training batch: (N, vocab) and (N,).
+
+        Targets equal to IGNORE (padding) carry no loss.
+        """
+        raise NotImplementedError
+
+    def loss(self, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """Cross-entropy, −mean ln P(target | context), over the batch's real predictions."""
+        logits, targets = self.batch_logits(batch)
+        return F.cross_entropy(logits, targets, ignore_index=IGNORE)
+
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
@@ -80,10 +92,10 @@ class MLPLanguageModel(NeuralLM):
         e = self.embed(contexts).flatten(1)  # (batch, context * embed)
         return self.out(torch.tanh(self.hidden(e)))  # (batch, vocab)
 
-    def loss(self, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        """Cross-entropy, -mean ln P(target | context), on a (contexts, targets) batch."""
+    def batch_logits(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """A (contexts, targets) batch -> (logits (batch, vocab), targets (batch,))."""
         contexts, targets = (t.to(self.device) for t in batch)
-        return F.cross_entropy(self.last_logits(contexts), targets)
+        return self.last_logits(contexts), targets
 
 
 @dataclass(frozen=True)
@@ -132,11 +144,11 @@ class GPTLanguageModel(NeuralLM):
         out = self.gpt(input_ids=contexts, attention_mask=mask, position_ids=positions.clamp(min=0))
         return out.logits[:, -1, :]  # (batch, vocab): the last position predicts the next token
 
-    def loss(self, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        """Cross-entropy over every real position of a batch of documents (padding skipped)."""
+    def batch_logits(self, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """A batch of documents -> (logits, targets) at every position: (batch · time, vocab), (batch · time,)."""
         inputs, targets, mask = (t.to(self.device) for t in batch)
         logits = self.gpt(input_ids=inputs, attention_mask=mask).logits  # (batch, time, vocab)
-        return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE)
+        return logits.flatten(0, 1), targets.flatten()
 
     @torch.no_grad()
     def evaluate_documents(self, data: TokenizedCorpus, split: str, batch_size: int = 64) -> dict[str, float]:

@@ -13,12 +13,13 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator
 
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from lmlab.descent import check_lr
 from lmlab.corpora import TokenizedCorpus, batches, document_batches, load_corpus, tokenize_corpus
 from lmlab.lm import evaluate
-from lmlab.neural import NeuralLM, build_model
+from lmlab.neural import IGNORE, NeuralLM, build_model
 from lmlab.runtime import check_int, seed_everything, torch_threads
 
 # The shipped checkpoints: python -m lmlab train PRESET reproduces data/PRESET.safetensors from scratch.
@@ -53,6 +54,7 @@ def train_model(
     lr: float,
     evaluate_fn: Callable[[NeuralLM], dict],
     optimizer: torch.optim.Optimizer | None = None,
+    loss_fn: Callable[[NeuralLM, object], torch.Tensor] | None = None,
     weight_decay: float = 0.0,
     warmup_steps: int = 0,
     eval_every: int = 100,
@@ -64,7 +66,8 @@ def train_model(
     θ ← θ − α ∇J(θ) with AdamW by default; the learning rate warms up linearly, then follows a cosine
     from ``lr`` down to ``lr / 10``. Any object with ``zero_grad()`` and ``step()`` may be passed as
     ``optimizer`` (lmlab.descent's hand-written ones included); only a ``torch.optim`` optimizer gets
-    the schedule. ``evaluate_fn(model)`` returns a dict with "nll_nats" and "accuracy".
+    the schedule. ``evaluate_fn(model)`` returns a dict with "nll_nats" and "accuracy". The loss of a
+    batch is ``model.loss(batch)`` unless ``loss_fn(model, batch)`` is given (distillation uses that).
     Raises ValueError if ``lr <= 0`` or ``steps < 1``.
     """
     check_lr(lr)
@@ -79,7 +82,8 @@ def train_model(
     stream = _endless(train_batches)
     running = []
     for step in tqdm(range(1, steps + 1), disable=not progress, desc="training", mininterval=2):
-        loss = model.loss(next(stream))
+        batch = next(stream)
+        loss = model.loss(batch) if loss_fn is None else loss_fn(model, batch)
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -120,6 +124,97 @@ def _endless(train_batches: Callable[[int], Iterable]) -> Iterator:
         epoch += 1
 
 
+def training_data(model: NeuralLM, data: TokenizedCorpus, batch_size: int, seed: int = 0,
+                  valid_documents: int | None = None) -> tuple[Callable[[int], Iterable], Callable[[NeuralLM], dict], int]:
+    """Return (train_batches, evaluate_fn, batches per epoch) for training ``model`` on ``data``, for train_model.
+
+    A GPT reads whole documents (verses); an MLP reads (context, next token) pairs. Batches are
+    shuffled with a seed per epoch. ``evaluate_fn`` scores the validation split, or only its first
+    ``valid_documents`` documents (a quick, fixed slice).
+    """
+    check_int("batch_size", batch_size, 1)
+    valid = data if valid_documents is None else data.head("valid", valid_documents)
+    if model.kind == "gpt":
+        per_epoch = math.ceil(len(data.ids["train"]) / batch_size)
+
+        def train_batches(epoch):
+            return document_batches(data, "train", batch_size, max_len=model.config.n_positions, shuffle=True,
+                                    seed=seed * 1000 + epoch)
+
+        def evaluate_fn(m):
+            return m.evaluate_documents(valid, "valid")
+    else:
+        contexts, targets = data.examples("train", model.context_size)
+        pairs = valid.examples("valid", model.context_size)
+        per_epoch = math.ceil(len(targets) / batch_size)
+
+        def train_batches(epoch):
+            return batches(contexts, targets, batch_size, shuffle=True, seed=seed * 1000 + epoch)
+
+        def evaluate_fn(m):
+            return evaluate(m, *pairs)
+    return train_batches, evaluate_fn, per_epoch
+
+
+def fine_tune(model: NeuralLM, data: TokenizedCorpus, steps: int, lr: float = 1e-3, batch_size: int = 32,
+              seed: int = 0, eval_every: int | None = None, valid_documents: int | None = 200,
+              progress: bool = False) -> History:
+    """Train ``model`` in place for a few ``steps`` on ``data`` (e.g. to recover after pruning); return the curves.
+
+    AdamW with a short warm-up and a cosine decay (``train_model``); validation on the first
+    ``valid_documents`` validation documents. Introduced in notebooks/05_pruning_and_low_rank.ipynb.
+    Raises ValueError for steps < 1, lr <= 0 or batch_size < 1.
+    """
+    train_batches, evaluate_fn, _ = training_data(model, data, batch_size, seed, valid_documents)
+    return train_model(model, train_batches, steps=steps, lr=lr, evaluate_fn=evaluate_fn,
+                       warmup_steps=min(20, steps // 5), eval_every=eval_every or steps, seed=seed, progress=progress)
+
+
+def distillation_loss(teacher: NeuralLM, temperature: float = 2.0, alpha: float = 0.5
+                      ) -> Callable[[NeuralLM, object], torch.Tensor]:
+    """Return loss_fn(student, batch) for ``train_model``: learn from a teacher's soft targets and the data.
+
+    J = α · T² · KL(softmax(z_teacher / T) ‖ softmax(z_student / T)) + (1 − α) · cross-entropy(z_student, y).
+    A temperature T > 1 softens both distributions so the student also learns which wrong answers the
+    teacher found plausible; T² keeps that term's gradients on the scale of the cross-entropy's.
+    Raises ValueError for T <= 0 or α outside [0, 1].
+    """
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
+        raise ValueError(f"temperature={temperature!r} is out of range; use a number > 0")
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 <= alpha <= 1:
+        raise ValueError(f"alpha={alpha!r} is out of range; use a number in [0, 1]")
+    teacher.eval()
+
+    def loss_fn(student: NeuralLM, batch) -> torch.Tensor:
+        logits, targets = student.batch_logits(batch)  # (tokens, vocab), (tokens,)
+        with torch.no_grad():
+            teacher_logits, _ = teacher.batch_logits(batch)
+        real = targets != IGNORE
+        soft = F.kl_div(F.log_softmax(logits[real] / temperature, -1), F.log_softmax(teacher_logits[real] / temperature, -1),
+                        log_target=True, reduction="batchmean")
+        return alpha * temperature**2 * soft + (1 - alpha) * F.cross_entropy(logits, targets, ignore_index=IGNORE)
+
+    return loss_fn
+
+
+def distill(student: NeuralLM, teacher: NeuralLM, data: TokenizedCorpus, steps: int, lr: float = 3e-3,
+            batch_size: int = 32, temperature: float = 2.0, alpha: float = 0.5, seed: int = 0,
+            eval_every: int | None = None, valid_documents: int | None = 200, progress: bool = False) -> History:
+    """Train ``student`` in place against ``teacher``'s soft targets (``distillation_loss``); return the curves.
+
+    Both must share a vocabulary. With ``alpha=0`` this is ordinary training on the data, the fair
+    comparison for the same steps and seed. Introduced in notebooks/05_pruning_and_low_rank.ipynb.
+    Raises ValueError for different vocabularies or bad settings.
+    """
+    if student.vocab != teacher.vocab:
+        raise ValueError("student and teacher have different vocabularies; distillation compares their "
+                         "next-token distributions, so they must share one")
+    train_batches, evaluate_fn, _ = training_data(student, data, batch_size, seed, valid_documents)
+    return train_model(student, train_batches, steps=steps, lr=lr, evaluate_fn=evaluate_fn,
+                       loss_fn=distillation_loss(teacher, temperature, alpha), warmup_steps=min(20, steps // 5),
+                       eval_every=eval_every or steps, seed=seed, progress=progress)
+
+
 def preset_data(name: str) -> TokenizedCorpus:
     """Load and tokenize the corpus a preset trains on (the same split and vocabulary as chapter 01)."""
     preset = _preset(name)
@@ -137,21 +232,7 @@ def train_preset(name: str, out: str, seed: int = 0, threads: int | None = None,
     with torch_threads(threads) as used_threads:
         seed_everything(seed)
         model = build_model(preset["kind"], data.vocab, **preset["model"])
-        if preset["kind"] == "gpt":
-            per_epoch = math.ceil(len(data.ids["train"]) / preset["batch_size"])
-            def train_batches(epoch):
-                return document_batches(data, "train", preset["batch_size"], max_len=model.config.n_positions,
-                                        shuffle=True, seed=seed * 1000 + epoch)
-            def evaluate_fn(m):
-                return m.evaluate_documents(data, "valid")
-        else:
-            contexts, targets = data.examples("train", model.context_size)
-            valid = data.examples("valid", model.context_size)
-            per_epoch = math.ceil(len(targets) / preset["batch_size"])
-            def train_batches(epoch):
-                return batches(contexts, targets, preset["batch_size"], shuffle=True, seed=seed * 1000 + epoch)
-            def evaluate_fn(m):
-                return evaluate(m, *valid)
+        train_batches, evaluate_fn, per_epoch = training_data(model, data, preset["batch_size"], seed)
         steps = max(1, int(per_epoch * epochs))
         start = time.perf_counter()
         history = train_model(model, train_batches, steps=steps, lr=preset["lr"], evaluate_fn=evaluate_fn,

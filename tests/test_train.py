@@ -1,0 +1,84 @@
+"""The training loop, fine-tuning and distillation: seeded, recorded, and the distillation loss as written."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lmlab.corpora import Corpus, tokenize_corpus
+from lmlab.neural import build_model
+from lmlab.train import distill, distillation_loss, fine_tune, train_model, training_data
+
+
+@pytest.fixture(scope="module")
+def verses(kjv_corpus):
+    return tokenize_corpus(Corpus("kjv-slice", "word", kjv_corpus.documents[:400]), min_count=1)
+
+
+def tiny_gpt(vocab, seed=0, width=16):
+    torch.manual_seed(seed)
+    return build_model("gpt", vocab, n_layer=1, n_embd=width, n_head=2, n_positions=64, dropout=0.0)
+
+
+def run(verses, seed=0):
+    model = tiny_gpt(verses.vocab)
+    train_batches, evaluate_fn, _ = training_data(model, verses, batch_size=8, seed=seed, valid_documents=10)
+    return train_model(model, train_batches, steps=12, lr=3e-3, evaluate_fn=evaluate_fn, eval_every=4,
+                       seed=seed, progress=False)
+
+
+def test_training_is_seeded_and_records_curves(verses):
+    first, second = run(verses), run(verses)
+    assert first.step == [4, 8, 12]
+    assert first.valid_loss == second.valid_loss and first.train_loss == second.train_loss
+    assert first.valid_loss[-1] < first.valid_loss[0]
+    assert len(first.valid_accuracy) == len(first.elapsed_ms) == 3
+
+
+def test_mlp_training_data_gives_pairs(names_data):
+    model = build_model("mlp", names_data.vocab, context_size=3, embed_dim=4, hidden_dim=8)
+    train_batches, evaluate_fn, per_epoch = training_data(model, names_data, batch_size=512, valid_documents=50)
+    contexts, targets = next(iter(train_batches(0)))
+    assert contexts.shape == (512, 3) and targets.shape == (512,)
+    assert per_epoch == -(-len(names_data.examples("train", 3)[1]) // 512)
+    assert evaluate_fn(model)["tokens"] == len(names_data.head("valid", 50).examples("valid", 3)[1])
+
+
+def test_distillation_loss_is_cross_entropy_plus_scaled_kl(verses):
+    student, teacher = tiny_gpt(verses.vocab, seed=1), tiny_gpt(verses.vocab, seed=2, width=32)
+    batch = next(iter(training_data(student, verses, batch_size=4)[0](0)))
+    logits, targets = student.batch_logits(batch)
+    teacher_logits, _ = teacher.batch_logits(batch)
+    real = targets != -100
+    T, alpha = 3.0, 0.25
+    p_teacher = F.softmax(teacher_logits[real] / T, -1)
+    kl = (p_teacher * (p_teacher.log() - F.log_softmax(logits[real] / T, -1))).sum(-1).mean()
+    expected = alpha * T**2 * kl + (1 - alpha) * F.cross_entropy(logits[real], targets[real])
+    torch.testing.assert_close(distillation_loss(teacher, T, alpha)(student, batch), expected)
+    assert distillation_loss(teacher, 2.0, 0.0)(student, batch).item() == pytest.approx(student.loss(batch).item())
+    assert distillation_loss(student, 2.0, 1.0)(student, batch).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_distill_and_fine_tune_train_in_place_and_validate_settings(verses):
+    teacher = tiny_gpt(verses.vocab, seed=3, width=32)
+    student = tiny_gpt(verses.vocab, seed=4)
+    before = copy.deepcopy(student.state_dict())
+    history = distill(student, teacher, verses, steps=6, batch_size=8, valid_documents=10)
+    assert history.step == [6] and any(not torch.equal(before[k], v) for k, v in student.state_dict().items())
+    assert fine_tune(student, verses, steps=4, batch_size=8, eval_every=2, valid_documents=10).step == [2, 4]
+    with pytest.raises(ValueError, match="temperature=0"):
+        distillation_loss(teacher, temperature=0)
+    with pytest.raises(ValueError, match="alpha=1.5"):
+        distillation_loss(teacher, alpha=1.5)
+    with pytest.raises(ValueError, match="lr="):
+        fine_tune(student, verses, steps=2, lr=0.0)
+    with pytest.raises(ValueError, match="batch_size=0"):
+        fine_tune(student, verses, steps=2, batch_size=0)
+    with pytest.raises(ValueError, match="steps=0"):
+        fine_tune(student, verses, steps=0)
+
+
+def test_distillation_needs_a_shared_vocabulary(verses, names_data):
+    with pytest.raises(ValueError, match="different vocabularies"):
+        distill(tiny_gpt(verses.vocab), tiny_gpt(names_data.vocab), verses, steps=1)
