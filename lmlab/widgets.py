@@ -5,12 +5,16 @@ Introduced in notebooks/01_ngram_language_models.ipynb.
 
 from __future__ import annotations
 
-from typing import Callable, Mapping
-
+import html
 import io
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
 
 import torch
 from matplotlib.figure import Figure
+from torch import nn
 
 from lmlab.bench import Timing, time_ms
 from lmlab.lm import LanguageModel, make_context
@@ -109,3 +113,122 @@ class DescentPanel:
         verdict = "diverged" if not final < losses[0] * 10 else f"final loss {final:.4f}"
         self.info.value = (f"{kind} descent, α = {self.lr.value:.3f}, batch {self.batch.value}: {verdict}; "
                            f"w = {ws[-1]:.3f}, b = {bs[-1]:.3f} after {self.steps} steps")
+
+
+@dataclass(frozen=True)
+class Knob:
+    """One compression method as the panel offers it: a slider's range and the function it drives.
+
+    ``apply(model, value)`` returns the compressed copy (a model, or a ``lmlab.prune.Compressed``);
+    ``size_bytes(model, value)``, if given, is the size stored at that setting (else the copy's
+    parameter bytes). ``log`` makes a log-scale slider, ``integer`` an integer one.
+    """
+
+    label: str
+    apply: Callable[[nn.Module, float], Any]
+    minimum: float
+    maximum: float
+    step: float
+    value: float
+    log: bool = False
+    integer: bool = False
+    size_bytes: Callable[[nn.Module, float], int] | None = None
+
+
+class CompressionPanel:
+    """Pick a model, a method and its setting: the panel compresses a copy, scores it and redraws.
+
+    ``models`` maps a name to (model, evaluate), where ``evaluate(model)`` returns a dict with
+    "accuracy" and "perplexity" on a fixed validation slice; ``methods`` maps a name to a ``Knob``.
+    Every setting tried is kept as a point, so the plot builds up accuracy against the setting.
+    A setting the method refuses (a ValueError) is shown as the error's message, not a traceback.
+    Introduced in notebooks/04_quantization.ipynb; chapter 05 uses it for pruning.
+    """
+
+    def __init__(self, models: Mapping[str, tuple[nn.Module, Callable[[nn.Module], dict]]],
+                 methods: Mapping[str, Knob]):
+        import ipywidgets as widgets
+
+        if not models or not methods:
+            raise ValueError("models and methods must each hold at least one entry")
+        self.models, self.methods = dict(models), dict(methods)
+        self.model_choice = widgets.Dropdown(options=list(self.models), description="model")
+        self.method_choice = widgets.Dropdown(options=list(self.methods), description="method",
+                                              style={"description_width": "initial"})
+        self.sliders = {name: self._slider(widgets, knob) for name, knob in self.methods.items()}
+        self.controls = widgets.HBox([self.model_choice, self.method_choice, self.sliders[self.method_choice.value]])
+        self.chart = widgets.Image(format="png")  # redrawing changes widget state only, never the cell's output
+        self.info = widgets.HTML()
+        self.widget = widgets.VBox([self.controls, self.info, self.chart])
+        self.reference: dict[str, dict] = {}
+        self.tried: dict[tuple[str, str], dict[float, float]] = {}
+        self.model_choice.observe(lambda _: self.refresh(), names="value")
+        self.method_choice.observe(lambda _: self._switch(), names="value")
+        for slider in self.sliders.values():
+            slider.observe(lambda _: self.refresh(), names="value")
+        self.refresh()
+
+    @staticmethod
+    def _slider(widgets, knob: Knob):
+        common = dict(value=knob.value, description=knob.label, continuous_update=False,
+                      style={"description_width": "initial"})
+        if knob.log:
+            return widgets.FloatLogSlider(base=10, min=math.log10(knob.minimum), max=math.log10(knob.maximum),
+                                          step=knob.step, readout_format=".3g", **common)
+        if knob.integer:
+            return widgets.IntSlider(min=int(knob.minimum), max=int(knob.maximum), step=int(knob.step), **common)
+        return widgets.FloatSlider(min=knob.minimum, max=knob.maximum, step=knob.step, readout_format=".3g", **common)
+
+    def _switch(self) -> None:
+        self.controls.children = (self.model_choice, self.method_choice, self.sliders[self.method_choice.value])
+        self.refresh()
+
+    def score(self, model_name: str, method_name: str, value: float) -> dict:
+        """Compress ``model_name`` with a method at ``value`` and score it: accuracy, perplexity, size, seconds."""
+        model, evaluate_fn = self.models[model_name]
+        knob = self.methods[method_name]
+        start = time.perf_counter()
+        compressed = knob.apply(model, value)
+        compressed = getattr(compressed, "model", compressed)
+        with torch.no_grad():
+            scores = evaluate_fn(compressed)
+        params = {id(p): p for p in compressed.parameters()}.values()
+        size = knob.size_bytes(model, value) if knob.size_bytes else sum(p.numel() * p.element_size() for p in params)
+        return {**scores, "size_bytes": size, "seconds": time.perf_counter() - start}
+
+    def refresh(self) -> None:
+        model_name, method_name = self.model_choice.value, self.method_choice.value
+        value = self.sliders[method_name].value
+        if model_name not in self.reference:
+            model, evaluate_fn = self.models[model_name]
+            with torch.no_grad():
+                self.reference[model_name] = evaluate_fn(model)
+        try:
+            result = self.score(model_name, method_name, value)
+        except ValueError as err:
+            self.info.value = f"<b>{method_name}</b> at {value:g}: {html.escape(str(err))}"
+            return
+        points = self.tried.setdefault((model_name, method_name), {})
+        points[value] = result["accuracy"]
+        reference = self.reference[model_name]
+        fig = Figure(figsize=(9, 4))
+        ax = fig.subplots()
+        xs = sorted(points)
+        ax.plot(xs, [points[x] for x in xs], "o-", color="tab:blue", ms=7, label="settings tried")
+        ax.plot([value], [result["accuracy"]], "o", color="tab:red", ms=11, label="this setting")
+        ax.axhline(reference["accuracy"], color="black", ls="--", lw=1.2, label="uncompressed")
+        if self.methods[method_name].log:
+            ax.set_xscale("log")
+        ax.set_xlabel(self.methods[method_name].label, fontsize=13)
+        ax.set_ylabel("validation accuracy", fontsize=13)
+        ax.set_title(f"{model_name}: {method_name}", fontsize=13)
+        ax.tick_params(labelsize=12)
+        ax.legend(fontsize=11)
+        fig.tight_layout()
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=72)
+        self.chart.value = buffer.getvalue()
+        self.info.value = (f"<b>{model_name}</b>, {method_name} at {value:g}: accuracy {result['accuracy']:.4f} "
+                           f"(uncompressed {reference['accuracy']:.4f}), perplexity {result['perplexity']:.2f} "
+                           f"(uncompressed {reference['perplexity']:.2f}), {result['size_bytes'] / 1e6:.3f} MB; "
+                           f"compressed and scored in {result['seconds'] * 1e3:.0f} ms")

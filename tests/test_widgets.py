@@ -48,3 +48,37 @@ def test_descent_panel_redraws_and_flags_divergence():
     assert bytes(panel.chart.value).startswith(b"\x89PNG")
     with pytest.raises(ValueError, match="lr="):
         DescentPanel(x, y, lr=0)
+
+
+def test_compression_panel_scores_settings_and_shows_refusals(names_data):
+    import torch
+
+    from lmlab.lm import evaluate
+    from lmlab.neural import build_model
+    from lmlab.prune import magnitude_prune
+    from lmlab.quantize import model_bytes, quantize_model
+    from lmlab.widgets import CompressionPanel, Knob
+
+    torch.manual_seed(0)
+    mlp = build_model("mlp", names_data.vocab, context_size=3, embed_dim=4, hidden_dim=16).eval()
+    pairs = [a[:500] for a in names_data.examples("valid", 3)]
+    methods = {
+        "per channel": Knob("bits", lambda m, b: quantize_model(m, b), 2, 8, 1, 8, integer=True,
+                            size_bytes=lambda m, b: model_bytes(m, b)["total"]),
+        "per group of 3": Knob("bits", lambda m, b: quantize_model(m, b, granularity="group", group_size=3),
+                               2, 8, 1, 4, integer=True),
+        "magnitude": Knob("sparsity", lambda m, s: magnitude_prune(m, s), 0, 0.95, 0.05, 0.5),
+    }
+    panel = CompressionPanel({"mlp": (mlp, lambda m: evaluate(m, *pairs))}, methods)
+    reference = evaluate(mlp, *pairs)
+    assert f"uncompressed {reference['accuracy']:.4f}" in panel.info.value
+    assert panel.score("mlp", "per channel", 8)["size_bytes"] == model_bytes(mlp, 8)["total"]
+    panel.sliders["per channel"].value = 2
+    assert set(panel.tried["mlp", "per channel"]) == {8, 2}
+    panel.method_choice.value = "magnitude"
+    assert panel.controls.children[-1] is panel.sliders["magnitude"] and "magnitude at 0.5" in panel.info.value
+    assert bytes(panel.chart.value).startswith(b"\x89PNG")
+    panel.method_choice.value = "per group of 3"  # 3 does not divide the embedding's 4 weights per row
+    assert "group_size=3 does not divide the 4 weights" in panel.info.value
+    with pytest.raises(ValueError, match="at least one"):
+        CompressionPanel({}, methods)
