@@ -10,6 +10,18 @@ milliseconds. One module per idea:
 - ``lmlab.ngram``    n-gram models: counts, smoothing, perplexity
 - ``lmlab.results``  the one results row, tables, saving
 - ``lmlab.plots``    the accuracy-against-milliseconds trade-off plot
+- ``lmlab.neural``   neural language models (MLP, GPT-2), ``lmlab.checkpoints`` and ``lmlab.train``
+- ``lmlab.pretrained`` SmolLM2-135M offline; ``lmlab.descent`` gradient descent by hand
+- ``lmlab.quantize`` q(x) = round(x / Q) · Q, bit widths and granularity; ``lmlab.export`` real int8 (ONNX Runtime)
+- ``lmlab.prune``    pruning, low rank, weight sharing; ``lmlab.widgets`` the interactive panels
 """
 
+import logging
+
 __version__ = "0.1.0"
+
+# torchao (installed for benchmarks/bench_int8.py) logs warnings whenever transformers imports it: kernels
+# built for CUDA that a CPU machine cannot load, and pytree registrations torch calls deprecated. They are
+# harmless, and would otherwise appear in every notebook's output.
+for _noisy in ("torchao", "torch.utils._pytree"):
+    logging.getLogger(_noisy).setLevel(logging.ERROR)

@@ -56,15 +56,28 @@ class NeuralLM(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return next(self.parameters()).device
+        first = next(self.parameters(), None)
+        return torch.device("cpu") if first is None else first.device
 
     def num_parameters(self) -> int:
-        """Count distinct parameters (tied weights once)."""
-        return sum(p.numel() for p in {id(p): p for p in self.parameters()}.values())
+        """Count distinct parameters (tied weights once), also those an exported graph (lmlab.export) holds."""
+        return parameter_count(self)
 
     def size_bytes(self) -> int:
-        """Bytes of the distinct parameters at their current precision."""
-        return sum(p.numel() * p.element_size() for p in {id(p): p for p in self.parameters()}.values())
+        """Bytes of the distinct parameters at their current precision, plus any exported graph's weights."""
+        return parameter_bytes(self)
+
+
+def parameter_count(model: nn.Module) -> int:
+    """Count a model's distinct parameters (tied weights once), and those any exported graph inside it holds."""
+    own = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+    return own + sum(getattr(m, "source_parameters", 0) for m in model.modules())
+
+
+def parameter_bytes(model: nn.Module) -> int:
+    """Bytes of a model's distinct parameters at their precision, plus any exported graph's stored weights."""
+    own = sum(p.numel() * p.element_size() for p in {id(p): p for p in model.parameters()}.values())
+    return own + sum(getattr(m, "stored_bytes", 0) for m in model.modules())
 
 
 @dataclass(frozen=True)

@@ -100,7 +100,7 @@ def _save_atomically(model, tokenizer, target: Path) -> None:
 def perplexity(model, tokenizer, text: str) -> dict[str, float]:
     """Score ``text`` with a causal LM: perplexity per token, bits per character, and top-1 accuracy.
 
-    PP = exp(−mean ln P(token_i | tokens before i)) over every token after the first.
+    PP = exp(−mean ln P(token_i | tokens before i)) over every token after the first; "nll_nats" is that mean.
     """
     if not text.strip():
         raise ValueError("text is empty: perplexity needs some text to score")
@@ -116,7 +116,8 @@ def perplexity(model, tokenizer, text: str) -> dict[str, float]:
     nll = -logp.gather(1, targets[:, None]).sum().item()
     first_chars = len(tokenizer.decode(ids[0, :1]))
     return {
-        "perplexity": float(torch.tensor(nll / len(targets)).exp()),
+        "perplexity": math.exp(nll / len(targets)),
+        "nll_nats": nll / len(targets),
         "bits_per_char": nll / (len(text) - first_chars) / float(torch.log(torch.tensor(2.0))),
         "accuracy": float((logp.argmax(-1) == targets).float().mean()),
         "tokens": len(targets),
@@ -168,10 +169,11 @@ def measure_llm(model, tokenizer, text: str, *, name: str, technique: str, setti
     position's logits (the prefill a reply starts with). ``scores`` gives "accuracy" and "perplexity"
     (e.g. from ``next_word_scores``, to compare with word models); without it they are per-token
     figures from ``perplexity(model, tokenizer, text)``. ``size_bytes`` defaults to the parameters'
-    bytes at their current precision. Introduced in notebooks/02_neural_language_models.ipynb.
+    bytes at their current precision (an exported graph's stored weights for ``lmlab.export``). Introduced in notebooks/02_neural_language_models.ipynb.
     Raises ValueError if ``text`` has fewer than batch_size · tokens tokens.
     """
     from lmlab.bench import time_ms
+    from lmlab.neural import parameter_bytes, parameter_count
     from lmlab.runtime import check_int
 
     check_int("batch_size", batch_size, 1)
@@ -188,8 +190,34 @@ def measure_llm(model, tokenizer, text: str, *, name: str, technique: str, setti
             return model(input_ids=window).logits[:, -1].argmax(-1)
 
     timing = time_ms(predict, warmup=warmup, repeat=repeat, threads=threads)
-    params = {id(p): p for p in model.parameters()}.values()
-    size_bytes = sum(p.numel() * p.element_size() for p in params) if size_bytes is None else size_bytes
+    size_bytes = parameter_bytes(model) if size_bytes is None else size_bytes
     return Result.from_timing(timing, name=name, technique=technique, setting=setting, accuracy=scores["accuracy"],
                               perplexity=scores.get("perplexity"), size_mb=size_bytes / 1e6,
-                              params=sum(p.numel() for p in params), batch_size=batch_size, corpus=corpus)
+                              params=parameter_count(model), batch_size=batch_size, corpus=corpus)
+
+
+def text_batches(tokenizer, text: str, window: int, batch_size: int, seed: int = 0):
+    """Yield (batch_size, window) token-id tensors cut from ``text``, in a seeded random order (one epoch).
+
+    For fine-tuning a pretrained causal LM with ``lmlab.train.train_model`` and ``causal_lm_loss``.
+    Raises ValueError if the text is shorter than one window.
+    """
+    import numpy as np
+
+    from lmlab.runtime import check_int
+
+    check_int("window", window, 2)
+    check_int("batch_size", batch_size, 1)
+    ids = tokenizer(text, return_tensors="pt").input_ids[0]
+    windows = len(ids) // window
+    if windows < 1:
+        raise ValueError(f"text has {len(ids)} tokens, fewer than one window of {window}")
+    chunks = ids[: windows * window].reshape(windows, window)  # (windows, window)
+    order = torch.from_numpy(np.random.default_rng(seed).permutation(windows))
+    for start in range(0, windows, batch_size):
+        yield chunks[order[start:start + batch_size]]
+
+
+def causal_lm_loss(model, batch: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of a transformers causal LM predicting each token of ``batch`` from the ones before it."""
+    return model(input_ids=batch, labels=batch).loss
