@@ -40,7 +40,7 @@ from lmlab.runtime import default_threads
 
 QUANTIZATIONS = ("blockwise", "dynamic", None)
 BLOCK_SIZE = 128
-FORMAT_VERSION = 1  # part of the cache key: bump when the export or the quantization changes
+FORMAT_VERSION = 2  # part of the cache key: bump when the export or the quantization changes
 
 
 class OnnxLogits(nn.Module):
@@ -165,8 +165,10 @@ def _graph(core: nn.Module, inputs: tuple[str, ...], example: tuple[torch.Tensor
     with tempfile.TemporaryDirectory() as folder:
         exported = Path(folder) / "model.onnx"
         _export(_linear_copy(core), inputs, example, exported, max_length)
-        prepared = Path(folder) / "prepared.onnx"
-        _fold_constant_transposes(exported, prepared)
+        prepared = exported
+        if quantization is not None:  # a float32 graph keeps its tied weight once
+            prepared = Path(folder) / "prepared.onnx"
+            _fold_constant_transposes(exported, prepared)
         final = Path(folder) / "final.onnx"
         _quantize(prepared, final, quantization)
         if quantization is not None and not _int8_matmuls(final):

@@ -88,14 +88,12 @@ def tradeoff_plot(
     frontier = pareto_frontier(results, x, y)
     ax.step([getattr(r, x) for r in frontier], [getattr(r, y) for r in frontier], where="post",
             color="black", lw=1.5, alpha=0.6, label="Pareto frontier")
-    for r in results if label_all else frontier:
-        ax.annotate(r.name, (getattr(r, x), getattr(r, y)), textcoords="offset points", xytext=(8, 6),
-                    fontsize=FONT_SIZE - 2)
     if log_x:
         ax.set_xscale("log")
-    ax.set_xlabel(X_AXES[x] + (", log scale" if log_x else ""), fontsize=FONT_SIZE)
     if y == "perplexity":
         ax.set_yscale("log")
+    _label(ax, results if label_all else frontier, x, y)
+    ax.set_xlabel(X_AXES[x] + (", log scale" if log_x else ""), fontsize=FONT_SIZE)
     ax.set_ylabel(Y_AXES[y], fontsize=FONT_SIZE)
     ax.set_title(f"{title}\n{hardware}", fontsize=FONT_SIZE)
     ax.tick_params(labelsize=FONT_SIZE - 2)
@@ -103,3 +101,29 @@ def tradeoff_plot(
     ax.legend(fontsize=FONT_SIZE - 3, loc="best")
     fig.tight_layout()
     return fig
+
+
+# Where a label may go relative to its point, in points, tried in this order until one overlaps no other label.
+_LABEL_OFFSETS = [(8, 6), (8, -16), (8, 20), (8, -30), (8, 34), (8, -44)]
+
+
+def _label(ax: Axes, rows: Sequence[Result], x: str, y: str) -> None:
+    """Name each row's point, nudging a label up or down when it would overlap one already placed."""
+    ax.autoscale_view()
+    to_pixels = ax.transData.transform
+    scale = ax.figure.dpi / 72  # points to pixels
+    height = (FONT_SIZE - 2) * 1.25 * scale
+    placed: list[tuple[float, float, float, float]] = []
+    for r in sorted(rows, key=lambda r: (getattr(r, x), getattr(r, y))):
+        px, py = to_pixels((getattr(r, x), getattr(r, y)))
+        width = len(r.name) * (FONT_SIZE - 2) * 0.6 * scale
+        for dx, dy in _LABEL_OFFSETS:
+            bottom = py + dy * scale - (height if dy < 0 else 0)  # labels below their point hang from it
+            box = (px + dx * scale, bottom, px + dx * scale + width, bottom + height)
+            if not any(box[0] < b[2] and b[0] < box[2] and box[1] < b[3] and b[1] < box[3] for b in placed):
+                break
+        placed.append(box)
+        moved = (dx, dy) != _LABEL_OFFSETS[0]  # a nudged label gets a thin line back to its point
+        ax.annotate(r.name, (getattr(r, x), getattr(r, y)), textcoords="offset points", xytext=(dx, dy),
+                    fontsize=FONT_SIZE - 2, va="bottom" if dy > 0 else "top",
+                    arrowprops=dict(arrowstyle="-", lw=0.6, color="gray", shrinkA=0, shrinkB=4) if moved else None)

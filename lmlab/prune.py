@@ -150,6 +150,13 @@ def _mlp_units(model: nn.Module) -> list[_Units]:
     return units
 
 
+def mlp_blocks(model: nn.Module) -> list[nn.Module]:
+    """Return the MLP blocks of GPT-2 or Llama-style models (pruned or factored too), e.g. to time them alone."""
+    return [module for module in model.modules()
+            if {"c_fc", "c_proj", "act"} <= set(dict(module.named_children())) | set(vars(module))
+            or {"gate_proj", "up_proj", "down_proj"} <= set(dict(module.named_children()))]
+
+
 def _head_units(model: nn.Module) -> list[_Units]:
     """Find GPT-2 attention blocks (c_attn holds q, k and v for every head; c_proj mixes the heads)."""
     units = []
