@@ -4,6 +4,9 @@
   stats CORPUS [--level]   tokens, types and characters of "kjv", "names" or your own UTF-8 text file
   time-matmul SIZE         time_ms of a SIZE x SIZE matmul, to check this machine's timing noise
   train PRESET --out PATH  train a shipped checkpoint from scratch (presets in lmlab.train.PRESETS)
+  measure MODEL [--method M --value V] [--save FILE]
+                           one results row: a shipped model, optionally compressed (lmlab.experiment.METHODS),
+                           scored on its test split and timed; --save adds the row to a JSON file of rows
 """
 
 from __future__ import annotations
@@ -33,6 +36,13 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--threads", type=int, default=None, help="torch threads (default: $LMLAB_THREADS or 1)")
     train.add_argument("--epochs", type=float, default=None, help="override the preset's epochs")
     train.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint at --out")
+    measure = commands.add_parser("measure", help="score and time a shipped model, optionally compressed")
+    measure.add_argument("model", help="a shipped model: mlp-names, gpt-small, gpt-medium or gpt-large")
+    measure.add_argument("--method", default=None, help="a compression method from lmlab.experiment.METHODS")
+    measure.add_argument("--value", type=float, default=None, help="the method's setting (default: its default)")
+    measure.add_argument("--batch-size", type=int, default=1)
+    measure.add_argument("--repeat", type=int, default=30, help="timed repeats")
+    measure.add_argument("--save", default=None, help="JSON file of results rows to add this row to")
     args = parser.parse_args(argv)
 
     try:
@@ -68,8 +78,18 @@ def main(argv: list[str] | None = None) -> int:
             print(f"saved {args.out}.safetensors: {card['params']:,} parameters, "
                   f"validation perplexity {card['final_valid']['perplexity']:.2f}, "
                   f"trained in {card['training']['train_seconds']:.0f} s")
+        elif args.command == "measure":
+            from lmlab.experiment import run
+            from lmlab.results import add_results, results_table
+
+            row = run(args.model, args.method, args.value, batch_size=args.batch_size, repeat=args.repeat)
+            print(describe_environment(threads=row.threads))
+            print(results_table([row]).to_string(index=False))
+            if args.save:
+                print(f"added to {add_results([row], args.save)}")
     except (ValueError, FileNotFoundError, FileExistsError) as err:
-        print(f"lmlab: {err}", file=sys.stderr)
+        message = str(err).replace("pass overwrite=True", "add --overwrite") if args.command == "train" else err
+        print(f"lmlab: {message}", file=sys.stderr)
         return 2
     return 0
 

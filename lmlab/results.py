@@ -88,6 +88,13 @@ def save_results(results: Iterable[Result], path: str | Path, overwrite: bool = 
     return path
 
 
+def add_results(results: Iterable[Result], path: str | Path) -> Path:
+    """Add rows to a JSON file of rows, creating it if needed; the rows already there are kept (atomic write)."""
+    path = Path(path)
+    rows = (load_results(path) if path.exists() else []) + list(results)
+    return save_results(rows, path, overwrite=True)
+
+
 def load_results(path: str | Path) -> list[Result]:
     """Read rows written by ``save_results``. Raises FileNotFoundError if the file is missing."""
     path = Path(path)

@@ -9,8 +9,7 @@ import html
 import io
 import math
 import time
-from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Callable, Mapping
 
 import torch
 from matplotlib.figure import Figure
@@ -18,6 +17,9 @@ from torch import nn
 
 from lmlab.bench import Timing, time_ms
 from lmlab.lm import LanguageModel, make_context
+
+if TYPE_CHECKING:
+    from lmlab.experiment import Method
 
 
 class NextTokenPanel:
@@ -115,38 +117,19 @@ class DescentPanel:
                            f"w = {ws[-1]:.3f}, b = {bs[-1]:.3f} after {self.steps} steps")
 
 
-@dataclass(frozen=True)
-class Knob:
-    """One compression method as the panel offers it: a slider's range and the function it drives.
-
-    ``apply(model, value)`` returns the compressed copy (a model, or a ``lmlab.prune.Compressed``);
-    ``size_bytes(model, value)``, if given, is the size stored at that setting (else the copy's
-    parameter bytes). ``log`` makes a log-scale slider, ``integer`` an integer one.
-    """
-
-    label: str
-    apply: Callable[[nn.Module, float], Any]
-    minimum: float
-    maximum: float
-    step: float
-    value: float
-    log: bool = False
-    integer: bool = False
-    size_bytes: Callable[[nn.Module, float], int] | None = None
-
-
 class CompressionPanel:
     """Pick a model, a method and its setting: the panel compresses a copy, scores it and redraws.
 
     ``models`` maps a name to (model, evaluate), where ``evaluate(model)`` returns a dict with
-    "accuracy" and "perplexity" on a fixed validation slice; ``methods`` maps a name to a ``Knob``.
+    "accuracy" and "perplexity" on a fixed validation slice; ``methods`` maps a name to a
+    ``lmlab.experiment.Method`` (``lmlab.experiment.METHODS`` holds every technique of chapters 04 and 05).
     Every setting tried is kept as a point, so the plot builds up accuracy against the setting.
     A setting the method refuses (a ValueError) is shown as the error's message, not a traceback.
     Introduced in notebooks/04_quantization.ipynb; chapter 05 uses it for pruning.
     """
 
     def __init__(self, models: Mapping[str, tuple[nn.Module, Callable[[nn.Module], dict]]],
-                 methods: Mapping[str, Knob]):
+                 methods: Mapping[str, "Method"]):
         import ipywidgets as widgets
 
         if not models or not methods:
@@ -169,7 +152,7 @@ class CompressionPanel:
         self.refresh()
 
     @staticmethod
-    def _slider(widgets, knob: Knob):
+    def _slider(widgets, knob: "Method"):
         common = dict(value=knob.value, description=knob.label, continuous_update=False,
                       style={"description_width": "initial"})
         if knob.log:

@@ -53,21 +53,20 @@ def test_descent_panel_redraws_and_flags_divergence():
 def test_compression_panel_scores_settings_and_shows_refusals(names_data):
     import torch
 
+    from lmlab.experiment import METHODS, Method
     from lmlab.lm import evaluate
     from lmlab.neural import build_model
-    from lmlab.prune import magnitude_prune
     from lmlab.quantize import model_bytes, quantize_model
-    from lmlab.widgets import CompressionPanel, Knob
+    from lmlab.widgets import CompressionPanel
 
     torch.manual_seed(0)
     mlp = build_model("mlp", names_data.vocab, context_size=3, embed_dim=4, hidden_dim=16).eval()
     pairs = [a[:500] for a in names_data.examples("valid", 3)]
     methods = {
-        "per channel": Knob("bits", lambda m, b: quantize_model(m, b), 2, 8, 1, 8, integer=True,
-                            size_bytes=lambda m, b: model_bytes(m, b)["total"]),
-        "per group of 3": Knob("bits", lambda m, b: quantize_model(m, b, granularity="group", group_size=3),
-                               2, 8, 1, 4, integer=True),
-        "magnitude": Knob("sparsity", lambda m, s: magnitude_prune(m, s), 0, 0.95, 0.05, 0.5),
+        "per channel": METHODS["quantize-channel"],
+        "per group of 3": Method("bits", lambda m, b: quantize_model(m, b, granularity="group", group_size=3),
+                                 2, 8, 1, 4, integer=True),
+        "magnitude": METHODS["magnitude-global"],
     }
     panel = CompressionPanel({"mlp": (mlp, lambda m: evaluate(m, *pairs))}, methods)
     reference = evaluate(mlp, *pairs)

@@ -1,0 +1,61 @@
+"""One experiment, one results row: the named methods, their ranges, and the command line that runs them."""
+
+import json
+
+import pytest
+
+from lmlab.__main__ import main
+from lmlab.checkpoints import load_checkpoint
+from lmlab.experiment import DATA_DIR, METHODS, load_model, run
+from lmlab.lm import evaluate
+from lmlab.quantize import model_bytes
+
+
+def test_an_uncompressed_row_is_scored_on_the_whole_test_split():
+    row = run("mlp-names", repeat=3)
+    model, data = load_model("mlp-names")
+    scores = evaluate(model, *data.examples("test", model.context_size))
+    assert row.accuracy == pytest.approx(scores["accuracy"]) and row.perplexity == pytest.approx(scores["perplexity"])
+    assert row.technique == "uncompressed" and row.corpus == "names" and row.setting == ""
+    assert row.size_mb == pytest.approx(model.size_bytes() / 1e6) and row.median_ms > 0
+
+
+def test_a_compressed_row_names_its_setting_and_stored_size():
+    row = run("mlp-names", "quantize-channel", 4, repeat=3)
+    model = load_checkpoint(DATA_DIR / "mlp-names")
+    assert row.technique == "quantize-channel" and row.setting == "bits 4"
+    assert row.size_mb == pytest.approx(model_bytes(model, 4)["total"] / 1e6)
+    assert row.accuracy < run("mlp-names", repeat=3).accuracy + 0.01
+
+
+@pytest.mark.parametrize("method, value, match", [
+    ("quantize-channel", 9, r"value=9 is out of range for bits; use 2 to 8"),
+    ("quantize-channel", 4.5, "whole number"),
+    ("magnitude-global", 1.0, "value=1.0 is out of range"),
+    ("prune-everything", 0.5, "method='prune-everything' is unknown"),
+])
+def test_bad_settings_are_clear_errors(method, value, match):
+    with pytest.raises(ValueError, match=match):
+        run("mlp-names", method, value)
+
+
+def test_unknown_model_is_a_clear_error():
+    with pytest.raises(ValueError, match="model='gpt-huge' is not a shipped model"):
+        run("gpt-huge")
+
+
+def test_every_method_default_lies_in_its_range():
+    for name, method in METHODS.items():
+        assert method.check(method.value) == method.value, name
+
+
+def test_command_line_adds_rows_to_a_file_and_never_drops_old_ones(tmp_path, capsys):
+    rows = tmp_path / "rows.json"
+    assert main(["measure", "mlp-names", "--method", "magnitude-layer", "--value", "0.5", "--repeat", "3",
+                 "--save", str(rows)]) == 0
+    assert main(["measure", "mlp-names", "--repeat", "3", "--save", str(rows)]) == 0
+    saved = json.loads(rows.read_text())
+    assert [r["technique"] for r in saved] == ["magnitude-layer", "uncompressed"]
+    assert "sparsity 0.5" in capsys.readouterr().out
+    assert main(["measure", "mlp-names", "--method", "share", "--value", "12"]) == 2
+    assert "value=12.0 is out of range for bits" in capsys.readouterr().err
