@@ -115,10 +115,14 @@ def onnx_linear_bytes(path) -> int:
 
     graph = onnx.load(str(path)).graph
     constants = {init.name: init for init in graph.initializer}
+    # A tied output layer multiplies by Transpose(embedding): count the embedding it transposes.
+    transposed = {node.output[0]: node.input[0] for node in graph.node
+                  if node.op_type == "Transpose" and node.input[0] in constants}
     names = set()
     for node in graph.node:
-        if node.op_type in ("MatMul", "MatMulNBits", "MatMulInteger", "Gemm") and node.input[1] in constants:
-            base = node.input[1].removesuffix("_quantized").removesuffix("_Q8")
+        weight = transposed.get(node.input[1], node.input[1]) if len(node.input) > 1 else ""
+        if node.op_type in ("MatMul", "MatMulNBits", "MatMulInteger", "Gemm") and weight in constants:
+            base = weight.removesuffix("_quantized").removesuffix("_Q8")
             names |= {name for name in constants if name == base or name.startswith(base + "_")}
     return int(sum(numpy_helper.to_array(constants[name]).nbytes for name in names))
 
