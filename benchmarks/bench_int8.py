@@ -30,25 +30,10 @@ from torch import nn
 from lmlab.bench import format_ms, time_ms
 from lmlab.checkpoints import load_checkpoint
 from lmlab.corpora import load_kjv, tokenize_corpus
-from lmlab.export import OnnxLogits, onnx_model
+from lmlab.export import OnnxLogits, conv1d_as_linear, onnx_model
 from lmlab.runtime import describe_environment, seed_everything
 
 REPEAT = {"gpt-large": 30, "SmolLM2-135M": 10}
-
-
-def linear_copy(model: nn.Module) -> nn.Module:
-    """A copy with transformers' Conv1D (weight (in, out)) replaced by the equivalent nn.Linear."""
-    from transformers.pytorch_utils import Conv1D
-
-    model = copy.deepcopy(model)
-    for module in list(model.modules()):
-        for name, child in list(module.named_children()):
-            if isinstance(child, Conv1D):
-                linear = nn.Linear(*child.weight.shape)
-                linear.weight = nn.Parameter(child.weight.detach().T.contiguous())
-                linear.bias = nn.Parameter(child.bias.detach().clone())
-                setattr(module, name, linear)
-    return model
 
 
 def caught(fn):
@@ -63,7 +48,7 @@ def torchao_path(config_name: str):
     def build(model):
         import torchao.quantization as tq
 
-        quantized = linear_copy(model)
+        quantized = conv1d_as_linear(model)
         tq.quantize_(quantized, getattr(tq, config_name)())
         return quantized
     return build
@@ -72,7 +57,7 @@ def torchao_path(config_name: str):
 def torch_ao_dynamic(model):
     import torch.ao.quantization as taq
 
-    quantized = linear_copy(model)
+    quantized = conv1d_as_linear(model)
     return taq.quantize_dynamic(quantized, {nn.Linear: taq.per_channel_dynamic_qconfig}, dtype=torch.qint8)
 
 

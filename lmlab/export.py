@@ -44,7 +44,7 @@ FORMAT_VERSION = 2  # part of the cache key: bump when the export or the quantiz
 
 
 class OnnxLogits(nn.Module):
-    """An int8 graph run by ONNX Runtime, called like the torch module it was exported from.
+    """An exported graph (float32 or int8) run by ONNX Runtime, called like the torch module it came from.
 
     ``forward`` takes the graph's inputs as torch tensors (by name) and returns the logits, wrapped in an
     object with ``.logits`` when ``wraps_output`` (as transformers models return them). It has no torch
@@ -164,7 +164,7 @@ def _graph(core: nn.Module, inputs: tuple[str, ...], example: tuple[torch.Tensor
         return target
     with tempfile.TemporaryDirectory() as folder:
         exported = Path(folder) / "model.onnx"
-        _export(_linear_copy(core), inputs, example, exported, max_length)
+        _export(conv1d_as_linear(core).float().eval(), inputs, example, exported, max_length)
         prepared = exported
         if quantization is not None:  # a float32 graph keeps its tied weight once
             prepared = Path(folder) / "prepared.onnx"
@@ -192,22 +192,24 @@ def _fingerprint(core: nn.Module, quantization: str | None) -> str:
     return digest.hexdigest()[:24]
 
 
-def _linear_copy(core: nn.Module) -> nn.Module:
-    """A float32 copy in eval mode with GPT-2's Conv1D layers turned into the equivalent nn.Linear.
+def conv1d_as_linear(model: nn.Module) -> nn.Module:
+    """Return a copy of ``model`` with transformers' GPT-2 ``Conv1D`` layers turned into the equivalent nn.Linear.
 
-    ONNX Runtime's quantizers look for MatMul nodes with a constant weight; Conv1D exports as Gemm.
+    Conv1D computes x W + b with W stored (in, out); nn.Linear stores Wᵀ. Quantizers that look for
+    nn.Linear (torchao, torch.ao) skip Conv1D, and Conv1D exports to ONNX as Gemm, which ONNX Runtime's
+    blockwise quantizer skips; the copy computes the same function in a form they all recognise.
     """
     from transformers.pytorch_utils import Conv1D
 
-    core = copy.deepcopy(core).float().eval()
-    for module in list(core.modules()):
+    model = copy.deepcopy(model)
+    for module in list(model.modules()):
         for name, child in list(module.named_children()):
             if isinstance(child, Conv1D):
-                linear = nn.Linear(child.weight.shape[0], child.weight.shape[1])
+                linear = nn.Linear(*child.weight.shape)
                 linear.weight = nn.Parameter(child.weight.detach().T.contiguous())
                 linear.bias = nn.Parameter(child.bias.detach().clone())
                 setattr(module, name, linear)
-    return core
+    return model
 
 
 def _export(core: nn.Module, inputs: tuple[str, ...], example: tuple[torch.Tensor, ...], path: Path,
