@@ -390,22 +390,27 @@ def measure_ngrams(
     accuracy_tokens: int = 10_000,
     repeat: int = 50,
     threads: int | None = None,
+    evaluation: TokenizedCorpus | None = None,
+    technique: str | None = None,
 ) -> list:
     """Fit an n-gram model for each n and return one results row per model (chapter 01's baseline).
 
     Perplexity is over the whole ``split`` (the fast per-target path); accuracy over its first
     ``accuracy_tokens`` predictions; latency is one prediction at batch 1. Later chapters call this to
-    put the n-gram rows beside their own, measured on the same machine in the same run.
+    put the n-gram rows beside their own, measured on the same machine in the same run: models are fitted
+    on ``data``'s training split and scored on ``evaluation`` (e.g. ``data.head("test", 30)``, the slice a
+    chapter scores its other models on) if given, else on ``data`` itself. ``technique`` labels the rows.
     """
     from lmlab.lm import evaluate, measure
 
+    scored_on = data if evaluation is None else evaluation
     rows = []
     for n in orders:
         model = NGramModel.fit(data, n=n, smoothing=smoothing)
-        contexts, targets = data.examples(split, n - 1)
+        contexts, targets = scored_on.examples(split, n - 1)
         scores = {"accuracy": evaluate(model, contexts[:accuracy_tokens], targets[:accuracy_tokens])["accuracy"],
                   "perplexity": model.perplexity(contexts, targets)}
-        rows.append(measure(model, contexts, targets, name=f"{n}-gram", technique=f"n-gram, {smoothing}",
+        rows.append(measure(model, contexts, targets, name=f"{n}-gram", technique=technique or f"n-gram, {smoothing}",
                             setting=f"n={n}", corpus=data.corpus.name, repeat=repeat, threads=threads,
                             scores=scores))
     return rows

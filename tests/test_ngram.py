@@ -260,3 +260,15 @@ def test_measure_ngrams_gives_one_row_per_order(names_data):
     assert [r.name for r in rows] == ["1-gram", "2-gram"]
     assert rows[1].perplexity < rows[0].perplexity and rows[1].accuracy > rows[0].accuracy
     assert rows[1].params > rows[0].params and rows[0].size_mb > 0 and rows[0].corpus == "names"
+
+
+def test_measure_ngrams_scores_on_a_given_slice(names_data):
+    from lmlab.lm import evaluate
+    from lmlab.ngram import measure_ngrams
+
+    slice_ = names_data.head("test", 200)
+    row, = measure_ngrams(names_data, orders=(3,), evaluation=slice_, repeat=3, technique="n-gram (chapter 01)")
+    model = NGramModel.fit(names_data, n=3)
+    scores = evaluate(model, *slice_.examples("test", 2))
+    assert row.accuracy == pytest.approx(scores["accuracy"]) and row.perplexity == pytest.approx(scores["perplexity"])
+    assert row.technique == "n-gram (chapter 01)"
