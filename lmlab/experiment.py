@@ -106,7 +106,7 @@ def run(model_name: str, method: str | None = None, value: float | None = None, 
     contexts from the middle of held-out documents. Raises ValueError for an unknown model or method, or a
     value outside the method's range.
     """
-    from lmlab.lm import evaluate, measure
+    from lmlab.lm import deep_contexts, evaluate, measure
     from lmlab.neural import GPTLanguageModel
 
     check_int("batch_size", batch_size, 1)
@@ -120,7 +120,7 @@ def run(model_name: str, method: str | None = None, value: float | None = None, 
     contexts, targets = data.examples("test", model.context_size)
     if isinstance(model, GPTLanguageModel):
         scores = compressed.evaluate_documents(data, "test")
-        middle = (contexts != data.vocab.bos_id).sum(1) >= 12  # contexts with 12+ words before them
+        middle = deep_contexts(contexts, data.vocab.bos_id)
         contexts, targets = contexts[middle], targets[middle]
     else:
         scores = evaluate(compressed, contexts, targets)

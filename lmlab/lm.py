@@ -180,6 +180,16 @@ def make_context(model: LanguageModel, tokens: Sequence[str], strict: bool = Fal
     return np.array([history[len(history) - k:]], dtype=np.int64).reshape(1, k), unknown
 
 
+def deep_contexts(contexts: np.ndarray, bos_id: int, words: int = 12) -> np.ndarray:
+    """Return the row indices of contexts with at least ``words`` real tokens before the target.
+
+    Timing a model on such contexts, from the middle of documents, measures the work a real prediction
+    does; the first token of a document has only padding before it. Introduced in
+    notebooks/02_neural_language_models.ipynb.
+    """
+    return np.flatnonzero((np.asarray(contexts) != bos_id).sum(1) >= words)
+
+
 def sequence_logprob(model: LanguageModel, tokens: Sequence[str], strict: bool = True) -> dict:
     """Score a token sequence by the chain rule: ln P(w1..wn) = Σ ln P(wi | w1..wi-1), ending with </s>.
 

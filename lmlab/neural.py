@@ -227,13 +227,24 @@ class WeightLayer:
 
     @property
     def matrix(self) -> torch.Tensor:
-        weight = self.module.weight
-        return weight.T if self.transposed else weight  # (out, in)
+        return as_matrix(self.module)  # (out, in)
 
     def set_matrix(self, matrix: torch.Tensor) -> None:
         """Overwrite the weight in place with an (out, in) matrix of the same shape."""
         with torch.no_grad():
             self.module.weight.copy_(matrix.T if self.transposed else matrix)
+
+
+def is_conv1d(module: nn.Module) -> bool:
+    """Say whether ``module`` is transformers' GPT-2 ``Conv1D``, which stores its weight as (in, out)."""
+    from transformers.pytorch_utils import Conv1D
+
+    return isinstance(module, Conv1D)
+
+
+def as_matrix(module: nn.Module) -> torch.Tensor:
+    """Return a layer's weight as a matrix product sees it, (out, in): Conv1D's transposed, others as stored."""
+    return module.weight.T if is_conv1d(module) else module.weight
 
 
 def weight_layers(model: nn.Module, embeddings: bool = True) -> list[WeightLayer]:
@@ -254,5 +265,5 @@ def weight_layers(model: nn.Module, embeddings: bool = True) -> list[WeightLayer
     for name, module in model.named_modules():
         if isinstance(module, kinds) and id(module.weight) not in seen:
             seen.add(id(module.weight))
-            layers.append(WeightLayer(name, module, isinstance(module, Conv1D), users[id(module.weight)] > 1))
+            layers.append(WeightLayer(name, module, is_conv1d(module), users[id(module.weight)] > 1))
     return layers

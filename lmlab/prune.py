@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
-from lmlab.neural import WeightLayer, weight_layers
+from lmlab.neural import WeightLayer, as_matrix, is_conv1d, weight_layers
 from lmlab.runtime import check_int
 
 SCOPES = ("global", "layer")
@@ -123,17 +123,7 @@ class _Units:
     unit_size: int = 1  # weights per unit along the hidden dimension (an attention head's width)
 
     def count(self) -> int:
-        return _matrix(getattr(self.parent, self.output)).shape[1] // self.unit_size
-
-
-def _matrix(module: nn.Module) -> torch.Tensor:
-    return module.weight.T if _is_conv1d(module) else module.weight  # (out, in)
-
-
-def _is_conv1d(module: nn.Module) -> bool:
-    from transformers.pytorch_utils import Conv1D
-
-    return isinstance(module, Conv1D)
+        return as_matrix(getattr(self.parent, self.output)).shape[1] // self.unit_size
 
 
 def _mlp_units(model: nn.Module) -> list[_Units]:
@@ -141,7 +131,7 @@ def _mlp_units(model: nn.Module) -> list[_Units]:
     units = []
     for name, module in model.named_modules():
         children = dict(module.named_children())
-        if {"c_fc", "c_proj"} <= set(children) and _is_conv1d(children["c_fc"]):  # GPT-2 MLP
+        if {"c_fc", "c_proj"} <= set(children) and is_conv1d(children["c_fc"]):  # GPT-2 MLP
             units.append(_Units(name, module, ["c_fc"], "c_proj"))
         elif {"gate_proj", "up_proj", "down_proj"} <= set(children):  # Llama MLP
             units.append(_Units(name, module, ["gate_proj", "up_proj"], "down_proj"))
@@ -161,7 +151,7 @@ def _head_units(model: nn.Module) -> list[_Units]:
     """Find GPT-2 attention blocks (c_attn holds q, k and v for every head; c_proj mixes the heads)."""
     units = []
     for name, module in model.named_modules():
-        if hasattr(module, "c_attn") and hasattr(module, "num_heads") and _is_conv1d(module.c_attn):
+        if hasattr(module, "c_attn") and hasattr(module, "num_heads") and is_conv1d(module.c_attn):
             units.append(_Units(name, module, ["c_attn"], "c_proj", unit_size=module.head_dim))
     return units
 
@@ -173,13 +163,13 @@ def _importance(group: _Units, captured: torch.Tensor | None) -> torch.Tensor:
     ``captured`` holds it, else the norm of the unit's incoming weights.
     """
     size = group.unit_size
-    out_w = _matrix(getattr(group.parent, group.output)).detach()  # (out, hidden)
+    out_w = as_matrix(getattr(group.parent, group.output)).detach()  # (out, hidden)
     out_norm = out_w.reshape(out_w.shape[0], -1, size).pow(2).sum((0, 2)).sqrt()  # (units,)
     if captured is not None:
         return out_norm * captured.reshape(-1, size).sum(1)
     in_norm = torch.zeros_like(out_norm)
     for attribute in group.inputs:
-        w = _matrix(getattr(group.parent, attribute)).detach()  # (k · hidden, in): q, k, v stacked for heads
+        w = as_matrix(getattr(group.parent, attribute)).detach()  # (k · hidden, in): q, k, v stacked for heads
         in_norm += w.reshape(-1, len(out_norm), size, w.shape[1]).pow(2).sum((0, 2, 3))
     return out_norm * in_norm.sqrt()
 
@@ -208,13 +198,13 @@ def _capture_inputs(model: nn.Module, groups: list[_Units], calibrate: Callable[
 
 def _shrink(module: nn.Module, keep: torch.Tensor, side: str) -> nn.Module:
     """Return a smaller copy of a Linear or Conv1D keeping output rows (side="out") or input columns ("in")."""
-    matrix = _matrix(module).detach()  # (out, in)
+    matrix = as_matrix(module).detach()  # (out, in)
     matrix = matrix[keep] if side == "out" else matrix[:, keep]
     bias = module.bias
     if bias is not None and side == "out":
         bias = bias[keep]
     out_features, in_features = matrix.shape
-    if _is_conv1d(module):
+    if is_conv1d(module):
         new = type(module)(out_features, in_features)
         new.weight = nn.Parameter(matrix.T.contiguous())
     else:
@@ -242,7 +232,7 @@ def _structured(model: nn.Module, fraction: float, find: Callable, what: str,
         keep = (keep_units[:, None] * size + torch.arange(size)).flatten()  # hidden indices of the kept units
         for attribute in group.inputs:
             module = getattr(group.parent, attribute)
-            stacked = _matrix(module).shape[0] // (units * size)  # 3 for GPT-2's c_attn (q, k, v), else 1
+            stacked = as_matrix(module).shape[0] // (units * size)  # 3 for GPT-2's c_attn (q, k, v), else 1
             rows = torch.cat([keep + part * units * size for part in range(stacked)])
             setattr(group.parent, attribute, _shrink(module, rows, "out"))
         setattr(group.parent, group.output, _shrink(getattr(group.parent, group.output), keep, "in"))

@@ -22,3 +22,14 @@ def kjv_corpus():
 @pytest.fixture(scope="session")
 def names_data(names_corpus):
     return tokenize_corpus(names_corpus)
+
+
+@pytest.fixture(scope="session")
+def names_gpt(names_data):
+    """A small untrained GPT over the census-names letters: two blocks, width 32, four heads (seeded)."""
+    import torch
+
+    from lmlab.neural import build_model
+
+    torch.manual_seed(0)
+    return build_model("gpt", names_data.vocab, n_layer=2, n_embd=32, n_head=4, n_positions=16).eval()

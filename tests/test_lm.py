@@ -104,3 +104,11 @@ def test_measure_returns_a_results_row(bigram):
     assert 0 <= row.median_ms <= row.p90_ms
     with pytest.raises(ValueError, match="batch_size="):
         measure(bigram, np.array([[1]]), np.array([3]), name="x", technique="y", batch_size=0)
+
+
+def test_deep_contexts_have_enough_real_tokens():
+    from lmlab.lm import deep_contexts
+
+    contexts = np.array([[1, 1, 1, 5], [1, 1, 6, 7], [8, 9, 6, 7]])  # bos id 1 pads on the left
+    assert deep_contexts(contexts, bos_id=1, words=2).tolist() == [1, 2]
+    assert deep_contexts(contexts, bos_id=1, words=4).tolist() == [2]

@@ -11,9 +11,8 @@ from lmlab.prune import (
 
 
 @pytest.fixture(scope="module")
-def gpt(names_data):
-    torch.manual_seed(0)
-    return build_model("gpt", names_data.vocab, n_layer=2, n_embd=32, n_head=4, n_positions=16).eval()
+def gpt(names_gpt):
+    return names_gpt
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from lmlab.neural import build_model, weight_layers
+from lmlab.neural import weight_layers
 from lmlab.quantize import choose_grid, fake_quantize, model_bytes, quantize, quantize_model
 
 finite = st.floats(-1e6, 1e6, allow_nan=False, allow_infinity=False, width=64)
@@ -152,9 +152,8 @@ def test_per_channel_int8_agrees_with_torch(symmetric):
 
 
 @pytest.fixture(scope="module")
-def gpt(names_data):
-    torch.manual_seed(0)
-    return build_model("gpt", names_data.vocab, n_layer=2, n_embd=32, n_head=4, n_positions=16).eval()
+def gpt(names_gpt):
+    return names_gpt
 
 
 def test_quantize_model_covers_every_matrix_and_leaves_the_original_untouched(gpt):
