@@ -1,0 +1,169 @@
+"""The decode loop: the cache changes the speed, never the tokens; a batch answers as each prompt would alone."""
+
+import math
+
+import pytest
+import torch
+
+from lmlab.checkpoints import load_checkpoint
+from lmlab.decode import (as_causal_lm, generate, kv_cache_bytes, make_step, past_bytes, sampling_probs, stream)
+
+PROMPTS = ["in the beginning god created", "and he said", "the lord is my shepherd i shall not want"]
+
+
+@pytest.fixture(scope="module")
+def gpt():
+    return load_checkpoint("data/gpt-small").eval()
+
+
+@pytest.fixture(scope="module")
+def lm(gpt):
+    return as_causal_lm(gpt, name="gpt-small")
+
+
+@pytest.fixture(scope="module")
+def smol():
+    from lmlab.pretrained import load_smollm2
+
+    model, tokenizer = load_smollm2()
+    return as_causal_lm(model, tokenizer, name="SmolLM2-135M")
+
+
+def assert_same_or_near_tie(got, alone, tolerance=1e-4):
+    """Tokens must match; where they first differ, the two best logits of the lone run must tie within rounding."""
+    for j, (a, b) in enumerate(zip(got, alone.tokens[0])):
+        if a != b:
+            top2 = alone.logits[j][0].topk(2).values
+            assert float(top2[0] - top2[1]) < tolerance, f"step {j}: {a} != {b} with a margin of {top2.tolist()}"
+            return
+    assert len(got) == len(alone.tokens[0])
+
+
+def test_cache_gives_the_same_tokens_as_recomputing(lm):
+    for prompt in PROMPTS:
+        with_cache = generate(lm, prompt, 40, stop_at_eos=False)
+        without = generate(lm, prompt, 40, cache=False, stop_at_eos=False)
+        assert with_cache.tokens == without.tokens and len(with_cache.tokens[0]) == 40
+
+
+def test_greedy_equals_transformers_generate(lm, gpt):
+    for prompt in PROMPTS:
+        ids = torch.tensor([lm.encode(prompt)])
+        theirs = gpt.gpt.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=30, do_sample=False,
+                                  pad_token_id=lm.pad_id)[0, ids.shape[1]:].tolist()
+        ours = generate(lm, prompt, 30).tokens[0]
+        assert list(ours) == theirs[:len(ours)] and (len(ours) == 30 or ours[-1] == lm.eos_id)
+
+
+def test_a_batch_answers_as_each_prompt_alone(lm):
+    batch = generate(lm, PROMPTS, 25, stop_at_eos=False)
+    assert batch.batch_size == 3 and batch.prompt_tokens == tuple(len(lm.encode(p)) for p in PROMPTS)
+    for row, prompt in zip(batch.tokens, PROMPTS):
+        assert_same_or_near_tie(row, generate(lm, prompt, 25, stop_at_eos=False, keep_logits=True))
+
+
+def test_a_row_that_ends_stops_while_the_others_go_on(lm):
+    batch = generate(lm, PROMPTS, 40)
+    for row, prompt in zip(batch.tokens, PROMPTS):
+        alone = generate(lm, prompt, 40).tokens[0]
+        assert row == alone
+        assert lm.eos_id not in row[:-1]
+
+
+def test_seeded_sampling_repeats(lm):
+    first = generate(lm, PROMPTS[0], 20, sample=True, temperature=0.9, top_k=50, top_p=0.95, seed=7)
+    again = generate(lm, PROMPTS[0], 20, sample=True, temperature=0.9, top_k=50, top_p=0.95, seed=7)
+    other = [generate(lm, PROMPTS[0], 20, sample=True, seed=s, stop_at_eos=False).tokens for s in range(5)]
+    assert first.tokens == again.tokens
+    assert len(set(other)) > 1  # different seeds, different replies
+
+
+def test_stream_yields_the_tokens_generate_returns(lm):
+    pieces = list(stream(lm, PROMPTS[2], 20, stop_at_eos=False))
+    whole = generate(lm, PROMPTS[2], 20, stop_at_eos=False)
+    assert tuple(p.token for p in pieces) == whole.tokens[0]
+    assert "".join(p.text for p in pieces).strip() == whole.text
+    assert all(b.elapsed_ms >= a.elapsed_ms > 0 for a, b in zip(pieces, pieces[1:]))
+
+
+def test_timings_are_part_of_the_result(lm):
+    g = generate(lm, PROMPTS[0], 12, stop_at_eos=False)
+    assert g.new_tokens == 12 and len(g.step_ms) == 11 and g.ttft_ms > 0
+    assert g.total_ms == pytest.approx(g.ttft_ms + sum(g.step_ms))
+    assert math.isfinite(g.tokens_per_s) and g.tokens_per_s > 0 and g.decode_ms_per_token > 0
+
+
+def test_the_cache_holds_what_the_formula_says(lm, gpt):
+    prompt_tokens, new = len(lm.encode(PROMPTS[0])), 10
+    g = generate(lm, PROMPTS[0], new, stop_at_eos=False)
+    # After the last pick the cache holds the prompt and every new token but the last (not yet fed back).
+    assert g.cache_bytes == kv_cache_bytes(gpt.gpt.config, prompt_tokens + new - 1)
+    batch = generate(lm, PROMPTS, new, stop_at_eos=False)
+    longest = max(batch.prompt_tokens)
+    assert batch.cache_bytes == kv_cache_bytes(gpt.gpt.config, longest + new - 1, batch_size=3)
+    assert generate(lm, PROMPTS[0], new, cache=False).cache_bytes == 0
+    assert past_bytes(None) == 0
+
+
+def test_sampling_distribution_sums_to_one_and_cuts():
+    logits = torch.tensor([[4.0, 3.0, 2.0, 1.0, 0.0], [0.0, 0.0, 0.0, 0.0, 10.0]])
+    for kwargs in ({}, {"temperature": 0.5}, {"top_k": 2}, {"top_p": 0.8}, {"top_k": 3, "top_p": 0.5}):
+        probs = sampling_probs(logits, **kwargs)
+        torch.testing.assert_close(probs.sum(-1), torch.ones(2))
+    assert int((sampling_probs(logits, top_k=2) > 0).sum(-1)[0]) == 2
+    full = torch.softmax(logits[0], -1)  # 0.64, 0.24, 0.09, ...: top-p 0.8 keeps the first two (0.64 < 0.8 <= 0.88)
+    nucleus = sampling_probs(logits, top_p=0.8)[0]
+    assert (nucleus > 0).tolist() == [True, True, False, False, False]
+    torch.testing.assert_close(nucleus[:2], full[:2] / full[:2].sum())
+
+
+@pytest.mark.parametrize("kwargs, name", [
+    ({"prompts": ""}, "prompt"),
+    ({"prompts": "   "}, "prompt"),
+    ({"prompts": []}, "prompts"),
+    ({"max_new_tokens": 0}, "max_new_tokens"),
+    ({"max_new_tokens": 200}, "max_new_tokens"),
+    ({"device": "tpu"}, "device"),
+    ({"sample": True, "temperature": 0}, "temperature"),
+    ({"sample": True, "temperature": -1.0}, "temperature"),
+    ({"sample": True, "top_k": 0}, "top_k"),
+    ({"sample": True, "top_p": 1.5}, "top_p"),
+    ({"backend": "tensorrt"}, "backend"),
+])
+def test_bad_input_names_the_argument(lm, kwargs, name):
+    args = {"prompts": PROMPTS[0], "max_new_tokens": 5, **kwargs}
+    with pytest.raises(ValueError, match=name):
+        generate(lm, **args)
+
+
+def test_window_error_says_what_fits(lm):
+    prompt_tokens = len(lm.encode(PROMPTS[0]))
+    with pytest.raises(ValueError, match=f"max_new_tokens <= {128 - prompt_tokens}"):
+        generate(lm, PROMPTS[0], 128)
+    assert len(generate(lm, PROMPTS[0], 128 - prompt_tokens, stop_at_eos=False).tokens[0]) == 128 - prompt_tokens
+
+
+def test_only_causal_lms_are_wrapped(names_data):
+    from lmlab.neural import build_model
+
+    with pytest.raises(ValueError, match="model"):
+        as_causal_lm(build_model("mlp", names_data.vocab))
+    with pytest.raises(ValueError, match="backend"):
+        make_step(as_causal_lm(load_checkpoint("data/gpt-small")), "tvm")
+
+
+@pytest.mark.slow
+def test_smollm2_cache_batch_and_transformers_agree(smol):
+    model, prompts = smol.source, ["The capital of France is", "Once upon a time, in a land far away,", "2 + 2 ="]
+    for prompt in prompts:
+        ids = torch.tensor([smol.encode(prompt)])
+        theirs = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=12,
+                                do_sample=False)[0, ids.shape[1]:].tolist()
+        ours = generate(smol, prompt, 12)
+        assert list(ours.tokens[0]) == theirs[:len(ours.tokens[0])]
+        assert generate(smol, prompt, 12, cache=False).tokens == ours.tokens
+        assert ours.cache_bytes == kv_cache_bytes(model.config, len(ids[0]) + len(ours.tokens[0]) - 1)
+    batch = generate(smol, prompts, 12, stop_at_eos=False)
+    for row, prompt in zip(batch.tokens, prompts):
+        assert_same_or_near_tie(row, generate(smol, prompt, 12, stop_at_eos=False, keep_logits=True))
+    assert generate(smol, "The capital of France is", 6).text.startswith(" Paris")
