@@ -93,8 +93,9 @@ def as_causal_lm(model: nn.Module, tokenizer=None, name: str | None = None, leve
 class TorchStep:
     """One forward pass of a transformers causal LM in PyTorch: the step function the decode loop calls.
 
-    ``compile=True`` runs ``torch.compile(core)``: the first calls of each new shape trace and compile
-    (seconds); later calls run the compiled graph.
+    ``compile=True`` runs the decode steps (one new token per row) through ``torch.compile(core)``: the first
+    such call traces and compiles the model (seconds to a minute), later ones run the compiled code, for any
+    cache length. The prefill, run once per reply, stays eager.
     """
 
     def __init__(self, core: nn.Module, compile: bool = False):
@@ -119,7 +120,8 @@ class TorchStep:
             from transformers import DynamicCache
 
             past = DynamicCache(config=self.core.config)
-        out = self.forward(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+        forward = self.forward if input_ids.shape[1] == 1 else self.core
+        out = forward(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                            use_cache=use_cache, **{self.cache_arg: past if use_cache else None}, **self.last_only)
         if not use_cache:
             return out.logits, False
@@ -157,6 +159,7 @@ class Generation:
     cache: bool
     backend: str
     cache_bytes: int = 0
+    threads: int = 0
     logits: tuple[torch.Tensor, ...] = field(default=(), repr=False)  # (batch, vocab) per step, if kept
 
     @property
@@ -183,6 +186,21 @@ class Generation:
     def decode_ms_per_token(self) -> float:
         """Median decode step: the time between two tokens of one reply (nan if there was no step)."""
         return float(torch.tensor(self.step_ms).median()) if self.step_ms else math.nan
+
+    @property
+    def timing(self):
+        """The decode steps as a ``lmlab.bench.Timing`` (median, p90), for a results row."""
+        from lmlab.bench import Timing
+        from lmlab.runtime import default_threads
+
+        return Timing(samples_ms=self.step_ms, threads=self.threads or default_threads(), warmup=0, first_ms=None)
+
+    def to_result(self, name: str, technique: str, accuracy: float, setting: str = "", **values):
+        """One results row: ``median_ms``/``p90_ms`` are the decode steps' (the ms between two tokens of a reply)."""
+        from lmlab.results import Result
+
+        return Result.from_timing(self.timing, name=name, technique=technique, setting=setting, accuracy=accuracy,
+                                  batch_size=self.batch_size, **values)
 
     @property
     def tokens_per_s(self) -> float:
@@ -283,7 +301,7 @@ def _decode_loop(lm: CausalLM, prompts, max_new_tokens: int, *, cache: bool = Tr
     kept, times_ms = [], []
     past = None
 
-    with torch_threads(threads):
+    with torch_threads(threads) as used_threads:
         synchronize(chosen)
         start = time.perf_counter()
         for t in range(max_new_tokens):
@@ -317,7 +335,7 @@ def _decode_loop(lm: CausalLM, prompts, max_new_tokens: int, *, cache: bool = Tr
     texts = tuple(lm.decode([tok for tok in row if tok != lm.eos_id]) for row in tokens)
     yield Generation(tokens=tokens, texts=texts, prompt_tokens=tuple(len(r) for r in rows), ttft_ms=times_ms[0],
                      step_ms=tuple(times_ms[1:]), cache=cache, backend=getattr(step, "backend", backend),
-                     cache_bytes=past_bytes(past) if cache else 0, logits=tuple(kept))
+                     cache_bytes=past_bytes(past) if cache else 0, threads=used_threads, logits=tuple(kept))
 
 
 def _no_cache(step):

@@ -209,6 +209,26 @@ def decode_flops(model: nn.Module, tokens: int = 1) -> float:
     return 2.0 * weights * tokens
 
 
+REGIMES = ("compute-bound", "memory-bound", "overhead-bound")
+
+
+def regime(intensity: float, achieved_gflops: float, peak_gflops: float, bandwidth_gbs: float,
+           reached: float = 0.5) -> str:
+    """Name what limits an operation: "compute-bound" right of the ridge (I > peak / bandwidth), else
+    "memory-bound" if it reaches at least ``reached`` of its roof I · bandwidth, else "overhead-bound"
+    (neither the arithmetic nor the memory traffic explains its time: Python, dispatch, small kernels).
+
+    Raises ValueError for non-positive or non-finite numbers, or ``reached`` outside (0, 1].
+    """
+    for name, value in (("intensity", intensity), ("achieved_gflops", achieved_gflops),
+                        ("peak_gflops", peak_gflops), ("bandwidth_gbs", bandwidth_gbs)):
+        _check_real(name, value)
+    _check_real("reached", reached, high=1.0)
+    if intensity > peak_gflops / bandwidth_gbs:
+        return "compute-bound"
+    return "memory-bound" if achieved_gflops >= reached * intensity * bandwidth_gbs else "overhead-bound"
+
+
 def roofline_plot(peak_gflops: float, bandwidth_gbs: float, points: list[tuple[str, float, float]],
                   title: str = "Roofline", hardware: str | None = None, ax: Axes | None = None) -> Figure:
     """Draw the roofline, attainable GFLOP/s = min(peak, I · bandwidth), on log-log axes, with measured points.

@@ -215,3 +215,73 @@ class CompressionPanel:
                            f"(uncompressed {reference['accuracy']:.4f}), perplexity {result['perplexity']:.2f} "
                            f"(uncompressed {reference['perplexity']:.2f}), {result['size_bytes'] / 1e6:.3f} MB; "
                            f"compressed and scored in {result['seconds'] * 1e3:.0f} ms")
+
+
+class DecodePanel:
+    """Choose a model, a path (eager float32 or ONNX Runtime int8), the KV cache and a batch size: the panel
+    streams a reply token by token and shows the time to first token and the tokens per second.
+
+    ``models`` maps a name to an ``lmlab.decode.CausalLM``. A batch repeats the prompt ``batch`` times (every
+    row computes the same reply; the speed is the batch's). Introduced in notebooks/06_acceleration.ipynb.
+    """
+
+    PATHS = {"float32, PyTorch eager": "eager", "int8, ONNX Runtime": "onnx-int8"}
+
+    def __init__(self, models: Mapping[str, object], prompt: str = "", max_new_tokens: int = 24):
+        import ipywidgets as widgets
+
+        from lmlab.runtime import check_int
+
+        if not models:
+            raise ValueError("models is empty: the panel needs at least one model to decode with")
+        check_int("max_new_tokens", max_new_tokens, 1)
+        self.models, self.max_new_tokens = dict(models), max_new_tokens
+        self.steps: dict[tuple[str, str], object] = {}  # step functions, made once (an export takes seconds)
+        self.prompt = widgets.Text(value=prompt, description="prompt", layout=widgets.Layout(width="60%"))
+        self.choice = widgets.Dropdown(options=list(self.models), description="model")
+        self.path = widgets.Dropdown(options=list(self.PATHS), description="path")
+        self.cache = widgets.Checkbox(value=True, description="KV cache")
+        self.batch = widgets.IntSlider(value=1, min=1, max=16, description="batch", continuous_update=False)
+        self.go = widgets.Button(description="generate")
+        self.reply = widgets.HTML()
+        self.info = widgets.HTML()
+        self.widget = widgets.VBox([widgets.HBox([self.prompt, self.choice]),
+                                    widgets.HBox([self.path, self.cache, self.batch, self.go]), self.reply, self.info])
+        self.go.on_click(lambda _: self.run())
+
+    def step_for(self, name: str, path: str):
+        """Return (and keep) the step function of a model and path."""
+        from lmlab.decode import make_step
+
+        key = (name, path)
+        if key not in self.steps:
+            self.steps[key] = make_step(self.models[name], self.PATHS[path])
+        return self.steps[key]
+
+    def run(self) -> dict:
+        """Generate for the current settings, streaming the reply into the panel; return the figures shown."""
+        from lmlab.decode import generate, stream
+
+        name, path, batch = self.choice.value, self.path.value, self.batch.value
+        lm, step = self.models[name], self.step_for(name, self.path.value)
+        options = dict(cache=self.cache.value, step=step)
+        try:
+            if batch == 1:
+                shown, ttft_ms, elapsed_ms = "", None, 0.0
+                for piece in stream(lm, self.prompt.value, self.max_new_tokens, **options):
+                    shown += piece.text
+                    ttft_ms = piece.elapsed_ms if ttft_ms is None else ttft_ms
+                    elapsed_ms = piece.elapsed_ms
+                    self.reply.value = f"<b>{html.escape(self.prompt.value)}</b>{html.escape(shown)}"
+                tokens = len(lm.encode(self.prompt.value + shown)) - len(lm.encode(self.prompt.value))
+                rate = 1e3 * max(tokens - 1, 0) / (elapsed_ms - ttft_ms) if elapsed_ms > ttft_ms else math.nan
+            else:
+                result = generate(lm, [self.prompt.value] * batch, self.max_new_tokens, **options)
+                self.reply.value = f"<b>{html.escape(self.prompt.value)}</b>{html.escape(result.texts[0])}"
+                ttft_ms, rate = result.ttft_ms, result.tokens_per_s
+        except ValueError as err:
+            self.info.value = html.escape(str(err))
+            return {"error": str(err)}
+        self.info.value = (f"<b>{name}</b>, {path}, cache {'on' if self.cache.value else 'off'}, batch {batch}: "
+                           f"first token after {ttft_ms:.0f} ms, then {rate:.1f} tokens/s")
+        return {"ttft_ms": ttft_ms, "tokens_per_s": rate}

@@ -137,3 +137,16 @@ def test_roofline_plot_draws_log_axes():
 def test_bad_input_raises_a_value_error_naming_the_argument(call, argname):
     with pytest.raises(ValueError, match=argname):
         call()
+
+
+def test_regime_follows_the_roofline():
+    from lmlab.hardware import regime
+
+    # Ridge at 100 GFLOP/s / 20 GB/s = 5 FLOP/byte.
+    assert regime(50, 90, 100, 20) == "compute-bound"
+    assert regime(0.5, 8, 100, 20) == "memory-bound"  # roof 10 GFLOP/s, 80% of it reached
+    assert regime(0.5, 2, 100, 20) == "overhead-bound"  # 20% of the roof
+    with pytest.raises(ValueError, match="reached"):
+        regime(0.5, 2, 100, 20, reached=1.5)
+    with pytest.raises(ValueError, match="bandwidth_gbs"):
+        regime(0.5, 2, 100, 0)
