@@ -14,6 +14,8 @@ milliseconds. One module per idea:
 - ``lmlab.pretrained`` SmolLM2-135M offline; ``lmlab.descent`` gradient descent by hand
 - ``lmlab.quantize`` q(x) = round(x / Q) · Q, bit widths and granularity; ``lmlab.export`` real int8 (ONNX Runtime)
 - ``lmlab.prune``    pruning, low rank, weight sharing; ``lmlab.widgets`` the interactive panels
+- ``lmlab.decode``   prefill and decode, the KV cache, sampling, batches, streaming; ``lmlab.hardware`` the
+  machine's bandwidth and FLOP/s, the decode floor and the roofline
 """
 
 import logging
