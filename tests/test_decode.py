@@ -167,3 +167,22 @@ def test_smollm2_cache_batch_and_transformers_agree(smol):
     for row, prompt in zip(batch.tokens, prompts):
         assert_same_or_near_tie(row, generate(smol, prompt, 12, stop_at_eos=False, keep_logits=True))
     assert generate(smol, "The capital of France is", 6).text.startswith(" Paris")
+
+
+def test_onnx_runtime_decodes_the_same_tokens(lm):
+    eager = generate(lm, PROMPTS, 20, stop_at_eos=False, keep_logits=True)
+    exported = generate(lm, PROMPTS, 20, stop_at_eos=False, keep_logits=True, backend="onnx")
+    assert exported.tokens == eager.tokens and exported.cache_bytes == eager.cache_bytes
+    assert max(float((a - b).abs().max()) for a, b in zip(exported.logits, eager.logits)) < 1e-4
+    int8 = generate(lm, PROMPTS[0], 20, stop_at_eos=False, backend="onnx-int8")
+    assert len(int8.tokens[0]) == 20 and int8.backend == "onnx-int8"
+
+
+@pytest.mark.slow
+def test_smollm2_in_onnx_runtime_answers_like_eager(smol):
+    """Also builds SmolLM2's decoder graphs in the user cache, which chapter 06 then loads in seconds."""
+    eager = generate(smol, "The capital of France is", 12, keep_logits=True)
+    exported = generate(smol, "The capital of France is", 12, backend="onnx", keep_logits=True)
+    assert exported.tokens == eager.tokens
+    assert max(float((a - b).abs().max()) for a, b in zip(exported.logits, eager.logits)) < 1e-3
+    assert generate(smol, "The capital of France is", 6, backend="onnx-int8").text.startswith(" Paris")

@@ -81,3 +81,20 @@ def test_compression_panel_scores_settings_and_shows_refusals(names_data):
     assert "group_size=3 does not divide the 4 weights" in panel.info.value
     with pytest.raises(ValueError, match="at least one"):
         CompressionPanel({}, methods)
+
+
+def test_decode_panel_streams_a_reply_and_times_it():
+    from lmlab.checkpoints import load_checkpoint
+    from lmlab.decode import as_causal_lm
+    from lmlab.widgets import DecodePanel
+
+    panel = DecodePanel({"gpt-small": as_causal_lm(load_checkpoint("data/gpt-small"))}, prompt="and god said",
+                        max_new_tokens=8)
+    shown = panel.run()
+    assert shown["ttft_ms"] > 0 and "and god said" in panel.reply.value and "tokens/s" in panel.info.value
+    panel.cache.value, panel.batch.value = False, 4
+    assert panel.run()["tokens_per_s"] > 0
+    panel.prompt.value = ""
+    assert "prompt" in panel.run()["error"] and "empty" in panel.info.value
+    with pytest.raises(ValueError, match="models is empty"):
+        DecodePanel({})
