@@ -11,12 +11,13 @@ SANITIZE = Path(__file__).with_name("sanitize.cfg")
 EXAMPLES = [
     ("median    0.01234 ms (p90 2.1 ms)", "median <time> (p90 <time>)"),
     ("int8 is 2.31× faster", "int8 is <ratio>× faster"),
-    ("decoding at 1234.5 tokens/s", "decoding at <rate>"),
+    ("decoding at 1234.5 tokens/s, read 24.1 GB/s", "decoding at <rate>, read <rate>"),
     ("100%|████| 50/50 [00:01<00:00, 12.3it/s]", "100%|████| 50/50 [<elapsed><<remaining>, <rate>]"),
     ("<function f at 0x7f3a2c1b9d60>", "<function f at 0x<address>>"),
     ("<Figure size 1100x650 with 1 Axes>", "<Figure with 1 Axes>"),
     ("CPU: Intel(R) Xeon(R) Platinum 8481C CPU @ 2.70GHz | cores: 2 | torch threads: 1",
      "CPU: <cpu> | cores: <cores> | torch threads: 1"),
+    ("the nodes (63% of it), floor 69.5%", "the nodes ( <share>% of it), floor <share>%"),
 ]
 
 
