@@ -247,8 +247,7 @@ def stream(lm: CausalLM, prompt: str | Sequence[int], max_new_tokens: int = 32, 
     Takes ``generate``'s options; yields exactly the tokens ``generate`` returns. The text of a token is what
     it adds to the decoded reply (a sub-word token can complete a character that earlier ones began).
     """
-    if not isinstance(prompt, str) and prompt and not isinstance(prompt[0], (int, torch.Tensor)) \
-            and not hasattr(prompt[0], "__index__"):
+    if not isinstance(prompt, str) and len(prompt) and isinstance(prompt[0], (str, list, tuple)):
         raise ValueError("prompt is a batch; stream takes one prompt (a text or a list of token ids)")
     shown = ""
     ids: list[int] = []
@@ -344,6 +343,8 @@ def _no_cache(step):
 
 
 def _prompt_ids(lm: CausalLM, prompts) -> list[list[int]]:
+    if isinstance(prompts, torch.Tensor):  # (tokens,) or (batch, tokens) ids
+        prompts = prompts.tolist() if prompts.dim() == 2 else [prompts.tolist()]
     if isinstance(prompts, str):
         prompts = [prompts]
     elif len(prompts) and not isinstance(prompts[0], (str, list, tuple, torch.Tensor)):
@@ -428,3 +429,47 @@ def past_bytes(past) -> int:
     if hasattr(past, "nbytes"):
         return int(past.nbytes)
     return sum(past_bytes(p) if not hasattr(p, "nbytes") else int(p.nbytes) for p in past)
+
+
+def break_even(one_off_ms: float, reference_ms: float, faster_ms: float) -> float:
+    """Return how many calls repay a one-off cost: one_off_ms / (reference_ms - faster_ms); inf if not faster.
+
+    Raises ValueError for a negative or non-finite time.
+    """
+    for name, value in (("one_off_ms", one_off_ms), ("reference_ms", reference_ms), ("faster_ms", faster_ms)):
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+            raise ValueError(f"{name}={value!r} is out of range; use a finite time >= 0 ms")
+    return one_off_ms / (reference_ms - faster_ms) if faster_ms < reference_ms else math.inf
+
+
+def compare_steps(lm: CausalLM, prompt, makers: dict[str, Callable[[], object]], new_tokens: int = 40,
+                  reference: str = "eager") -> list[dict]:
+    """Time the decode step of each path against ``reference``: one dict per path, in the order given.
+
+    ``makers`` maps a path's name to a function that builds its step (``make_step``, ``onnx_decoder``...). The
+    one-off cost is building the step plus a 2-token warm-up generation (``torch.compile`` compiles on its first
+    decode step); then ``new_tokens`` greedy tokens are timed, with their logits kept. Each dict holds
+    ``step_ms``/``p90_ms`` (decode steps), ``speed_up`` (reference median / this median), ``max_logit_diff``
+    against the reference, ``one_off_ms`` (nan for the reference), ``break_even`` (calls that repay the one-off
+    cost, inf if never) and the ``run`` itself. Introduced in notebooks/06_acceleration.ipynb.
+    Raises ValueError if ``reference`` is not among ``makers``.
+    """
+    if reference not in makers:
+        raise ValueError(f"reference={reference!r} is not among the paths {tuple(makers)}")
+    runs, one_off = {}, {}
+    for name, make in makers.items():
+        start = time.perf_counter()
+        step = make()
+        generate(lm, prompt, 2, stop_at_eos=False, step=step)  # the first decode step compiles, if anything does
+        one_off[name] = (time.perf_counter() - start) * 1e3
+        runs[name] = generate(lm, prompt, new_tokens, stop_at_eos=False, step=step, keep_logits=True)
+    base = runs[reference]
+    rows = []
+    for name, run in runs.items():
+        diff = max(float((a - b).abs().max()) for a, b in zip(run.logits, base.logits))
+        rows.append({"path": name, "step_ms": run.decode_ms_per_token, "p90_ms": run.timing.p90_ms,
+                     "speed_up": base.decode_ms_per_token / run.decode_ms_per_token, "max_logit_diff": diff,
+                     "one_off_ms": math.nan if name == reference else one_off[name],
+                     "break_even": math.nan if name == reference else
+                     break_even(one_off[name], base.decode_ms_per_token, run.decode_ms_per_token), "run": run})
+    return rows

@@ -499,7 +499,8 @@ def onnx_decoder(model: nn.Module, quantization: str | None = "blockwise", threa
     The past may have no positions (the first call, the prefill). Works on lmlab's GPT and on a transformers
     causal LM with a full-attention cache (SmolLM2). ``quantization`` is "blockwise", "dynamic" or None, as for
     ``onnx_model``; ``optimization`` is ONNX Runtime's graph optimization level, one of OPTIMIZATIONS. The graph
-    is cached outside the repository, under its own key, unless ``cache=False``.
+    is cached outside the repository, under its own key, unless ``cache=False`` (then the graph lives only in the
+    session: ``path`` is None, and the graph-lesson helpers below need a cached decoder).
     Raises ValueError for an unknown model, quantization, optimization or thread count; RuntimeError if the
     export fails.
     """
@@ -525,7 +526,11 @@ def onnx_decoder(model: nn.Module, quantization: str | None = "blockwise", threa
 
     path = _cached_graph(name, export_float32, quantization, cache, type(core).__name__)
     params = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
-    return OnnxDecoder(path, quantization, threads=threads, optimization=optimization, source_parameters=params)
+    decoder = OnnxDecoder(path, quantization, threads=threads, optimization=optimization, source_parameters=params)
+    if not cache:  # the session holds the graph now: leave no temporary file behind
+        shutil.rmtree(path.parent, ignore_errors=True)
+        decoder.path = None
+    return decoder
 
 
 class _DecodeStep(nn.Module):
@@ -610,6 +615,8 @@ def graph_op_counts(decoder_or_path: OnnxDecoder | OnnxLogits | str | Path,
 
 
 def _graph_path(decoder_or_path) -> Path:
+    if getattr(decoder_or_path, "path", "") is None:
+        raise ValueError("decoder_or_path was made with cache=False, so its graph file is gone; make it with cache=True")
     path = Path(decoder_or_path.path) if hasattr(decoder_or_path, "path") else Path(decoder_or_path)
     if not path.is_file():
         raise ValueError(f"decoder_or_path={str(path)!r} is not an ONNX graph file; pass an OnnxDecoder, an "

@@ -186,3 +186,35 @@ def test_smollm2_in_onnx_runtime_answers_like_eager(smol):
     assert exported.tokens == eager.tokens
     assert max(float((a - b).abs().max()) for a, b in zip(exported.logits, eager.logits)) < 1e-3
     assert generate(smol, "The capital of France is", 6, backend="onnx-int8").text.startswith(" Paris")
+
+
+def test_break_even_counts_the_calls_that_repay_a_one_off_cost():
+    from lmlab.decode import break_even
+
+    assert break_even(1000.0, 5.0, 3.0) == 500.0
+    assert break_even(1000.0, 3.0, 5.0) == math.inf
+    with pytest.raises(ValueError, match="one_off_ms"):
+        break_even(-1.0, 5.0, 3.0)
+
+
+def test_compare_steps_times_each_path_against_the_reference(lm):
+    from lmlab.decode import compare_steps
+
+    rows = compare_steps(lm, PROMPTS[0], {"eager": lambda: make_step(lm, "eager"),
+                                          "onnx": lambda: make_step(lm, "onnx")}, new_tokens=10)
+    eager, onnx = rows
+    assert eager["path"] == "eager" and eager["speed_up"] == 1.0 and eager["max_logit_diff"] == 0.0
+    assert math.isnan(eager["one_off_ms"]) and onnx["one_off_ms"] > 0 and onnx["max_logit_diff"] < 1e-4
+    assert onnx["break_even"] > 0 and onnx["run"].tokens == eager["run"].tokens
+    with pytest.raises(ValueError, match="reference"):
+        compare_steps(lm, PROMPTS[0], {"onnx": lambda: make_step(lm, "onnx")})
+
+
+def test_prompts_may_be_text_ids_or_a_tensor(lm):
+    ids = lm.encode(PROMPTS[0])
+    expected = generate(lm, PROMPTS[0], 5, stop_at_eos=False).tokens
+    assert generate(lm, ids, 5, stop_at_eos=False).tokens == expected
+    assert generate(lm, torch.tensor(ids), 5, stop_at_eos=False).tokens == expected
+    assert generate(lm, torch.tensor([ids, ids]), 5, stop_at_eos=False).tokens == expected * 2
+    with pytest.raises(ValueError, match="batch"):
+        list(stream(lm, PROMPTS, 5))

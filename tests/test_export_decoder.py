@@ -203,3 +203,15 @@ def test_smollm2_decoder_float32_and_int8(monkeypatch):
         ours.append(logits[:, -1])
     assert [int(o.argmax()) for o in ours] == [int(e.argmax()) for e in expected]  # greedy picks the same tokens
     assert int8.past_bytes(past) == 2 * 30 * 3 * 64 * full.shape[1] * 4
+
+
+def test_an_uncached_decoder_leaves_no_file_behind(gpt, tmp_path, monkeypatch):
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # catch the temporary folders it makes
+    decoder = onnx_decoder(gpt, quantization=None, cache=False)
+    ids = torch.tensor([[5, 6, 7]])
+    logits, _ = decoder(ids, torch.ones_like(ids), torch.arange(3)[None])
+    assert logits.shape[:2] == (1, 3) and decoder.path is None and list(tmp_path.iterdir()) == []
+    with pytest.raises(ValueError, match="cache=False"):
+        graph_node_counts(decoder)
