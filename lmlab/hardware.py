@@ -27,7 +27,7 @@ from torch import nn
 
 from lmlab.bench import time_ms
 from lmlab.neural import is_conv1d
-from lmlab.plots import FONT_SIZE
+from lmlab.plots import FONT_SIZE, place_labels
 from lmlab.runtime import check_int, check_threads, default_threads, device_name
 
 FORMATS = ("float32", "bfloat16", "int8")
@@ -266,10 +266,10 @@ def roofline_plot(peak_gflops: float, bandwidth_gbs: float, points: list[tuple[s
     colors = plt.get_cmap("tab10")
     for i, (name, intensity, gflops) in enumerate(points):
         ax.plot([intensity], [gflops], "o", ms=10, color=colors(i % 10))
-        ax.annotate(name, (intensity, gflops), textcoords="offset points", xytext=(8, 6), fontsize=FONT_SIZE - 2)
     low_y = min([bandwidth_gbs * lo] + [p[2] for p in points]) / 3
     ax.set_xlim(lo, hi)
     ax.set_ylim(low_y, peak_gflops * 4)
+    place_labels(ax, points)
     top = blended_transform_factory(ax.transData, ax.transAxes)  # x in data, y in axes fraction
     ax.text(math.sqrt(lo * ridge), 0.94, "memory-bound", transform=top, ha="center", va="top",
             fontsize=FONT_SIZE, color="tab:blue")

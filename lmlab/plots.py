@@ -109,21 +109,30 @@ _LABEL_OFFSETS = [(8, 6), (8, -16), (8, 20), (8, -30), (8, 34), (8, -44)]
 
 def _label(ax: Axes, rows: Sequence[Result], x: str, y: str) -> None:
     """Name each row's point, nudging a label up or down when it would overlap one already placed."""
+    place_labels(ax, [(r.name, getattr(r, x), getattr(r, y)) for r in rows])
+
+
+def place_labels(ax: Axes, points: Sequence[tuple[str, float, float]], font_size: int = FONT_SIZE - 2) -> None:
+    """Write each (name, x, y) beside its point, nudging a label up or down when it would overlap one placed before.
+
+    A nudged label gets a thin line back to its point. Used by the trade-off plot and the roofline
+    (``lmlab.hardware.roofline_plot``).
+    """
     ax.autoscale_view()
     to_pixels = ax.transData.transform
     scale = ax.figure.dpi / 72  # points to pixels
-    height = (FONT_SIZE - 2) * 1.25 * scale
+    height = font_size * 1.25 * scale
     placed: list[tuple[float, float, float, float]] = []
-    for r in sorted(rows, key=lambda r: (getattr(r, x), getattr(r, y))):
-        px, py = to_pixels((getattr(r, x), getattr(r, y)))
-        width = len(r.name) * (FONT_SIZE - 2) * 0.6 * scale
+    for name, x, y in sorted(points, key=lambda p: (p[1], p[2])):
+        px, py = to_pixels((x, y))
+        width = len(name) * font_size * 0.6 * scale
         for dx, dy in _LABEL_OFFSETS:
             bottom = py + dy * scale - (height if dy < 0 else 0)  # labels below their point hang from it
             box = (px + dx * scale, bottom, px + dx * scale + width, bottom + height)
             if not any(box[0] < b[2] and b[0] < box[2] and box[1] < b[3] and b[1] < box[3] for b in placed):
                 break
         placed.append(box)
-        moved = (dx, dy) != _LABEL_OFFSETS[0]  # a nudged label gets a thin line back to its point
-        ax.annotate(r.name, (getattr(r, x), getattr(r, y)), textcoords="offset points", xytext=(dx, dy),
-                    fontsize=FONT_SIZE - 2, va="bottom" if dy > 0 else "top",
+        moved = (dx, dy) != _LABEL_OFFSETS[0]
+        ax.annotate(name, (x, y), textcoords="offset points", xytext=(dx, dy), fontsize=font_size,
+                    va="bottom" if dy > 0 else "top",
                     arrowprops=dict(arrowstyle="-", lw=0.6, color="gray", shrinkA=0, shrinkB=4) if moved else None)
