@@ -27,7 +27,7 @@ from torch import nn
 
 from lmlab.bench import time_ms
 from lmlab.neural import is_conv1d
-from lmlab.plots import FONT_SIZE, place_labels
+from lmlab.plots import FONT_SIZE, finish_axes, place_labels
 from lmlab.runtime import check_int, check_threads, default_threads, device_name
 
 FORMATS = ("float32", "bfloat16", "int8")
@@ -275,11 +275,6 @@ def roofline_plot(peak_gflops: float, bandwidth_gbs: float, points: list[tuple[s
             fontsize=FONT_SIZE, color="tab:blue")
     ax.text(math.sqrt(ridge * hi), 0.94, "compute-bound", transform=top, ha="center", va="top",
             fontsize=FONT_SIZE, color="tab:orange")
-    ax.set_xlabel("arithmetic intensity (FLOP/byte), log scale", fontsize=FONT_SIZE)
-    ax.set_ylabel("attainable throughput (GFLOP/s), log scale", fontsize=FONT_SIZE)
-    ax.set_title(f"{title}\n{device_name('cpu') if hardware is None else hardware}", fontsize=FONT_SIZE)
-    ax.tick_params(labelsize=FONT_SIZE - 2)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=FONT_SIZE - 3, loc="lower right")
-    fig.tight_layout()
+    finish_axes(ax, "arithmetic intensity (FLOP/byte), log scale", "attainable throughput (GFLOP/s), log scale",
+                f"{title}\n{device_name('cpu') if hardware is None else hardware}", legend_loc="lower right")
     return fig

@@ -93,14 +93,19 @@ def tradeoff_plot(
     if y == "perplexity":
         ax.set_yscale("log")
     _label(ax, results if label_all else frontier, x, y)
-    ax.set_xlabel(X_AXES[x] + (", log scale" if log_x else ""), fontsize=FONT_SIZE)
-    ax.set_ylabel(Y_AXES[y], fontsize=FONT_SIZE)
-    ax.set_title(f"{title}\n{hardware}", fontsize=FONT_SIZE)
+    finish_axes(ax, X_AXES[x] + (", log scale" if log_x else ""), Y_AXES[y], f"{title}\n{hardware}")
+    return fig
+
+
+def finish_axes(ax: Axes, xlabel: str, ylabel: str, title: str, legend_loc: str = "best") -> None:
+    """Label, title, grid and legend a plot in the workbook's projector-sized fonts; tighten its figure."""
+    ax.set_xlabel(xlabel, fontsize=FONT_SIZE)
+    ax.set_ylabel(ylabel, fontsize=FONT_SIZE)
+    ax.set_title(title, fontsize=FONT_SIZE)
     ax.tick_params(labelsize=FONT_SIZE - 2)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=FONT_SIZE - 3, loc="best")
-    fig.tight_layout()
-    return fig
+    ax.legend(fontsize=FONT_SIZE - 3, loc=legend_loc)
+    ax.figure.tight_layout()
 
 
 # Where a label may go relative to its point, in points, tried in this order until one overlaps no other label.
