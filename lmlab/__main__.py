@@ -7,6 +7,9 @@
   measure MODEL [--method M --value V] [--save FILE]
                            one results row: a shipped model, optionally compressed (lmlab.experiment.METHODS),
                            scored on its test split and timed; --save adds the row to a JSON file of rows
+  generate MODEL PROMPT [--max-new-tokens N --backend B --no-cache --batch N --sample ...]
+                           stream a reply from a shipped GPT or SmolLM2, then its time to first token and tokens/s
+  hardware [--threads N]   this machine's memory bandwidth and matmul GFLOP/s, and each model's decode floor
 """
 
 from __future__ import annotations
@@ -43,6 +46,21 @@ def main(argv: list[str] | None = None) -> int:
     measure.add_argument("--batch-size", type=int, default=1)
     measure.add_argument("--repeat", type=int, default=30, help="timed repeats")
     measure.add_argument("--save", default=None, help="JSON file of results rows to add this row to")
+    generate = commands.add_parser("generate", help="stream a reply, then its TTFT and tokens/s (lmlab.decode)")
+    generate.add_argument("model", help="smollm2, or a shipped GPT: gpt-small, gpt-medium or gpt-large")
+    generate.add_argument("prompt")
+    generate.add_argument("--max-new-tokens", type=int, default=32)
+    generate.add_argument("--backend", default="eager", help="eager, compile, onnx or onnx-int8")
+    generate.add_argument("--no-cache", action="store_true", help="recompute the whole prefix every step")
+    generate.add_argument("--batch", type=int, default=1, help="decode the prompt this many times in one batch")
+    generate.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
+    generate.add_argument("--temperature", type=float, default=1.0)
+    generate.add_argument("--top-k", type=int, default=None)
+    generate.add_argument("--top-p", type=float, default=None)
+    generate.add_argument("--seed", type=int, default=0)
+    generate.add_argument("--threads", type=int, default=None, help="torch threads (default: $LMLAB_THREADS or 1)")
+    hardware = commands.add_parser("hardware", help="memory bandwidth, matmul GFLOP/s and decode floors")
+    hardware.add_argument("--threads", type=int, default=None)
     args = parser.parse_args(argv)
 
     try:
@@ -87,11 +105,74 @@ def main(argv: list[str] | None = None) -> int:
             print(results_table([row]).to_string(index=False))
             if args.save:
                 print(f"added to {add_results([row], args.save)}")
+        elif args.command == "generate":
+            _generate(args)
+        elif args.command == "hardware":
+            _hardware(args.threads)
     except (ValueError, FileNotFoundError, FileExistsError) as err:
         message = str(err).replace("pass overwrite=True", "add --overwrite") if args.command == "train" else err
         print(f"lmlab: {message}", file=sys.stderr)
         return 2
     return 0
+
+
+def _causal_lm(name: str):
+    """A shipped GPT by name, or "smollm2"; ValueError for anything else."""
+    from lmlab.decode import as_causal_lm
+
+    if name == "smollm2":
+        from lmlab.pretrained import load_smollm2
+
+        return as_causal_lm(*load_smollm2(), name="SmolLM2-135M")
+    from lmlab.experiment import MODELS, load_model
+
+    if name not in MODELS or name == "mlp-names":
+        raise ValueError(f"model={name!r} cannot generate; use smollm2 or one of "
+                         f"{tuple(m for m in MODELS if m != 'mlp-names')}")
+    return as_causal_lm(load_model(name)[0], name=name)
+
+
+def _generate(args) -> None:
+    from lmlab.bench import format_ms
+    from lmlab.decode import generate, stream
+    from lmlab.runtime import check_int
+
+    check_int("batch", args.batch, 1)
+    lm = _causal_lm(args.model)
+    options = dict(cache=not args.no_cache, backend=args.backend, sample=args.sample, temperature=args.temperature,
+                   top_k=args.top_k, top_p=args.top_p, seed=args.seed, threads=args.threads)
+    print(describe_environment("cpu", threads=args.threads))
+    if args.batch == 1:
+        print(args.prompt, end="", flush=True)
+        pieces = list(_echo(stream(lm, args.prompt, args.max_new_tokens, **options)))
+        print()
+        decode_ms = pieces[-1].elapsed_ms - pieces[0].elapsed_ms
+        rate = f"{1e3 * (len(pieces) - 1) / decode_ms:.1f} tokens/s" if len(pieces) > 1 else "no decode step"
+        print(f"{len(pieces)} tokens: first after {format_ms(pieces[0].elapsed_ms).strip()}, then {rate}")
+    else:
+        out = generate(lm, [args.prompt] * args.batch, args.max_new_tokens, **options)
+        print(args.prompt + out.texts[0])
+        print(f"batch {args.batch}: first tokens after {format_ms(out.ttft_ms).strip()}, then "
+              f"{out.tokens_per_s:.1f} tokens/s for the batch, {format_ms(out.decode_ms_per_token).strip()} per step")
+
+
+def _echo(pieces):
+    for piece in pieces:
+        print(piece.text, end="", flush=True)
+        yield piece
+
+
+def _hardware(threads: int | None) -> None:
+    from lmlab.hardware import FORMATS, decode_floor_ms, matmul_gflops, memory_bandwidth, weight_bytes
+
+    bandwidth, peak = memory_bandwidth(threads), matmul_gflops(threads=threads)
+    print(describe_environment("cpu", threads=bandwidth.threads))
+    print(f"memory bandwidth: {bandwidth}\nmatrix multiply: {peak}")
+    for name in ("gpt-large", "smollm2"):
+        model = _causal_lm(name).source
+        floors = ", ".join(f"{fmt} {decode_floor_ms(weight_bytes(model, fmt), bandwidth.read_gbs):.3g} ms"
+                           for fmt in FORMATS)
+        print(f"decode floor of {name} (weights / read bandwidth): {floors}")
 
 
 if __name__ == "__main__":

@@ -72,8 +72,8 @@ def as_causal_lm(model: nn.Module, tokenizer=None, name: str | None = None, leve
         def encode(text: str) -> list[int]:
             return [vocab.bos_id] + vocab.encode(tokenize(text, level)).tolist()
 
-        def decode(ids: Sequence[int]) -> str:
-            return joiner.join(tok for tok in vocab.decode(ids) if tok not in ("<s>", "</s>"))
+        def decode(ids: Sequence[int]) -> str:  # a continuation: words start with their space, as sub-words do
+            return "".join(joiner + tok for tok in vocab.decode(ids) if tok not in ("<s>", "</s>"))
 
         return CausalLM(name or f"gpt-{model.config.n_layer}x{model.config.n_embd}", model.gpt, encode, decode,
                         vocab.eos_id, vocab.eos_id, model.config.n_positions, model)

@@ -23,3 +23,20 @@ def test_missing_file_is_a_clear_error_not_a_traceback(tmp_path, capsys):
 def test_time_matmul_rejects_bad_size(capsys):
     assert main(["time-matmul", "0"]) == 2
     assert "size=0" in capsys.readouterr().err
+
+
+def test_generate_streams_a_reply_and_times_it(capsys):
+    assert main(["generate", "gpt-small", "and god said", "--max-new-tokens", "6"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[1].startswith("and god said") and "tokens: first after" in out and "tokens/s" in out
+    assert main(["generate", "gpt-small", "and god said", "--max-new-tokens", "4", "--batch", "3"]) == 0
+    assert "batch 3" in capsys.readouterr().out
+
+
+def test_generate_refuses_bad_settings_clearly(capsys):
+    assert main(["generate", "gpt-small", "and god said", "--max-new-tokens", "0"]) == 2
+    assert "max_new_tokens=0" in capsys.readouterr().err
+    assert main(["generate", "mlp-names", "jo"]) == 2
+    assert "cannot generate" in capsys.readouterr().err
+    assert main(["generate", "gpt-small", "and", "--sample", "--temperature", "0"]) == 2
+    assert "temperature" in capsys.readouterr().err
