@@ -134,7 +134,7 @@ def _causal_lm(name: str):
 
 def _generate(args) -> None:
     from lmlab.bench import format_ms
-    from lmlab.decode import generate, stream
+    from lmlab.decode import generate, stream, stream_speed
     from lmlab.runtime import check_int
 
     check_int("batch", args.batch, 1)
@@ -146,9 +146,8 @@ def _generate(args) -> None:
         print(args.prompt, end="", flush=True)
         pieces = list(_echo(stream(lm, args.prompt, args.max_new_tokens, **options)))
         print()
-        decode_ms = pieces[-1].elapsed_ms - pieces[0].elapsed_ms
-        rate = f"{1e3 * (len(pieces) - 1) / decode_ms:.1f} tokens/s" if len(pieces) > 1 else "no decode step"
-        print(f"{len(pieces)} tokens: first after {format_ms(pieces[0].elapsed_ms).strip()}, then {rate}")
+        ttft_ms, rate = stream_speed(pieces)
+        print(f"{len(pieces)} tokens: first after {format_ms(ttft_ms).strip()}, then {rate:.1f} tokens/s")
     else:
         out = generate(lm, [args.prompt] * args.batch, args.max_new_tokens, **options)
         print(args.prompt + out.texts[0])

@@ -103,7 +103,6 @@ class TorchStep:
 
         self.core = core
         self.forward = torch.compile(core, dynamic=True) if compile else core
-        self.compiled = compile
         self.backend = "compile" if compile else "eager"
         accepts = inspect.signature(core.forward).parameters
         # transformers 5 names the cache argument `cache` (older releases: `past_key_values`).
@@ -259,6 +258,19 @@ def stream(lm: CausalLM, prompt: str | Sequence[int], max_new_tokens: int = 32, 
         text = lm.decode(ids)
         piece, shown = text[len(shown):] if text.startswith(shown) else text, text
         yield StreamedToken(token, piece, elapsed_ms)
+
+
+def stream_speed(pieces: Sequence[StreamedToken]) -> tuple[float, float]:
+    """Return (time to first token in ms, tokens per second after it) of a streamed reply.
+
+    tokens/s = 1000 · (n − 1) / (elapsed at the last token − elapsed at the first); nan with fewer than two tokens.
+    Raises ValueError for an empty reply.
+    """
+    if not pieces:
+        raise ValueError("pieces is empty: a reply needs at least one token to be timed")
+    decode_ms = pieces[-1].elapsed_ms - pieces[0].elapsed_ms
+    rate = 1e3 * (len(pieces) - 1) / decode_ms if len(pieces) > 1 and decode_ms > 0 else math.nan
+    return pieces[0].elapsed_ms, rate
 
 
 def _decode_loop(lm: CausalLM, prompts, max_new_tokens: int, *, cache: bool = True, sample: bool = False,

@@ -260,21 +260,19 @@ class DecodePanel:
 
     def run(self) -> dict:
         """Generate for the current settings, streaming the reply into the panel; return the figures shown."""
-        from lmlab.decode import generate, stream
+        from lmlab.decode import generate, stream, stream_speed
 
         name, path, batch = self.choice.value, self.path.value, self.batch.value
         lm, step = self.models[name], self.step_for(name, self.path.value)
         options = dict(cache=self.cache.value, step=step)
         try:
             if batch == 1:
-                shown, ttft_ms, elapsed_ms = "", None, 0.0
+                shown, pieces = "", []
                 for piece in stream(lm, self.prompt.value, self.max_new_tokens, **options):
+                    pieces.append(piece)
                     shown += piece.text
-                    ttft_ms = piece.elapsed_ms if ttft_ms is None else ttft_ms
-                    elapsed_ms = piece.elapsed_ms
                     self.reply.value = f"<b>{html.escape(self.prompt.value)}</b>{html.escape(shown)}"
-                tokens = len(lm.encode(self.prompt.value + shown)) - len(lm.encode(self.prompt.value))
-                rate = 1e3 * max(tokens - 1, 0) / (elapsed_ms - ttft_ms) if elapsed_ms > ttft_ms else math.nan
+                ttft_ms, rate = stream_speed(pieces)
             else:
                 result = generate(lm, [self.prompt.value] * batch, self.max_new_tokens, **options)
                 self.reply.value = f"<b>{html.escape(self.prompt.value)}</b>{html.escape(result.texts[0])}"

@@ -218,3 +218,13 @@ def test_prompts_may_be_text_ids_or_a_tensor(lm):
     assert generate(lm, torch.tensor([ids, ids]), 5, stop_at_eos=False).tokens == expected * 2
     with pytest.raises(ValueError, match="batch"):
         list(stream(lm, PROMPTS, 5))
+
+
+def test_stream_speed_is_ttft_then_tokens_per_second():
+    from lmlab.decode import StreamedToken, stream_speed
+
+    pieces = [StreamedToken(5, " a", 100.0), StreamedToken(6, " b", 120.0), StreamedToken(7, " c", 140.0)]
+    assert stream_speed(pieces) == (100.0, 50.0)  # 2 tokens after the first, in 40 ms
+    assert math.isnan(stream_speed(pieces[:1])[1])
+    with pytest.raises(ValueError, match="pieces"):
+        stream_speed([])
