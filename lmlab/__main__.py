@@ -10,6 +10,8 @@
   generate MODEL PROMPT [--max-new-tokens N --backend B --no-cache --batch N --sample ...]
                            stream a reply from a shipped GPT or SmolLM2, then its time to first token and tokens/s
   hardware [--threads N]   this machine's memory bandwidth and matmul GFLOP/s, and each model's decode floor
+  serve [--model M --format F --port P --max-batch N --max-queue N --policy P --api-key K ...]
+                           an OpenAI-compatible chat server on 127.0.0.1 (lmlab.serve), until Ctrl-C or SIGTERM
 """
 
 from __future__ import annotations
@@ -61,6 +63,22 @@ def main(argv: list[str] | None = None) -> int:
     generate.add_argument("--threads", type=int, default=None, help="torch threads (default: $LMLAB_THREADS or 1)")
     hardware = commands.add_parser("hardware", help="memory bandwidth, matmul GFLOP/s and decode floors")
     hardware.add_argument("--threads", type=int, default=None)
+    serve = commands.add_parser("serve", help="an OpenAI-compatible chat server with continuous batching")
+    serve.add_argument("--model", default="smollm2", help="smollm2 (SmolLM2-135M-Instruct), gpt-small, gpt-medium "
+                       "or gpt-large")
+    serve.add_argument("--format", default="float32", help="float32, onnx, int8 or pruned")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--max-batch", type=int, default=8, help="most requests decoded together")
+    serve.add_argument("--max-queue", type=int, default=64, help="most requests waiting; beyond it: HTTP 429")
+    serve.add_argument("--policy", default="continuous", help="continuous, static or sequential batching")
+    serve.add_argument("--prefix-cache", type=int, default=0, help="prompt prefixes whose KV state is kept (0: off)")
+    serve.add_argument("--reply-cache", type=int, default=0, help="greedy replies kept for repeated prompts (0: off)")
+    serve.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (default: "
+                       "$LMLAB_API_KEY, else no key)")
+    serve.add_argument("--threads", type=int, default=None, help="torch threads (default: $LMLAB_THREADS or 1)")
+    serve.add_argument("--max-body-bytes", type=int, default=1_000_000)
+    serve.add_argument("--prune-fraction", type=float, default=0.3, help="MLP units removed for --format pruned")
     args = parser.parse_args(argv)
 
     try:
@@ -109,6 +127,13 @@ def main(argv: list[str] | None = None) -> int:
             _generate(args)
         elif args.command == "hardware":
             _hardware(args.threads)
+        elif args.command == "serve":
+            from lmlab.serve import serve as run_server
+
+            run_server(args.model, args.format, host=args.host, port=args.port, max_batch=args.max_batch,
+                       max_queue=args.max_queue, policy=args.policy, prefix_cache=args.prefix_cache,
+                       reply_cache=args.reply_cache, api_key=args.api_key, threads=args.threads,
+                       max_body_bytes=args.max_body_bytes, prune_fraction=args.prune_fraction)
     except (ValueError, FileNotFoundError, FileExistsError) as err:
         message = str(err).replace("pass overwrite=True", "add --overwrite") if args.command == "train" else err
         print(f"lmlab: {message}", file=sys.stderr)

@@ -40,3 +40,14 @@ def test_generate_refuses_bad_settings_clearly(capsys):
     assert "cannot generate" in capsys.readouterr().err
     assert main(["generate", "gpt-small", "and", "--sample", "--temperature", "0"]) == 2
     assert "temperature" in capsys.readouterr().err
+
+
+def test_serve_refuses_bad_settings_before_it_binds(capsys):
+    assert main(["serve", "--format", "fp4"]) == 2
+    assert "format='fp4' is unknown" in capsys.readouterr().err
+    assert main(["serve", "--model", "gpt-9"]) == 2
+    assert "model='gpt-9' is not served" in capsys.readouterr().err
+    assert main(["serve", "--model", "gpt-small", "--policy", "fifo"]) == 2
+    assert "policy='fifo' is unknown" in capsys.readouterr().err
+    assert main(["serve", "--port", "70000"]) == 2
+    assert "port=70000" in capsys.readouterr().err

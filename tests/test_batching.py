@@ -1,0 +1,157 @@
+"""The batching engine: a reply's tokens do not depend on its neighbours, the policy, or the prefix cache."""
+
+import time
+
+import pytest
+import torch
+
+from lmlab.batching import LRU, Engine, QueueFull
+from lmlab.checkpoints import load_checkpoint
+from lmlab.decode import as_causal_lm, generate
+
+PROMPTS = ["in the beginning god created", "and the lord said unto moses", "blessed are the",
+           "the lord is my shepherd i shall", "and jesus answered and said unto them", "for god so loved"]
+
+
+@pytest.fixture(scope="module")
+def gpt():
+    return as_causal_lm(load_checkpoint("data/gpt-small"), name="gpt-small")
+
+
+def alone(lm, ids, n, **options):
+    """The tokens ``generate`` gives a prompt run by itself, without its end-of-sequence token."""
+    return [t for t in generate(lm, ids, n, **options).tokens[0] if t != lm.eos_id]
+
+
+def submit_staggered(engine, prompts, lengths, **options):
+    tickets = []
+    for ids, n in zip(prompts, lengths):
+        tickets.append(engine.submit(ids, n, **options))
+        time.sleep(0.005)  # later requests join a batch that is already decoding
+    return [t.result(timeout_s=60) for t in tickets]
+
+
+@pytest.mark.parametrize("policy", ["continuous", "static", "sequential"])
+def test_greedy_reply_is_the_same_alone_and_in_a_busy_batch(gpt, policy):
+    ids = [gpt.encode(p) for p in PROMPTS]
+    lengths = [30, 12, 25, 8, 30, 18]
+    with Engine(gpt, max_batch=4, policy=policy) as engine:
+        results = submit_staggered(engine, ids, lengths, stop_at_eos=False)
+        mean_batch = engine.mean_batch
+    for i, (tokens, done) in enumerate(results):
+        assert tokens == alone(gpt, ids[i], lengths[i], stop_at_eos=False), PROMPTS[i]
+        assert done.finish_reason == "length" and done.completion_tokens == lengths[i]
+        assert done.timing["ttft_ms"] <= done.timing["total_ms"]
+    if policy == "sequential":
+        assert mean_batch == 1
+    else:
+        assert mean_batch > 1.5  # the rows really shared decode steps
+
+
+def test_onnx_float32_batches_are_exact_too(gpt):
+    ids = [gpt.encode(p) for p in PROMPTS[:4]]
+    with Engine(gpt, backend="onnx", max_batch=4) as engine:
+        results = submit_staggered(engine, ids, [16] * 4, stop_at_eos=False)
+        assert engine.mean_batch > 1.5
+    for i, (tokens, _) in enumerate(results):
+        assert tokens == alone(gpt, ids[i], 16, backend="onnx", stop_at_eos=False)
+
+
+def test_sampled_reply_depends_on_its_seed_not_its_neighbours(gpt):
+    ids = [gpt.encode(p) for p in PROMPTS[:3]]
+    options = dict(sample=True, temperature=0.9, top_k=50, stop_at_eos=False)
+    with Engine(gpt, max_batch=3) as engine:
+        results = submit_staggered(engine, ids, [20] * 3, seed=7, **options)
+    for i, (tokens, _) in enumerate(results):
+        assert tokens == alone(gpt, ids[i], 20, seed=7, **options)
+
+
+def test_a_reply_stops_at_its_end_of_sequence_token(gpt):
+    ids = gpt.encode(PROMPTS[2])
+    expected = alone(gpt, ids, 60)
+    with Engine(gpt) as engine:
+        tokens, done = engine.submit(ids, 60).result()
+    assert tokens == expected
+    assert done.finish_reason == ("stop" if len(expected) < 60 else "length")
+
+
+@pytest.mark.slow
+def test_prefix_cache_gives_the_tokens_of_a_full_prefill():
+    from lmlab.pretrained import load_smollm2
+
+    model, tokenizer = load_smollm2()
+    smol = as_causal_lm(model, tokenizer, name="smollm2")
+    system = [{"role": "system", "content": "You answer for a shoe shop. Returns are free within 30 days."}]
+    prefix = tokenizer.apply_chat_template(system)["input_ids"]
+    prompts = [list(tokenizer.apply_chat_template(system + [{"role": "user", "content": q}],
+                                                  add_generation_prompt=True)["input_ids"])
+               for q in ("Can I return shoes?", "How long is shipping?", "Do you sell socks?")]
+    assert all(p[:len(prefix)] == prefix for p in prompts)
+    with Engine(smol, max_batch=3, prefix_cache=2) as engine:
+        results = submit_staggered(engine, prompts, [12] * 3, prefix_len=len(prefix), stop_at_eos=False)
+        assert engine.prefixes.hits == 2 and len(engine.prefixes) == 1
+    hits = [done.timing["prefix_cache_hit"] for _, done in results]
+    assert hits == [False, True, True]
+    for ids, (tokens, _) in zip(prompts, results):
+        assert tokens == alone(smol, ids, 12, stop_at_eos=False)
+
+
+def test_cancel_frees_the_slot_at_the_next_step(gpt):
+    with Engine(gpt, max_batch=2) as engine:
+        ticket = engine.submit(gpt.encode(PROMPTS[0]), 100, stop_at_eos=False)
+        events = ticket.events()
+        next(events)  # the first token: the request is joining the batch
+        deadline = time.monotonic() + 2
+        while engine.active == 0 and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert engine.active == 1
+        ticket.cancel()
+        kinds = [e for e in events]
+        assert kinds[-1].finish_reason == "cancelled"
+        deadline = time.monotonic() + 5
+        while engine.active and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert engine.active == 0 and engine._past is None
+
+
+def test_a_full_queue_refuses_and_bad_requests_raise(gpt):
+    ids = gpt.encode(PROMPTS[0])
+    engine = Engine(gpt, max_queue=2)  # not started: nothing leaves the queue
+    engine.submit(ids, 4)
+    engine.submit(ids, 4)
+    with pytest.raises(QueueFull):
+        engine.submit(ids, 4)
+    with pytest.raises(ValueError, match="max_new_tokens=200 .*128"):
+        engine.submit(ids, 200)
+    with pytest.raises(ValueError, match="prompt is empty"):
+        engine.submit([], 4)
+    with pytest.raises(ValueError, match="temperature"):
+        engine.submit(ids, 4, sample=True, temperature=0)
+    with pytest.raises(ValueError, match="policy='fifo' is unknown"):
+        Engine(gpt, policy="fifo")
+    with pytest.raises(ValueError, match="max_batch=0"):
+        Engine(gpt, max_batch=0)
+
+
+def test_lru_keeps_its_bound_and_evicts_the_least_recently_used():
+    cache = LRU(2)
+    cache.put("a", 1)
+    cache.put("b", 2)
+    assert cache.get("a") == 1  # "a" is now the most recent
+    cache.put("c", 3)
+    assert cache.keys() == ["a", "c"] and len(cache) == 2
+    assert cache.get("b") is None and (cache.hits, cache.misses) == (1, 1)
+    off = LRU(0)
+    off.put("a", 1)
+    assert len(off) == 0
+
+
+def test_left_padding_keeps_rows_independent(gpt):
+    """The batch's cache is left-padded; a row's logits match its own run to float32 precision."""
+    from lmlab.batching import _left_pad
+
+    mask = torch.ones(2, 3, dtype=torch.long)
+    assert _left_pad(mask, 5).tolist() == [[0, 0, 1, 1, 1]] * 2
+    keys = torch.randn(1, 4, 3, 8)
+    padded = _left_pad(keys, 6)
+    assert padded.shape == (1, 4, 6, 8) and torch.equal(padded[:, :, 3:], keys) and not padded[:, :, :3].any()
