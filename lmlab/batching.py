@@ -9,8 +9,9 @@ running batch and, at every step,
 1. drops the rows whose reply ended or whose client went away (their slot and KV cache are freed at once);
 2. admits waiting requests (``policy``): "continuous" admits whenever a slot is free, "static" only when the
    whole batch has finished (request-level batching), "sequential" one request at a time;
-3. prefills each admitted prompt alone (its first token: the time to first token) and merges its KV cache into
-   the batch: rows are left-padded to a common length L, with an attention mask that hides the padding;
+3. prefills the admitted prompts in one left-padded pass (their first tokens: the time to first token; a prompt
+   whose prefix is cached runs alone after it) and merges their KV caches into the batch: rows are left-padded
+   to a common length L, with an attention mask that hides the padding;
 4. runs ONE decode step for every row: ids (B, 1), mask (B, L + 1), positions (B, 1) = each row's own length.
 
 Every row computes exactly what it would alone, so a greedy reply's tokens do not depend on its neighbours.
@@ -191,6 +192,7 @@ class Engine:
         self._ids = itertools.count()
         self._waiting: deque[_Request] = deque()
         self._rows: list[_Request] = []
+        self._prefilling = 0  # admitted, being prefilled, not yet in the batch
         self._past = None  # the batch's KV cache, in the step's own format
         self._mask: torch.Tensor | None = None  # (B, L) 1 for real positions, 0 for left padding
         self._wake = threading.Condition()
@@ -223,8 +225,8 @@ class Engine:
 
     @property
     def active(self) -> int:
-        """Requests in the running batch."""
-        return len(self._rows)
+        """Requests admitted: in the running batch, or being prefilled to join it."""
+        return len(self._rows) + self._prefilling
 
     @property
     def waiting(self) -> int:
@@ -311,11 +313,17 @@ class Engine:
                     if self._stop:
                         break
                     admitted = self._admit()
-                self._drop_cancelled()
-                for request in admitted:
-                    self._prefill(request)
-                if self._rows:
-                    self._decode()
+                    self._prefilling = len(admitted)
+                try:
+                    self._drop_cancelled()
+                    self._prefill_all(admitted)
+                    self._prefilling = 0
+                    if self._rows:
+                        self._decode()
+                except Exception as error:  # a fault in the scheduler itself: end what runs, keep serving
+                    for request in self._rows:
+                        self._finish(request, "error", f"{type(error).__name__}: {error}")
+                    self._rows, self._past, self._mask, self._prefilling = [], None, None, 0
             for request in list(self._rows) + list(self._waiting):
                 self._finish(request, "cancelled")
             self._rows, self._waiting = [], deque()
@@ -343,6 +351,57 @@ class Engine:
                     self._finish(request, "cancelled")
             self._keep_rows(keep)
 
+    def _prefill_all(self, requests: list[_Request]) -> None:
+        """Prefill the admitted requests: those with a cached prefix one by one, the others in one left-padded
+        batch (one pass for all their prompts, as the decode steps share one pass)."""
+        plain = [r for r in requests if self._cached_prefix(r.ids, r.prefix_len, count=False)[0] is None]
+        for request in requests:
+            if request not in plain:
+                self._prefill(request)
+        if len(plain) == 1:
+            self._prefill(plain[0])
+        elif plain:
+            self._prefill_batch(plain)
+
+    def _prefill_batch(self, requests: list[_Request]) -> None:
+        """One pass over several prompts, left-padded: ids and mask (k, L), positions from each first real token."""
+        start = time.perf_counter()
+        longest = max(len(r.ids) for r in requests)
+        ids = torch.full((len(requests), longest), self.lm.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(requests), longest), dtype=torch.long)
+        for i, request in enumerate(requests):
+            request.admitted = start
+            ids[i, longest - len(request.ids):] = torch.tensor(request.ids)
+            mask[i, longest - len(request.ids):] = 1
+        try:
+            logits, past = self.step(ids, mask, (mask.cumsum(1) - 1).clamp(min=0), None)
+            pairs = _to_pairs(past)
+            last = logits[:, -1, :].float()  # (k, vocab): each row's last position is its last real token
+            tokens = []
+            for i, request in enumerate(requests):
+                pad = longest - len(request.ids)
+                if request.prefix_len and request.prefix_len < len(request.ids) and self.prefixes.max_entries:
+                    self.prefixes.put(tuple(request.ids[:request.prefix_len]),
+                                      [(k[i:i + 1, :, pad:pad + request.prefix_len].clone(),
+                                        v[i:i + 1, :, pad:pad + request.prefix_len].clone()) for k, v in pairs])
+                if request.sample:
+                    request.generator = torch.Generator().manual_seed(request.seed)
+                tokens.append(int(self._pick(request, last[i:i + 1])) if request.sample else int(last[i].argmax()))
+        except Exception as error:  # these requests fail; the running batch goes on
+            for request in requests:
+                self._finish(request, "error", f"{type(error).__name__}: {error}")
+            return
+        now = time.perf_counter()
+        keep = []
+        for i, (request, token) in enumerate(zip(requests, tokens)):
+            request.first, request.prefill_ms = now, (now - start) * 1e3
+            if self._emit_token(request, token):
+                keep.append(i)
+        if keep:
+            index = torch.tensor(keep)
+            self._join([requests[i] for i in keep], [(k.index_select(0, index), v.index_select(0, index))
+                                                     for k, v in pairs], mask.index_select(0, index))
+
     def _prefill(self, request: _Request) -> None:
         """Run the prompt alone (after its cached prefix, if any), pick its first token, join the batch."""
         request.admitted = time.perf_counter()
@@ -369,29 +428,31 @@ class Engine:
         request.first = time.perf_counter()
         request.prefill_ms = (request.first - request.admitted) * 1e3
         if self._emit_token(request, token):
-            self._join(request, pairs)
+            self._join([request], pairs, torch.ones((1, len(ids)), dtype=torch.long))
 
-    def _cached_prefix(self, ids: list[int], prefix_len: int):
+    def _cached_prefix(self, ids: list[int], prefix_len: int, count: bool = True):
         if self.prefixes.max_entries == 0 or not 0 < prefix_len < len(ids):
             return None, 0
-        cached = self.prefixes.get(tuple(ids[:prefix_len]))
+        key = tuple(ids[:prefix_len])
+        cached = self.prefixes.get(key) if count else (self.prefixes._items.get(key))
         return (cached, prefix_len) if cached is not None else (None, 0)
 
-    def _join(self, request: _Request, pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
-        """Merge one row's cache (1, heads, l, dim per layer) into the batch's, left-padding to a common length."""
-        row_len = pairs[0][0].shape[2]
+    def _join(self, requests: list[_Request], pairs: list[tuple[torch.Tensor, torch.Tensor]],
+              mask: torch.Tensor) -> None:
+        """Merge new rows' caches (k, heads, l, dim per layer) and mask (k, l) into the batch's, left-padding
+        both to a common length."""
+        self._prefilling = max(0, self._prefilling - len(requests))  # they move from prefilling to the batch
         if not self._rows:
-            self._rows, self._mask = [request], torch.ones((1, row_len), dtype=torch.long)
+            self._rows, self._mask = list(requests), mask
             self._past = _from_pairs(pairs, self.step, self.lm)
             return
         batch_pairs = _to_pairs(self._past)
-        length = max(row_len, self._mask.shape[1])
+        length = max(mask.shape[1], self._mask.shape[1])
         merged = [(torch.cat([_left_pad(bk, length), _left_pad(k, length)]),
                    torch.cat([_left_pad(bv, length), _left_pad(v, length)]))
                   for (bk, bv), (k, v) in zip(batch_pairs, pairs)]
-        row_mask = torch.ones((1, row_len), dtype=torch.long)
-        self._mask = torch.cat([_left_pad(self._mask, length), _left_pad(row_mask, length)])
-        self._rows.append(request)
+        self._mask = torch.cat([_left_pad(self._mask, length), _left_pad(mask, length)])
+        self._rows += requests
         self._past = _from_pairs(merged, self.step, self.lm)
 
     def _keep_rows(self, keep: list[int]) -> None:
@@ -441,7 +502,7 @@ class Engine:
         """Send one token to its request; return whether the request goes on."""
         request.new.append(token)
         eos = self.lm.eos_id is not None and token == self.lm.eos_id
-        if not eos:
+        if not eos or not request.stop_at_eos:  # an end-of-sequence token is a token like any other when ignored
             text = self.lm.decode([t for t in request.new if t != self.lm.eos_id])
             piece = text[len(request.shown):] if text.startswith(request.shown) else text
             request.shown = text

@@ -485,3 +485,28 @@ def compare_steps(lm: CausalLM, prompt, makers: dict[str, Callable[[], object]],
                      "break_even": math.nan if name == reference else
                      break_even(one_off[name], base.decode_ms_per_token, run.decode_ms_per_token), "run": run})
     return rows
+
+
+@torch.no_grad()
+def score_ids(lm: CausalLM, ids: Sequence[int], step=None) -> dict[str, float]:
+    """Score a token sequence teacher-forced through a path: next-token accuracy with its standard error, perplexity.
+
+    accuracy = mean_i [argmax_v logits_i(v) = x_{i+1}], se = √(acc (1 − acc) / n), PP = exp(−mean ln p(x_{i+1})),
+    over the n = len(ids) − 1 predictions, from one prefill of ``step`` (default: the eager model). The same ids
+    through two paths (float32 and int8) compare their quality on one slice. Introduced in
+    notebooks/07_realtime_pipeline.ipynb. Raises ValueError for fewer than 2 ids or more than the window.
+    """
+    ids = [int(t) for t in ids]
+    if not 2 <= len(ids) <= lm.window:
+        raise ValueError(f"ids has {len(ids)} tokens; scoring needs between 2 and the window ({lm.window})")
+    feed = torch.tensor([ids])  # (1, n + 1)
+    if step is None or isinstance(step, TorchStep):
+        logits = lm.core(input_ids=feed).logits
+    else:
+        logits, _ = step(feed, torch.ones_like(feed), torch.arange(len(ids))[None], None)
+    logp = torch.log_softmax(logits[0, :-1].float(), dim=-1)  # (n, vocab)
+    targets = feed[0, 1:]
+    accuracy = float((logp.argmax(-1) == targets).float().mean())
+    n = len(targets)
+    return {"accuracy": accuracy, "accuracy_se": math.sqrt(accuracy * (1 - accuracy) / n),
+            "perplexity": math.exp(-float(logp.gather(1, targets[:, None]).mean())), "tokens": n}

@@ -180,14 +180,33 @@ class LoadReport:
     records: tuple[RequestRecord, ...]
     offered_rate_per_s: float
     duration_s: float  # first send -> last end
+    server_samples: tuple[tuple[float, int], ...] = ()  # (offset s, requests in the server) from its /health
 
     @classmethod
-    def from_records(cls, records: Sequence[RequestRecord], offered_rate_per_s: float) -> "LoadReport":
+    def from_records(cls, records: Sequence[RequestRecord], offered_rate_per_s: float,
+                     server_samples: Sequence[tuple[float, int]] = ()) -> "LoadReport":
         """Make a report spanning the records: T = max(send + e2e) - min(send). ValueError if there are none."""
         if not records:
             raise ValueError("records is empty: a load report needs at least one request")
         duration_s = max(r.end_s for r in records) - min(r.sent_s for r in records)
-        return cls(tuple(records), offered_rate_per_s, duration_s)
+        return cls(tuple(records), offered_rate_per_s, duration_s, tuple(server_samples))
+
+    @property
+    def arrival_rate_per_s(self) -> float:
+        """Return the rate requests were really sent at: (n − 1) / (last send − first send) (nan for one).
+
+        A Poisson run of a few requests sends them faster or slower than the offered rate, by chance.
+        """
+        sent = sorted(r.sent_s for r in self.records)
+        return (len(sent) - 1) / (sent[-1] - sent[0]) if len(sent) > 1 and sent[-1] > sent[0] else math.nan
+
+    @property
+    def server_in_flight(self) -> float:
+        """Return the mean of the server's own count of requests inside it (running + waiting), sampled from
+        its /health during the run (nan without samples): an independent measure of L for Little's law."""
+        start = min(r.sent_s for r in self.records)
+        inside = [n for t, n in self.server_samples if start <= t <= start + self.duration_s]
+        return float(np.mean(inside)) if inside else math.nan
 
     @property
     def completed(self) -> list[RequestRecord]:
@@ -234,18 +253,23 @@ class LoadReport:
         """Return L measured beside λW predicted: ratio = L / (throughput × mean e2e latency of completed).
 
         Over a window that starts and ends empty the law holds exactly (ratio 1) when every request
-        completes; time spent by failed or abandoned requests pushes the ratio above 1.
+        completes, since L and λW are then computed from the same client timings; time spent by failed or
+        abandoned requests pushes the ratio above 1. ``server_ratio`` is the real check: L sampled from the
+        server's own queue (``server_in_flight``, when the run probed /health) against λW from the client.
         """
         done = self.completed
         latency_s = float(np.mean([r.e2e_ms for r in done])) / 1000 if done else math.nan
         predicted = self.throughput_rps * latency_s
         return {"mean_in_flight": self.mean_in_flight, "throughput_rps": self.throughput_rps,
                 "mean_latency_s": latency_s, "predicted": predicted,
-                "ratio": self.mean_in_flight / predicted if predicted > 0 else math.nan}
+                "ratio": self.mean_in_flight / predicted if predicted > 0 else math.nan,
+                "server_in_flight": self.server_in_flight,
+                "server_ratio": self.server_in_flight / predicted if predicted > 0 else math.nan}
 
     def summary(self) -> dict[str, float]:
         """Return the headline numbers: offered rate, counts, throughput, tokens/s, p50/p90/p99 of each metric."""
-        row = {"offered_rate_per_s": self.offered_rate_per_s, "requests": len(self.records),
+        row = {"offered_rate_per_s": self.offered_rate_per_s, "arrival_rate_per_s": self.arrival_rate_per_s,
+               "requests": len(self.records),
                "completed": len(self.completed), "errors": self.errors, "duration_s": self.duration_s,
                "throughput_rps": self.throughput_rps, "tokens_per_s": self.tokens_per_s}
         for metric in METRICS:
@@ -291,13 +315,15 @@ def default_bodies(questions: Sequence[str], model: str, max_tokens: int, system
 
 async def run_load(base_url: str, bodies: Sequence[dict], rate_per_s: float, *, seed: int = 0,
                    timeout_s: float = 60, api_key: str | None = None,
-                   disconnect_after_tokens: dict[int, int] | None = None) -> LoadReport:
+                   disconnect_after_tokens: dict[int, int] | None = None, probe_s: float | None = 0.05) -> LoadReport:
     """Send ``bodies[i]`` to {base_url}/v1/chat/completions at Poisson time t_i, open loop; time every stream.
 
     t = poisson_arrivals(rate_per_s, len(bodies), seed), or all at t = 0 for rate_per_s = inf. Each
     request has ``timeout_s`` from its send; the run ends by t_last + timeout_s + 1 s, and any request
     still open then is cancelled and recorded as an error. ``disconnect_after_tokens`` {i: n} makes
-    request i close its stream after n content chunks. Raises ValueError for an empty ``bodies``, a rate
+    request i close its stream after n content chunks. Every ``probe_s`` seconds (None: never) the server's
+    GET /health is read for its count of requests inside (active + waiting), the independent L of Little's law
+    (a server without those fields is simply not sampled). Raises ValueError for an empty ``bodies``, a rate
     not > 0, a timeout not finite > 0, or a disconnect index outside the bodies.
     """
     if not bodies or not all(isinstance(b, dict) for b in bodies):
@@ -314,7 +340,7 @@ async def run_load(base_url: str, bodies: Sequence[dict], rate_per_s: float, *, 
                                   else "/v1/chat/completions")
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     progress = [_Progress(i) for i in range(len(bodies))]
-    limits = httpx.Limits(max_connections=len(bodies), max_keepalive_connections=len(bodies))
+    limits = httpx.Limits(max_connections=len(bodies) + 1, max_keepalive_connections=len(bodies) + 1)  # + the probe
     async with httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(timeout_s)) as client:
         t0 = time.perf_counter()
         tasks = []
@@ -323,15 +349,33 @@ async def run_load(base_url: str, bodies: Sequence[dict], rate_per_s: float, *, 
                     "stream_options": {**(body.get("stream_options") or {}), "include_usage": True}}
             tasks.append(asyncio.create_task(_send(client, url, body, headers, progress[i], t0,
                                                    float(arrivals[i]), timeout_s, stops.get(i))))
+        samples: list[tuple[float, int]] = []
+        prober = asyncio.create_task(_probe(client, url, headers, t0, probe_s, samples)) if probe_s else None
         deadline_s = float(arrivals[-1]) + timeout_s + DEADLINE_GRACE_S
         _, pending = await asyncio.wait(tasks, timeout=max(0.0, t0 + deadline_s - time.perf_counter()))
+        if prober is not None:
+            prober.cancel()
+            await asyncio.gather(prober, return_exceptions=True)
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
     for task, p in zip(tasks, progress):
         if task in pending and p.error is None:
             p.error = f"cancelled at the run deadline ({deadline_s:.1f} s)"
-    return LoadReport.from_records([p.record() for p in progress], float(rate_per_s))
+    return LoadReport.from_records([p.record() for p in progress], float(rate_per_s), samples)
+
+
+async def _probe(client: httpx.AsyncClient, url: str, headers: dict, t0: float, every_s: float,
+                 samples: list[tuple[float, int]]) -> None:
+    """Append (offset s, active + waiting) from the server's /health every ``every_s`` until cancelled."""
+    health = url.rsplit("/v1/", 1)[0] + "/health"
+    while True:
+        try:
+            state = (await client.get(health, headers=headers, timeout=5)).json()
+            samples.append((time.perf_counter() - t0, int(state["active"]) + int(state["waiting"])))
+        except (httpx.HTTPError, ValueError, KeyError, TypeError):
+            return  # no /health with those fields: no samples
+        await asyncio.sleep(every_s)
 
 
 def run_load_sync(*args, **kwargs) -> LoadReport:
@@ -345,17 +389,19 @@ def run_load_sync(*args, **kwargs) -> LoadReport:
 
 
 def load_plot(reports: Sequence[LoadReport], title: str = "Serving under open-loop Poisson load") -> Figure:
-    """Draw p50/p90 TTFT and e2e latency (ms, log) and throughput against offered rate, with y = x.
+    """Draw p50/p90 TTFT and e2e latency (ms, log) and throughput against the arrival rate, with y = x.
 
-    A server that keeps up has throughput = offered rate (the y = x line); where its throughput falls
+    The x axis is each run's arrival rate as sent (``arrival_rate_per_s``): a short Poisson run sends faster or
+    slower than its offered rate by chance. A server that keeps up has throughput = arrival rate (y = x); where its throughput falls
     below the line, queues grow and latency climbs. Throughput n / T carries the Poisson count's
     standard error √n / T as its error bar. Reports at an infinite rate are left out. Raises
     ValueError if no report has a finite offered rate.
     """
-    reports = sorted((r for r in reports if math.isfinite(r.offered_rate_per_s)), key=lambda r: r.offered_rate_per_s)
+    reports = sorted((r for r in reports if math.isfinite(r.offered_rate_per_s) and math.isfinite(r.arrival_rate_per_s)),
+                     key=lambda r: r.offered_rate_per_s)
     if not reports:
         raise ValueError("reports has no report at a finite offered rate: nothing to plot")
-    rates = [r.offered_rate_per_s for r in reports]
+    rates = [r.arrival_rate_per_s for r in reports]  # the load really sent, which a short run draws off the offered
     fig, (lat_ax, tput_ax) = plt.subplots(1, 2, figsize=(15, 6.5))
     for metric, label, color in (("ttft_ms", "TTFT", "tab:blue"), ("e2e_ms", "end-to-end", "tab:orange")):
         p = [r.percentiles(metric, (50, 90)) for r in reports]
@@ -365,14 +411,49 @@ def load_plot(reports: Sequence[LoadReport], title: str = "Serving under open-lo
     lat_ax.yaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))
     lat_ax.yaxis.set_major_formatter(ScalarFormatter())  # plain numbers (200, not 2×10^2) on the log axis
     lat_ax.yaxis.set_minor_formatter(NullFormatter())
-    finish_axes(lat_ax, "offered rate (requests/s)", "latency (ms, log scale)", "Latency: p50 and p90")
+    finish_axes(lat_ax, "arrival rate (requests/s, as sent)", "latency (ms, log scale)", "Latency: p50 and p90")
     top = max(rates + [r.throughput_rps for r in reports if math.isfinite(r.throughput_rps)])
     tput_ax.plot([0, top * 1.05], [0, top * 1.05], ":", color="gray", lw=2, label="keeps up (y = x)")
     spread = [math.sqrt(len(r.completed)) / r.duration_s if r.duration_s > 0 else 0 for r in reports]
     tput_ax.errorbar(rates, [r.throughput_rps for r in reports], yerr=spread, fmt="o-", color="tab:green",
                      ms=8, lw=2, capsize=4, label="completed requests/s (± √n / T)")
-    finish_axes(tput_ax, "offered rate (requests/s)", "throughput (completed requests/s)", "Throughput",
+    finish_axes(tput_ax, "arrival rate (requests/s, as sent)", "throughput (completed requests/s)", "Throughput",
                 legend_loc="upper left")
     fig.suptitle(title, fontsize=FONT_SIZE + 2)
     fig.tight_layout()
     return fig
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A service level: p90 time to first token within ``ttft_p90_ms`` and at least ``tokens_per_s``
+    per user at p90 (p90 time per output token ≤ 1000 / tokens_per_s), with every request completed."""
+
+    ttft_p90_ms: float = 1000.0
+    tokens_per_s: float = 10.0
+
+    def met_by(self, report: LoadReport) -> bool:
+        """Whether the report meets the budget: no failed request, p90 TTFT and p90 TPOT within bounds."""
+        if report.errors or len(report.completed) < len(report.records):
+            return False
+        ttft, tpot = report.percentiles("ttft_ms", (90,))[90], report.percentiles("tpot_ms", (90,))[90]
+        return ttft <= self.ttft_p90_ms and (math.isnan(tpot) or tpot <= 1000.0 / self.tokens_per_s)
+
+
+def sustainable_rate(base_url: str, bodies: Sequence[dict], rates: Sequence[float], budget: Budget = Budget(),
+                     **options) -> tuple[float, list[LoadReport]]:
+    """Run ``bodies`` at each rate in ascending order until the budget is missed; return the best rate met.
+
+    The highest offered rate whose run meets ``budget`` (0.0 if none does), and the reports of every run made
+    (the first run that misses the budget is the last one: higher rates only queue more). ``options`` go to
+    ``run_load``. Raises ValueError for no rates or a rate not > 0.
+    """
+    if not rates:
+        raise ValueError("rates is empty; give at least one offered rate in requests/s")
+    best, reports = 0.0, []
+    for rate in sorted(rates):
+        reports.append(run_load_sync(base_url, bodies, rate, **options))
+        if not budget.met_by(reports[-1]):
+            break
+        best = rate
+    return best, reports

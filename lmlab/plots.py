@@ -44,6 +44,7 @@ def tradeoff_plot(
     x: str = "median_ms",
     y: str = "accuracy",
     label_all: bool = False,
+    xlabel: str | None = None,
 ) -> Figure:
     """Plot accuracy (y) against median ms (x, log scale by default), p90 as an error bar, frontier labelled.
 
@@ -93,7 +94,7 @@ def tradeoff_plot(
     if y == "perplexity":
         ax.set_yscale("log")
     _label(ax, results if label_all else frontier, x, y)
-    finish_axes(ax, X_AXES[x] + (", log scale" if log_x else ""), Y_AXES[y], f"{title}\n{hardware}")
+    finish_axes(ax, (xlabel or X_AXES[x]) + (", log scale" if log_x else ""), Y_AXES[y], f"{title}\n{hardware}")
     return fig
 
 
@@ -141,3 +142,39 @@ def place_labels(ax: Axes, points: Sequence[tuple[str, float, float]], font_size
         ax.annotate(name, (x, y), textcoords="offset points", xytext=(dx, dy), fontsize=font_size,
                     va="bottom" if dy > 0 else "top",
                     arrowprops=dict(arrowstyle="-", lw=0.6, color="gray", shrinkA=0, shrinkB=4) if moved else None)
+
+
+# What people perceive (Miller 1968; Card, Robertson and Mackinlay 1991; Nielsen 1993): three orders of magnitude.
+PERCEPTION_MS = {100: "0.1 s: feels instant", 1000: "1 s: keeps the flow", 10000: "10 s: attention lost"}
+
+
+def budget_plot(stages: dict[str, float], title: str = "Where one reply's milliseconds go") -> Figure:
+    """Draw a reply's stages (ms) as one stacked bar on a linear time axis, beside the limits people perceive.
+
+    ``stages`` maps a stage's name to its ms, in the order they happen. The axis is linear, so a stage's width
+    is its true share: stages of a fraction of a millisecond are invisible, and named in the legend with their
+    time. Introduced in notebooks/07_realtime_pipeline.ipynb. Raises ValueError for no stage or a negative or
+    non-finite time.
+    """
+    if not stages:
+        raise ValueError("stages is empty: give at least one stage and its ms")
+    for name, ms in stages.items():
+        if not (isinstance(ms, (int, float)) and math.isfinite(ms) and ms >= 0):
+            raise ValueError(f"stages[{name!r}]={ms!r} is out of range; use a finite time >= 0 ms")
+    total = sum(stages.values())
+    right = max(total * 1.15, 1150.0)
+    fig, ax = plt.subplots(figsize=(13, 4.8))
+    colors = plt.get_cmap("tab10")
+    start = 0.0
+    for i, (name, ms) in enumerate(stages.items()):
+        ax.barh(0, ms, left=start, color=colors(i), height=0.5, label=f"{name}: {ms:,.1f} ms")
+        start += ms
+    for ms, text in PERCEPTION_MS.items():
+        if ms <= right:
+            ax.axvline(ms, color="gray", ls="--", lw=1.5)
+            ax.text(ms + right * 0.005, 0.45, text, fontsize=FONT_SIZE - 2, color="dimgray")
+    ax.set_xlim(0, right)
+    ax.set_yticks([])
+    ax.set_ylim(-0.5, 0.6)
+    finish_axes(ax, "time since the customer pressed Enter (ms)", "", title, legend_loc="lower right")
+    return fig

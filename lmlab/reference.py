@@ -14,7 +14,7 @@ from lmlab.runtime import torch_threads
 
 
 def transformers_continuous_batching(model, tokenizer, prompts_ids: list[list[int]], max_new_tokens: int,
-                                     threads: int | None = None, **cb_options) -> dict:
+                                     threads: int | None = None, ignore_eos: bool = False, **cb_options) -> dict:
     """Generate greedily for every prompt at once with transformers' continuous batching; time it.
 
     All prompts are submitted together to one running manager, after a small warm-up request on the
@@ -27,6 +27,8 @@ def transformers_continuous_batching(model, tokenizer, prompts_ids: list[list[in
     Prefix sharing (``allow_block_sharing``) stays on as in transformers; it only shares full pages of
     identical prompt starts. ``cb_options["attn_implementation"]`` (default ``"sdpa"``; ``"paged|eager"``
     also works on CPU) is set for the run; the model's own one is restored afterwards.
+    ``ignore_eos=True`` generates all ``max_new_tokens`` for every prompt (no end-of-sequence stop), for
+    comparisons at a fixed amount of work.
     Raises ValueError for no prompts, an empty prompt, or max_new_tokens < 1.
     """
     from transformers import ContinuousBatchingConfig, GenerationConfig
@@ -45,7 +47,7 @@ def transformers_continuous_batching(model, tokenizer, prompts_ids: list[list[in
     cb_options.setdefault("max_batch_tokens", max(256, sum(map(len, prompts_ids))))
     cb_config = ContinuousBatchingConfig(auto_switch_to_flash=False, **cb_options)
     eos = model.generation_config.eos_token_id
-    eos = tokenizer.eos_token_id if eos is None else eos
+    eos = None if ignore_eos else (tokenizer.eos_token_id if eos is None else eos)
     gen_config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eos,
                                   pad_token_id=tokenizer.pad_token_id)
     original_attn = model.config._attn_implementation

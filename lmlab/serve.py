@@ -374,11 +374,12 @@ async def _from_engine(inbox: asyncio.Queue, ticket, request, replies: LRU | Non
                 continue
             if event.kind == "token":
                 tokens.append((event.token, event.text))
-            yield event
-            if event.kind == "done":
+            else:  # the end: store the reply before handing it on (a stream's consumer stops reading here)
                 finished = True
                 if replies is not None and event.finish_reason in ("stop", "length"):
                     replies.put(key, (tuple(tokens), event))
+            yield event
+            if finished:
                 return
     finally:
         if not finished:
@@ -528,16 +529,40 @@ class RunningServer:
         return self.process.returncode
 
 
-@contextmanager
-def running_server(model: str = "gpt-small", *, timeout_s: float = 180.0, env: dict | None = None,
-                   **flags) -> Iterator[RunningServer]:
-    """Start ``python -m lmlab serve`` on a free port of 127.0.0.1, wait for /health, stop it on exit.
+    def wait_ready(self, timeout_s: float = 180.0) -> "RunningServer":
+        """Wait until GET /health answers 200; return the server. Raises RuntimeError (with the log) if the
+        process exits or is not healthy within ``timeout_s`` (the process is then stopped)."""
+        import httpx
 
-    ``flags`` become command-line flags (``max_batch=4`` -> ``--max-batch 4``; True -> a bare flag).
-    Raises RuntimeError with the server's log if it exits or is not healthy within ``timeout_s``.
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the server exited with code {self.process.returncode}:\n{self.log()[-3000:]}")
+            try:
+                if httpx.get(f"{self.base_url}/health", timeout=2).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"the server was not healthy after {timeout_s} s:\n{self.log()[-3000:]}")
+            time.sleep(0.1)
+
+    def close(self) -> int:
+        """Stop the server and delete its log; return its exit code."""
+        code = self.stop()
+        self.log_path.unlink(missing_ok=True)
+        return code
+
+
+def start_server(model: str = "smollm2", *, wait: bool = True, timeout_s: float = 180.0, env: dict | None = None,
+                 **flags) -> RunningServer:
+    """Start ``python -m lmlab serve`` on a free port of 127.0.0.1; return it (healthy, unless ``wait=False``).
+
+    ``flags`` become command-line flags (``max_batch=4`` -> ``--max-batch 4``; True -> a bare flag). The server
+    logs to a temporary file (``log()``). Stop it with ``close()``; on Linux it also dies with this process, so
+    a notebook kernel that is killed leaves no server behind. Raises RuntimeError as ``wait_ready`` does.
     """
-    import httpx
-
     port = free_port()
     args = [sys.executable, "-m", "lmlab", "serve", "--model", model, "--port", str(port)]
     for name, value in flags.items():
@@ -545,24 +570,78 @@ def running_server(model: str = "gpt-small", *, timeout_s: float = 180.0, env: d
             args.append(f"--{name.replace('_', '-')}")
         elif value not in (None, False):
             args += [f"--{name.replace('_', '-')}", str(value)]
-    log = tempfile.NamedTemporaryFile(prefix="lmlab-serve-", suffix=".log", delete=False)
-    process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
-    server = RunningServer(f"http://127.0.0.1:{port}", port, process, Path(log.name), flags.get("api_key"))
+    with tempfile.NamedTemporaryFile(prefix="lmlab-serve-", suffix=".log", delete=False) as log:
+        process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+                                   preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+    server = RunningServer(f"http://127.0.0.1:{port}", port, process, Path(log.name),
+                           flags.get("api_key") or (env or {}).get(API_KEY_ENV))
+    return server.wait_ready(timeout_s) if wait else server
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: ask Linux to send SIGTERM when the parent exits (prctl PR_SET_PDEATHSIG)."""
+    import ctypes
+
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)
+
+
+@contextmanager
+def running_server(model: str = "gpt-small", *, timeout_s: float = 180.0, env: dict | None = None,
+                   **flags) -> Iterator[RunningServer]:
+    """``start_server`` as a context manager: the server is stopped (SIGTERM) when the block ends."""
+    server = start_server(model, timeout_s=timeout_s, env=env, **flags)
     try:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"the server exited with code {process.returncode}:\n{server.log()[-3000:]}")
-            try:
-                if httpx.get(f"{server.base_url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the server was not healthy after {timeout_s} s:\n{server.log()[-3000:]}")
-            time.sleep(0.2)
         yield server
     finally:
-        server.stop()
-        log.close()
-        server.log_path.unlink(missing_ok=True)
+        server.close()
+
+
+def reply_stages(server: RunningServer, tokenizer, messages: list[dict], max_tokens: int = 32,
+                 model: str | None = None, repeat: int = 20) -> dict[str, float]:
+    """Measure where one streamed reply's milliseconds go, stage by stage (ms), with the openai client.
+
+    - tokenize: the chat template and tokenizer on the messages (median of ``repeat``, in this process);
+    - queue, prefill, decode: the server's own timing of the request (decode = ms per token × (tokens − 1));
+    - detokenize: decoding the reply one token at a time, as a streaming server does (median of ``repeat``);
+    - http: what the client waited beyond the server's total (request parsing, SSE framing, loopback);
+    - client_ttft and client_total: the first token and the end as the client saw them.
+    The server's decode includes its own detokenizing, so the stages overlap by that much.
+    Raises ValueError for max_tokens < 1.
+    """
+    import statistics
+
+    from openai import OpenAI
+
+    from lmlab.runtime import check_int
+
+    check_int("max_tokens", max_tokens)
+    client = OpenAI(base_url=f"{server.base_url}/v1", api_key=server.api_key or "none")
+    model = model or client.models.list().data[0].id
+    tokenize = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        _template(tokenizer, messages, generation=True)
+        tokenize.append((time.perf_counter() - start) * 1e3)
+    start = time.perf_counter()
+    first, pieces, last = None, [], None
+    for chunk in client.chat.completions.create(model=model, messages=messages, max_tokens=max_tokens, temperature=0,
+                                                stream=True, stream_options={"include_usage": True}):
+        if chunk.choices and chunk.choices[0].delta.content:
+            first = first or time.perf_counter()
+            pieces.append(chunk.choices[0].delta.content)
+        last = chunk
+    end = time.perf_counter()
+    timing, tokens = last.model_extra["timing"], last.usage.completion_tokens
+    ids = tokenizer("".join(pieces), add_special_tokens=False)["input_ids"]
+    detokenize = []
+    for _ in range(repeat):
+        begin = time.perf_counter()
+        for k in range(1, len(ids) + 1):
+            tokenizer.decode(ids[:k], skip_special_tokens=True)
+        detokenize.append((time.perf_counter() - begin) * 1e3)
+    client_total = (end - start) * 1e3
+    return {"tokenize": statistics.median(tokenize), "queue": timing["queue_ms"], "prefill": timing["prefill_ms"],
+            "decode": (timing["decode_ms_per_token"] or 0.0) * (tokens - 1),
+            "detokenize": statistics.median(detokenize), "http": client_total - timing["total_ms"],
+            "client_ttft": ((first or end) - start) * 1e3, "client_total": client_total, "tokens": tokens,
+            "prompt_tokens": last.usage.prompt_tokens, "reply": "".join(pieces)}

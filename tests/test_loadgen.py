@@ -148,6 +148,7 @@ def test_load_plot_draws_latency_and_throughput_panels():
     assert len(lat_ax.get_lines()) == 4  # p50 and p90 of TTFT and e2e
     assert "y = x" in " ".join(t.get_text() for t in tput_ax.get_legend().get_texts())
     assert list(tput_ax.get_lines()[1].get_xdata()) == [1.0, 2.0, 4.0]  # the infinite rate is left out
+    assert reports[1].arrival_rate_per_s == pytest.approx(2.0) and math.isnan(reports[3].arrival_rate_per_s)
     with pytest.raises(ValueError, match="reports"):
         load_plot([reports[-1]])
 
@@ -155,17 +156,22 @@ def test_load_plot_draws_latency_and_throughput_panels():
 # The client against the real server ----------------------------------------------------------------------
 
 
-def test_client_times_streams_records_errors_and_disconnects():
+@pytest.fixture(scope="module")
+def server():
     from lmlab.serve import running_server
 
+    with running_server("gpt-small", max_batch=4, api_key="k") as running:
+        yield running
+
+
+def test_client_times_streams_records_errors_and_disconnects(server):
     texts = ["and god said", "blessed are the", "in the beginning", "the lord is my", "and it came to pass"]
     bodies = default_bodies(texts, "gpt-small", 8)
     bodies[2] = {**bodies[2], "max_tokens": 0}  # refused: 400 naming max_tokens
     bodies[4] = {**bodies[4], "max_tokens": 40, "ignore_eos": True}
-    with running_server("gpt-small", api_key="k") as server:
-        report = run_load_sync(server.base_url, bodies, 20.0, seed=0, timeout_s=60, api_key="k",
-                               disconnect_after_tokens={4: 2})
-        refused = run_load_sync(server.base_url, bodies[:1], math.inf, api_key="wrong")
+    report = run_load_sync(server.base_url, bodies, 20.0, seed=0, timeout_s=60, api_key="k",
+                           disconnect_after_tokens={4: 2})
+    refused = run_load_sync(server.base_url, bodies[:1], math.inf, api_key="wrong")
     assert [r.index for r in report.records] == list(range(5))
     ok, other_ok, bad, fourth, cut = report.records
     assert ok.ok and ok.status == 200 and ok.text and 1 <= ok.completion_tokens <= 8
@@ -175,3 +181,13 @@ def test_client_times_streams_records_errors_and_disconnects():
     assert cut.disconnected and cut.completion_tokens == 2 and cut.error is None
     assert len(report.completed) == 3 and report.errors == 1 and report.throughput_rps > 0
     assert refused.records[0].status == 401 and refused.records[0].error.startswith("HTTP 401")
+
+
+def test_littles_law_holds_with_the_servers_own_count_of_requests_inside(server):
+    """L sampled from the server's /health, against λW from the client's timings: two instruments, one law."""
+    bodies = [{**b, "ignore_eos": True} for b in default_bodies(["and god said"] * 40, "gpt-small", 100)]
+    report = run_load_sync(server.base_url, bodies, 40.0, seed=0, timeout_s=60, api_key="k", probe_s=0.01)
+    law = report.littles_law()
+    assert len(report.completed) == 40 and len(report.server_samples) > 20
+    assert law["ratio"] == pytest.approx(1.0)  # the identity: both sides from the client
+    assert law["server_ratio"] == pytest.approx(1.0, abs=0.15), law  # the check: L counted by the server

@@ -91,3 +91,17 @@ def test_tradeoff_plot_of_perplexity_prefers_lower():
         tradeoff_plot(rows, y="loss")
     with pytest.raises(ValueError, match="'perplexity' is missing"):
         tradeoff_plot([row("x", 0.1, 1.0)], y="perplexity")
+
+
+def test_budget_plot_stacks_stages_beside_the_perception_limits():
+    from lmlab.plots import budget_plot
+
+    fig = budget_plot({"tokenize": 0.5, "prefill": 700.0, "decode": 500.0})
+    ax = fig.axes[0]
+    assert [round(p.get_width(), 1) for p in ax.patches] == [0.5, 700.0, 500.0]
+    assert [round(p.get_x(), 1) for p in ax.patches] == [0.0, 0.5, 700.5]
+    assert {t.get_text() for t in ax.texts} == {"0.1 s: feels instant", "1 s: keeps the flow"}
+    with pytest.raises(ValueError, match="stages\\['decode'\\]=-1"):
+        budget_plot({"decode": -1})
+    with pytest.raises(ValueError, match="stages is empty"):
+        budget_plot({})

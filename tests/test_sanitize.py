@@ -18,6 +18,7 @@ EXAMPLES = [
     ("CPU: Intel(R) Xeon(R) Platinum 8481C CPU @ 2.70GHz | cores: 2 | torch threads: 1",
      "CPU: <cpu> | cores: <cores> | torch threads: 1"),
     ("the nodes (63% of it), floor 69.5%", "the nodes ( <share>% of it), floor <share>%"),
+    ("L   5.91 in flight", "L <count> in flight"),
 ]
 
 

@@ -110,12 +110,17 @@ def test_reply_cache_returns_the_same_reply_and_keeps_its_bound(server):
     again = chat(server.base_url, body("blessed are the", max_tokens=10)).json()
     assert again["choices"][0]["message"]["content"] == first["choices"][0]["message"]["content"]
     assert again["usage"] == first["usage"] and again["timing"]["reply_cache_hit"]
+    client = OpenAI(base_url=f"{server.base_url}/v1", api_key=KEY)  # a streamed reply is cached too
+    for _ in range(2):
+        stream = client.chat.completions.create(model="gpt-small", max_tokens=6, temperature=0, stream=True,
+                                                messages=[{"role": "user", "content": "and moses said"}])
+        assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
     for text in ("in the beginning", "the lord is my", "for god so"):
         chat(server.base_url, body(text, max_tokens=4))
     sampled = chat(server.base_url, body("blessed are the", max_tokens=10, temperature=0.8, seed=1)).json()
     assert "reply_cache_hit" not in sampled["timing"]  # sampled replies are never served from the cache
     cache = server.health()["reply_cache"]
-    assert cache["size"] == 2 and cache["hits"] == 1
+    assert cache["size"] == 2 and cache["hits"] == 2
     server.configure(reply_cache=0)
 
 
