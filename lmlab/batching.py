@@ -193,6 +193,7 @@ class Engine:
         self._waiting: deque[_Request] = deque()
         self._rows: list[_Request] = []
         self._prefilling = 0  # admitted, being prefilled, not yet in the batch
+        self._counts = threading.Lock()  # `active` reads the batch and the prefilling count together
         self._past = None  # the batch's KV cache, in the step's own format
         self._mask: torch.Tensor | None = None  # (B, L) 1 for real positions, 0 for left padding
         self._wake = threading.Condition()
@@ -226,7 +227,8 @@ class Engine:
     @property
     def active(self) -> int:
         """Requests admitted: in the running batch, or being prefilled to join it."""
-        return len(self._rows) + self._prefilling
+        with self._counts:
+            return len(self._rows) + self._prefilling
 
     @property
     def waiting(self) -> int:
@@ -441,19 +443,19 @@ class Engine:
               mask: torch.Tensor) -> None:
         """Merge new rows' caches (k, heads, l, dim per layer) and mask (k, l) into the batch's, left-padding
         both to a common length."""
-        self._prefilling = max(0, self._prefilling - len(requests))  # they move from prefilling to the batch
         if not self._rows:
-            self._rows, self._mask = list(requests), mask
-            self._past = _from_pairs(pairs, self.step, self.lm)
-            return
-        batch_pairs = _to_pairs(self._past)
-        length = max(mask.shape[1], self._mask.shape[1])
-        merged = [(torch.cat([_left_pad(bk, length), _left_pad(k, length)]),
-                   torch.cat([_left_pad(bv, length), _left_pad(v, length)]))
-                  for (bk, bv), (k, v) in zip(batch_pairs, pairs)]
-        self._mask = torch.cat([_left_pad(self._mask, length), _left_pad(mask, length)])
-        self._rows += requests
-        self._past = _from_pairs(merged, self.step, self.lm)
+            self._mask, self._past = mask, _from_pairs(pairs, self.step, self.lm)
+        else:
+            batch_pairs = _to_pairs(self._past)
+            length = max(mask.shape[1], self._mask.shape[1])
+            merged = [(torch.cat([_left_pad(bk, length), _left_pad(k, length)]),
+                       torch.cat([_left_pad(bv, length), _left_pad(v, length)]))
+                      for (bk, bv), (k, v) in zip(batch_pairs, pairs)]
+            self._mask = torch.cat([_left_pad(self._mask, length), _left_pad(mask, length)])
+            self._past = _from_pairs(merged, self.step, self.lm)
+        with self._counts:  # they move from prefilling to the batch in one step, as `active` sees it
+            self._rows = self._rows + list(requests)
+            self._prefilling = max(0, self._prefilling - len(requests))
 
     def _keep_rows(self, keep: list[int]) -> None:
         """Keep only the rows ``keep`` (the others' caches are freed), and trim padding no row needs."""
