@@ -10,8 +10,15 @@
   generate MODEL PROMPT [--max-new-tokens N --backend B --no-cache --batch N --sample ...]
                            stream a reply from a shipped GPT or SmolLM2, then its time to first token and tokens/s
   hardware [--threads N]   this machine's memory bandwidth and matmul GFLOP/s, and each model's decode floor
+  parallel --scheme data|tensor|pipeline|allreduce --model GPT [--nproc-per-node N --nnodes N --rdzv-endpoint H:P]
+                           run one parallel scheme under torchrun (lmlab.distributed); rank 0 prints its row:
+                           wall, compute and communication ms against the single process, speed-up, max difference
   serve [--model M --format F --port P --max-batch N --max-queue N --policy P --api-key K ...]
                            an OpenAI-compatible chat server on 127.0.0.1 (lmlab.serve), until Ctrl-C or SIGTERM
+  sweep --models M1,M2 [--methods A,B --values [METHOD=]V1,V2 --batch-sizes 1,8] --out ROWS.json
+        [--engine local|ray --workers N --address ray://HOST:10001|auto --threads N --repeat N --plot PNG]
+                           a grid of settings, one row each, in worker processes or on Ray (lmlab.sweep);
+                           resumable: run it again with the same --out to finish what is missing
 """
 
 from __future__ import annotations
@@ -63,6 +70,18 @@ def main(argv: list[str] | None = None) -> int:
     generate.add_argument("--threads", type=int, default=None, help="torch threads (default: $LMLAB_THREADS or 1)")
     hardware = commands.add_parser("hardware", help="memory bandwidth, matmul GFLOP/s and decode floors")
     hardware.add_argument("--threads", type=int, default=None)
+    parallel = commands.add_parser("parallel", help="data, tensor or pipeline parallel inference under torchrun")
+    parallel.add_argument("--scheme", default="data", help="data, tensor, pipeline or allreduce (latency by size)")
+    parallel.add_argument("--model", default="gpt-small", help="a shipped GPT: gpt-small, gpt-medium or gpt-large")
+    parallel.add_argument("--nproc-per-node", type=int, default=2, help="ranks (processes) on each machine")
+    parallel.add_argument("--nnodes", type=int, default=1, help="machines; above 1 needs --rdzv-endpoint")
+    parallel.add_argument("--rdzv-endpoint", default=None, help="HOST:PORT of the rendezvous, as torchrun defines it")
+    parallel.add_argument("--batch-size", type=int, default=32, help="documents per batch")
+    parallel.add_argument("--documents", type=int, default=None, help="data: score the first N test documents only")
+    parallel.add_argument("--micro-batches", type=int, default=4, help="pipeline micro-batches")
+    parallel.add_argument("--repeat", type=int, default=3, help="timed repeats (median)")
+    parallel.add_argument("--threads", type=int, default=None, help="torch threads per rank (default: 1)")
+    parallel.add_argument("--save", default=None, help="rank 0 writes the row(s) to this JSON file")
     serve = commands.add_parser("serve", help="an OpenAI-compatible chat server with continuous batching")
     serve.add_argument("--model", default="smollm2", help="smollm2 (SmolLM2-135M-Instruct), gpt-small, gpt-medium "
                        "or gpt-large")
@@ -79,6 +98,22 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--threads", type=int, default=None, help="torch threads (default: $LMLAB_THREADS or 1)")
     serve.add_argument("--max-body-bytes", type=int, default=1_000_000)
     serve.add_argument("--prune-fraction", type=float, default=0.3, help="MLP units removed for --format pruned")
+    sweep = commands.add_parser("sweep", help="a grid of models x methods x settings, one results row each")
+    sweep.add_argument("--models", required=True, help="comma-separated shipped models, e.g. mlp-names,gpt-small")
+    sweep.add_argument("--methods", default="", help="comma-separated methods of lmlab.experiment.METHODS")
+    sweep.add_argument("--values", action="append", default=None, help="settings for every method ('8,4') or one "
+                       "('quantize-channel=8,4'; repeat the flag); default: a few points of each method's range")
+    sweep.add_argument("--batch-sizes", default="1", help="comma-separated batch sizes to time (default: 1)")
+    sweep.add_argument("--no-baseline", action="store_true", help="leave out each model's uncompressed row")
+    sweep.add_argument("--out", required=True, help="JSON rows file; an unfinished sweep there is resumed")
+    sweep.add_argument("--engine", default="local", help="local (worker processes) or ray")
+    sweep.add_argument("--workers", type=int, default=1, help="tasks at once: local processes, or a local Ray "
+                       "instance's slots (a cluster at --address uses its own CPUs)")
+    sweep.add_argument("--address", default=None, help="an existing Ray cluster: auto or ray://HOST:10001")
+    sweep.add_argument("--threads", type=int, default=1, help="torch threads per task (default: 1)")
+    sweep.add_argument("--repeat", type=int, default=30, help="timed repeats per setting")
+    sweep.add_argument("--plot", default=None, help="save the trade-off plot as this new PNG file")
+    sweep.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
 
     try:
@@ -127,6 +162,12 @@ def main(argv: list[str] | None = None) -> int:
             _generate(args)
         elif args.command == "hardware":
             _hardware(args.threads)
+        elif args.command == "parallel":
+            from lmlab.distributed import launch
+
+            return launch(args.scheme, args.model, args.nproc_per_node, nnodes=args.nnodes,
+                          rdzv_endpoint=args.rdzv_endpoint, batch_size=args.batch_size, documents=args.documents,
+                          micro_batches=args.micro_batches, repeat=args.repeat, threads=args.threads, save=args.save)
         elif args.command == "serve":
             from lmlab.serve import serve as run_server
 
@@ -134,6 +175,10 @@ def main(argv: list[str] | None = None) -> int:
                        max_queue=args.max_queue, policy=args.policy, prefix_cache=args.prefix_cache,
                        reply_cache=args.reply_cache, api_key=args.api_key, threads=args.threads,
                        max_body_bytes=args.max_body_bytes, prune_fraction=args.prune_fraction)
+        elif args.command == "sweep":
+            from lmlab.sweep import sweep_command
+
+            sweep_command(args)
     except (ValueError, FileNotFoundError, FileExistsError) as err:
         message = str(err).replace("pass overwrite=True", "add --overwrite") if args.command == "train" else err
         print(f"lmlab: {message}", file=sys.stderr)

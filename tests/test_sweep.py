@@ -1,0 +1,209 @@
+"""lmlab.sweep: real worker processes and a real local Ray instance on a tiny grid of the census-names MLP.
+
+The grid (the MLP's baseline, 4-bit rounding, and head pruning, which fails on a model without attention)
+runs once per engine; the tests compare and inspect those rows. Every wait is bounded.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from lmlab import sweep as sw
+from lmlab.__main__ import main
+from lmlab.results import Result, save_results
+
+REPEAT = 2
+GRID = dict(models=["mlp-names"], methods=["quantize-channel", "heads"],
+            values={"quantize-channel": [4], "heads": [0.5]})
+KEYS = ["mlp-names/uncompressed/batch=1", "mlp-names/quantize-channel=4/batch=1", "mlp-names/heads=0.5/batch=1"]
+FOREIGN = "gpt-large/uncompressed/batch=8"  # a row from another grid, which a sweep must keep
+
+
+def _row(key, error=None, **values):
+    row = dict.fromkeys(sw.RESULT_FIELDS)
+    row.update(key=key, name=key.split("/")[0], technique="uncompressed", error=error, **values)
+    return row
+
+
+def _write(path, rows):
+    path.write_text(json.dumps({"kind": sw.KIND, "version": sw.VERSION, "rows": rows}))
+
+
+@pytest.fixture(scope="module")
+def local_run(tmp_path_factory):
+    """The grid on 2 local worker processes, into a rows file that already holds a failed attempt at the
+    baseline (to be retried) and a row of another grid (to be kept)."""
+    folder = tmp_path_factory.mktemp("local")
+    out, log = folder / "rows.json", folder / "tasks.log"
+    _write(out, [_row(KEYS[0], error="RuntimeError: an earlier attempt died"), _row(FOREIGN, accuracy=0.5)])
+    os.environ[sw.LOG_ENV] = str(log)
+    try:
+        rows = sw.sweep(**GRID, out=out, engine="local", workers=2, repeat=REPEAT, progress=False)
+    finally:
+        del os.environ[sw.LOG_ENV]
+    return rows, out, log.read_text().split()
+
+
+@pytest.fixture(scope="module")
+def ray_instance(tmp_path_factory):
+    """One local Ray instance for the module, started as the sweep starts it, shut down at the end."""
+    import ray
+
+    printed = tmp_path_factory.mktemp("ray") / "printed.txt"
+    saved = [os.dup(1), os.dup(2)]
+    with open(printed, "wb") as sink:  # catch what Ray's start prints, at the file descriptors
+        os.dup2(sink.fileno(), 1)
+        os.dup2(sink.fileno(), 2)
+        try:
+            started = sw.start_ray(workers=2)
+        finally:
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+    try:
+        assert started
+        yield ray, printed.read_text()
+    finally:
+        ray.shutdown()
+
+
+def test_local_and_ray_engines_give_the_same_rows(local_run, ray_instance, tmp_path):
+    rows = sw.sweep(**GRID, out=tmp_path / "ray.json", engine="ray", workers=2, repeat=REPEAT, progress=False)
+    assert ray_instance[0].is_initialized()  # the sweep used the open connection and left it open
+    assert [r["key"] for r in rows] == [r["key"] for r in local_run[0]] == KEYS
+    for ours, theirs in zip(rows, local_run[0]):
+        for name in ("accuracy", "perplexity", "size_mb", "params", "setting", "threads", "error"):
+            assert ours[name] == theirs[name], (ours["key"], name)
+    assert {r["key"] for r in sw.load_rows(tmp_path / "ray.json")} == set(KEYS)
+
+
+def test_ray_starts_quietly_without_a_dashboard(ray_instance):
+    ray, printed = ray_instance
+    assert printed == ""  # no dashboard address, no warnings
+    assert len(ray.nodes()) == 1 and ray.cluster_resources()["CPU"] == 2
+    assert not ray._private.worker.get_dashboard_url()  # include_dashboard=False
+    assert os.environ["RAY_USAGE_STATS_ENABLED"] == "0"
+    assert not sw.start_ray()  # already connected: nothing new starts
+
+
+def test_a_failing_setting_records_its_error_and_the_sweep_goes_on(local_run):
+    rows, out, _ = local_run
+    failed = [r for r in rows if r["error"] is not None]
+    assert [r["key"] for r in failed] == [KEYS[2]]
+    assert failed[0]["error"].startswith("ValueError: model has no attention heads")
+    assert failed[0]["accuracy"] is None and failed[0]["setting"] == "fraction removed 0.5"
+    results = sw.rows_to_results(rows)
+    assert [r.technique for r in results] == ["uncompressed", "quantize-channel"]
+    assert all(0 < r.accuracy < 1 and r.perplexity > 1 and r.threads == 1 for r in results)
+
+
+def test_rows_file_keeps_other_rows_and_retries_errors(local_run):
+    rows, out, executed = local_run
+    on_file = {r["key"]: r for r in sw.load_rows(out)}
+    assert set(on_file) == {FOREIGN, *KEYS} and on_file[FOREIGN]["accuracy"] == 0.5
+    assert on_file[KEYS[0]]["error"] is None  # the earlier failed attempt was run again
+    assert sorted(executed) == sorted(KEYS)
+    assert [on_file[k] for k in KEYS] == rows
+
+
+def test_finished_rows_are_not_run_again(local_run, tmp_path, monkeypatch):
+    rows, out, _ = local_run
+    log = tmp_path / "tasks.log"
+    monkeypatch.setenv(sw.LOG_ENV, str(log))
+    again = sw.sweep(models=["mlp-names"], methods=["quantize-channel"], values=[4], out=out, progress=False)
+    assert again == rows[:2] and not log.exists()
+
+
+def _rows_or_none(path):
+    """The rows on file (asserting that the file is a whole sweep rows file), or None before it exists."""
+    try:
+        return sw.load_rows(path)
+    except FileNotFoundError:
+        return None
+
+
+def test_a_killed_sweep_resumes_without_redoing_rows(tmp_path):
+    out, log = tmp_path / "rows.json", tmp_path / "tasks.log"
+    command = [sys.executable, "-m", "lmlab", "sweep", "--models", "mlp-names", "--methods", "quantize-channel",
+               "--values", "8,6,4,3,2", "--out", str(out), "--repeat", str(REPEAT), "--no-progress"]
+    env = {**os.environ, sw.LOG_ENV: str(log)}
+    first = subprocess.Popen(command, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and not (_rows_or_none(out) or []):
+            assert first.poll() is None, first.stderr.read().decode()
+            time.sleep(0.02)
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)  # the CLI and its worker process, mid-sweep
+        first.wait(timeout=30)
+        first.stderr.close()
+    done = {r["key"]: r for r in sw.load_rows(out)}
+    assert 1 <= len(done) < 6, "the sweep was not caught halfway"
+    assert all(r["error"] is None for r in done.values())
+    log.rename(tmp_path / "first.log")
+    second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert second.returncode == 0, second.stderr
+    rows = {r["key"]: r for r in sw.load_rows(out)}
+    assert len(rows) == 6 and all(r["error"] is None for r in rows.values())
+    assert all(rows[key] == row for key, row in done.items())  # finished rows kept as they were
+    assert sorted(log.read_text().split()) == sorted(set(rows) - set(done))  # only the missing ones ran
+    assert "6 of 6 settings measured" in second.stdout
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (dict(models=["gpt-huge"]), "model='gpt-huge' is not a shipped model"),
+    (dict(models=["mlp-names"], methods=["prune-everything"]), "method='prune-everything' is unknown"),
+    (dict(models=["mlp-names"], methods=["quantize-channel"], values=[4, 9]), "value=9 is out of range for bits"),
+    (dict(models=["mlp-names"], methods=["mlp-units"], values={"heads": [0.5]}), "values names method='heads'"),
+    (dict(models=["mlp-names"], batch_sizes=[0]), "batch_size=0 is out of range"),
+    (dict(models=["mlp-names"], baseline=False), "the grid is empty"),
+    (dict(models=["mlp-names"], engine="spark"), "engine='spark' is unknown"),
+    (dict(models=["mlp-names"], workers=0), "workers=0 is out of range"),
+    (dict(models=["mlp-names"], address="auto"), "address='auto' needs engine='ray'"),
+    (dict(grid=[sw.Setting("mlp-names", "low-rank", 0)]), "value=0 is out of range for rank"),
+])
+def test_bad_grids_are_refused_before_any_work(arguments, message, tmp_path, monkeypatch):
+    monkeypatch.setenv(sw.LOG_ENV, str(tmp_path / "tasks.log"))
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+        sw.sweep(**arguments, out=tmp_path / "rows.json", progress=False)
+    assert time.perf_counter() - start < 1.0  # nothing was loaded
+    assert not (tmp_path / "tasks.log").exists() and not (tmp_path / "rows.json").exists()
+
+
+def test_another_kind_of_file_is_refused_not_overwritten(tmp_path):
+    results = tmp_path / "results.json"
+    save_results([Result("m", "t", "", 0.5, 1.0, 2.0)], results)
+    notes = tmp_path / "notes.json"
+    notes.write_text("my notes, not JSON")
+    for path in (results, notes):
+        before = path.read_bytes()
+        with pytest.raises(ValueError, match="is not a sweep rows file"):
+            sw.sweep(models=["mlp-names"], out=path, progress=False)
+        assert path.read_bytes() == before
+
+
+def test_cli_refuses_a_bad_grid_naming_it(tmp_path, capsys):
+    out = tmp_path / "rows.json"
+    assert main(["sweep", "--models", "mlp-names", "--methods", "mlp-units", "--values", "8", "--out", str(out)]) == 2
+    assert "value=8.0 is out of range for fraction removed; use 0 to 0.95" in capsys.readouterr().err
+    assert main(["sweep", "--models", "mlp-names", "--values", "x=1,two", "--out", str(out)]) == 2
+    assert "--values 'x=1,two' is not a comma-separated list of numbers" in capsys.readouterr().err
+    assert main(["sweep", "--models", "gpt-small,gpt-xl", "--out", str(out)]) == 2
+    assert "model='gpt-xl'" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_default_values_lie_in_each_methods_range():
+    for name, method in sw.METHODS.items():
+        assert [method.check(v) for v in sw.default_values(name)]
+    grid = sw.make_grid(["gpt-small"], ["quantize-channel", "int8"], batch_sizes=[1, 8])
+    assert len(grid) == (1 + 4 + 2) * 2 and grid[0].key == "gpt-small/uncompressed/batch=1"
+    assert sw.parse_values(["quantize-channel=8,4", "heads=0.5"], []) == {"quantize-channel": [8, 4], "heads": [0.5]}
