@@ -120,6 +120,11 @@ class LRU:
             self.misses += 1
             return None
 
+    def peek(self, key):
+        """The value for ``key`` (None if absent), without counting a hit or a miss or refreshing its place."""
+        with self._lock:
+            return self._items.get(key)
+
     def put(self, key, value) -> None:
         if self.max_entries == 0:
             return
@@ -436,7 +441,7 @@ class Engine:
         if self.prefixes.max_entries == 0 or not 0 < prefix_len < len(ids):
             return None, 0
         key = tuple(ids[:prefix_len])
-        cached = self.prefixes.get(key) if count else (self.prefixes._items.get(key))
+        cached = self.prefixes.get(key) if count else self.prefixes.peek(key)
         return (cached, prefix_len) if cached is not None else (None, 0)
 
     def _join(self, requests: list[_Request], pairs: list[tuple[torch.Tensor, torch.Tensor]],

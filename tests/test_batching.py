@@ -147,6 +147,7 @@ def test_lru_keeps_its_bound_and_evicts_the_least_recently_used():
     cache.put("c", 3)
     assert cache.keys() == ["a", "c"] and len(cache) == 2
     assert cache.get("b") is None and (cache.hits, cache.misses) == (1, 1)
+    assert cache.peek("a") == 1 and cache.peek("b") is None and (cache.hits, cache.misses) == (1, 1)
     off = LRU(0)
     off.put("a", 1)
     assert len(off) == 0
