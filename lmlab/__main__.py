@@ -49,10 +49,13 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--epochs", type=float, default=None, help="override the preset's epochs")
     train.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint at --out")
     measure = commands.add_parser("measure", help="score and time a shipped model, optionally compressed")
-    measure.add_argument("model", help="a shipped model: mlp-names, gpt-small, gpt-medium or gpt-large")
+    measure.add_argument("model", help="a shipped model (mlp-names, gpt-small, gpt-medium, gpt-large) or a KJV "
+                         "n-gram fitted here (ngram-3, ngram-5)")
     measure.add_argument("--method", default=None, help="a compression method from lmlab.experiment.METHODS")
     measure.add_argument("--value", type=float, default=None, help="the method's setting (default: its default)")
     measure.add_argument("--batch-size", type=int, default=1)
+    measure.add_argument("--documents", type=int, default=None, help="score on the first N test documents "
+                         "(default: the whole test split)")
     measure.add_argument("--repeat", type=int, default=30, help="timed repeats")
     measure.add_argument("--save", default=None, help="JSON file of results rows to add this row to")
     generate = commands.add_parser("generate", help="stream a reply, then its TTFT and tokens/s (lmlab.decode)")
@@ -105,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
                        "('quantize-channel=8,4'; repeat the flag); default: a few points of each method's range")
     sweep.add_argument("--batch-sizes", default="1", help="comma-separated batch sizes to time (default: 1)")
     sweep.add_argument("--no-baseline", action="store_true", help="leave out each model's uncompressed row")
+    sweep.add_argument("--documents", type=int, default=None, help="score on the first N test documents "
+                       "(default: the whole test split)")
     sweep.add_argument("--out", required=True, help="JSON rows file; an unfinished sweep there is resumed")
     sweep.add_argument("--engine", default="local", help="local (worker processes) or ray")
     sweep.add_argument("--workers", type=int, default=1, help="tasks at once: local processes, or a local Ray "
@@ -153,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
             from lmlab.experiment import run
             from lmlab.results import add_results, results_table
 
-            row = run(args.model, args.method, args.value, batch_size=args.batch_size, repeat=args.repeat)
+            row = run(args.model, args.method, args.value, batch_size=args.batch_size, repeat=args.repeat,
+                      documents=args.documents)
             print(describe_environment(threads=row.threads))
             print(results_table([row]).to_string(index=False))
             if args.save:

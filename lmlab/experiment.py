@@ -22,6 +22,9 @@ from lmlab.results import Result
 from lmlab.runtime import check_int
 
 MODELS = ("mlp-names", "gpt-small", "gpt-medium", "gpt-large")
+# Chapter 01's Kneser-Ney n-grams, fitted here on the GPTs' King James training verses with their tokenization, so
+# their rows compare with the GPTs' on the same test verses. The methods compress neural models; an n-gram takes none.
+NGRAM_MODELS = {"ngram-3": 3, "ngram-5": 5}
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"  # the shipped checkpoints, next to lmlab/
 
 
@@ -31,7 +34,10 @@ class Method:
 
     ``apply(model, value)`` returns the compressed copy (a model, or a ``lmlab.prune.Compressed``);
     ``size_bytes(model, value)``, if given, is the size the copy takes stored at that setting when its
-    float32 tensors do not show it (fake quantization, weight sharing).
+    float32 tensors do not show it (fake quantization, weight sharing). ``simulated`` says the copy runs the
+    dense float32 arithmetic of its original (fake quantization, masks, shared values stored as floats): its
+    accuracy is real, its speed is not a measurement of the technique. ``choices``, if given, are the only
+    values allowed.
     """
 
     label: str
@@ -43,6 +49,8 @@ class Method:
     log: bool = False
     integer: bool = False
     size_bytes: Callable[[nn.Module, float], int] | None = None
+    simulated: bool = False
+    choices: tuple[float, ...] | None = None
 
     def check(self, value: float) -> float:
         """Return ``value`` if it lies in the method's range, else raise ValueError naming it."""
@@ -50,6 +58,8 @@ class Method:
             raise ValueError(f"value={value!r} is out of range for {self.label}; use {self.minimum:g} to {self.maximum:g}")
         if self.integer and value != int(value):
             raise ValueError(f"value={value!r} must be a whole number of {self.label}")
+        if self.choices is not None and value not in self.choices:
+            raise ValueError(f"value={value!r} is not one of {self.label}: use one of {self.choices}")
         return int(value) if self.integer else float(value)
 
 
@@ -60,27 +70,34 @@ def _methods() -> dict[str, Method]:
     def bits(granularity: str, group: int | None = None) -> Method:
         return Method("bits", lambda m, b: quantize_model(m, b, granularity=granularity, group_size=group), 2, 8, 1, 8,
                       integer=True, size_bytes=lambda m, b: model_bytes(m, b, granularity=granularity,
-                                                                         group_size=group)["total"])
+                                                                         group_size=group)["total"], simulated=True)
 
     def int8(model: nn.Module, scheme: int) -> nn.Module:
         from lmlab.export import onnx_model
 
         return onnx_model(model, ("blockwise", "dynamic")[scheme])
 
+    def onnx(model: nn.Module, bits: int) -> nn.Module:
+        from lmlab.export import onnx_model
+
+        return onnx_model(model, None if bits == 32 else "blockwise")
+
     fraction = dict(minimum=0.0, maximum=0.95, step=0.05, value=0.5)
     return {
         "quantize-channel": bits("channel"),
         "quantize-tensor": bits("tensor"),
         "quantize-group32": bits("group", 32),
-        "quantize-step": Method("step Q", lambda m, q: quantize_model(m, step_Q=q), 1e-3, 0.5, 0.1, 0.02, log=True),
-        "magnitude-global": Method("sparsity", lambda m, s: magnitude_prune(m, s, "global"), **fraction),
-        "magnitude-layer": Method("sparsity", lambda m, s: magnitude_prune(m, s, "layer"), **fraction),
+        "quantize-step": Method("step Q", lambda m, q: quantize_model(m, step_Q=q), 1e-3, 0.5, 0.1, 0.02, log=True,
+                                simulated=True),
+        "magnitude-global": Method("sparsity", lambda m, s: magnitude_prune(m, s, "global"), simulated=True, **fraction),
+        "magnitude-layer": Method("sparsity", lambda m, s: magnitude_prune(m, s, "layer"), simulated=True, **fraction),
         "mlp-units": Method("fraction removed", lambda m, s: prune_mlp(m, s), **fraction),
         "heads": Method("fraction removed", lambda m, s: prune_heads(m, s), **fraction),
         "low-rank": Method("rank", lambda m, r: low_rank(m, rank=r), 1, 1024, 1, 16, integer=True),
         "share": Method("bits", lambda m, b: share_weights(m, b), 1, 8, 1, 3, integer=True,
-                        size_bytes=lambda m, b: share_weights(m, b).size_bytes),
+                        size_bytes=lambda m, b: share_weights(m, b).size_bytes, simulated=True),
         "int8": Method("scheme (0 blockwise, 1 dynamic)", int8, 0, 1, 1, 0, integer=True),
+        "onnx": Method("bits (32 float32, 8 int8)", onnx, 8, 32, 24, 32, integer=True, choices=(8, 32)),
     }
 
 
@@ -88,45 +105,74 @@ METHODS: dict[str, Method] = _methods()
 
 
 def load_model(name: str, data_dir: str | Path = DATA_DIR):
-    """Return (model, its tokenized corpus) for a shipped checkpoint name. Raises ValueError for an unknown name."""
+    """Return (model, its tokenized corpus) for a shipped checkpoint name, or a chapter 01 n-gram fitted here.
+
+    An n-gram (``NGRAM_MODELS``) is fitted on the King James training verses, tokenized as the GPTs are.
+    Raises ValueError for an unknown name.
+    """
     from lmlab.checkpoints import load_checkpoint
     from lmlab.corpora import load_corpus, tokenize_corpus
 
+    if name in NGRAM_MODELS:
+        from lmlab.ngram import NGramModel
+
+        card = load_checkpoint(f"{data_dir}/gpt-large").card  # the GPTs' corpus and tokenization
+        data = tokenize_corpus(load_corpus(card["corpus"]), min_count=card["min_count"])
+        return NGramModel.fit(data, n=NGRAM_MODELS[name]), data
     if name not in MODELS:
-        raise ValueError(f"model={name!r} is not a shipped model; use one of {MODELS}")
+        raise ValueError(f"model={name!r} is not a shipped model; use one of {MODELS + tuple(NGRAM_MODELS)}")
     model = load_checkpoint(f"{data_dir}/{name}")
     return model, tokenize_corpus(load_corpus(model.card["corpus"]), min_count=model.card["min_count"])
 
 
-def run(model_name: str, method: str | None = None, value: float | None = None, *, batch_size: int = 1,
-        repeat: int = 30, data_dir: str | Path = DATA_DIR) -> Result:
-    """Load a shipped model, compress it with ``METHODS[method]`` at ``value`` (or not at all), and measure it.
+def check_documents(documents: int | None) -> int | None:
+    """Return ``documents`` (None: the whole test split) if it is an integer >= 1, else raise ValueError."""
+    return None if documents is None else check_int("documents", documents, 1)
 
-    Accuracy and perplexity are on the whole test split; latency is one prediction call on ``batch_size``
-    contexts from the middle of held-out documents. Raises ValueError for an unknown model or method, or a
-    value outside the method's range.
+
+def slice_name(corpus: str, documents: int | None) -> str:
+    """Name an evaluation slice: ``"kjv test"`` (the whole test split) or ``"kjv test[:30]"`` (its first 30)."""
+    return f"{corpus} test" + ("" if documents is None else f"[:{documents}]")
+
+
+def run(model_name: str, method: str | None = None, value: float | None = None, *, batch_size: int = 1,
+        repeat: int = 30, documents: int | None = None, data_dir: str | Path = DATA_DIR) -> Result:
+    """Load a model (``MODELS`` or ``NGRAM_MODELS``), compress it with ``METHODS[method]`` at ``value`` (or not
+    at all), and measure it: one results row.
+
+    Accuracy and perplexity are on the test split, or its first ``documents`` documents (the slice is named in
+    the row's ``corpus``, e.g. ``"kjv test[:30]"``); latency is one prediction call on ``batch_size`` contexts
+    from the middle of held-out documents. A method whose speed is simulated gives a row marked ``simulated``.
+    Raises ValueError for an unknown model or method, a method on an n-gram, or a value outside the method's
+    range.
     """
     from lmlab.lm import deep_contexts, evaluate, measure
     from lmlab.neural import GPTLanguageModel
 
     check_int("batch_size", batch_size, 1)
+    check_documents(documents)
     if method is not None and method not in METHODS:
         raise ValueError(f"method={method!r} is unknown; use one of {tuple(METHODS)}")
+    if method is not None and model_name in NGRAM_MODELS:
+        raise ValueError(f"method={method!r} compresses neural models; model={model_name!r} is an n-gram and "
+                         "takes no method (use method=None)")
     chosen = METHODS[method] if method else None
     setting = chosen.check(chosen.value if value is None else value) if chosen else None
     model, data = load_model(model_name, data_dir)
+    scored = data if documents is None else data.head("test", documents)
     compressed = chosen.apply(model, setting) if chosen else model
     compressed = getattr(compressed, "model", compressed)
-    contexts, targets = data.examples("test", model.context_size)
+    contexts, targets = scored.examples("test", model.context_size)
     if isinstance(model, GPTLanguageModel):
-        scores = compressed.evaluate_documents(data, "test")
-        middle = deep_contexts(contexts, data.vocab.bos_id)
-        contexts, targets = contexts[middle], targets[middle]
+        scores = compressed.evaluate_documents(scored, "test")
     else:
         scores = evaluate(compressed, contexts, targets)
+    if model_name != "mlp-names":  # word models are timed on contexts with a dozen words or more before them
+        middle = deep_contexts(contexts, data.vocab.bos_id, words=min(12, model.context_size))
+        contexts, targets = contexts[middle], targets[middle]
     row = measure(compressed, contexts[:max(batch_size, 8)], targets[:max(batch_size, 8)], name=model_name,
                   technique=method or "uncompressed", setting=f"{chosen.label} {setting:g}" if chosen else "",
-                  batch_size=batch_size, repeat=repeat, corpus=data.corpus.name, scores=scores)
+                  batch_size=batch_size, repeat=repeat, corpus=slice_name(data.corpus.name, documents), scores=scores)
     if chosen and chosen.size_bytes:
         row = Result(**{**row.to_dict(), "size_mb": chosen.size_bytes(model, setting) / 1e6})
-    return row
+    return Result(**{**row.to_dict(), "simulated": bool(chosen and chosen.simulated)})

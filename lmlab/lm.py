@@ -148,6 +148,7 @@ def measure(
         setting=setting,
         accuracy=scores["accuracy"],
         perplexity=scores["perplexity"],
+        predictions=scores.get("tokens"),
         size_mb=None if size_bytes is None else size_bytes / 1e6,
         params=params,
         device=device,

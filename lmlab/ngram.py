@@ -408,7 +408,8 @@ def measure_ngrams(
     for n in orders:
         model = NGramModel.fit(data, n=n, smoothing=smoothing)
         contexts, targets = scored_on.examples(split, n - 1)
-        scores = {"accuracy": evaluate(model, contexts[:accuracy_tokens], targets[:accuracy_tokens])["accuracy"],
+        scored = evaluate(model, contexts[:accuracy_tokens], targets[:accuracy_tokens])
+        scores = {"accuracy": scored["accuracy"], "tokens": scored["tokens"],
                   "perplexity": model.perplexity(contexts, targets)}
         rows.append(measure(model, contexts, targets, name=f"{n}-gram", technique=technique or f"n-gram, {smoothing}",
                             setting=f"n={n}", corpus=data.corpus.name, repeat=repeat, threads=threads,

@@ -21,11 +21,13 @@ FONT_SIZE = 14  # readable on a projector
 def pareto_frontier(results: Sequence[Result], x: str = "median_ms", y: str = "accuracy") -> list[Result]:
     """Return the rows no other row beats on both counts (smaller ``x`` AND better ``y``), smallest first.
 
-    Better means higher accuracy, or lower perplexity.
+    Better means higher accuracy, or lower perplexity. Rows with simulated speed (``Result.simulated``) are
+    left out: their time is not theirs.
     """
     sign = 1 if y == "accuracy" else -1
     frontier: list[Result] = []
-    for r in sorted(results, key=lambda r: (getattr(r, x), -sign * getattr(r, y))):
+    real = [r for r in results if not r.simulated]
+    for r in sorted(real, key=lambda r: (getattr(r, x), -sign * getattr(r, y))):
         if not frontier or sign * getattr(r, y) > sign * getattr(frontier[-1], y):
             frontier.append(r)
     return frontier
@@ -48,7 +50,9 @@ def tradeoff_plot(
 ) -> Figure:
     """Plot accuracy (y) against median ms (x, log scale by default), p90 as an error bar, frontier labelled.
 
-    Frontier points are labelled with their names (every point with ``label_all``).
+    An accuracy carries a vertical bar of ± one standard error where the row knows how many predictions it was
+    scored on. Rows with simulated speed are drawn hollow, with "(speed simulated)" in the legend, and are
+    never on the frontier. Frontier points are labelled with their names (every point with ``label_all``).
     ``x="size_mb"`` plots against model size instead; ``y="perplexity"`` plots perplexity (log scale,
     lower is better; rows with infinite perplexity are left out). The hardware (default: this
     machine's device name and the thread count of the rows) is named in the title. Raises ValueError
@@ -80,12 +84,18 @@ def tradeoff_plot(
     techniques = list(dict.fromkeys(r.technique for r in results))
     colors = plt.get_cmap("tab10")
     for i, technique in enumerate(techniques):
-        rows = [r for r in results if r.technique == technique]
-        spread = [max(r.p90_ms - r.median_ms, 0) for r in rows] if x == "median_ms" else [0] * len(rows)
-        ax.errorbar(
-            [getattr(r, x) for r in rows], [getattr(r, y) for r in rows], xerr=[[0] * len(rows), spread],
-            fmt="o", ms=9, capsize=4, color=colors(i % 10), label=technique,
-        )
+        for simulated in (False, True):
+            rows = [r for r in results if r.technique == technique and r.simulated == simulated]
+            if not rows:
+                continue
+            spread = [max(r.p90_ms - r.median_ms, 0) for r in rows] if x == "median_ms" else [0] * len(rows)
+            se = [(r.accuracy_se or 0.0) if y == "accuracy" else 0.0 for r in rows]
+            ax.errorbar(
+                [getattr(r, x) for r in rows], [getattr(r, y) for r in rows], xerr=[[0] * len(rows), spread],
+                yerr=se if any(se) else None, fmt="o", ms=9, capsize=4, color=colors(i % 10),
+                mfc="white" if simulated else colors(i % 10), mew=2,
+                label=technique + (" (speed simulated)" if simulated else ""),
+            )
     frontier = pareto_frontier(results, x, y)
     ax.step([getattr(r, x) for r in frontier], [getattr(r, y) for r in frontier], where="post",
             color="black", lw=1.5, alpha=0.6, label="Pareto frontier")

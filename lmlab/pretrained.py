@@ -193,7 +193,8 @@ def measure_llm(model, tokenizer, text: str, *, name: str, technique: str, setti
     size_bytes = parameter_bytes(model) if size_bytes is None else size_bytes
     return Result.from_timing(timing, name=name, technique=technique, setting=setting, accuracy=scores["accuracy"],
                               perplexity=scores.get("perplexity"), size_mb=size_bytes / 1e6,
-                              params=parameter_count(model), batch_size=batch_size, corpus=corpus)
+                              params=parameter_count(model), batch_size=batch_size, corpus=corpus,
+                              predictions=scores.get("tokens"))
 
 
 def text_batches(tokenizer, text: str, window: int, batch_size: int, seed: int = 0):

@@ -21,7 +21,13 @@ from lmlab.bench import Timing, format_ms
 
 @dataclass(frozen=True)
 class Result:
-    """One measured point: what ran, how well (accuracy, perplexity) and how fast (ms, median and p90)."""
+    """One measured point: what ran, how well (accuracy, perplexity) and how fast (ms, median and p90).
+
+    ``predictions`` is how many predictions the accuracy was scored on (its standard error follows from it);
+    ``simulated`` marks a row whose speed is not its own: a fake-quantized or mask-pruned model runs the dense
+    arithmetic of its original, so its time is the dense model's. Plots draw such rows hollow and never put
+    them on the Pareto frontier.
+    """
 
     name: str
     technique: str
@@ -36,6 +42,8 @@ class Result:
     threads: int = 1
     batch_size: int = 1
     corpus: str = ""
+    predictions: int | None = None
+    simulated: bool = False
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.accuracy <= 1.0:
@@ -44,6 +52,13 @@ class Result:
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name}={value!r} is out of range; use a finite time >= 0 ms")
+
+    @property
+    def accuracy_se(self) -> float | None:
+        """The binomial standard error of the accuracy, sqrt(p (1 - p) / n); None when n is unknown."""
+        if not self.predictions:
+            return None
+        return math.sqrt(self.accuracy * (1.0 - self.accuracy) / self.predictions)
 
     @classmethod
     def from_timing(cls, timing: Timing, **values) -> "Result":

@@ -42,7 +42,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
 
-from lmlab.experiment import METHODS, MODELS
+from lmlab.experiment import METHODS, MODELS, NGRAM_MODELS, check_documents
 from lmlab.results import Result, atomic_write_text
 from lmlab.runtime import THREADS_ENV, check_int
 
@@ -55,24 +55,28 @@ DEFAULT_VALUES: dict[str, tuple[float, ...]] = {
     "quantize-channel": (8, 6, 4, 3), "quantize-tensor": (8, 6, 4, 3), "quantize-group32": (8, 6, 4, 3),
     "quantize-step": (0.005, 0.02, 0.08), "magnitude-global": (0.25, 0.5, 0.75, 0.9),
     "magnitude-layer": (0.25, 0.5, 0.75, 0.9), "mlp-units": (0.25, 0.5, 0.75), "heads": (0.25, 0.5, 0.75),
-    "low-rank": (64, 32, 16, 8), "share": (6, 4, 3, 2), "int8": (0, 1),
+    "low-rank": (64, 32, 16, 8), "share": (6, 4, 3, 2), "int8": (0, 1), "onnx": (32, 8),
 }
+SWEPT_MODELS = MODELS + tuple(NGRAM_MODELS)
 
 
 @dataclass(frozen=True)
 class Setting:
-    """One point of a grid: a shipped model, a method (None: the uncompressed baseline), its value, a batch size."""
+    """One point of a grid: a model, a method (None: the uncompressed baseline), its value, a batch size, and the
+    evaluation slice (the first ``documents`` test documents; None: the whole test split)."""
 
     model: str
     method: str | None = None
     value: float | None = None
     batch_size: int = 1
+    documents: int | None = None
 
     @property
     def key(self) -> str:
-        """The setting as one string, e.g. ``"gpt-small/quantize-channel=4/batch=1"``."""
+        """The setting as one string, e.g. ``"gpt-small/quantize-channel=4/batch=1"`` (``+"/test[:100]"``)."""
         method = "uncompressed" if self.method is None else f"{self.method}={self.value:g}"
-        return f"{self.model}/{method}/batch={self.batch_size}"
+        where = "" if self.documents is None else f"/test[:{self.documents}]"
+        return f"{self.model}/{method}/batch={self.batch_size}{where}"
 
 
 def default_values(method: str) -> tuple[float, ...]:
@@ -88,27 +92,34 @@ def default_values(method: str) -> tuple[float, ...]:
 def check_setting(setting: Setting) -> Setting:
     """Return ``setting`` with its value in its method's own type, or raise ValueError naming what is wrong.
 
-    The model must be one of ``MODELS``, the method one of ``METHODS`` (or None, with no value), the value
-    inside the method's range, the batch size an integer >= 1. Nothing is loaded.
+    The model must be one of ``MODELS`` or ``NGRAM_MODELS`` (an n-gram takes no method), the method one of
+    ``METHODS`` (or None, with no value), the value inside the method's range, the batch size an integer >= 1,
+    ``documents`` None or an integer >= 1. Nothing is loaded.
     """
-    if setting.model not in MODELS:
-        raise ValueError(f"model={setting.model!r} is not a shipped model; use one of {MODELS}")
+    if setting.model not in SWEPT_MODELS:
+        raise ValueError(f"model={setting.model!r} is not a shipped model; use one of {SWEPT_MODELS}")
     check_int("batch_size", setting.batch_size, 1)
+    check_documents(setting.documents)
+    if setting.model in NGRAM_MODELS and setting.method is not None:
+        raise ValueError(f"method={setting.method!r} compresses neural models; model={setting.model!r} is an n-gram "
+                         "and takes none")
     if setting.method is None:
         if setting.value is not None:
             raise ValueError(f"value={setting.value!r} needs a method; the uncompressed baseline takes none")
         return setting
     default_values(setting.method)  # raises for an unknown method
-    return Setting(setting.model, setting.method, METHODS[setting.method].check(setting.value), setting.batch_size)
+    return Setting(setting.model, setting.method, METHODS[setting.method].check(setting.value), setting.batch_size,
+                   setting.documents)
 
 
 def make_grid(models: Sequence[str], methods: Sequence[str] = (),
               values: Sequence[float] | Mapping[str, Sequence[float]] | None = None,
-              batch_sizes: Sequence[int] = (1,), baseline: bool = True) -> list[Setting]:
+              batch_sizes: Sequence[int] = (1,), baseline: bool = True, documents: int | None = None) -> list[Setting]:
     """Return every setting of models x (baseline + methods x values) x batch sizes, checked, without repeats.
 
     ``values`` is one list for every method, or a dict ``{method: [values]}``; a method missing from it
-    takes ``default_values(method)``. Raises ValueError naming an unknown model or method, a value outside
+    takes ``default_values(method)``. An n-gram model gets its baseline only (the methods compress neural
+    models). Every setting is scored on the first ``documents`` test documents (None: the whole test split). Raises ValueError naming an unknown model or method, a value outside
     its method's range, a batch size below 1, or an empty grid. Nothing is loaded or run.
     """
     models, methods, batch_sizes = list(models), list(methods), list(batch_sizes)
@@ -121,7 +132,8 @@ def make_grid(models: Sequence[str], methods: Sequence[str] = (),
     for method in methods:
         given = values.get(method) if isinstance(values, Mapping) else values
         points += [(method, v) for v in (default_values(method) if given is None else given)]
-    settings = [check_setting(Setting(m, method, v, b)) for m in models for method, v in points for b in batch_sizes]
+    settings = [check_setting(Setting(m, method, v, b, documents)) for m in models for method, v in points
+                for b in batch_sizes if method is None or m not in NGRAM_MODELS]
     if not settings:
         raise ValueError(f"the grid is empty (models={models}, methods={methods}, batch_sizes={batch_sizes}, "
                          f"baseline={baseline}); give a model, a batch size, and a method or baseline=True")
@@ -144,7 +156,8 @@ def run_setting(setting: Setting, repeat: int = 30, threads: int = 1) -> dict:
             log.write(setting.key + "\n")
     start = time.perf_counter()
     try:
-        result = run(setting.model, setting.method, setting.value, batch_size=setting.batch_size, repeat=repeat)
+        result = run(setting.model, setting.method, setting.value, batch_size=setting.batch_size, repeat=repeat,
+                     documents=setting.documents)
     except Exception as err:  # a failing setting is a row, not the end of the sweep
         return _row(setting, repeat, error=err, seconds=time.perf_counter() - start)
     return _row(setting, repeat, result=result, seconds=time.perf_counter() - start)
@@ -192,17 +205,19 @@ def _write_rows(path: Path, rows: Mapping[str, dict]) -> None:
 
 def rows_to_results(rows: Sequence[dict]) -> list[Result]:
     """Return the rows that finished without an error as ``Result`` rows, e.g. for ``plots.tradeoff_plot``."""
-    return [Result(**{name: row[name] for name in RESULT_FIELDS}) for row in rows if row.get("error") is None]
+    return [Result(**{name: row[name] for name in RESULT_FIELDS if name in row}) for row in rows
+            if row.get("error") is None]
 
 
 def sweep(models: Sequence[str] = (), methods: Sequence[str] = (),
           values: Sequence[float] | Mapping[str, Sequence[float]] | None = None, batch_sizes: Sequence[int] = (1,),
-          *, grid: Sequence[Setting] | None = None, baseline: bool = True, out: str | Path | None = None,
+          *, grid: Sequence[Setting] | None = None, baseline: bool = True, documents: int | None = None,
+          out: str | Path | None = None,
           engine: str = "local", workers: int = 1, address: str | None = None, threads: int = 1,
           repeat: int = 30, progress: bool = True) -> list[dict]:
     """Run every setting of a grid and return its rows, in grid order (see the module docstring for a row).
 
-    The grid is ``grid``, or ``make_grid(models, methods, values, batch_sizes, baseline)``. With ``out``, rows
+    The grid is ``grid``, or ``make_grid(models, methods, values, batch_sizes, baseline, documents)``. With ``out``, rows
     are written atomically as they finish and settings already finished there are skipped. ``engine`` is
     "local" (``workers`` processes) or "ray" (a local Ray instance with ``workers`` task slots, or the
     cluster at ``address``); each task uses ``threads`` torch threads and ``repeat`` timed calls.
@@ -210,7 +225,7 @@ def sweep(models: Sequence[str] = (), methods: Sequence[str] = (),
     sweep rows file.
     """
     if grid is None:
-        settings = make_grid(models, methods, values, batch_sizes, baseline)
+        settings = make_grid(models, methods, values, batch_sizes, baseline, documents)
     else:
         settings = list({s.key: s for s in map(check_setting, grid)}.values())
         if not settings:
@@ -364,7 +379,7 @@ def sweep_command(args) -> None:
     if args.plot and Path(args.plot).exists():
         raise FileExistsError(f"--plot {args.plot!r} exists; choose another path (lmlab never overwrites it)")
     grid = make_grid(split(args.models), methods, parse_values(args.values, methods), batch_sizes,
-                     baseline=not args.no_baseline)
+                     baseline=not args.no_baseline, documents=args.documents)
     _check_run(args.engine, args.address, args.workers, args.threads, args.repeat)
     if Path(args.out).exists():
         load_rows(args.out)  # refuses another kind of file before anything is printed

@@ -16,8 +16,39 @@ def test_an_uncompressed_row_is_scored_on_the_whole_test_split():
     model, data = load_model("mlp-names")
     scores = evaluate(model, *data.examples("test", model.context_size))
     assert row.accuracy == pytest.approx(scores["accuracy"]) and row.perplexity == pytest.approx(scores["perplexity"])
-    assert row.technique == "uncompressed" and row.corpus == "names" and row.setting == ""
+    assert row.technique == "uncompressed" and row.corpus == "names test" and row.setting == ""
     assert row.size_mb == pytest.approx(model.size_bytes() / 1e6) and row.median_ms > 0
+    assert row.predictions == len(data.examples("test", 0)[1]) and not row.simulated
+
+
+def test_a_slice_is_scored_named_and_ngrams_take_no_method():
+    from lmlab.ngram import NGramModel
+
+    row = run("ngram-3", repeat=3, documents=20)
+    model, data = load_model("gpt-small")
+    verses = data.head("test", 20)
+    contexts, targets = verses.examples("test", 2)
+    expected = evaluate(NGramModel.fit(data, n=3), contexts, targets)
+    assert row.corpus == "kjv test[:20]" and row.predictions == len(targets)
+    assert row.accuracy == pytest.approx(expected["accuracy"]) and row.perplexity == pytest.approx(expected["perplexity"])
+    gpt = run("gpt-small", repeat=3, documents=20)
+    assert gpt.predictions == len(targets) and gpt.perplexity == pytest.approx(
+        model.evaluate_documents(verses, "test")["perplexity"])
+    with pytest.raises(ValueError, match="model='ngram-3' is an n-gram and takes no method"):
+        run("ngram-3", "quantize-channel", 4)
+    with pytest.raises(ValueError, match="documents=0"):
+        run("gpt-small", documents=0)
+
+
+def test_fake_quantization_and_masks_are_marked_simulated_and_real_formats_are_not():
+    assert run("mlp-names", "quantize-channel", 4, repeat=3).simulated
+    assert run("mlp-names", "magnitude-global", 0.5, repeat=3).simulated
+    assert not run("mlp-names", "mlp-units", 0.5, repeat=3).simulated
+    assert {name for name, m in METHODS.items() if m.simulated} == {
+        "quantize-channel", "quantize-tensor", "quantize-group32", "quantize-step", "magnitude-global",
+        "magnitude-layer", "share"}
+    with pytest.raises(ValueError, match=r"value=16 is not one of bits \(32 float32, 8 int8\): use one of \(8, 32\)"):
+        METHODS["onnx"].check(16)
 
 
 def test_a_compressed_row_names_its_setting_and_stored_size():

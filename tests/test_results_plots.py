@@ -16,6 +16,29 @@ def test_pareto_frontier_keeps_only_undominated_points():
     assert [r.name for r in pareto_frontier(rows)] == ["fast", "mid", "slow-best"]
 
 
+def test_simulated_speed_is_drawn_hollow_and_never_on_the_frontier():
+    import dataclasses
+
+    fake = dataclasses.replace(row("fake-fast", 0.9, 0.5, "fake"), simulated=True)
+    rows = [row("fast", 0.2, 1), row("best", 0.6, 50), fake]
+    assert [r.name for r in pareto_frontier(rows)] == ["fast", "best"]
+    ax = tradeoff_plot(rows, hardware="Test CPU").axes[0]
+    legend = {t.get_text() for t in ax.get_legend().get_texts()}
+    assert "fake (speed simulated)" in legend and "t" in legend
+    hollow = [line for line in ax.lines if line.get_marker() == "o" and line.get_markerfacecolor() == "white"]
+    assert len(hollow) == 1 and list(hollow[0].get_xdata()) == [0.5]
+
+
+def test_accuracy_carries_its_binomial_standard_error():
+    scored = Result("a", "t", "", 0.25, 1.0, 1.2, predictions=1200)
+    assert scored.accuracy_se == pytest.approx((0.25 * 0.75 / 1200) ** 0.5)
+    assert row("b", 0.25, 1.0).accuracy_se is None  # unknown count: no claim
+    ax = tradeoff_plot([scored], hardware="Test CPU").axes[0]
+    bars = [c for c in ax.collections if c.get_segments() and c.get_segments()[0][0][0] == c.get_segments()[0][1][0]]
+    (low, high), = [(seg[0][1], seg[1][1]) for c in bars for seg in c.get_segments()]
+    assert high - low == pytest.approx(2 * scored.accuracy_se)
+
+
 def test_table_prints_times_with_their_unit():
     table = results_table([row("a", 0.25, 0.0123), row("b", 0.5, 1234.5)])
     assert list(table["median"]) == ["   0.0123 ms", "     1234 ms"]

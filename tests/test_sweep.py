@@ -207,3 +207,13 @@ def test_default_values_lie_in_each_methods_range():
     grid = sw.make_grid(["gpt-small"], ["quantize-channel", "int8"], batch_sizes=[1, 8])
     assert len(grid) == (1 + 4 + 2) * 2 and grid[0].key == "gpt-small/uncompressed/batch=1"
     assert sw.parse_values(["quantize-channel=8,4", "heads=0.5"], []) == {"quantize-channel": [8, 4], "heads": [0.5]}
+
+
+def test_an_ngram_gets_its_baseline_only_and_a_slice_is_part_of_the_key():
+    grid = sw.make_grid(["ngram-5", "gpt-small"], ["quantize-channel"], [4], documents=30)
+    assert [s.key for s in grid] == ["ngram-5/uncompressed/batch=1/test[:30]", "gpt-small/uncompressed/batch=1/test[:30]",
+                                     "gpt-small/quantize-channel=4/batch=1/test[:30]"]
+    with pytest.raises(ValueError, match="model='ngram-5' is an n-gram and takes none"):
+        sw.check_setting(sw.Setting("ngram-5", "heads", 0.5))
+    with pytest.raises(ValueError, match="documents=0"):
+        sw.make_grid(["gpt-small"], documents=0)
