@@ -27,6 +27,7 @@ import statistics
 import sys
 import time
 from contextlib import contextmanager
+from typing import Sequence
 
 import torch
 import torch.distributed as dist
@@ -409,11 +410,11 @@ def _tensor_forward(model: GPTLanguageModel, clock: Clock, inputs: torch.Tensor,
         return model.gpt(input_ids=inputs.to(model.device), attention_mask=mask.to(model.device)).logits
 
 
-def torchrun_command(scheme: str, model_name: str, nproc_per_node: int = 2, *, nnodes: int = 1,
+def torchrun_command(scheme: str | Sequence[str], model_name: str, nproc_per_node: int = 2, *, nnodes: int = 1,
                      rdzv_endpoint: str | None = None, batch_size: int = 32, documents: int | None = None,
                      micro_batches: int = 4, repeat: int = 3, threads: int | None = None,
                      save: str | None = None) -> list[str]:
-    """Return the torchrun command line that runs ``scheme`` on nnodes × nproc_per_node ranks.
+    """Return the torchrun command line that runs ``scheme`` (one, or several in turn) on nnodes × nproc_per_node ranks.
 
     One machine: ``--standalone``. Several: ``--nnodes N --rdzv-backend c10d --rdzv-endpoint HOST:PORT``, the
     same command started on every machine. Raises ValueError, naming the argument, for an unknown scheme or model,
@@ -421,8 +422,10 @@ def torchrun_command(scheme: str, model_name: str, nproc_per_node: int = 2, *, n
     """
     from lmlab.experiment import DATA_DIR
 
-    if scheme not in SCHEMES:
-        raise ValueError(f"scheme={scheme!r} is unknown; use one of {SCHEMES}")
+    schemes = [scheme] if isinstance(scheme, str) else list(scheme)
+    for one in schemes or [""]:
+        if one not in SCHEMES:
+            raise ValueError(f"scheme={one!r} is unknown; use one of {SCHEMES}")
     if model_name not in GPT_MODELS:
         raise ValueError(f"model={model_name!r} is not a shipped GPT; use one of {GPT_MODELS}")
     for name, value in (("nproc_per_node", nproc_per_node), ("nnodes", nnodes), ("batch_size", batch_size),
@@ -433,7 +436,7 @@ def torchrun_command(scheme: str, model_name: str, nproc_per_node: int = 2, *, n
     if nnodes > 1 and not rdzv_endpoint:
         raise ValueError(f"nnodes={nnodes} needs rdzv_endpoint='HOST:PORT', the address every machine can reach")
     heads = json.loads((DATA_DIR / f"{model_name}.json").read_text())["config"]["n_head"]
-    if scheme == "tensor" and heads % (nproc_per_node * nnodes):
+    if "tensor" in schemes and heads % (nproc_per_node * nnodes):
         raise ValueError(f"nproc_per_node={nproc_per_node} x nnodes={nnodes} ranks do not divide the {heads} heads "
                          f"of {model_name}; use a divisor of {heads}")
     where = (["--nnodes", str(nnodes), "--rdzv-backend", "c10d", "--rdzv-endpoint", rdzv_endpoint,
@@ -441,7 +444,7 @@ def torchrun_command(scheme: str, model_name: str, nproc_per_node: int = 2, *, n
     options = {"--batch-size": batch_size, "--documents": documents, "--micro-batches": micro_batches,
                "--repeat": repeat, "--threads": threads, "--save": save}
     return ([sys.executable, "-m", "torch.distributed.run", *where, "--nproc-per-node", str(nproc_per_node),
-             "-m", "lmlab.distributed", "--scheme", scheme, "--model", model_name]
+             "-m", "lmlab.distributed", "--scheme", *schemes, "--model", model_name]
             + [str(x) for key, value in options.items() if value is not None for x in (key, value)])
 
 
@@ -455,6 +458,100 @@ def launch(*args, timeout_s: float | None = None, **kwargs) -> int:
     command = torchrun_command(*args, **kwargs)
     env = {**os.environ, "OMP_NUM_THREADS": str(kwargs.get("threads") or 1)}
     return subprocess.run(command, env=env, timeout=timeout_s).returncode
+
+
+def run_parallel(schemes: Sequence[str], model_name: str = "gpt-small", nproc_per_node: int = 2, *,
+                 timeout_s: float = 300.0, **options) -> list[dict]:
+    """Run ``schemes`` in turn under a real torchrun on this machine and return rank 0's rows.
+
+    ``options`` are ``torchrun_command``'s (batch_size, documents, micro_batches, repeat, threads). torchrun's
+    and the ranks' output is captured, not printed. Raises ValueError as ``torchrun_command`` does, and
+    RuntimeError with the end of the ranks' output if the run fails or takes longer than ``timeout_s``.
+    """
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="lmlab-parallel-") as folder:
+        save = os.path.join(folder, "rows.json")
+        command = torchrun_command(schemes, model_name, nproc_per_node, save=save, **options)
+        env = {**os.environ, "OMP_NUM_THREADS": str(options.get("threads") or 1)}
+        try:
+            done = subprocess.run(command, env=env, timeout=timeout_s, capture_output=True, text=True)
+        except subprocess.TimeoutExpired:
+            raise RuntimeError(f"torchrun took longer than timeout_s={timeout_s:g} s and was stopped") from None
+        if done.returncode != 0 or not os.path.exists(save):
+            raise RuntimeError(f"torchrun exited with code {done.returncode}:\n{(done.stdout + done.stderr)[-3000:]}")
+        with open(save, encoding="utf-8") as handle:
+            return json.load(handle)
+
+
+# --- a model of scaling, from one measured run -------------------------------------------------------------
+
+
+def fit_allreduce(rows: Sequence[dict]) -> tuple[float, float]:
+    """Fit all_reduce times on 2 ranks to t(bytes) = a + b · bytes (least squares); return (a ms, b ms per byte).
+
+    a is the fixed cost of a call (latency), 1/b the bandwidth. Raises ValueError unless the rows are
+    ``allreduce_ms`` rows of one world size 2 with at least two message sizes.
+    """
+    if len({r["bytes"] for r in rows}) < 2 or {r["world_size"] for r in rows} != {2}:
+        raise ValueError("rows must be allreduce_ms rows measured on 2 ranks, with at least two message sizes")
+    x = torch.tensor([float(r["bytes"]) for r in rows], dtype=torch.float64)
+    y = torch.tensor([float(r["median_ms"]) for r in rows], dtype=torch.float64)
+    b = float(((x - x.mean()) * (y - y.mean())).sum() / ((x - x.mean()) ** 2).sum())
+    return max(float(y.mean()) - b * float(x.mean()), 0.0), max(b, 0.0)
+
+
+def ring_allreduce_ms(message_bytes: float, n: int, a_ms: float, b_ms_per_byte: float) -> float:
+    """Predict an all_reduce on n ranks from the 2-rank fit (a model): ring all-reduce sends 2 (n − 1) / n of the
+    message from each rank in 2 (n − 1) steps, so t_n = (n − 1) · a + 2 (n − 1) / n · b · bytes (t_2 = a + b · bytes).
+    """
+    check_int("n", n, 1)
+    return (n - 1) * a_ms + 2 * (n - 1) / n * b_ms_per_byte * message_bytes
+
+
+def scaling_model(row: dict, n: int) -> dict:
+    """Predict a scheme's ms and speed-up on n ranks from its measured row (a model, not a measurement).
+
+    From the single-process time T1 and the compute time on w ranks, C_w = s + p / w, it takes the part that
+    splits, p = (T1 − C_w) · w / (w − 1), and the part every rank repeats, s = T1 − p (the embeddings and
+    output layer a tensor-parallel rank keeps whole, a pipeline's imbalance). Communication grows like a ring
+    all-reduce's traffic per rank, 2 (n − 1) / n: comm_n = comm_w · (n − 1) / n · w / (w − 1).
+    T_n = s + p / n + comm_n; speed-up = T1 / T_n. Raises ValueError for a row measured on one rank or n < 1.
+    """
+    check_int("n", n, 1)
+    w = row["world_size"]
+    if w < 2:
+        raise ValueError(f"world_size={w} in the row: the model needs a run on 2 or more ranks")
+    t1 = row["single_ms"]
+    parallel = min(max((t1 - row["compute_ms"]) * w / (w - 1), 0.0), t1)
+    serial = t1 - parallel
+    comm = row["communication_ms"] * (n - 1) / n * w / (w - 1)
+    total = serial + parallel / n + comm
+    return {"scheme": row["scheme"], "n": n, "model_ms": total, "model_speedup": t1 / total,
+            "serial_share": serial / t1, "comm_ms": comm}
+
+
+# --- model parallelism by arithmetic ------------------------------------------------------------------------
+
+
+def llama_parameters(hidden: int, layers: int, intermediate: int, heads: int, kv_heads: int, vocab: int,
+                     tied: bool) -> int:
+    """Count the parameters of a Llama-style decoder from its config (SmolLM2, Llama 3): exact, no biases.
+
+    Per layer: q and o (d · d each), k and v (d · d · kv_heads / heads each), gate, up and down (d · ff each),
+    two RMS norms (d each). Plus the embedding (V · d), the final norm (d), and an output layer (V · d) unless
+    it is tied to the embedding. Raises ValueError for a size below 1 or heads that kv_heads does not divide.
+    """
+    for name, value in (("hidden", hidden), ("layers", layers), ("intermediate", intermediate), ("heads", heads),
+                        ("kv_heads", kv_heads), ("vocab", vocab)):
+        check_int(name, value, 1)
+    if heads % kv_heads or hidden % heads:
+        raise ValueError(f"heads={heads}, kv_heads={kv_heads}, hidden={hidden}: kv_heads must divide heads and "
+                         "heads must divide hidden")
+    kv = hidden // heads * kv_heads
+    layer = 2 * hidden * hidden + 2 * hidden * kv + 3 * hidden * intermediate + 2 * hidden
+    return vocab * hidden + layers * layer + hidden + (0 if tied else vocab * hidden)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -481,7 +578,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = []
         for scheme in args.scheme:
             if scheme == "allreduce":
-                rows += allreduce_ms(repeat=max(args.repeat, 10))
+                rows += allreduce_ms(repeat=max(args.repeat, 20))
             else:
                 rows.append(run_scheme(scheme, args.model, batch_size=args.batch_size, documents=args.documents,
                                        micro_batches=args.micro_batches, repeat=args.repeat, device=device))

@@ -11,6 +11,7 @@ from typing import Sequence
 import matplotlib.pyplot as plt
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.ticker import LogFormatter
 
 from lmlab.results import Result
 from lmlab.runtime import device_name
@@ -102,9 +103,29 @@ def tradeoff_plot(
     if log_x:
         ax.set_xscale("log")
     if y == "perplexity":
-        ax.set_yscale("log")
+        ax.set_yscale("log")  # plain numbers (40, 50), not 4×10¹; minor ticks labelled only on a narrow range
+        ax.yaxis.set_major_formatter(LogFormatter(labelOnlyBase=False))
+        ax.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.4)))
     _label(ax, results if label_all else frontier, x, y)
     finish_axes(ax, (xlabel or X_AXES[x]) + (", log scale" if log_x else ""), Y_AXES[y], f"{title}\n{hardware}")
+    return fig
+
+
+def tradeoff_pair(results: Sequence[Result], title: str, label_all: bool = False) -> Figure:
+    """Draw two trade-off plots side by side, perplexity (left) and accuracy (right) against ms, with one legend.
+
+    Perplexity separates models whose accuracies are within noise of each other; accuracy carries its standard
+    error. Raises ValueError as ``tradeoff_plot`` does (every row needs a perplexity).
+    """
+    fig, axes = plt.subplots(1, 2, figsize=(20, 7.5))
+    tradeoff_plot(results, title=title, y="perplexity", ax=axes[0], label_all=label_all)
+    tradeoff_plot(results, title=title, y="accuracy", ax=axes[1], label_all=label_all)
+    handles, labels = axes[1].get_legend_handles_labels()
+    for ax in axes:
+        ax.get_legend().remove()
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), fontsize=FONT_SIZE - 2,
+               bbox_to_anchor=(0.5, -0.01))
+    fig.tight_layout(rect=(0, 0.01 + 0.05 * math.ceil(len(labels) / 4), 1, 1))
     return fig
 
 

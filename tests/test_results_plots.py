@@ -39,6 +39,16 @@ def test_accuracy_carries_its_binomial_standard_error():
     assert high - low == pytest.approx(2 * scored.accuracy_se)
 
 
+def test_tradeoff_pair_draws_perplexity_and_accuracy_with_one_legend():
+    from lmlab.plots import tradeoff_pair
+
+    rows = [Result("a", "t", "", 0.2, 1.0, 1.2, perplexity=50.0), Result("b", "u", "", 0.3, 5.0, 6.0, perplexity=30.0)]
+    fig = tradeoff_pair(rows, "Test")
+    left, right = fig.axes
+    assert left.get_yscale() == "log" and "perplexity" in left.get_ylabel() and "accuracy" in right.get_ylabel()
+    assert left.get_legend() is None and right.get_legend() is None and len(fig.legends) == 1
+
+
 def test_table_prints_times_with_their_unit():
     table = results_table([row("a", 0.25, 0.0123), row("b", 0.5, 1234.5)])
     assert list(table["median"]) == ["   0.0123 ms", "     1234 ms"]
