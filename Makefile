@@ -45,11 +45,17 @@ LAB_ARGS ?=
 lab: setup
 	$(BIN)/jupyter lab --notebook-dir=notebooks $(ALLOW_ROOT) $(LAB_ARGS)
 
+# Unit tests run on up to four worker processes (one test file per worker); the notebooks then run one at a time,
+# so no chapter's timings share the machine with another's.
+WORKERS ?= $(shell $(PYTHON) -c 'import os; print(min(4, os.cpu_count() or 1))')
+
 test: setup-test
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest tests -n $(WORKERS) --dist loadfile
+	$(BIN)/python -m pytest notebooks
 
 quick: setup-test
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest tests -n $(WORKERS) --dist loadfile -m "not slow"
+	$(BIN)/python -m pytest notebooks -m "not slow"
 
 bench: setup-test
 	@for script in benchmarks/bench_*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done

@@ -78,19 +78,31 @@ def _load(AutoModelForCausalLM, AutoTokenizer, dtype: torch.dtype, refresh: bool
         del config.quantization_config
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(gguf_model.state_dict(), strict=True)
-    _save_atomically(model, tokenizer, cached)
+    _save_atomically(model, tokenizer, cached, replace=refresh)
     return model.to(dtype).eval(), tokenizer
 
 
-def _save_atomically(model, tokenizer, target: Path) -> None:
+def _save_atomically(model, tokenizer, target: Path, replace: bool = False) -> None:
+    """Write the conversion to a staging folder, then rename it into place.
+
+    If another process finished the same conversion first (two test workers on a fresh machine), its complete
+    folder is kept and ours discarded. With ``replace`` (a refresh) the old folder is moved aside first.
+    """
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
     try:
         model.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
-        if target.exists():
-            shutil.rmtree(target)
-        staging.rename(target)
+        if replace and target.exists():  # refresh: move the old conversion aside, then put ours in its place
+            old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.old."))
+            target.rename(old / "conversion")
+            shutil.rmtree(old, ignore_errors=True)
+        try:
+            staging.rename(target)
+        except OSError:
+            if not (target / "config.json").is_file():
+                raise
+            shutil.rmtree(staging, ignore_errors=True)  # another process put the same conversion there first
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

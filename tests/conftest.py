@@ -1,8 +1,15 @@
 """Shared fixtures: the corpora load once per test session."""
 
+import os
+
 import matplotlib
 
 matplotlib.use("Agg")  # tests draw figures without a screen
+
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):  # `make test` runs unit tests on several workers: share the cores
+    import torch
+
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
 
 import pytest
 
