@@ -24,14 +24,15 @@ def random_contexts(data, n, rows=40, seed=0):
     return np.concatenate([seen[:rows], noise])
 
 
-@pytest.mark.parametrize("smoothing", ["add-k", "kneser-ney"])
+@pytest.mark.parametrize("smoothing", ["add-k", "kneser-ney", "modified-kneser-ney"])
 @pytest.mark.parametrize("n", [1, 2, 3, 4])
 def test_probabilities_sum_to_one(verses, n, smoothing):
     model = NGramModel.fit(verses, n=n, smoothing=smoothing, k=0.5)
     probs = model.next_token_logprobs(random_contexts(verses, n)).exp()
     assert probs.dtype == torch.float64
     assert torch.allclose(probs.sum(-1), torch.ones(len(probs), dtype=torch.float64), rtol=0, atol=1e-9)
-    assert (probs > 0).all()
+    words = np.arange(len(verses.vocab)) != verses.vocab.bos_id
+    assert (probs[:, words] > 0).all()  # every token but <s>, which is never predicted (Kneser-Ney: P = 0)
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 4])
@@ -79,43 +80,94 @@ def test_laplace_perplexity_equals_nltk(verses, n):
     assert ours == pytest.approx(reference.perplexity(held_out), rel=1e-6)
 
 
-def kneser_ney_reference(train_ngrams, vocab_size, n, discount):
-    """A slow, dict-based interpolated Kneser-Ney of the variant documented in lmlab.ngram."""
-    counts = [defaultdict(Counter) for _ in range(n)]  # counts[j][context of length j][word]
-    for gram in train_ngrams:
-        counts[n - 1][gram[:-1]][gram[-1]] += 1
-    for j in range(n - 2, -1, -1):  # continuation counts: distinct left extensions
-        for context, followers in counts[j + 1].items():
-            for word in followers:
-                counts[j][context[1:]][word] += 1
+def kenlm_reference(sentences, vocab, n, discount=None):
+    """A slow, dict-based Kneser-Ney written from KenLM's rules, from the sentences themselves.
+
+    A sentence is <s> w1 .. wm </s>; an n-gram that starts with <s> keeps its raw count at every order, the others
+    below the top take continuation counts; discount None estimates D1, D2, D3+ per order from counts-of-counts,
+    a number gives one D for every count. The uniform base leaves out <s>.
+    """
+    bos, eos = vocab.bos_id, vocab.eos_id
+    counts = [Counter() for _ in range(n)]  # counts[m - 1][gram of m tokens]
+    for words in sentences:
+        seq = [bos] + list(words) + [eos]
+        for i in range(1, len(seq)):
+            gram = tuple(seq[max(0, i - n + 1): i + 1])
+            if len(gram) == n or gram[0] == bos:  # a full n-gram, or a shorter one starting at the sentence's <s>
+                counts[len(gram) - 1][gram] += 1
+    for m in range(n - 1, 0, -1):  # continuation counts for the lower orders, from every gram one order up
+        for gram in counts[m]:
+            counts[m - 1][gram[1:]] += 1
+    discounts = []
+    for m in range(n):
+        if discount is not None:
+            discounts.append((discount,) * 3)
+            continue
+        t = Counter(counts[m].values())
+        y = t[1] / (t[1] + 2 * t[2])
+        discounts.append(tuple(k - (k + 1) * y * t[k + 1] / t[k] for k in (1, 2, 3)))
+    followers = [defaultdict(dict) for _ in range(n)]
+    for m in range(n):
+        for gram, c in counts[m].items():
+            followers[m][gram[:-1]][gram[-1]] = c
 
     def prob(context, word):
-        p = 1.0 / vocab_size
-        for j in range(0, n):
-            h = tuple(context[len(context) - j:]) if j else ()
-            followers = counts[j].get(h)
-            if not followers:
+        history = list(context)
+        while len(history) > 1 and history[0] == bos and history[1] == bos:
+            history.pop(0)  # the padding: a sentence starts from one <s>
+        p = 0.0 if word == bos else 1.0 / (len(vocab) - 1)
+        for m in range(n):
+            if m > len(history):
+                break
+            h = tuple(history[len(history) - m:]) if m else ()
+            seen = followers[m].get(h)
+            if not seen:
                 continue
-            total = sum(followers.values())
-            p = (max(followers[word] - discount, 0) + discount * len(followers) * p) / total
+            D = discounts[m]
+            total = sum(seen.values())
+            mass = sum(D[min(c, 3) - 1] for c in seen.values())
+            c = seen.get(word, 0)
+            p = (max(c - D[min(c, 3) - 1], 0) if c else 0.0) / total + mass / total * p
         return p
 
-    return prob
+    return prob, discounts
 
 
-@pytest.mark.parametrize("n", [1, 2, 3, 4])
-def test_kneser_ney_perplexity_matches_reference(verses, n):
-    model = NGramModel.fit(verses, n=n, smoothing="kneser-ney", discount=0.75)
-    train_c, train_t = verses.examples("train", n - 1)
-    prob = kneser_ney_reference([tuple(c) + (t,) for c, t in zip(train_c.tolist(), train_t.tolist())],
-                                len(verses.vocab), n, 0.75)
+@pytest.mark.parametrize("smoothing", ["kneser-ney", "modified-kneser-ney"])
+@pytest.mark.parametrize("n", [2, 3, 4])
+def test_kneser_ney_equals_a_reference_written_from_kenlms_rules(verses, n, smoothing):
+    model = NGramModel.fit(verses, n=n, smoothing=smoothing)
+    single = 0.75 if smoothing == "kneser-ney" else None
+    prob, discounts = kenlm_reference(verses.ids["train"], verses.vocab, n, single)
+    np.testing.assert_allclose(model.discounts, discounts, rtol=1e-12)
     contexts, targets = verses.examples("valid", n - 1)
-    contexts, targets = contexts[:500], targets[:500]
-    reference = math.exp(-np.mean([math.log(prob(c, t)) for c, t in zip(contexts.tolist(), targets.tolist())]))
-    assert model.perplexity(contexts, targets) == pytest.approx(reference, rel=1e-3)
+    contexts, targets = contexts[:600], targets[:600]  # the first verses, their first words included
+    reference = np.log([prob(c, t) for c, t in zip(contexts.tolist(), targets.tolist())])
+    np.testing.assert_allclose(model.logprob_of(contexts, targets), reference, rtol=1e-10)
     # And the dense path agrees with the per-target path.
     dense = model.next_token_logprobs(contexts).numpy()[np.arange(len(targets)), targets]
     np.testing.assert_allclose(dense, model.logprob_of(contexts, targets), rtol=1e-12)
+
+
+def test_a_sentence_starts_from_one_bos_with_raw_counts(verses):
+    model = NGramModel.fit(verses, n=3, smoothing="kneser-ney", discount=0.5)
+    bos, starts = verses.vocab.bos_id, Counter(doc[0] for doc in verses.ids["train"] if len(doc))
+    first, count = starts.most_common(1)[0]
+    total, kinds = sum(starts.values()), len(starts)
+    unigram = model.next_token_logprobs(np.array([[verses.vocab.unk_id, verses.vocab.eos_id]])).exp()[0, first]
+    expected = (count - 0.5) / total + 0.5 * kinds / total * float(unigram)  # raw counts after <s>, then P(w)
+    assert math.exp(model.logprob_of(np.array([[bos, bos]]), np.array([first]))[0]) == pytest.approx(expected)
+    assert torch.isneginf(model.next_token_logprobs(np.array([[bos, bos]]))[0, bos])  # <s> is never predicted
+
+
+def test_discounts_follow_chen_and_goodman():
+    from lmlab.ngram import estimate_discounts
+
+    counts = np.array([1] * 60 + [2] * 20 + [3] * 10 + [4] * 5 + [9] * 3)
+    y = 60 / (60 + 2 * 20)
+    (d1, d2, d3), ok = estimate_discounts(counts)
+    assert ok and (d1, d2, d3) == pytest.approx((1 - 2 * y * 20 / 60, 2 - 3 * y * 10 / 20, 3 - 4 * y * 5 / 10))
+    assert estimate_discounts(np.array([5, 6, 7])) == ((0.5, 1.0, 1.5), False)  # no singletons: KenLM's fallback
 
 
 def test_answers_the_shared_questions(verses):
@@ -179,8 +231,10 @@ def test_size_grows_with_n(verses):
     ({"n": 0}, "n=0"), ({"n": 2.5}, "n=2.5"), ({"n": 2, "smoothing": "witten-bell"}, "smoothing="),
     ({"n": 2, "smoothing": "add-k", "k": 0}, "k=0"), ({"n": 2, "smoothing": "add-k", "k": -1.0}, "k=-1.0"),
     ({"n": 2, "smoothing": "add-k", "k": math.inf}, "k=inf"), ({"n": 2, "smoothing": "add-k", "k": "1"}, "k='1'"),
-    ({"n": 2, "discount": 0.0}, "discount=0.0"), ({"n": 2, "discount": 1.0}, "discount=1.0"),
-    ({"n": 2, "discount": None}, "discount=None"),
+    ({"n": 2, "smoothing": "kneser-ney", "discount": 0.0}, "discount=0.0"),
+    ({"n": 2, "smoothing": "kneser-ney", "discount": 1.0}, "discount=1.0"),
+    ({"n": 2, "discount": 0.5}, r"discount=0.5 is out of range; modified Kneser-Ney takes None"),
+    ({"n": 2, "discount": (0.5, 2.5, 1.0)}, r"0 < D2 < 2"),
 ])
 def test_bad_settings_are_clear_errors(verses, kwargs, match):
     with pytest.raises(ValueError, match=match):
