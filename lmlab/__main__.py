@@ -75,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     hardware.add_argument("--threads", type=int, default=None)
     parallel = commands.add_parser("parallel", help="data, tensor or pipeline parallel inference under torchrun")
     parallel.add_argument("--scheme", default="data", help="data, tensor, pipeline or allreduce (latency by size)")
-    parallel.add_argument("--model", default="gpt-small", help="a shipped GPT: gpt-small, gpt-medium or gpt-large")
+    parallel.add_argument("--model", default="gpt-small",
+                          help="a shipped GPT (gpt-small, gpt-medium, gpt-large) or smollm2 (data and tensor only)")
     parallel.add_argument("--nproc-per-node", type=int, default=2, help="ranks (processes) on each machine")
     parallel.add_argument("--nnodes", type=int, default=1, help="machines; above 1 needs --rdzv-endpoint")
     parallel.add_argument("--rdzv-endpoint", default=None, help="HOST:PORT of the rendezvous, as torchrun defines it")

@@ -40,6 +40,8 @@ from lmlab.runtime import check_int, synchronize
 
 SCHEMES = ("data", "tensor", "pipeline", "allreduce")
 GPT_MODELS = tuple(m for m in MODELS if m.startswith("gpt"))
+PARALLEL_MODELS = GPT_MODELS + ("smollm2",)  # SmolLM2: data parallel, and tensor parallel of its MLPs
+SMOLLM2_WINDOW = 64  # SmolLM2 scores the test verses' text in windows of this many of its tokens
 ALLREDUCE_BYTES = (1_000, 16_000, 256_000, 1_000_000, 4_000_000, 16_000_000)
 
 
@@ -117,6 +119,37 @@ def score_shard(model: GPTLanguageModel, data: TokenizedCorpus, split: str = "te
             sums[0] -= picked[real].double().sum()
             sums[1] += (logp.argmax(-1) == targets)[real].double().sum()
             sums[2] += real.sum()
+    return sums
+
+
+def smollm2_windows(tokenizer, documents: int | None = None, window: int = SMOLLM2_WINDOW) -> torch.Tensor:
+    """SmolLM2's tokens of the King James test verses (the first ``documents``), cut into (windows, window) rows."""
+    from lmlab.corpora import load_kjv, tokenize_corpus
+
+    kjv = tokenize_corpus(load_kjv(), min_count=2)
+    verses = kjv.head("test", documents) if documents else kjv
+    ids = tokenizer(verses.normalized_text("test"))["input_ids"]
+    rows = len(ids) // window
+    return torch.tensor(ids[: rows * window]).view(rows, window)
+
+
+def score_windows(model: nn.Module, windows: torch.Tensor, batch_size: int = 8, rank: int = 0,
+                  world: int = 1) -> torch.Tensor:
+    """float64 [Σ −ln P, Σ correct, Σ tokens] of a causal LM (SmolLM2) predicting each window's tokens 2..T, over
+    batches rank, rank + world, ... of ``batch_size`` windows. Raises ValueError for a rank outside [0, world)."""
+    check_int("world", world, 1)
+    check_int("rank", rank, 0, world - 1)
+    sums = torch.zeros(3, dtype=torch.float64)
+    with torch.no_grad():
+        for i, start in enumerate(range(0, len(windows), batch_size)):
+            if i % world != rank:
+                continue
+            batch = windows[start:start + batch_size]
+            logp = torch.log_softmax(model(input_ids=batch).logits[:, :-1].float(), -1)  # (batch, T-1, vocab)
+            targets = batch[:, 1:]
+            sums[0] -= logp.gather(-1, targets[..., None]).double().sum()
+            sums[1] += (logp.argmax(-1) == targets).double().sum()
+            sums[2] += targets.numel()
     return sums
 
 
@@ -339,7 +372,8 @@ def run_scheme(scheme: str, model_name: str = "gpt-small", *, batch_size: int = 
     """Run one scheme on every rank of the group and return its row (the same on every rank).
 
     Work: "data" scores the test split (its first ``documents``) in batches of ``batch_size`` documents;
-    "tensor" and "pipeline" run the forward pass on the first ``batch_size`` test documents, as one batch. Rank 0 also
+    "tensor" and "pipeline" run the forward pass on the first ``batch_size`` test documents, as one batch. For
+    "smollm2" (data and tensor only) the documents are ``smollm2_windows`` of its own tokens. Rank 0 also
     times the single-process model on the same work. speed-up = single_ms / wall_ms; the Amdahl model takes
     communication as the part that does not split: p = 1 − comm_ms / single_ms.
     Raises ValueError for an unknown scheme or model, or a setting out of range.
@@ -348,10 +382,12 @@ def run_scheme(scheme: str, model_name: str = "gpt-small", *, batch_size: int = 
 
     if scheme not in SCHEMES[:3]:
         raise ValueError(f"scheme={scheme!r} is unknown; use one of {SCHEMES[:3]}")
-    if model_name not in GPT_MODELS:
-        raise ValueError(f"model={model_name!r} is not a shipped GPT; use one of {GPT_MODELS}")
+    if model_name not in PARALLEL_MODELS:
+        raise ValueError(f"model={model_name!r} is not one the schemes run; use one of {PARALLEL_MODELS}")
     check_int("batch_size", batch_size, 1)
     check_int("repeat", repeat, 1)
+    if model_name == "smollm2":
+        return _row(scheme, model_name, batch_size, *_smollm2_work(scheme, batch_size, documents), repeat)
     rank, world = rank_and_world()
     model, data = load_model(model_name)
     model = model.eval().to(device or torch.device("cpu"))
@@ -372,6 +408,39 @@ def run_scheme(scheme: str, model_name: str = "gpt-small", *, batch_size: int = 
         work = lambda clock: pipeline_forward(model, inputs, mask, micro_batches, clock)  # noqa: E731
         single = lambda: model.gpt(input_ids=inputs.to(model.device), attention_mask=mask.to(model.device)).logits
 
+    return _row(scheme, model_name, batch_size, work, single, repeat)
+
+
+def _smollm2_work(scheme: str, batch_size: int, documents: int | None):
+    """(work, single) for SmolLM2: data parallel over windows of its tokens, or its MLPs split across ranks."""
+    from lmlab.pretrained import load_smollm2
+
+    if scheme == "pipeline":
+        raise ValueError("scheme='pipeline' runs on the shipped GPTs; SmolLM2 takes 'data' or 'tensor'")
+    rank, world = rank_and_world()
+    model, tokenizer = load_smollm2()
+    windows = smollm2_windows(tokenizer, documents)
+    if scheme == "data":
+        def work(clock):
+            return scores(clock.all_reduce(score_windows(model, windows, batch_size, rank, world)))
+
+        return work, lambda: scores(score_windows(model, windows, batch_size))
+    batch = windows[:batch_size]
+    tp = shard_llama_mlp(model, rank, world, Clock())
+
+    def tensor(clock):
+        for module in tp.modules():
+            if isinstance(module, RowParallel):
+                module.clock = clock
+        with torch.no_grad():
+            return tp(input_ids=batch).logits
+
+    return tensor, lambda: model(input_ids=batch).logits
+
+
+def _row(scheme: str, model_name: str, batch_size: int, work, single, repeat: int) -> dict:
+    """Time ``work`` on every rank and ``single`` on the rank that holds the answer; return the scheme's row."""
+    rank, world = rank_and_world()
     warm_up = scheme != "data"  # a whole split is many batches: its first ones warm up
     wall_ms, comm_ms, out = _timed(work, repeat, warm_up=warm_up)
     single_ms, diff = float("nan"), float("nan")
@@ -426,8 +495,10 @@ def torchrun_command(scheme: str | Sequence[str], model_name: str, nproc_per_nod
     for one in schemes or [""]:
         if one not in SCHEMES:
             raise ValueError(f"scheme={one!r} is unknown; use one of {SCHEMES}")
-    if model_name not in GPT_MODELS:
-        raise ValueError(f"model={model_name!r} is not a shipped GPT; use one of {GPT_MODELS}")
+    if model_name not in PARALLEL_MODELS:
+        raise ValueError(f"model={model_name!r} is not one the schemes run; use one of {PARALLEL_MODELS}")
+    if model_name == "smollm2" and "pipeline" in schemes:
+        raise ValueError("scheme='pipeline' runs on the shipped GPTs; SmolLM2 takes 'data' or 'tensor'")
     for name, value in (("nproc_per_node", nproc_per_node), ("nnodes", nnodes), ("batch_size", batch_size),
                         ("repeat", repeat), ("documents", documents), ("threads", threads)):
         if value is not None:
@@ -435,10 +506,13 @@ def torchrun_command(scheme: str | Sequence[str], model_name: str, nproc_per_nod
     check_int("micro_batches", micro_batches, 1, batch_size)
     if nnodes > 1 and not rdzv_endpoint:
         raise ValueError(f"nnodes={nnodes} needs rdzv_endpoint='HOST:PORT', the address every machine can reach")
-    heads = json.loads((DATA_DIR / f"{model_name}.json").read_text())["config"]["n_head"]
-    if "tensor" in schemes and heads % (nproc_per_node * nnodes):
-        raise ValueError(f"nproc_per_node={nproc_per_node} x nnodes={nnodes} ranks do not divide the {heads} heads "
-                         f"of {model_name}; use a divisor of {heads}")
+    if model_name == "smollm2":  # its MLPs are split: 1536 units
+        parts, what = 1536, "MLP units"
+    else:
+        parts, what = json.loads((DATA_DIR / f"{model_name}.json").read_text())["config"]["n_head"], "heads"
+    if "tensor" in schemes and parts % (nproc_per_node * nnodes):
+        raise ValueError(f"nproc_per_node={nproc_per_node} x nnodes={nnodes} ranks do not divide the {parts} {what} "
+                         f"of {model_name}; use a divisor of {parts}")
     where = (["--nnodes", str(nnodes), "--rdzv-backend", "c10d", "--rdzv-endpoint", rdzv_endpoint,
               "--rdzv-id", "lmlab"] if rdzv_endpoint else ["--standalone"])
     options = {"--batch-size": batch_size, "--documents": documents, "--micro-batches": micro_batches,
@@ -558,7 +632,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point for each rank under torchrun: run the schemes, rank 0 prints the rows (and saves them)."""
     parser = argparse.ArgumentParser(prog="python -m lmlab.distributed", description=__doc__.splitlines()[0])
     parser.add_argument("--scheme", nargs="+", default=["data"], help=f"one or more of {SCHEMES}")
-    parser.add_argument("--model", default="gpt-small", help=f"one of {GPT_MODELS}")
+    parser.add_argument("--model", default="gpt-small", help=f"one of {PARALLEL_MODELS}")
     parser.add_argument("--batch-size", type=int, default=32, help="documents per batch")
     parser.add_argument("--documents", type=int, default=None, help="score only the first N test documents")
     parser.add_argument("--micro-batches", type=int, default=4, help="pipeline micro-batches")

@@ -204,3 +204,24 @@ def test_run_parallel_refuses_bad_schemes_before_launching():
         D.run_parallel(["data", "ring"], "gpt-small")
     command = D.torchrun_command(["data", "tensor"], "gpt-small")
     assert command[command.index("--scheme"):][:4] == ["--scheme", "data", "tensor", "--model"]
+
+
+def test_smollm2_windows_shard_exactly_and_its_mlp_split_gives_its_logits():
+    from lmlab.pretrained import load_smollm2
+
+    model, tokenizer = load_smollm2()
+    windows = D.smollm2_windows(tokenizer, documents=12, window=32)
+    whole = D.score_windows(model, windows, batch_size=2)
+    parts = sum(D.score_windows(model, windows, 2, rank, 2) for rank in range(2))
+    assert torch.allclose(parts, whole, rtol=1e-12, atol=0) and whole[2] == windows.numel() - len(windows)
+    assert D.scores(whole)["perplexity"] < 100  # SmolLM2 reads the King James text well
+    # Without a group each rank's RowParallel sums only its own units; the two ranks' MLP outputs add to the whole.
+    shards = [D.shard_llama_mlp(model, rank, 2, D.Clock()) for rank in range(2)]
+    x = torch.randn(1, 3, model.config.hidden_size)
+    with torch.no_grad():
+        total = sum(s.model.layers[5].mlp(x) for s in shards)
+        assert torch.allclose(total, model.model.layers[5].mlp(x), rtol=1e-5, atol=1e-4)  # outputs in the hundreds
+    with pytest.raises(ValueError, match="scheme='pipeline' runs on the shipped GPTs"):
+        D.torchrun_command("pipeline", "smollm2")
+    with pytest.raises(ValueError, match="1536 MLP units"):
+        D.torchrun_command("tensor", "smollm2", 5)

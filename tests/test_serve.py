@@ -192,10 +192,12 @@ def test_a_client_that_disconnects_frees_its_slot(smol_server):
                "ignore_eos": True, "stream": True}
     before = smol_server.health()["finished"].get("cancelled", 0)
     with httpx.stream("POST", f"{smol_server.base_url}/v1/chat/completions", json=request, timeout=30) as response:
-        for line in response.iter_lines():
+        lines = response.iter_lines()  # held: a for loop's dropped iterator would close the connection at `break`
+        for line in lines:
             if '"content": "' in line and '"role"' not in line:
-                break  # the first token: leave mid-stream
+                break  # the first token: still connected here
         assert smol_server.health()["active"] == 1
+        lines.close()  # now leave mid-stream
     deadline = time.monotonic() + 10
     while smol_server.health()["active"] and time.monotonic() < deadline:
         time.sleep(0.05)
