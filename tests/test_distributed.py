@@ -217,10 +217,10 @@ def test_smollm2_windows_shard_exactly_and_its_mlp_split_gives_its_logits():
     assert D.scores(whole)["perplexity"] < 100  # SmolLM2 reads the King James text well
     # Without a group each rank's RowParallel sums only its own units; the two ranks' MLP outputs add to the whole.
     shards = [D.shard_llama_mlp(model, rank, 2, D.Clock()) for rank in range(2)]
-    x = torch.randn(1, 3, model.config.hidden_size)
+    x = torch.randn(1, 3, model.config.hidden_size, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        total = sum(s.model.layers[5].mlp(x) for s in shards)
-        assert torch.allclose(total, model.model.layers[5].mlp(x), rtol=1e-5, atol=1e-4)  # outputs in the hundreds
+        total, whole = sum(s.model.layers[5].mlp(x) for s in shards), model.model.layers[5].mlp(x)
+        assert (total - whole).abs().max() <= 1e-5 * whole.abs().max()  # float32 sums in another order
     with pytest.raises(ValueError, match="scheme='pipeline' runs on the shipped GPTs"):
         D.torchrun_command("pipeline", "smollm2")
     with pytest.raises(ValueError, match="1536 MLP units"):
