@@ -157,8 +157,10 @@ def main(argv: list[str] | None = None) -> int:
                   f"trained in {card['training']['train_seconds']:.0f} s")
         elif args.command == "measure":
             from lmlab.experiment import run
-            from lmlab.results import add_results, results_table
+            from lmlab.results import add_results, check_results_path, results_table
 
+            if args.save:
+                check_results_path(args.save)  # before a minute of measuring, not after
             row = run(args.model, args.method, args.value, batch_size=args.batch_size, repeat=args.repeat,
                       documents=args.documents)
             print(describe_environment(threads=row.threads))

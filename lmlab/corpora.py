@@ -80,6 +80,13 @@ class Corpus:
         n_train = int(round(fractions[0] * len(order)))
         n_valid = int(round(fractions[1] * len(order)))
         cuts = {"train": order[:n_train], "valid": order[n_train : n_train + n_valid], "test": order[n_train + n_valid :]}
+        empty = [name for name, idx in cuts.items() if len(idx) == 0]
+        if empty:
+            import warnings
+
+            counts = ", ".join(f"{name} {len(idx)}" for name, idx in cuts.items())
+            warnings.warn(f"corpus {self.name!r} has {len(order)} document(s), too few for {fractions}: the "
+                          f"{' and '.join(empty)} split(s) are empty ({counts}); give more lines", stacklevel=2)
         return {name: tuple(self.documents[i] for i in sorted(idx)) for name, idx in cuts.items()}
 
     def stats(self) -> dict[str, int]:

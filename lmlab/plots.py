@@ -102,10 +102,10 @@ def tradeoff_plot(
             color="black", lw=1.5, alpha=0.6, label="Pareto frontier")
     if log_x:
         ax.set_xscale("log")
+        plain_log_ticks(ax.xaxis)
     if y == "perplexity":
-        ax.set_yscale("log")  # plain numbers (40, 50), not 4×10¹; minor ticks labelled only on a narrow range
-        ax.yaxis.set_major_formatter(LogFormatter(labelOnlyBase=False))
-        ax.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.4)))
+        ax.set_yscale("log")
+        plain_log_ticks(ax.yaxis)
     _label(ax, results if label_all else frontier, x, y)
     finish_axes(ax, (xlabel or X_AXES[x]) + (", log scale" if log_x else ""), Y_AXES[y], f"{title}\n{hardware}")
     return fig
@@ -127,6 +127,13 @@ def tradeoff_pair(results: Sequence[Result], title: str, label_all: bool = False
                bbox_to_anchor=(0.5, -0.01))
     fig.tight_layout(rect=(0, 0.01 + 0.05 * math.ceil(len(labels) / 4), 1, 1))
     return fig
+
+
+def plain_log_ticks(axis) -> None:
+    """Label a log axis in plain numbers (0.5, 2, 40), not 4×10¹; minor ticks get labels when the axis spans
+    few decades, so it always shows several labelled ticks."""
+    axis.set_major_formatter(LogFormatter(labelOnlyBase=False))
+    axis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.4)))
 
 
 def finish_axes(ax: Axes, xlabel: str, ylabel: str, title: str, legend_loc: str = "best") -> None:

@@ -103,6 +103,25 @@ def save_results(results: Iterable[Result], path: str | Path, overwrite: bool = 
     return path
 
 
+def check_results_path(path: str | Path) -> Path:
+    """Return ``path`` if rows can be added there, else raise ValueError saying what is wrong, before any work.
+
+    It must not be a folder, its folder must exist, and a file already there must be a JSON file of rows.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"path={str(path)!r} is a folder; give a file name for the rows, e.g. {str(path / 'rows.json')!r}")
+    if not path.parent.is_dir():
+        raise ValueError(f"path={str(path)!r}: the folder {str(path.parent)!r} does not exist; create it first")
+    if path.exists():
+        try:
+            load_results(path)
+        except (ValueError, TypeError, UnicodeDecodeError):
+            raise ValueError(f"path={str(path)!r} exists and is not a JSON file of results rows; choose another "
+                             "file (lmlab never replaces it)") from None
+    return path
+
+
 def add_results(results: Iterable[Result], path: str | Path) -> Path:
     """Add rows to a JSON file of rows, creating it if needed; the rows already there are kept (atomic write)."""
     path = Path(path)

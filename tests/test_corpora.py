@@ -165,3 +165,10 @@ def test_bad_batch_size_is_a_clear_error(names_data, bad):
     contexts, targets = names_data.examples("valid", 1)
     with pytest.raises(ValueError, match="batch_size="):
         next(batches(contexts, targets, bad))
+
+
+def test_a_text_too_small_to_split_warns_naming_the_counts(tmp_path):
+    path = tmp_path / "one.txt"
+    path.write_text("just one line of text\n")
+    with pytest.warns(UserWarning, match=r"1 document\(s\).*valid and test split\(s\) are empty \(train 1, valid 0, test 0\)"):
+        tokenize_corpus(load_text_file(path))

@@ -90,3 +90,18 @@ def test_command_line_adds_rows_to_a_file_and_never_drops_old_ones(tmp_path, cap
     assert "sparsity 0.5" in capsys.readouterr().out
     assert main(["measure", "mlp-names", "--method", "share", "--value", "12"]) == 2
     assert "value=12.0 is out of range for bits" in capsys.readouterr().err
+
+
+def test_measure_checks_where_it_will_save_before_measuring(tmp_path, capsys):
+    from lmlab.results import check_results_path
+
+    assert main(["measure", "gpt-large", "--save", str(tmp_path)]) == 2  # a folder: refused at once, nothing measured
+    assert f"path={str(tmp_path)!r} is a folder" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="does not exist; create it first"):
+        check_results_path(tmp_path / "missing" / "rows.json")
+    notes = tmp_path / "notes.json"
+    notes.write_text("my notes")
+    with pytest.raises(ValueError, match="is not a JSON file of results rows"):
+        check_results_path(notes)
+    assert notes.read_text() == "my notes"
+    assert check_results_path(tmp_path / "rows.json") == tmp_path / "rows.json"

@@ -49,6 +49,16 @@ def test_tradeoff_pair_draws_perplexity_and_accuracy_with_one_legend():
     assert left.get_legend() is None and right.get_legend() is None and len(fig.legends) == 1
 
 
+def test_log_axes_are_labelled_in_plain_numbers():
+    rows = [Result("a", "t", "", 0.2, 0.5, 0.6, perplexity=55.0), Result("b", "t", "", 0.3, 8.0, 9.0, perplexity=31.0)]
+    ax = tradeoff_plot(rows, y="perplexity", hardware="Test CPU").axes[0]
+    ax.figure.canvas.draw()
+    for labels in (ax.get_xticklabels() + ax.get_xticklabels(minor=True),
+                   ax.get_yticklabels() + ax.get_yticklabels(minor=True)):
+        texts = [t.get_text() for t in labels if t.get_text()]
+        assert len(texts) >= 3 and not any("times" in t or "^" in t for t in texts), texts
+
+
 def test_table_prints_times_with_their_unit():
     table = results_table([row("a", 0.25, 0.0123), row("b", 0.5, 1234.5)])
     assert list(table["median"]) == ["   0.0123 ms", "     1234 ms"]
