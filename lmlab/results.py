@@ -69,6 +69,32 @@ class Result:
         return asdict(self)
 
 
+def perplexity_interval(nll_nats: Sequence[float], tokens: Sequence[int], level: float = 0.95, resamples: int = 2000,
+                        seed: int = 0) -> tuple[float, float]:
+    """A bootstrap confidence interval for a perplexity, resampling whole documents.
+
+    ``nll_nats[d]`` is document d's summed −ln P over its ``tokens[d]`` predictions; the perplexity is
+    exp(Σ nll / Σ tokens). Documents, not tokens, are the independent units (words in a verse depend on each
+    other), so each resample draws documents with replacement. Returns the (low, high) percentiles at ``level``.
+    Raises ValueError for fewer than two documents, lengths that differ, a level outside (0, 1) or resamples < 100.
+    """
+    import numpy as np
+
+    nll, count = np.asarray(nll_nats, dtype=np.float64), np.asarray(tokens, dtype=np.float64)
+    if nll.shape != count.shape or nll.ndim != 1 or len(nll) < 2:
+        raise ValueError(f"nll_nats has shape {nll.shape} and tokens {count.shape}; give one entry per document, "
+                         "at least two documents")
+    if not 0 < level < 1:
+        raise ValueError(f"level={level!r} is out of range; use a fraction in (0, 1), e.g. 0.95")
+    if resamples < 100:
+        raise ValueError(f"resamples={resamples!r} is out of range; use at least 100")
+    picks = np.random.default_rng(seed).integers(0, len(nll), size=(resamples, len(nll)))  # (resamples, docs)
+    values = np.exp(nll[picks].sum(1) / count[picks].sum(1))
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(values, [tail, 100 - tail])
+    return float(low), float(high)
+
+
 def results_table(results: Sequence[Result]) -> pd.DataFrame:
     """Return the rows as a pandas table, times shown with their unit (``'    1.234 ms'``).
 

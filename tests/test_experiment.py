@@ -105,3 +105,9 @@ def test_measure_checks_where_it_will_save_before_measuring(tmp_path, capsys):
         check_results_path(notes)
     assert notes.read_text() == "my notes"
     assert check_results_path(tmp_path / "rows.json") == tmp_path / "rows.json"
+
+
+def test_the_same_named_slice_gives_the_same_figures():
+    first, again = run("gpt-small", repeat=3, documents=25), run("gpt-small", repeat=3, documents=25)
+    assert (first.accuracy, first.perplexity, first.predictions, first.corpus) == (
+        again.accuracy, again.perplexity, again.predictions, again.corpus) and first.corpus == "kjv test[:25]"

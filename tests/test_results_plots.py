@@ -59,6 +59,31 @@ def test_log_axes_are_labelled_in_plain_numbers():
         assert len(texts) >= 3 and not any("times" in t or "^" in t for t in texts), texts
 
 
+def test_perplexity_interval_by_bootstrap_over_documents():
+    import math
+
+    import numpy as np
+
+    from lmlab.results import perplexity_interval
+
+    rng = np.random.default_rng(1)
+    tokens = rng.integers(5, 40, size=400)
+    nll = tokens * rng.normal(3.5, 0.4, size=400)  # about 3.5 nats a token: perplexity near e^3.5
+    point = math.exp(nll.sum() / tokens.sum())
+    low, high = perplexity_interval(nll, tokens)
+    assert low < point < high and perplexity_interval(nll, tokens) == (low, high)  # seeded
+    # The delta method gives the same width: se(log PP) = sd(nll_d − r·n_d) / (sqrt(D)·mean n), r = Σ nll / Σ n.
+    r = nll.sum() / tokens.sum()
+    se = np.std(nll - r * tokens, ddof=1) / (math.sqrt(len(tokens)) * tokens.mean())
+    assert math.log(high / low) == pytest.approx(2 * 1.96 * se, rel=0.15)
+    same = perplexity_interval([7.0] * 10, [2] * 10)
+    assert same == pytest.approx((math.exp(3.5), math.exp(3.5)))  # identical documents: no uncertainty
+    with pytest.raises(ValueError, match="level=1.5"):
+        perplexity_interval(nll, tokens, level=1.5)
+    with pytest.raises(ValueError, match="at least two documents"):
+        perplexity_interval([1.0], [1])
+
+
 def test_table_prints_times_with_their_unit():
     table = results_table([row("a", 0.25, 0.0123), row("b", 0.5, 1234.5)])
     assert list(table["median"]) == ["   0.0123 ms", "     1234 ms"]
