@@ -51,6 +51,12 @@ class Method:
     size_bytes: Callable[[nn.Module, float], int] | None = None
     simulated: bool = False
     choices: tuple[float, ...] | None = None
+    applies: Callable[[nn.Module], str | None] | None = None  # why the method cannot apply to a model, or None
+
+    def refuses(self, model: nn.Module) -> str | None:
+        """Return why this method cannot apply to ``model`` at any setting (e.g. groups that do not divide its
+        rows), or None if it can."""
+        return self.applies(model) if self.applies else None
 
     def check(self, value: float) -> float:
         """Return ``value`` if it lies in the method's range, else raise ValueError naming it."""
@@ -70,7 +76,8 @@ def _methods() -> dict[str, Method]:
     def bits(granularity: str, group: int | None = None) -> Method:
         return Method("bits", lambda m, b: quantize_model(m, b, granularity=granularity, group_size=group), 2, 8, 1, 8,
                       integer=True, size_bytes=lambda m, b: model_bytes(m, b, granularity=granularity,
-                                                                         group_size=group)["total"], simulated=True)
+                                                                         group_size=group)["total"], simulated=True,
+                      applies=(lambda m: _groups_fit(m, group)) if group else None)
 
     def int8(model: nn.Module, scheme: int) -> nn.Module:
         from lmlab.export import onnx_model
@@ -99,6 +106,17 @@ def _methods() -> dict[str, Method]:
         "int8": Method("scheme (0 blockwise, 1 dynamic)", int8, 0, 1, 1, 0, integer=True),
         "onnx": Method("bits (32 float32, 8 int8)", onnx, 8, 32, 24, 32, integer=True, choices=(8, 32)),
     }
+
+
+def _groups_fit(model: nn.Module, group: int) -> str | None:
+    """Why groups of ``group`` weights cannot split every quantized row of ``model``, or None if they can."""
+    from lmlab.neural import weight_layers
+
+    for layer in weight_layers(model):
+        width = layer.matrix.shape[1]
+        if width % group:
+            return f"groups of {group} do not divide the {width} weights per row of layer {layer.name!r}"
+    return None
 
 
 METHODS: dict[str, Method] = _methods()

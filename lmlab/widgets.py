@@ -114,7 +114,7 @@ class DescentPanel:
         final = losses[-1]
         verdict = "diverged" if not final < losses[0] * 10 else f"final loss {final:.4f}"
         self.info.value = (f"{kind} descent, α = {self.lr.value:.3f}, batch {self.batch.value}: {verdict}; "
-                           f"w = {ws[-1]:.3f}, b = {bs[-1]:.3f} after {self.steps} steps")
+                           f"w = {ws[-1]:.4g}, b = {bs[-1]:.4g} after {self.steps} steps")
 
 
 class CompressionPanel:
@@ -123,8 +123,10 @@ class CompressionPanel:
     ``models`` maps a name to (model, evaluate), where ``evaluate(model)`` returns a dict with
     "accuracy" and "perplexity" on a fixed validation slice; ``methods`` maps a name to a
     ``lmlab.experiment.Method`` (``lmlab.experiment.METHODS`` holds every technique of chapters 04 and 05).
-    Every setting tried is kept as a point, so the plot builds up accuracy against the setting.
-    A setting the method refuses (a ValueError) is shown as the error's message, not a traceback.
+    Every setting tried is kept as a point, so the plot builds up accuracy against the setting; where the
+    evaluation reports its prediction count ("tokens"), a band of ± two standard errors around the uncompressed
+    accuracy shows what is noise. A method that cannot apply to the chosen model (``Method.refuses``) is not
+    offered for it; a setting the method refuses (a ValueError) is shown as the error's message, with no chart.
     Introduced in notebooks/04_quantization.ipynb; chapter 05 uses it for pruning.
     """
 
@@ -145,11 +147,29 @@ class CompressionPanel:
         self.widget = widgets.VBox([self.controls, self.info, self.chart])
         self.reference: dict[str, dict] = {}
         self.tried: dict[tuple[str, str], dict[float, float]] = {}
-        self.model_choice.observe(lambda _: self.refresh(), names="value")
-        self.method_choice.observe(lambda _: self._switch(), names="value")
+        self.model_choice.observe(lambda _: self._offer(), names="value")
+        self._offering = False  # True while _offer changes the method menu: it redraws once itself
+        self.method_choice.observe(lambda _: None if self._offering else self._switch(), names="value")
         for slider in self.sliders.values():
             slider.observe(lambda _: self.refresh(), names="value")
-        self.refresh()
+        self.hidden: dict[str, str] = {}
+        self._offer()
+
+    def _offer(self) -> None:
+        """Offer the methods that can apply to the chosen model (switching away from one that cannot), then redraw."""
+        model = self.models[self.model_choice.value][0]
+        self.hidden = {name: why for name, knob in self.methods.items() if (why := knob.refuses(model))}
+        offered = [name for name in self.methods if name not in self.hidden]
+        if not offered:
+            raise ValueError(f"no method applies to model {self.model_choice.value!r}: {self.hidden}")
+        if list(self.method_choice.options) != offered:
+            current, self._offering = self.method_choice.value, True
+            try:
+                self.method_choice.options = offered
+                self.method_choice.value = current if current in offered else offered[0]
+            finally:
+                self._offering = False
+        self._switch()
 
     @staticmethod
     def _slider(widgets, knob: "Method"):
@@ -189,6 +209,7 @@ class CompressionPanel:
         try:
             result = self.score(model_name, method_name, value)
         except ValueError as err:
+            self.chart.value = b""  # no chart of an earlier setting under this message
             self.info.value = f"<b>{method_name}</b> at {value:g}: {html.escape(str(err))}"
             return
         points = self.tried.setdefault((model_name, method_name), {})
@@ -200,8 +221,16 @@ class CompressionPanel:
         ax.plot(xs, [points[x] for x in xs], "o-", color="tab:blue", ms=7, label="settings tried")
         ax.plot([value], [result["accuracy"]], "o", color="tab:red", ms=11, label="this setting")
         ax.axhline(reference["accuracy"], color="black", ls="--", lw=1.2, label="uncompressed")
+        noise = _two_standard_errors(reference)
+        if noise:
+            ax.axhspan(reference["accuracy"] - noise, reference["accuracy"] + noise, color="gray", alpha=0.2,
+                       label="uncompressed ± 2 standard errors")
         if self.methods[method_name].log:
             ax.set_xscale("log")
+        if self.methods[method_name].integer:
+            from matplotlib.ticker import MaxNLocator
+
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel(self.methods[method_name].label, fontsize=13)
         ax.set_ylabel("validation accuracy", fontsize=13)
         ax.set_title(f"{model_name}: {method_name}", fontsize=13)
@@ -211,10 +240,20 @@ class CompressionPanel:
         buffer = io.BytesIO()
         fig.savefig(buffer, format="png", dpi=72)
         self.chart.value = buffer.getvalue()
+        both = math.hypot(_two_standard_errors(reference), _two_standard_errors(result))
+        verdict = ("" if not both else ", within noise" if abs(result["accuracy"] - reference["accuracy"]) < both
+                   else ", beyond noise")
+        hidden = "".join(f"; not offered here: {name} ({why})" for name, why in self.hidden.items())
         self.info.value = (f"<b>{model_name}</b>, {method_name} at {value:g}: accuracy {result['accuracy']:.4f} "
-                           f"(uncompressed {reference['accuracy']:.4f}), perplexity {result['perplexity']:.2f} "
+                           f"(uncompressed {reference['accuracy']:.4f}{verdict}), perplexity {result['perplexity']:.2f} "
                            f"(uncompressed {reference['perplexity']:.2f}), {result['size_bytes'] / 1e6:.3f} MB; "
-                           f"compressed and scored in {result['seconds'] * 1e3:.0f} ms")
+                           f"compressed and scored in {result['seconds'] * 1e3:.0f} ms{html.escape(hidden)}")
+
+
+def _two_standard_errors(scores: dict) -> float:
+    """2 · sqrt(p (1 − p) / n) for an evaluation that reports its prediction count as "tokens"; 0 otherwise."""
+    n = scores.get("tokens")
+    return 2 * math.sqrt(scores["accuracy"] * (1 - scores["accuracy"]) / n) if n else 0.0
 
 
 class DecodePanel:
