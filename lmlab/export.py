@@ -176,6 +176,21 @@ def _cached_graph(name: Callable[[str | None], str], export_float32: Callable[[P
     target = cache_dir() / "onnx" / name(quantization)
     if cache and target.is_file():
         return target
+    if cache:  # another process may be exporting the same graph: wait for it rather than export twice
+        from lmlab.pretrained import cache_lock
+
+        with cache_lock(f"onnx-{name(quantization)}"):
+            if target.is_file():
+                return target
+            return _export_graph(target, name, export_float32, quantization, cache, model_name)
+    return _export_graph(target, name, export_float32, quantization, cache, model_name)
+
+
+def _export_graph(target: Path, name: Callable[[str | None], str], export_float32: Callable[[Path], None],
+                  quantization: str | None, cache: bool, model_name: str) -> Path:
+    """Export (or reuse the cached float32 graph), quantize, and write the graph to ``target`` atomically."""
+    from lmlab.pretrained import cache_dir
+
     with tempfile.TemporaryDirectory() as folder:
         exported = Path(folder) / "model.onnx"
         float32 = cache_dir() / "onnx" / name(None) if cache and quantization is not None else None

@@ -16,6 +16,7 @@ import math
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -44,6 +45,22 @@ def cache_dir() -> Path:
     return Path(root)
 
 
+@contextmanager
+def cache_lock(name: str):
+    """Hold an exclusive lock on ``cache_dir()/.name.lock`` while a cache entry is built, so that processes wanting
+    the same entry (two test workers on a fresh machine) build it once: the second waits, then finds it."""
+    import fcntl
+
+    folder = cache_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / f".{name}.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def load_smollm2(dtype: torch.dtype = torch.float32, refresh: bool = False):
     """Return (model, tokenizer) for SmolLM2-135M-Instruct in eval mode, offline.
 
@@ -64,10 +81,21 @@ def load_smollm2(dtype: torch.dtype = torch.float32, refresh: bool = False):
 
 def _load(AutoModelForCausalLM, AutoTokenizer, dtype: torch.dtype, refresh: bool):
     cached = cache_dir() / CACHE_NAME
-    if cached.is_dir() and not refresh:
-        tokenizer = AutoTokenizer.from_pretrained(cached, local_files_only=True)
-        model = AutoModelForCausalLM.from_pretrained(cached, dtype=dtype, local_files_only=True)
-        return model.eval(), tokenizer
+    if not cached.is_dir() or refresh:
+        with cache_lock(CACHE_NAME):  # another process may be converting: wait for it rather than convert twice
+            if not cached.is_dir() or refresh:
+                return _convert(AutoModelForCausalLM, AutoTokenizer, dtype, refresh, cached)
+    return _from_cache(AutoModelForCausalLM, AutoTokenizer, dtype, cached)
+
+
+def _from_cache(AutoModelForCausalLM, AutoTokenizer, dtype: torch.dtype, cached: Path):
+    tokenizer = AutoTokenizer.from_pretrained(cached, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(cached, dtype=dtype, local_files_only=True)
+    return model.eval(), tokenizer
+
+
+def _convert(AutoModelForCausalLM, AutoTokenizer, dtype: torch.dtype, refresh: bool, cached: Path):
+    """Read the GGUF file, rebuild a plain float32 model from it, cache it, and return it."""
     source = gguf_path()
     tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name, local_files_only=True)
     gguf_model = AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name, dtype=torch.float32,

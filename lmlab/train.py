@@ -51,9 +51,10 @@ def train_model(
     train_batches: Callable[[int], Iterable],
     *,
     steps: int,
-    lr: float,
     evaluate_fn: Callable[[NeuralLM], dict],
+    lr: float | None = None,
     optimizer: torch.optim.Optimizer | None = None,
+    clip_norm: float | None = 1.0,
     loss_fn: Callable[[NeuralLM, object], torch.Tensor] | None = None,
     weight_decay: float = 0.0,
     warmup_steps: int = 0,
@@ -63,14 +64,22 @@ def train_model(
 ) -> History:
     """Train for ``steps`` optimizer steps on ``train_batches(epoch)``, evaluating every ``eval_every`` steps.
 
-    θ ← θ − α ∇J(θ) with AdamW by default; the learning rate warms up linearly, then follows a cosine
-    from ``lr`` down to ``lr / 10``. Any object with ``zero_grad()`` and ``step()`` may be passed as
-    ``optimizer`` (lmlab.descent's hand-written ones included); only a ``torch.optim`` optimizer gets
-    the schedule. ``evaluate_fn(model)`` returns a dict with "nll_nats" and "accuracy". The loss of a
-    batch is ``model.loss(batch)`` unless ``loss_fn(model, batch)`` is given (distillation uses that).
-    Raises ValueError if ``lr <= 0`` or ``steps < 1``.
+    θ ← θ − α ∇J(θ) with AdamW at learning rate ``lr`` by default; the learning rate warms up linearly over
+    ``warmup_steps``, then follows a cosine from ``lr`` down to ``lr / 10``. Or pass ``optimizer``: any object
+    with ``zero_grad()`` and ``step()`` (lmlab.descent's hand-written ones included), which keeps its own
+    learning rate (``lr`` must then be None); only a ``torch.optim`` optimizer gets the schedule.
+    Before every step the gradient is **clipped** to a norm of at most ``clip_norm`` (g ← g · min(1, c / ‖g‖),
+    which keeps one bad batch from throwing the weights far); None turns clipping off.
+    ``evaluate_fn(model)`` returns a dict with "nll_nats" and "accuracy". The loss of a batch is
+    ``model.loss(batch)`` unless ``loss_fn(model, batch)`` is given (distillation uses that).
+    Raises ValueError for ``lr`` missing, <= 0 or given with an optimizer, ``clip_norm`` <= 0, or ``steps`` < 1.
     """
-    check_lr(lr)
+    if optimizer is None:
+        check_lr(lr)
+    elif lr is not None:
+        raise ValueError(f"lr={lr!r} is not used with a given optimizer; set the learning rate on the optimizer")
+    if clip_norm is not None and not clip_norm > 0:
+        raise ValueError(f"clip_norm={clip_norm!r} is out of range; use a norm > 0, or None for no clipping")
     check_int("steps", steps, 1)
     seed_everything(seed)
     optimizer = optimizer or torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
@@ -86,7 +95,8 @@ def train_model(
         loss = model.loss(batch) if loss_fn is None else loss_fn(model, batch)
         optimizer.zero_grad()
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        if clip_norm is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
         optimizer.step()
         if schedule is not None:
             schedule.step()

@@ -50,7 +50,7 @@ def test_loads_offline_from_the_gguf_file_then_from_the_cache(no_network, tmp_pa
     model, tokenizer = load_smollm2()  # converts from GGUF, caches
     assert type(model).__name__ == "LlamaForCausalLM" and model.config.num_hidden_layers == 30
     assert (tmp_path / "smollm2-135m-instruct" / "config.json").is_file()
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no half-written staging folder
+    assert not [p for p in tmp_path.iterdir() if p.is_dir() and p.name.startswith(".")]  # no half-written staging folder
     again, _ = load_smollm2()  # from the cache
     ids = tokenizer("Hello there", return_tensors="pt").input_ids
     with torch.no_grad():
@@ -73,3 +73,20 @@ def test_perplexity_on_a_fixed_paragraph_is_within_the_stored_bound(smollm2):
 def test_empty_text_is_a_clear_error(smollm2):
     with pytest.raises(ValueError, match="text is empty"):
         perplexity(*smollm2, "   ")
+
+
+def test_cache_lock_is_exclusive_across_processes(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    from lmlab.pretrained import cache_lock
+
+    monkeypatch.setenv("LMLAB_CACHE", str(tmp_path))
+    probe = ("import fcntl, sys; f = open(sys.argv[1], 'w')\n"
+             "try:\n    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB); print('free')\n"
+             "except BlockingIOError:\n    print('held')")
+    lock = str(tmp_path / ".graph.lock")
+    with cache_lock("graph"):  # a second process that wants the same entry must wait
+        held = subprocess.run([sys.executable, "-c", probe, lock], capture_output=True, text=True).stdout.strip()
+    free = subprocess.run([sys.executable, "-c", probe, lock], capture_output=True, text=True).stdout.strip()
+    assert (held, free) == ("held", "free")

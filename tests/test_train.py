@@ -82,3 +82,20 @@ def test_distill_and_fine_tune_train_in_place_and_validate_settings(verses):
 def test_distillation_needs_a_shared_vocabulary(verses, names_data):
     with pytest.raises(ValueError, match="different vocabularies"):
         distill(tiny_gpt(verses.vocab), tiny_gpt(names_data.vocab), verses, steps=1)
+
+
+def test_clipping_and_the_learning_rate_are_explicit(verses):
+    from lmlab.descent import SGD
+
+    model = tiny_gpt(verses.vocab)
+    train_batches, evaluate_fn, _ = training_data(model, verses, batch_size=8, seed=0, valid_documents=10)
+    common = dict(steps=2, evaluate_fn=evaluate_fn, eval_every=2, progress=False)
+    with pytest.raises(ValueError, match="lr=0.5 is not used with a given optimizer"):
+        train_model(model, train_batches, lr=0.5, optimizer=SGD(list(model.parameters()), lr=0.5), **common)
+    with pytest.raises(ValueError, match="clip_norm=0"):
+        train_model(model, train_batches, lr=1e-3, clip_norm=0, **common)
+    with pytest.raises(ValueError, match="lr=None"):
+        train_model(model, train_batches, **common)
+    before = [p.detach().clone() for p in model.parameters()]
+    train_model(model, train_batches, optimizer=SGD(list(model.parameters()), lr=1e-3), clip_norm=None, **common)
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
