@@ -65,7 +65,6 @@ class _Level:
     keys: np.ndarray  # (ngrams,) sorted keys h_j·V + w: context id, then next token
     counts: np.ndarray  # (ngrams,) float64: c(h w), or the continuation count for KN lower orders
     totals: np.ndarray  # (contexts,) c(h) = Σ_w counts
-    distinct: np.ndarray  # (contexts,) N1+(h •): words with a non-zero count after h
 
     def __post_init__(self) -> None:
         # Hash indexes over the sorted keys: O(1) lookups when scoring a whole corpus at once.
@@ -76,7 +75,7 @@ class _Level:
 
     def nbytes(self) -> int:
         arrays = sum(a.nbytes for a in (self.context_keys, self.context_parent, self.starts, self.keys,
-                                        self.counts, self.totals, self.distinct))
+                                        self.counts, self.totals))
         hash_tables = sum(index.memory_usage() - index.nbytes for index in (self.context_index, self.key_index))
         return arrays + hash_tables
 
@@ -603,8 +602,7 @@ def _make_level(context_keys: np.ndarray, parents: np.ndarray, keys: np.ndarray,
     starts = np.concatenate([[0], np.cumsum(np.bincount(contexts, minlength=num_contexts))])
     counts = counts.astype(np.float64)
     totals = np.bincount(contexts, weights=counts, minlength=num_contexts)
-    distinct = np.bincount(contexts, minlength=num_contexts).astype(np.float64)
-    return _Level(context_keys, parents, starts, keys.astype(np.int64), counts, totals, distinct)
+    return _Level(context_keys, parents, starts, keys.astype(np.int64), counts, totals)
 
 
 def measure_ngrams(
