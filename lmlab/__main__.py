@@ -57,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     measure.add_argument("--documents", type=int, default=None, help="score on the first N test documents "
                          "(default: the whole test split)")
     measure.add_argument("--repeat", type=int, default=30, help="timed repeats")
+    measure.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (neural models)")
+    measure.add_argument("--threads", type=int, default=None, help="torch threads (default: $LMLAB_THREADS or 1)")
     measure.add_argument("--save", default=None, help="JSON file of results rows to add this row to")
     generate = commands.add_parser("generate", help="stream a reply, then its TTFT and tokens/s (lmlab.decode)")
     generate.add_argument("model", help="smollm2, or a shipped GPT: gpt-small, gpt-medium or gpt-large")
@@ -162,8 +164,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.save:
                 check_results_path(args.save)  # before a minute of measuring, not after
             row = run(args.model, args.method, args.value, batch_size=args.batch_size, repeat=args.repeat,
-                      documents=args.documents)
-            print(describe_environment(threads=row.threads))
+                      documents=args.documents, device=args.device, threads=args.threads)
+            print(describe_environment(args.device, threads=row.threads))
             print(results_table([row]).to_string(index=False))
             if args.save:
                 print(f"added to {add_results([row], args.save)}")

@@ -12,6 +12,7 @@ names) and timed predicting one context at ``batch_size`` (median and p90 ms), l
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -120,6 +121,7 @@ def _groups_fit(model: nn.Module, group: int) -> str | None:
 
 
 METHODS: dict[str, Method] = _methods()
+CPU_ONLY_METHODS = ("int8", "onnx")  # ONNX Runtime graphs on the CPU
 
 
 def load_model(name: str, data_dir: str | Path = DATA_DIR):
@@ -129,18 +131,25 @@ def load_model(name: str, data_dir: str | Path = DATA_DIR):
     Raises ValueError for an unknown name.
     """
     from lmlab.checkpoints import load_checkpoint
-    from lmlab.corpora import load_corpus, tokenize_corpus
 
     if name in NGRAM_MODELS:
         from lmlab.ngram import NGramModel
 
         card = load_checkpoint(f"{data_dir}/gpt-large").card  # the GPTs' corpus and tokenization
-        data = tokenize_corpus(load_corpus(card["corpus"]), min_count=card["min_count"])
+        data = _tokenized(card["corpus"], card["min_count"])
         return NGramModel.fit(data, n=NGRAM_MODELS[name]), data
     if name not in MODELS:
         raise ValueError(f"model={name!r} is not a shipped model; use one of {MODELS + tuple(NGRAM_MODELS)}")
     model = load_checkpoint(f"{data_dir}/{name}")
-    return model, tokenize_corpus(load_corpus(model.card["corpus"]), min_count=model.card["min_count"])
+    return model, _tokenized(model.card["corpus"], model.card["min_count"])
+
+
+@functools.lru_cache(maxsize=4)
+def _tokenized(corpus: str, min_count: int):
+    """A shipped corpus, split and tokenized: read once per process (a TokenizedCorpus is never modified)."""
+    from lmlab.corpora import load_corpus, tokenize_corpus
+
+    return tokenize_corpus(load_corpus(corpus), min_count=min_count)
 
 
 def check_documents(documents: int | None) -> int | None:
@@ -154,7 +163,8 @@ def slice_name(corpus: str, documents: int | None) -> str:
 
 
 def run(model_name: str, method: str | None = None, value: float | None = None, *, batch_size: int = 1,
-        repeat: int = 30, documents: int | None = None, data_dir: str | Path = DATA_DIR) -> Result:
+        repeat: int = 30, documents: int | None = None, data_dir: str | Path = DATA_DIR, device: str = "cpu",
+        threads: int | None = None) -> Result:
     """Load a model (``MODELS`` or ``NGRAM_MODELS``), compress it with ``METHODS[method]`` at ``value`` (or not
     at all), and measure it: one results row.
 
@@ -162,9 +172,11 @@ def run(model_name: str, method: str | None = None, value: float | None = None, 
     the row's ``corpus``, e.g. ``"kjv test[:30]"``); latency is one prediction call on ``batch_size`` contexts
     from the middle of held-out documents. A method whose speed is simulated gives a row marked ``simulated``.
     Raises ValueError for an unknown model or method, a method on an n-gram, or a value outside the method's
-    range.
+    range. ``device`` ("cpu", "cuda", "auto"...) is where a neural model is scored and timed, on ``threads`` torch
+    threads for the CPU's share of the work (default ``lmlab.runtime.default_threads()``).
     """
     from lmlab.lm import deep_contexts, evaluate, measure
+    from lmlab.runtime import pick_device
     from lmlab.neural import GPTLanguageModel
 
     check_int("batch_size", batch_size, 1)
@@ -175,11 +187,16 @@ def run(model_name: str, method: str | None = None, value: float | None = None, 
         raise ValueError(f"method={method!r} compresses neural models; model={model_name!r} is an n-gram and "
                          "takes no method (use method=None)")
     chosen = METHODS[method] if method else None
+    on = pick_device(device)
+    if on.type != "cpu" and (model_name in NGRAM_MODELS or method in CPU_ONLY_METHODS):
+        raise ValueError(f"device={device!r}: {method or model_name!r} runs on the CPU only; use device='cpu'")
     setting = chosen.check(chosen.value if value is None else value) if chosen else None
     model, data = load_model(model_name, data_dir)
     scored = data if documents is None else data.head("test", documents)
     compressed = chosen.apply(model, setting) if chosen else model
     compressed = getattr(compressed, "model", compressed)
+    if on.type != "cpu":
+        compressed = compressed.to(on)
     contexts, targets = scored.examples("test", model.context_size)
     if isinstance(model, GPTLanguageModel):
         scores = compressed.evaluate_documents(scored, "test")
@@ -190,7 +207,8 @@ def run(model_name: str, method: str | None = None, value: float | None = None, 
         contexts, targets = contexts[middle], targets[middle]
     row = measure(compressed, contexts[:max(batch_size, 8)], targets[:max(batch_size, 8)], name=model_name,
                   technique=method or "uncompressed", setting=f"{chosen.label} {setting:g}" if chosen else "",
-                  batch_size=batch_size, repeat=repeat, corpus=slice_name(data.corpus.name, documents), scores=scores)
+                  batch_size=batch_size, repeat=repeat, corpus=slice_name(data.corpus.name, documents), scores=scores,
+                  device=on.type, threads=threads)
     if chosen and chosen.size_bytes:
         row = Result(**{**row.to_dict(), "size_mb": chosen.size_bytes(model, setting) / 1e6})
     return Result(**{**row.to_dict(), "simulated": bool(chosen and chosen.simulated)})

@@ -13,12 +13,16 @@ GFLOP/s = min(peak GFLOP/s, arithmetic intensity × bandwidth). GB here is 10^9 
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 from dataclasses import dataclass
 from numbers import Real
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 import torch
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
@@ -28,6 +32,7 @@ from torch import nn
 from lmlab.bench import time_ms
 from lmlab.neural import is_conv1d
 from lmlab.plots import FONT_SIZE, finish_axes, place_labels
+from lmlab.results import Result
 from lmlab.runtime import check_int, check_threads, default_threads, device_name
 
 FORMATS = ("float32", "bfloat16", "int8")
@@ -44,6 +49,14 @@ GPU_SPECS = {
     "NVIDIA H100 SXM": 3350.0,
     "NVIDIA H200 SXM": 4800.0,
     "Apple M2": 100.0,  # unified memory, shared by CPU and GPU
+}
+
+# Published dense peaks of the SXM parts, by the name torch.cuda.get_device_name gives (the data sheets also quote
+# twice the tensor-core figures, for 2:4 sparsity; PCIe and NVL parts have lower ones): TFLOP/s per matmul format
+# and memory bandwidth in GB/s. NOT measured by lmlab: the ceilings that measured GPU rows are compared against.
+GPU_PEAKS = {
+    "NVIDIA H200": {"float32": 67.0, "tf32": 494.7, "bfloat16": 989.4, "bandwidth_gbs": 4800.0},
+    "NVIDIA H100 80GB HBM3": {"float32": 67.0, "tf32": 494.7, "bfloat16": 989.4, "bandwidth_gbs": 3350.0},
 }
 
 
@@ -278,3 +291,50 @@ def roofline_plot(peak_gflops: float, bandwidth_gbs: float, points: list[tuple[s
     finish_axes(ax, "arithmetic intensity (FLOP/byte), log scale", "attainable throughput (GFLOP/s), log scale",
                 f"{title}\n{device_name('cpu') if hardware is None else hardware}", legend_loc="lower right")
     return fig
+
+
+# Figures measured on real GPUs by benchmarks/bench_gpu.py, one JSON file per run: the only GPU figures the
+# chapters show as measurements. Every row carries the hardware, the date and the command that measured it.
+GPU_DATA_DIR = Path(__file__).resolve().parent.parent / "data" / "gpu"
+GPU_ROW_STAMP = ("gpu", "driver", "cuda", "torch", "date", "command")
+GPU_ROW_KINDS = ("matmul", "read", "copy", "sync", "forward", "training", "decode")
+
+
+def gpu_rows(kind: str | None = None, folder: str | Path | None = None) -> pd.DataFrame:
+    """Return the rows measured on real GPUs (``data/gpu/*.json``), optionally of one ``kind``, as a table.
+
+    Each row has the GPU's name, driver, CUDA and torch versions, the date and the exact command, and a
+    ``hardware`` column ("NVIDIA H200, 2026-11-30") to label it with. CPU rows measured in the same run, on
+    the GPU machine's processor, are included with ``device == "cpu"``. An empty table if no file is shipped.
+    Raises ValueError for a kind not in GPU_ROW_KINDS, or a row without its hardware, date or command.
+    """
+    table = pd.DataFrame(_gpu_records(kind, folder))
+    return table.dropna(axis=1, how="all") if kind is not None else table
+
+
+def _gpu_records(kind: str | None, folder: str | Path | None) -> list[dict]:
+    if kind is not None and kind not in GPU_ROW_KINDS:
+        raise ValueError(f"kind={kind!r} is not a kind of GPU row; use one of {GPU_ROW_KINDS}")
+    folder = GPU_DATA_DIR if folder is None else Path(folder)
+    rows = []
+    for path in sorted(folder.glob("*.json")):
+        for i, row in enumerate(json.loads(path.read_text())["rows"]):
+            missing = [key for key in GPU_ROW_STAMP if not row.get(key)]
+            if missing:
+                raise ValueError(f"{path.name}: row {i} lacks {missing}: a GPU figure needs its hardware, date "
+                                 "and command")
+            if kind is None or row.get("kind") == kind:
+                rows.append({**row, "file": path.name, "hardware": f"{row['gpu']}, {row['date'][:10]}"})
+    return rows
+
+
+def gpu_results(folder: str | Path | None = None) -> list[Result]:
+    """The shipped GPU runs' forward rows (the GPTs on their slice, GPU and its machine's CPU) as results rows,
+    named with where they ran ("gpt-large, NVIDIA H200 bfloat16"), ready for ``lmlab.plots.tradeoff_plot``."""
+    names = {f.name for f in dataclasses.fields(Result)}
+    results = []
+    for row in _gpu_records("forward", folder):
+        where = row["gpu"] if row["device"] == "cuda" else f"its CPU, {row['threads']} thr"
+        values = {k: v for k, v in row.items() if k in names}
+        results.append(Result(**{**values, "name": f"{row['name']}, {where} {row['dtype']}"}))
+    return results
