@@ -31,6 +31,7 @@ The JSON is rewritten after every row, so a run cut short keeps what it measured
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import math
@@ -52,7 +53,10 @@ from lmlab.hardware import GPU_PEAKS, decode_floor_ms, matmul_gflops, memory_ban
 from lmlab.results import atomic_write_text
 from lmlab.runtime import cpu_model
 
-RANDOM_SMOLLM2 = False
+RANDOM_SMOLLM2 = GPU_ONLY = False
+# Decode paths: lmlab's loop eager; transformers' generate with a static cache, eager, Inductor, CUDA graphs.
+DECODE_PATHS = {"lmlab-eager": None, "hf-eager": None, "hf-inductor": "default", "hf-graphs": "reduce-overhead"}
+PATHS = set(DECODE_PATHS)
 PATH_ERRORS: list[dict] = []  # paths inside a section that failed while the section went on
 GPTS = ("gpt-small", "gpt-medium", "gpt-large")
 PROMPT, NEW = 32, 64
@@ -71,6 +75,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--commit", default="", help="the lmlab commit measured (the GPU machine has no git)")
     parser.add_argument("--random-smollm2", action="store_true", help="SmolLM2's shapes with random weights "
                         "even where its GGUF file is installed (as on the GPU machine)")
+    parser.add_argument("--no-cudnn-sdp", action="store_true", help="turn off PyTorch's cuDNN attention backend "
+                        "(it plans anew for every new shape: a growing cache, or batches of other lengths)")
+    parser.add_argument("--gpu-only", action="store_true", help="skip the CPU rows beside the GPU's")
+    parser.add_argument("--decode-paths", nargs="+", default=list(DECODE_PATHS), choices=list(DECODE_PATHS))
     parser.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=list(SECTIONS))
     args = parser.parse_args(argv)
     out = Path(args.out)
@@ -79,8 +87,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("--device cuda: this machine has no CUDA GPU (use --device cpu to check the script)")
     device = torch.device(args.device)
-    global RANDOM_SMOLLM2
-    RANDOM_SMOLLM2 = args.random_smollm2
+    global RANDOM_SMOLLM2, GPU_ONLY, PATHS
+    RANDOM_SMOLLM2, GPU_ONLY, PATHS = args.random_smollm2, args.gpu_only, set(args.decode_paths)
+    if args.no_cudnn_sdp:
+        torch.backends.cuda.enable_cudnn_sdp(False)
     stamp = machine(device, args)
     print(json.dumps(stamp, indent=1), flush=True)
     rows, errors = [], []
@@ -126,6 +136,7 @@ def machine(device: torch.device, args) -> dict:
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "command": "PYTHONPATH=. python benchmarks/bench_gpu.py " + " ".join(sys.argv[1:]),
         "commit": args.commit,
+        "cudnn_sdp": torch.backends.cuda.cudnn_sdp_enabled() if gpu else None,
     }
 
 
@@ -205,7 +216,7 @@ _BANDWIDTH: dict = {}
 def forward(device: torch.device, quick: bool):
     """experiment.run on the GPU and the CPU: the same rows the chapters' trade-off plots draw."""
     cores = os.cpu_count() or 1
-    places = [("cpu", 1, "float32"), ("cpu", cores, "float32")] if cores > 1 else [("cpu", 1, "float32")]
+    places = [] if GPU_ONLY else [("cpu", 1, "float32")] + ([("cpu", cores, "float32")] if cores > 1 else [])
     if device.type == "cuda":
         places += [(str(device), None, "float32"), (str(device), None, "bfloat16")]
     for name in GPTS[-1:] if quick else GPTS:
@@ -269,13 +280,13 @@ def decode(device: torch.device, quick: bool):
     for lm, weights, prompt in models:
         base = {"kind": "decode", "model": lm.name, "weights": weights, "params": sum(p.numel() for p in
                 lm.core.parameters()), "prompt_tokens": len(prompt), "new_tokens": new, "batch_size": 1}
-        for threads in sorted({1, cores}):  # the CPU beside it, eager float32
+        for threads in [] if GPU_ONLY else sorted({1, cores}):  # the CPU beside it, eager float32
             lm.core.to("cpu", torch.float32)
             g = generate(lm, [prompt], new, stop_at_eos=False, device="cpu", threads=threads)
             yield {**base, **step_figures(g.ttft_ms, g.step_ms, lm, "float32", memory_bandwidth(
                 threads=threads, buffer_mb=256, repeat=3).read_gbs), "device": "cpu", "threads": threads,
                 "path": "lmlab loop, eager"}
-        for dtype in (torch.float32, torch.bfloat16):  # lmlab's loop (a DynamicCache), eager
+        for dtype in (torch.float32, torch.bfloat16) if "lmlab-eager" in PATHS else ():  # lmlab's loop, eager
             lm.core.to(device, dtype)
             generate(lm, [prompt], min(new, 16), stop_at_eos=False, device=str(device))  # warm-up
             g = generate(lm, [prompt], new, stop_at_eos=False, device=str(device))
@@ -283,8 +294,11 @@ def decode(device: torch.device, quick: bool):
                    "device": device.type, "path": "lmlab loop, eager"}
         # transformers' generate with a static cache (fixed shapes), eager; compiled by Inductor alone ("default");
         # and with CUDA graphs ("reduce-overhead": one replay per step instead of a launch per kernel).
-        for dtype, mode in ((torch.float32, None), (torch.bfloat16, None), (torch.bfloat16, "default"),
-                            (torch.float32, "reduce-overhead"), (torch.bfloat16, "reduce-overhead")):
+        for dtype, path in ((torch.float32, "hf-eager"), (torch.bfloat16, "hf-eager"), (torch.bfloat16, "hf-inductor"),
+                            (torch.float32, "hf-graphs"), (torch.bfloat16, "hf-graphs")):
+            if path not in PATHS:
+                continue
+            mode = DECODE_PATHS[path]
             lm.core.to(device, dtype)
             ids = torch.tensor([prompt], device=device)
             options = dict(attention_mask=torch.ones_like(ids), max_new_tokens=new, min_new_tokens=new,
@@ -300,16 +314,53 @@ def decode(device: torch.device, quick: bool):
                 for _ in range(3):  # warm-up: compiling and recording the CUDA graphs happen here
                     lm.core.generate(ids, **options)
                 stamps = Stamps(device)
-                lm.core.generate(ids, streamer=stamps, **options)
+                with timed_forwards(lm.core, device) as forwards:
+                    lm.core.generate(ids, streamer=stamps, **options)
+                step_ms, step_p90 = np.median(forwards[1:]), np.percentile(forwards[1:], 90)  # [0]: the prefill
             except Exception:  # one path failing must not cost the others their figures
                 PATH_ERRORS.append({"section": "decode", "path": f"{lm.name} {dtype} {label}",
                                     "error": traceback.format_exc(limit=8)})
                 print(PATH_ERRORS[-1]["error"], file=sys.stderr, flush=True)
                 continue
             gaps = np.diff(stamps.times) * 1e3  # [prefill, step, step, ...]
-            yield {**base, **step_figures(gaps[0], gaps[1:], lm, str(dtype)[6:], bandwidth), "device": device.type,
-                   "path": "transformers generate, static cache, " + label}
+            figures = step_figures(gaps[0], gaps[1:], lm, str(dtype)[6:], bandwidth)
+            yield {**base, **figures, "device": device.type, "path": "transformers generate, static cache, " + label,
+                   "step_only_ms": float(step_ms), "step_only_p90_ms": float(step_p90),
+                   "step_only_floor_share": figures["floor_ms"] / step_ms}
         lm.core.to("cpu", torch.float32)
+
+
+@contextlib.contextmanager
+def timed_forwards(core, device: torch.device):
+    """Time each forward call generate makes, on the device's own clock (CUDA events around the call): the
+    model's step alone, without generate's work between steps. Yields a list; read it after the body."""
+    spans, times = [], []
+
+    def timed(call):
+        def run_timed(**kwargs):
+            if device.type != "cuda":
+                start = time.perf_counter()
+                out = call(**kwargs)
+                spans.append((start, time.perf_counter()))
+                return out
+            begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            begin.record()
+            out = call(**kwargs)
+            end.record()
+            spans.append((begin, end))
+            return out
+        return run_timed
+
+    real_compiled = core.get_compiled_call
+    core.get_compiled_call = lambda config: timed(real_compiled(config))
+    core.__call__ = timed(type(core).__call__.__get__(core))  # what generate calls when not compiled
+    try:
+        yield times
+    finally:
+        del core.get_compiled_call, core.__call__
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.extend((b.elapsed_time(e) if device.type == "cuda" else (e - b) * 1e3) for b, e in spans)
 
 
 def step_figures(ttft_ms: float, step_ms, lm: CausalLM, dtype: str, bandwidth_gbs: float) -> dict:
@@ -342,7 +393,8 @@ def training(device: torch.device, quick: bool):
     preset = PRESETS["gpt-large"]
     data = preset_data("gpt-large")
     cores = os.cpu_count() or 1
-    places = [("cpu", 1, False, 3 if quick else 5)] + ([("cpu", cores, False, 3 if quick else 10)] if cores > 1 else [])
+    places = [] if GPU_ONLY else [("cpu", 1, False, 3 if quick else 5)] + (
+        [("cpu", cores, False, 3 if quick else 10)] if cores > 1 else [])
     if device.type == "cuda":
         places += [(str(device), None, False, 20 if quick else 100), (str(device), None, True, 20 if quick else 100)]
     for where, threads, bf16, steps in places:
