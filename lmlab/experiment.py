@@ -152,6 +152,18 @@ def _tokenized(corpus: str, min_count: int):
     return tokenize_corpus(load_corpus(corpus), min_count=min_count)
 
 
+# The notebooks' one evaluation slice of the King James test split: its first 40 verses, "kjv test[:40]". Every
+# chapter that compares models on the KJV text scores them on this slice (the shipped cards report the validation
+# split, chapter 08's frontier and the GPU runs the first 100 verses: each names its slice).
+NOTEBOOK_DOCUMENTS = 40
+
+
+def notebook_slice(data):
+    """Return the notebooks' evaluation slice of ``data`` (its first ``NOTEBOOK_DOCUMENTS`` test documents) and its
+    name: ``(slice, "kjv test[:40]")``."""
+    return data.head("test", NOTEBOOK_DOCUMENTS), slice_name(data.corpus.name, NOTEBOOK_DOCUMENTS)
+
+
 def check_documents(documents: int | None) -> int | None:
     """Return ``documents`` (None: the whole test split) if it is an integer >= 1, else raise ValueError."""
     return None if documents is None else check_int("documents", documents, 1)

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from lmlab.__main__ import main
 from lmlab.checkpoints import load_checkpoint
@@ -70,6 +71,14 @@ def test_bad_settings_are_clear_errors(method, value, match):
         run("mlp-names", method, value)
 
 
+def test_a_device_that_is_not_one_is_a_clear_error():
+    with pytest.raises(ValueError, match="device='tpu'"):
+        run("gpt-small", device="tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="device='cuda' asked for CUDA"):
+            run("ngram-3", device="cuda")
+
+
 def test_unknown_model_is_a_clear_error():
     with pytest.raises(ValueError, match="model='gpt-huge' is not a shipped model"):
         run("gpt-huge")
@@ -111,3 +120,13 @@ def test_the_same_named_slice_gives_the_same_figures():
     first, again = run("gpt-small", repeat=3, documents=25), run("gpt-small", repeat=3, documents=25)
     assert (first.accuracy, first.perplexity, first.predictions, first.corpus) == (
         again.accuracy, again.perplexity, again.predictions, again.corpus) and first.corpus == "kjv test[:25]"
+
+
+def test_the_notebook_slice_is_the_first_test_verses_and_is_named():
+    from lmlab.experiment import NOTEBOOK_DOCUMENTS, load_model, notebook_slice
+
+    _, data = load_model("gpt-small")
+    part, name = notebook_slice(data)
+    assert name == f"kjv test[:{NOTEBOOK_DOCUMENTS}]"
+    assert len(part.ids["test"]) == NOTEBOOK_DOCUMENTS
+    assert all((a == b).all() for a, b in zip(part.ids["test"], data.ids["test"]))
