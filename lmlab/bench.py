@@ -8,9 +8,9 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -130,3 +130,21 @@ def background_load(processes: int = 1) -> Iterator[int]:
             spinner.kill()
         for spinner in spinners:
             spinner.wait()
+
+
+def medians_under_load(fn: Callable[..., Any], *args: Any, threads: Sequence[int] = (1, 2), rounds: int = 3,
+                       repeat: int = 15, **kwargs: Any) -> dict[tuple[str, int], list[float]]:
+    """Time ``fn`` on each thread count, ``rounds`` times, on a quiet machine and beside one busy neighbour.
+
+    Returns ``{(situation, threads): [median ms of each round]}`` with situation "quiet" or "one busy neighbour"
+    (``background_load(1)``): how much a neighbour slows a timing, and how far rounds of one timing spread.
+    Raises ValueError for rounds < 1 or a thread count < 1.
+    """
+    check_int("rounds", rounds, 1)
+    medians = {}
+    for situation in ("quiet", "one busy neighbour"):
+        with background_load(1) if situation != "quiet" else nullcontext():
+            for count in threads:
+                medians[situation, count] = [time_ms(fn, *args, warmup=3, repeat=repeat, threads=count,
+                                                     **kwargs).median_ms for _ in range(rounds)]
+    return medians

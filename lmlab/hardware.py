@@ -338,3 +338,28 @@ def gpu_results(folder: str | Path | None = None) -> list[Result]:
         values = {k: v for k, v in row.items() if k in names}
         results.append(Result(**{**values, "name": f"{row['name']}, {where} {row['dtype']}"}))
     return results
+
+
+def gpu_decode_summary(folder: str | Path | None = None) -> pd.DataFrame:
+    """The shipped decode rows run with PyTorch's defaults, one line per model, device, threads, path and dtype.
+
+    Columns: ``ms_min`` and ``ms_max`` of the ms per token over the runs (the spread between runs), ``runs``,
+    ``step_ms`` (the forward alone, timed on the GPU's clock, where a run measured it), ``floor_ms`` (weights and
+    cache over the measured read bandwidth) and ``floor_share`` = floor_ms / step_ms (or / ms_min without step_ms).
+    Rows measured with cuDNN attention turned off are left out (``gpu_rows("decode")`` has them).
+    """
+    table = gpu_rows("decode", folder)
+    if table.empty:
+        return table
+    if "cudnn_sdp" in table:
+        table = table[table["cudnn_sdp"].ne(False)]  # True, or a run from before the column: the defaults
+    if "step_only_ms" not in table:
+        table = table.assign(step_only_ms=math.nan)
+    keys = ["model", "device", "threads", "path", "dtype"]
+    summary = (table.assign(threads=table.get("threads", math.nan))
+               .groupby(keys, dropna=False, sort=False)
+               .agg(ms_min=("decode_ms_per_token", "min"), ms_max=("decode_ms_per_token", "max"),
+                    runs=("decode_ms_per_token", "size"), step_ms=("step_only_ms", "median"),
+                    floor_ms=("floor_ms", "median")).reset_index())
+    summary["floor_share"] = summary["floor_ms"] / summary["step_ms"].fillna(summary["ms_min"])
+    return summary

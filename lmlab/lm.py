@@ -157,6 +157,22 @@ def measure(
     )
 
 
+def text_scores(nll_nats: float, words: int, chars: int, accuracy: float) -> dict[str, float]:
+    """One model's scores on a text, in the units chapter 02 compares: perplexity per word = exp(nll / words), the
+    next-word accuracy, and bits per character = nll / (chars · ln 2), the unit that does not depend on how a model
+    splits the text into tokens. ``nll_nats`` is the summed negative log-likelihood of the whole text.
+    Raises ValueError for words or chars < 1, nll_nats < 0 or accuracy outside [0, 1].
+    """
+    check_int("words", words, 1)
+    check_int("chars", chars, 1)
+    if not (math.isfinite(nll_nats) and nll_nats >= 0):
+        raise ValueError(f"nll_nats={nll_nats!r} is out of range; use a finite summed negative log-likelihood >= 0")
+    if not 0.0 <= accuracy <= 1.0:
+        raise ValueError(f"accuracy={accuracy!r} is out of range; use a fraction in [0, 1]")
+    return {"perplexity per word": round(math.exp(nll_nats / words), 2), "next-word accuracy": round(accuracy, 4),
+            "bits per char": round(nll_nats / chars / math.log(2), 4)}
+
+
 def top_k(model: LanguageModel, context: Sequence[int], k: int = 5) -> list[tuple[str, float]]:
     """Return the ``k`` most likely next tokens after one context, with their probabilities."""
     check_int("k", k, 1, len(model.vocab))

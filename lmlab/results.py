@@ -6,6 +6,7 @@ Introduced in notebooks/00_measuring_milliseconds.ipynb. Every chapter ends by a
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -59,6 +60,11 @@ class Result:
         if not self.predictions:
             return None
         return math.sqrt(self.accuracy * (1.0 - self.accuracy) / self.predictions)
+
+    def per_context(self) -> "Result":
+        """The row with its times divided by its batch size: what each context of a batched call costs."""
+        return dataclasses.replace(self, median_ms=self.median_ms / self.batch_size,
+                                   p90_ms=self.p90_ms / self.batch_size)
 
     @classmethod
     def from_timing(cls, timing: Timing, **values) -> "Result":

@@ -76,3 +76,14 @@ def test_background_load_starts_and_stops_busy_processes():
     with pytest.raises(ValueError, match="processes="):
         with background_load(0):
             pass
+
+
+def test_medians_under_load_times_each_thread_count_quiet_and_beside_a_neighbour():
+    from lmlab.bench import medians_under_load
+
+    a = torch.randn(64, 64)
+    medians = medians_under_load(torch.mm, a, a, threads=(1,), rounds=2, repeat=3)
+    assert set(medians) == {("quiet", 1), ("one busy neighbour", 1)}
+    assert all(len(values) == 2 and all(v > 0 for v in values) for values in medians.values())
+    with pytest.raises(ValueError, match="rounds=0"):
+        medians_under_load(torch.mm, a, a, rounds=0)

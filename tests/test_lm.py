@@ -112,3 +112,18 @@ def test_deep_contexts_have_enough_real_tokens():
     contexts = np.array([[1, 1, 1, 5], [1, 1, 6, 7], [8, 9, 6, 7]])  # bos id 1 pads on the left
     assert deep_contexts(contexts, bos_id=1, words=2).tolist() == [1, 2]
     assert deep_contexts(contexts, bos_id=1, words=4).tolist() == [2]
+
+
+def test_text_scores_are_the_formulas_and_refuse_bad_input():
+    import math
+
+    from lmlab.lm import text_scores
+
+    scores = text_scores(nll_nats=100.0, words=40, chars=200, accuracy=0.25)
+    assert scores["perplexity per word"] == round(math.exp(2.5), 2)
+    assert scores["bits per char"] == round(100 / 200 / math.log(2), 4)
+    assert scores["next-word accuracy"] == 0.25
+    for bad, match in (({"words": 0}, "words=0"), ({"chars": 0}, "chars=0"), ({"nll_nats": -1.0}, "nll_nats=-1.0"),
+                       ({"accuracy": 1.5}, "accuracy=1.5")):
+        with pytest.raises(ValueError, match=match):
+            text_scores(**{"nll_nats": 1.0, "words": 1, "chars": 1, "accuracy": 0.5, **bad})

@@ -173,3 +173,11 @@ def test_budget_plot_stacks_stages_beside_the_perception_limits():
         budget_plot({"decode": -1})
     with pytest.raises(ValueError, match="stages is empty"):
         budget_plot({})
+
+
+def test_per_context_divides_a_batched_call_by_its_batch():
+    from lmlab.results import Result
+
+    row = Result(name="m", technique="t", setting="", accuracy=0.5, median_ms=8.0, p90_ms=12.0, batch_size=8)
+    each = row.per_context()
+    assert (each.median_ms, each.p90_ms, each.batch_size, each.accuracy) == (1.0, 1.5, 8, 0.5)
