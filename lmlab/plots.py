@@ -9,6 +9,7 @@ import math
 from typing import Sequence
 
 import matplotlib.pyplot as plt
+import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import LogFormatter
@@ -129,11 +130,19 @@ def tradeoff_pair(results: Sequence[Result], title: str, label_all: bool = False
     return fig
 
 
+class _PlainLogFormatter(LogFormatter):
+    """matplotlib's LogFormatter picks which ticks to label; this one writes each label as a plain number
+    (0.06, 0.5, 2, 40), where matplotlib writes 6e-02 below 1 and 4×10¹ in math text."""
+
+    def _num_to_string(self, x, vmin, vmax):
+        return np.format_float_positional(float(f"{x:.3g}"), trim="-")
+
+
 def plain_log_ticks(axis) -> None:
-    """Label a log axis in plain numbers (0.5, 2, 40), not 4×10¹; minor ticks get labels when the axis spans
-    few decades, so it always shows several labelled ticks."""
-    axis.set_major_formatter(LogFormatter(labelOnlyBase=False))
-    axis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.4)))
+    """Label a log axis in plain numbers (0.06, 2, 40), not 6e-02 or 4×10¹; minor ticks get labels when the axis
+    spans few decades, so it always shows several labelled ticks."""
+    axis.set_major_formatter(_PlainLogFormatter(labelOnlyBase=False))
+    axis.set_minor_formatter(_PlainLogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.8)))
 
 
 def finish_axes(ax: Axes, xlabel: str, ylabel: str, title: str, legend_loc: str = "best") -> None:

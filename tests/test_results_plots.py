@@ -181,3 +181,22 @@ def test_per_context_divides_a_batched_call_by_its_batch():
     row = Result(name="m", technique="t", setting="", accuracy=0.5, median_ms=8.0, p90_ms=12.0, batch_size=8)
     each = row.per_context()
     assert (each.median_ms, each.p90_ms, each.batch_size, each.accuracy) == (1.0, 1.5, 8, 0.5)
+
+
+@pytest.mark.parametrize("low, high", [(0.055, 0.15), (0.016, 0.04), (0.05, 500.0), (2.0, 9.0)])
+def test_log_axes_show_three_plain_labels_in_view(low, high):
+    import matplotlib.pyplot as plt
+
+    from lmlab.plots import plain_log_ticks
+
+    fig, ax = plt.subplots()
+    ax.semilogx([low, high], [0, 1])
+    ax.set_xlim(low, high)
+    plain_log_ticks(ax.xaxis)
+    fig.canvas.draw()
+    ticks = [(t.get_position()[0], t.get_text()) for t in ax.get_xticklabels() + ax.xaxis.get_minorticklabels()]
+    shown = [text for x, text in ticks if text and low <= x <= high]
+    plt.close(fig)
+    assert len(shown) >= 3, shown
+    assert not any(c in text for text in shown for c in "e×$"), shown
+    assert all(float(text) > 0 for text in shown)
