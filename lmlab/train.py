@@ -72,8 +72,8 @@ def train_model(
     Before every step the gradient is **clipped** to a norm of at most ``clip_norm`` (g ← g · min(1, c / ‖g‖),
     which keeps one bad batch from throwing the weights far); None turns clipping off.
     ``evaluate_fn(model)`` returns a dict with "nll_nats" and "accuracy"; the history records, at each evaluation,
-    the milliseconds since the start with (``elapsed_ms``) and without (``train_ms``) the evaluations. The loss of a batch is
-    ``model.loss(batch)`` unless ``loss_fn(model, batch)`` is given (distillation uses that).
+    the milliseconds since the start with (``elapsed_ms``) and without (``train_ms``) the evaluations. The loss of a
+    batch is ``model.loss(batch)`` unless ``loss_fn(model, batch)`` is given (distillation uses that).
     Raises ValueError for ``lr`` missing, <= 0 or given with an optimizer, ``clip_norm`` <= 0, or ``steps`` < 1.
     """
     if optimizer is None:
