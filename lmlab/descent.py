@@ -142,3 +142,43 @@ def descend(x: torch.Tensor, y: torch.Tensor, lr: float, steps: int, batch_size:
         w, b = w - lr * grad_w, b - lr * grad_b
         path.append((w, b))
     return path
+
+
+def squared_error_hessian(x: torch.Tensor) -> torch.Tensor:
+    """Return the Hessian of J(w, b), the same at every (w, b): H = mean_i [[x_i², x_i], [x_i, 1]].
+
+    Its largest eigenvalue λ is the loss's sharpest curvature; batch descent diverges for α > 2/λ.
+    Raises ValueError for an empty ``x``.
+    """
+    if len(x) == 0:
+        raise ValueError("x is empty; the Hessian is a mean over at least one example")
+    mean_x = x.mean()
+    return torch.stack([torch.stack([(x * x).mean(), mean_x]), torch.stack([mean_x, torch.ones_like(mean_x)])])
+
+
+def loss_surface(x: torch.Tensor, y: torch.Tensor, w_range: tuple[float, float] = (-3.0, 5.0),
+                 b_range: tuple[float, float] = (-2.0, 4.0), points: int = 120
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Return (w_grid, b_grid, J) with J(w, b) = ½ · mean (y − w·x − b)² on a ``points`` × ``points`` grid.
+
+    Raises ValueError for points < 2 or a range whose low end is not below its high end.
+    """
+    check_int("points", points, 2)
+    for name, (low, high) in (("w_range", w_range), ("b_range", b_range)):
+        if not low < high:
+            raise ValueError(f"{name}={(low, high)!r} is out of range; use (low, high) with low < high")
+    w_grid, b_grid = torch.meshgrid(torch.linspace(*w_range, points, dtype=x.dtype),
+                                    torch.linspace(*b_range, points, dtype=x.dtype), indexing="ij")
+    surface = 0.5 * ((y - w_grid[..., None] * x - b_grid[..., None]) ** 2).mean(-1)  # (points, points)
+    return w_grid, b_grid, surface
+
+
+def draw_contours(ax, x: torch.Tensor, y: torch.Tensor, title: str, true_line: tuple[float, float] = (2.0, 1.0)):
+    """Draw the contour lines of log10 J(w, b) on ``ax``, mark the true line's (w, b) with a star, label the axes."""
+    w_grid, b_grid, surface = loss_surface(x, y)
+    ax.contour(w_grid, b_grid, surface.log10(), levels=25, cmap="viridis")
+    ax.plot(*true_line, "k*", ms=16, label=f"true line: w = {true_line[0]:g}, b = {true_line[1]:g}")
+    ax.set_xlabel("w", fontsize=14)
+    ax.set_ylabel("b", fontsize=14)
+    ax.set_title(title, fontsize=14)
+    ax.tick_params(labelsize=12)

@@ -10,7 +10,7 @@ import shlex
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -43,7 +43,8 @@ class History:
     train_loss: list[float] = field(default_factory=list)
     valid_loss: list[float] = field(default_factory=list)
     valid_accuracy: list[float] = field(default_factory=list)
-    elapsed_ms: list[float] = field(default_factory=list)
+    elapsed_ms: list[float] = field(default_factory=list)  # wall-clock since the start, evaluations included
+    train_ms: list[float] = field(default_factory=list)  # the same clock with the evaluations' time taken out
 
 
 def train_model(
@@ -70,8 +71,9 @@ def train_model(
     learning rate (``lr`` must then be None); only a ``torch.optim`` optimizer gets the schedule.
     Before every step the gradient is **clipped** to a norm of at most ``clip_norm`` (g ← g · min(1, c / ‖g‖),
     which keeps one bad batch from throwing the weights far); None turns clipping off.
-    ``evaluate_fn(model)`` returns a dict with "nll_nats" and "accuracy". The loss of a batch is
-    ``model.loss(batch)`` unless ``loss_fn(model, batch)`` is given (distillation uses that).
+    ``evaluate_fn(model)`` returns a dict with "nll_nats" and "accuracy"; the history records, at each evaluation,
+    the milliseconds since the start with (``elapsed_ms``) and without (``train_ms``) the evaluations. The loss of a
+    batch is ``model.loss(batch)`` unless ``loss_fn(model, batch)`` is given (distillation uses that).
     Raises ValueError for ``lr`` missing, <= 0 or given with an optimizer, ``clip_norm`` <= 0, or ``steps`` < 1.
     """
     if optimizer is None:
@@ -87,6 +89,7 @@ def train_model(
                 if isinstance(optimizer, torch.optim.Optimizer) else None)
     history = History()
     start = time.perf_counter()
+    evaluating_ms = 0.0
     model.train()
     stream = _endless(train_batches)
     running = []
@@ -102,9 +105,12 @@ def train_model(
             schedule.step()
         running.append(loss.item())
         if step % eval_every == 0 or step == steps:
+            before_eval = time.perf_counter()
             model.eval()
             scores = evaluate_fn(model)
             model.train()
+            history.train_ms.append((before_eval - start) * 1e3 - evaluating_ms)
+            evaluating_ms += (time.perf_counter() - before_eval) * 1e3
             history.step.append(step)
             history.train_loss.append(sum(running) / len(running))
             history.valid_loss.append(scores["nll_nats"])
@@ -113,6 +119,43 @@ def train_model(
             running = []
     model.eval()
     return history
+
+
+def compare_optimizers(
+    build: Callable[[], NeuralLM],
+    optimizers: dict[str, Callable[[list[torch.Tensor]], object]],
+    train_batches: Callable[[int, int], Iterable],
+    *,
+    steps: int,
+    evaluate_fn: Callable[[NeuralLM], dict],
+    seeds: Sequence[int] = (0, 1, 2),
+    clip_norm: float | None = 1.0,
+    eval_every: int = 100,
+) -> dict[str, list[History]]:
+    """Train a fresh model per optimizer and seed with ``train_model``; return each optimizer's histories, one per seed.
+
+    ``optimizers`` maps a label to ``make(parameters) -> optimizer``. Seed s fixes the initial weights
+    (``build()`` runs right after seeding) and the batch order (``train_batches(s, epoch)``), the same for every
+    optimizer, so under one seed the optimizers differ only in the steps they take. The seeds are the outer loop
+    (every optimizer under seed 0, then under seed 1, ...), so a slow spell on a shared machine falls on all of
+    them alike. Every run clips the gradient to ``clip_norm`` (None: no clipping).
+    Introduced in notebooks/03_gradient_descent.ipynb.
+    Raises ValueError for no optimizers, no seeds or a repeated seed (and whatever ``train_model`` refuses).
+    """
+    if not optimizers:
+        raise ValueError("optimizers is empty; give at least one label -> make(parameters)")
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds={tuple(seeds)!r} must be one or more different seeds")
+    runs: dict[str, list[History]] = {label: [] for label in optimizers}
+    for seed in seeds:
+        for label, make in optimizers.items():
+            seed_everything(seed)
+            model = build()
+            runs[label].append(train_model(
+                model, lambda epoch, seed=seed: train_batches(seed, epoch), steps=steps, evaluate_fn=evaluate_fn,
+                optimizer=make(list(model.parameters())), clip_norm=clip_norm, eval_every=eval_every, seed=seed,
+                progress=False))
+    return runs
 
 
 def _lr_factor(step: int, steps: int, warmup: int) -> float:

@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from lmlab.descent import (
-    Adam, Momentum, SGD, descend, linear_data, squared_error, squared_error_gradient,
+    Adam, Momentum, SGD, descend, draw_contours, linear_data, loss_surface, squared_error, squared_error_gradient,
+    squared_error_hessian,
 )
 
 
@@ -89,3 +90,39 @@ def test_optimizers_reject_bad_settings():
         Momentum(params, lr=0.1, momentum=1.0)
     with pytest.raises(ValueError, match="betas="):
         Adam(params, lr=0.1, betas=(0.9, 1.0))
+
+
+def test_hessian_matches_autograd_and_sets_the_step_limit():
+    x, y = linear_data(100, noise=0.5, seed=0)
+    by_autograd = torch.autograd.functional.hessian(lambda p: squared_error(p[0], p[1], x, y),
+                                                    torch.tensor([0.3, -0.2], dtype=torch.float64))
+    torch.testing.assert_close(squared_error_hessian(x), by_autograd)
+    limit = 2 / torch.linalg.eigvalsh(squared_error_hessian(x)).max().item()
+    assert abs(descend(x, y, lr=0.95 * limit, steps=200)[-1][0] - 2) < 0.2  # just inside the limit: converges
+    assert abs(descend(x, y, lr=1.05 * limit, steps=200)[-1][0]) > 1e3  # just outside: diverges
+    with pytest.raises(ValueError, match="x is empty"):
+        squared_error_hessian(torch.zeros(0))
+
+
+def test_loss_surface_is_the_loss_on_a_grid():
+    x, y = linear_data(30, seed=2)
+    w_grid, b_grid, surface = loss_surface(x, y, w_range=(-1.0, 3.0), b_range=(0.0, 2.0), points=5)
+    assert surface.shape == w_grid.shape == b_grid.shape == (5, 5)
+    assert w_grid[0, 0] == -1.0 and w_grid[-1, 0] == 3.0 and b_grid[0, -1] == 2.0
+    assert surface[3, 1].item() == pytest.approx(squared_error(w_grid[3, 1], b_grid[3, 1], x, y).item(), rel=1e-12)
+    with pytest.raises(ValueError, match="points=1"):
+        loss_surface(x, y, points=1)
+    with pytest.raises(ValueError, match="b_range=\\(2.0, 2.0\\)"):
+        loss_surface(x, y, b_range=(2.0, 2.0))
+
+
+def test_draw_contours_labels_the_plot():
+    import matplotlib.pyplot as plt
+
+    x, y = linear_data(30, seed=2)
+    fig, ax = plt.subplots()
+    draw_contours(ax, x, y, "a title")
+    assert ax.get_title() == "a title" and ax.get_xlabel() == "w" and ax.get_ylabel() == "b"
+    assert ax.get_legend_handles_labels()[1] == ["true line: w = 2, b = 1"]
+    assert ax.collections  # the contour lines
+    plt.close(fig)

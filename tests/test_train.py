@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from lmlab.corpora import Corpus, tokenize_corpus
 from lmlab.neural import build_model
-from lmlab.train import distill, distillation_loss, fine_tune, train_model, training_data
+from lmlab.train import compare_optimizers, distill, distillation_loss, fine_tune, train_model, training_data
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +33,9 @@ def test_training_is_seeded_and_records_curves(verses):
     assert first.step == [4, 8, 12]
     assert first.valid_loss == second.valid_loss and first.train_loss == second.train_loss
     assert first.valid_loss[-1] < first.valid_loss[0]
-    assert len(first.valid_accuracy) == len(first.elapsed_ms) == 3
+    assert len(first.valid_accuracy) == len(first.elapsed_ms) == len(first.train_ms) == 3
+    assert all(0 < t <= e for t, e in zip(first.train_ms, first.elapsed_ms))  # evaluations taken out
+    assert first.train_ms == sorted(first.train_ms)
 
 
 def test_mlp_training_data_gives_pairs(names_data):
@@ -99,3 +101,43 @@ def test_clipping_and_the_learning_rate_are_explicit(verses):
     before = [p.detach().clone() for p in model.parameters()]
     train_model(model, train_batches, optimizer=SGD(list(model.parameters()), lr=1e-3), clip_norm=None, **common)
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def mlp_setup(names_data):
+    contexts, targets = names_data.examples("train", 3)
+    valid = [a[:200] for a in names_data.examples("valid", 3)]
+
+    def build():
+        return build_model("mlp", names_data.vocab, context_size=3, embed_dim=4, hidden_dim=8)
+
+    def train_batches(seed, epoch):
+        from lmlab.corpora import batches
+
+        return batches(contexts, targets, 64, shuffle=True, seed=1000 * seed + epoch)
+
+    def evaluate_fn(model):
+        from lmlab.lm import evaluate
+
+        return evaluate(model, *valid)
+
+    return build, train_batches, evaluate_fn
+
+
+def test_compare_optimizers_gives_every_optimizer_the_same_start_per_seed(names_data):
+    from lmlab.descent import SGD, Adam
+
+    build, train_batches, evaluate_fn = mlp_setup(names_data)
+    sgd = lambda p: SGD(p, lr=0.1)  # noqa: E731
+    runs = compare_optimizers(build, {"sgd": sgd, "sgd again": sgd, "adam": lambda p: Adam(p, lr=0.01)},
+                              train_batches, steps=6, evaluate_fn=evaluate_fn, seeds=(0, 1), eval_every=3)
+    assert list(runs) == ["sgd", "sgd again", "adam"] and all(len(h) == 2 for h in runs.values())
+    assert [h.step for h in runs["adam"]] == [[3, 6], [3, 6]]
+    assert [h.valid_loss for h in runs["sgd"]] == [h.valid_loss for h in runs["sgd again"]]  # same start, batches
+    assert runs["sgd"][0].valid_loss != runs["sgd"][1].valid_loss  # another seed, another run
+    assert runs["sgd"][0].valid_loss != runs["adam"][0].valid_loss
+    with pytest.raises(ValueError, match="optimizers is empty"):
+        compare_optimizers(build, {}, train_batches, steps=2, evaluate_fn=evaluate_fn)
+    with pytest.raises(ValueError, match="seeds=\\(0, 0\\)"):
+        compare_optimizers(build, {"sgd": sgd}, train_batches, steps=2, evaluate_fn=evaluate_fn, seeds=(0, 0))
+    with pytest.raises(ValueError, match="seeds=\\(\\)"):
+        compare_optimizers(build, {"sgd": sgd}, train_batches, steps=2, evaluate_fn=evaluate_fn, seeds=())

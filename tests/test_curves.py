@@ -1,0 +1,112 @@
+"""Curves over seeds: time to a target loss, the seed-spread verdict, the table and the band plot."""
+
+import re
+
+import matplotlib.pyplot as plt
+import pytest
+
+from lmlab.curves import (
+    first_at_or_below, format_target_table, loss_bands, plain_log_axis, spread_verdict, target_verdict, time_to_target,
+)
+from lmlab.train import History
+
+
+def history(losses, every=10, ms_per_step=2.0):
+    steps = [every * (i + 1) for i in range(len(losses))]
+    return History(step=steps, train_loss=list(losses), valid_loss=list(losses), valid_accuracy=[0.0] * len(losses),
+                   elapsed_ms=[s * ms_per_step + 5 for s in steps], train_ms=[s * ms_per_step for s in steps])
+
+
+RUNS = {
+    "slow": [history([3.0, 2.8, 2.6, 2.4]), history([3.0, 2.9, 2.5, 2.3]), history([3.0, 2.9, 2.8, 2.7])],
+    "fast": [history([2.6, 2.4, 2.3, 2.2], ms_per_step=3.0), history([2.7, 2.5, 2.4, 2.3], ms_per_step=3.0),
+             history([2.5, 2.45, 2.3, 2.2], ms_per_step=3.0)],
+}
+
+
+def test_time_to_target_is_the_first_evaluation_at_or_below_it():
+    assert first_at_or_below(RUNS["slow"][0], 2.6) == 2  # "at" counts
+    assert first_at_or_below(RUNS["slow"][2], 2.5) is None
+    slow, fast = time_to_target(RUNS, 2.5)
+    assert slow.label == "slow" and slow.steps == (40, 30, None) and slow.reached == 2
+    assert slow.train_ms == (80.0, 60.0, None) and slow.ms_per_step == (2.0, 2.0, 2.0)
+    assert fast.steps == (20, 20, 10) and fast.train_ms == (60.0, 60.0, 30.0) and fast.reached == 3
+    for bad in (0, -1.0, float("nan"), True):
+        with pytest.raises(ValueError, match="target_nats="):
+            time_to_target(RUNS, bad)
+    with pytest.raises(ValueError, match="runs\\['empty'\\] has no evaluations"):
+        time_to_target({"empty": [History()]}, 2.5)
+
+
+def test_a_difference_counts_only_beyond_the_seed_spread():
+    beyond = spread_verdict({"a": [10, 20, 30], "b": [40, 50, 60]}, "steps")
+    assert beyond.splitlines()[0] == "lowest median steps: a: 20 (seeds 10 to 30)"
+    assert "beyond the seed spread against b" in beyond and "within" not in beyond
+    within = spread_verdict({"a": [10, 20, 30], "b": [25, 50, 60]}, "steps")
+    assert "within the seed spread against b" in within and "beyond" not in within
+    mixed = spread_verdict({"b": [35, 40, 45], "a": [10, 20, 30], "c": [30, 31, 32]}, "steps")
+    assert mixed.startswith("lowest median steps: a:")
+    assert "beyond the seed spread against b" in mixed and "within the seed spread against c" in mixed
+    with pytest.raises(ValueError, match="at least two"):
+        spread_verdict({"a": [1]}, "steps")
+    with pytest.raises(ValueError, match="at least one value"):
+        spread_verdict({"a": [1], "b": []}, "steps")
+
+
+def test_not_reached_ranks_last_and_blocks_a_claim():
+    assert "not reached on 2 of 3 seeds" in spread_verdict({"a": [10, 20, 30], "b": [None, 5, None]}, "steps")
+    one_missed = spread_verdict({"a": [10, 20, None], "b": [40, 50, 60]}, "steps")
+    assert "a: 20 (seeds 10 to 20, not reached on 1)" in one_missed  # the median counts a miss as the slowest
+    assert "within the seed spread against b" in one_missed  # a's worst seed never got there
+    assert spread_verdict({"a": [None, None], "b": [None, 1]}, "steps").startswith("no setting reached it")
+    assert "b: not reached on 1 of 2 seeds" in spread_verdict({"a": [1, 2], "b": [None, 1]}, "steps")
+
+
+def test_target_table_and_verdict_print_steps_per_seed_and_times_with_units():
+    times = time_to_target(RUNS, 2.5)
+    table = format_target_table(times)
+    lines = table.splitlines()
+    assert lines[0] == "target: validation cross-entropy <= 2.5 nats, 3 seeds"
+    assert "40, 30, not reached" in lines[2] and "2 of 3" in lines[2] and "3 of 3" in lines[3]
+    masked = [re.sub(r"[ ]*-?\d+(?:\.\d+)?(?:e[-+]?\d+)?[ ]?ms\b", " <time>", line) for line in lines]
+    assert masked[2].count("<time>") == 3 and masked[3].count("<time>") == 4  # per reached seed, per step
+    assert masked[2].count("not reached") == 2  # in steps and in milliseconds
+    assert len({len(line) for line in lines[1:]}) == 1  # aligned columns
+    in_steps, in_ms = target_verdict(times), target_verdict(times, by="ms")
+    assert in_steps.startswith("lowest median steps to 2.5 nats: fast: 20 steps (seeds 10 steps to 20 steps)")
+    assert "beyond the seed spread against slow" in in_steps
+    assert in_ms.startswith("lowest median training milliseconds to 2.5 nats: fast: 60 ms (seeds 30 ms to 60 ms)")
+    assert "within the seed spread against slow" in in_ms  # slow's best seed got there in 60 ms too
+    with pytest.raises(ValueError, match="by='s'"):
+        target_verdict(times, by="s")
+    with pytest.raises(ValueError, match="times is empty"):
+        format_target_table([])
+
+
+def test_loss_bands_draw_a_band_per_setting_and_the_target():
+    fig = loss_bands(RUNS, "a title", target_nats=2.5)
+    left, right = fig.axes
+    assert left.get_xlabel() == "training step" and right.get_xlabel().startswith("training milliseconds")
+    assert len(left.collections) == len(right.collections) == 2  # one band per setting
+    assert list(left.lines[0].get_xdata()) == [10, 20, 30, 40]
+    assert list(left.lines[0].get_ydata()) == pytest.approx([3.0, 2.8666667, 2.6333333, 2.4666667])
+    assert list(right.lines[1].get_xdata()) == [30.0, 60.0, 90.0, 120.0]  # median training ms over seeds
+    texts = [t.get_text() for t in right.get_legend().get_texts()]
+    assert texts == ["slow (mean; band: min to max of 3 seeds)", "fast (mean; band: min to max of 3 seeds)",
+                     "target: 2.5 nats"]
+    assert left.get_legend() is None and fig._suptitle.get_text() == "a title"
+    plt.close(fig)
+    with pytest.raises(ValueError, match="runs is empty"):
+        loss_bands({}, "t")
+    with pytest.raises(ValueError, match="different steps"):
+        loss_bands({"a": [history([1.0, 2.0]), history([1.0, 2.0], every=5)]}, "t")
+
+
+def test_plain_log_axis_labels_plain_numbers():
+    fig, ax = plt.subplots()
+    ax.semilogy([0, 1], [0.1, 12.0])
+    plain_log_axis(ax.yaxis)
+    fig.canvas.draw()
+    labels = [t.get_text() for t in ax.get_yticklabels() if t.get_text()]
+    assert {"0.1", "1", "10"} <= set(labels)
+    plt.close(fig)
