@@ -143,15 +143,6 @@ def target_verdict(times: Sequence[TargetTime], by: str = "steps") -> str:
     raise ValueError(f"by={by!r} is not a unit of time to target; use 'steps' or 'ms'")
 
 
-def plain_log_axis(axis) -> None:
-    """Label a log axis in plain numbers (0.1, 1, 10, 1e-08), at most about eight decades labelled."""
-    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
-
-    axis.set_major_locator(LogLocator(base=10, numticks=8))
-    axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
-    axis.set_minor_formatter(NullFormatter())
-
-
 def loss_bands(runs: dict[str, Sequence[History]], title: str, target_nats: float | None = None):
     """Draw validation loss over seeds against steps (left) and training milliseconds (right); return the Figure.
 

@@ -135,6 +135,8 @@ class _PlainLogFormatter(LogFormatter):
     (0.06, 0.5, 2, 40), where matplotlib writes 6e-02 below 1 and 4×10¹ in math text."""
 
     def _num_to_string(self, x, vmin, vmax):
+        if not 1e-4 <= abs(x) < 1e6:  # 1e-08 reads better than 0.00000001
+            return f"{x:.3g}"
         return np.format_float_positional(float(f"{x:.3g}"), trim="-")
 
 

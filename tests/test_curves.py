@@ -6,7 +6,7 @@ import matplotlib.pyplot as plt
 import pytest
 
 from lmlab.curves import (
-    first_at_or_below, format_target_table, loss_bands, plain_log_axis, spread_verdict, target_verdict, time_to_target,
+    first_at_or_below, format_target_table, loss_bands, spread_verdict, target_verdict, time_to_target,
 )
 from lmlab.train import History
 
@@ -100,13 +100,3 @@ def test_loss_bands_draw_a_band_per_setting_and_the_target():
         loss_bands({}, "t")
     with pytest.raises(ValueError, match="different steps"):
         loss_bands({"a": [history([1.0, 2.0]), history([1.0, 2.0], every=5)]}, "t")
-
-
-def test_plain_log_axis_labels_plain_numbers():
-    fig, ax = plt.subplots()
-    ax.semilogy([0, 1], [0.1, 12.0])
-    plain_log_axis(ax.yaxis)
-    fig.canvas.draw()
-    labels = [t.get_text() for t in ax.get_yticklabels() if t.get_text()]
-    assert {"0.1", "1", "10"} <= set(labels)
-    plt.close(fig)
