@@ -20,10 +20,13 @@ tied to another module. Embeddings, and an output layer that shares the embeddin
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
+import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 from torch.nn.utils import prune as torch_prune
@@ -383,3 +386,213 @@ def share_weights(model: nn.Module, bits: int, iterations: int = 25) -> Compress
         acted.add(id(weight))
     stored += sum(4 * p.numel() for p in {id(p): p for p in shared.parameters()}.values() if id(p) not in acted)
     return _report(shared, "weight sharing", f"{bits} bits", [], per_layer, size_bytes=stored)
+
+
+# --- measuring the variants: sweeps, speed, rows and who beats whom (notebooks/05) -------------------------------
+
+
+def sweep_methods(model: nn.Module, sweeps: dict[str, tuple[Callable[[nn.Module, float], Compressed], Sequence[float]]],
+                  evaluation, split: str = "test", level: float = 0.95) -> pd.DataFrame:
+    """Compress ``model`` by each method at each setting and score every copy on the same documents: one table.
+
+    ``sweeps`` maps a method's name to (make, settings), ``make(model, setting)`` returning a ``Compressed``.
+    The first row is the dense model itself. Columns: what each copy holds (parameters, the share of the dense
+    model's non-zero parameters that it removed, MB stored), its perplexity on ``evaluation``'s ``split`` with a
+    ``level`` bootstrap interval over documents (``lmlab.results.perplexity_interval``), its next-word
+    accuracy with the binomial standard error √(p(1−p)/n), and "Δ nats", its loss minus the dense model's in nats
+    per word, with the paired bootstrap interval ("Δ low", "Δ high") of ``lmlab.train.paired_nll_interval``
+    (positive: worse than dense). Introduced in notebooks/05_pruning_and_low_rank.ipynb.
+    Raises ValueError for no sweeps or a method without settings.
+    """
+    from lmlab.results import perplexity_interval
+    from lmlab.train import document_scores, paired_nll_interval
+
+    if not sweeps:
+        raise ValueError("sweeps is empty: give at least one method and its settings")
+    dense_nonzero = sum(int(torch.count_nonzero(p)) for p in {id(p): p for p in model.parameters()}.values())
+    runs = [("dense", "", _report(model, "dense", "", [], {}))]
+    for method, (make, settings) in sweeps.items():
+        if not len(settings):
+            raise ValueError(f"sweeps[{method!r}] has no settings; give at least one")
+        runs += [(method, setting, make(model, setting)) for setting in settings]
+    rows, dense_nll = [], None
+    for method, setting, compressed in runs:
+        scores = document_scores(compressed.model, evaluation, split)
+        dense_nll = scores["nll_nats"] if dense_nll is None else dense_nll
+        n = scores["tokens"].sum()
+        accuracy = scores["correct"].sum() / n
+        low, high = perplexity_interval(scores["nll_nats"], scores["tokens"], level=level)
+        gap = paired_nll_interval(scores["nll_nats"], dense_nll, scores["tokens"], level=level)
+        rows.append({"method": method, "setting": setting, "parameters": compressed.params,
+                     "non-zero removed": round(1 - compressed.nonzero / dense_nonzero, 3),
+                     "MB stored": round(compressed.size_bytes / 1e6, 2),
+                     "perplexity": round(math.exp(scores["nll_nats"].sum() / n), 2), "low": round(low, 2),
+                     "high": round(high, 2), "accuracy": round(accuracy, 4),
+                     "± se": round(math.sqrt(accuracy * (1 - accuracy) / n), 4),
+                     **dict(zip(("Δ nats", "Δ low", "Δ high"), (round(v, 3) + 0.0 for v in gap)))})
+    return pd.DataFrame(rows)
+
+
+def sweep_takeaways(results: pd.DataFrame) -> list[str]:
+    """Say, per method of a ``sweep_methods`` table, how far it went before its loss rose beyond the noise.
+
+    A setting is "indistinguishable from dense" when the paired interval of Δ (its loss minus the dense model's)
+    holds 0, "worse" when the whole interval lies above 0, "better" when below. Reports the indistinguishable
+    setting that removed the most (non-zero parameters, else bytes), and the first setting that was worse.
+    """
+    lines = []
+    for method, rows in results[results.method != "dense"].groupby("method", sort=False):
+        same = rows[(rows["Δ low"] <= 0) & (rows["Δ high"] >= 0)]
+        worse, better = rows[rows["Δ low"] > 0], rows[rows["Δ high"] < 0]
+        parts = []
+        if len(same):
+            most = same.sort_values(["non-zero removed", "MB stored"], ascending=[False, True]).iloc[0]
+            parts.append(f"indistinguishable from dense up to setting {most.setting:g} ({most['non-zero removed']:.0%} "
+                         f"of the non-zero parameters removed, {most['MB stored']:.2f} MB)")
+        if len(worse):
+            first = worse.iloc[0]
+            parts.append(f"worse than dense beyond the noise at {', '.join(f'{v:g}' for v in worse.setting)} (by "
+                         f"{first['Δ nats']:+.3f} nats per word at {first.setting:g})")
+        if len(better):
+            parts.append(f"better than dense beyond the noise at {', '.join(f'{v:g}' for v in better.setting)}")
+        lines.append(f"{method}: " + "; ".join(parts))
+    return lines
+
+
+def removal_plot(results: pd.DataFrame, title: str = ""):
+    """Draw a ``sweep_methods`` table as perplexity against what was removed, in one unit per panel.
+
+    Left: the share of the dense model's non-zero parameters removed (unstructured and structured pruning, low
+    rank; weight sharing removes none). Right: the megabytes the copy needs as it runs (every method; zeros held
+    in a dense matrix still take their bytes). Perplexity on a log axis with its bootstrap interval; the dense
+    model is the dashed line and its band. Returns the figure. Raises ValueError for a table without a dense row.
+    """
+    import matplotlib.pyplot as plt
+
+    from lmlab.plots import finish_axes, plain_log_ticks
+
+    dense = results[results.method == "dense"]
+    if dense.empty:
+        raise ValueError("results has no 'dense' row; make it with sweep_methods")
+    dense = dense.iloc[0]
+    fig, axes = plt.subplots(1, 2, figsize=(18, 6.5))
+    colors = plt.get_cmap("tab10")
+    methods = [m for m in dict.fromkeys(results.method) if m != "dense"]
+    for i, method in enumerate(methods):
+        rows = results[results.method == method]
+        error = [rows.perplexity - rows.low, rows.high - rows.perplexity]
+        for ax, x in zip(axes, ("non-zero removed", "MB stored")):
+            if x == "non-zero removed" and not rows[x].any():
+                continue  # removes no parameter (weight sharing): nothing to place on this axis
+            ax.errorbar(rows[x], rows.perplexity, yerr=error, fmt="o-", lw=2.5, ms=8, capsize=4,
+                        color=colors(i % 10), label=method)
+    for ax in axes:
+        ax.axhline(dense.perplexity, color="black", ls="--", lw=1.2, label=f"dense: {dense.perplexity:.2f}")
+        ax.axhspan(dense.low, dense.high, color="gray", alpha=0.15)
+        ax.set_yscale("log")
+        plain_log_ticks(ax.yaxis)
+    finish_axes(axes[0], "share of the dense model's non-zero parameters removed", "perplexity, log scale "
+                "(lower is better)", f"{title}\nparameters removed (bars: 95% bootstrap over documents)")
+    finish_axes(axes[1], "MB the copy needs as it runs (float32; sharing: codebook + b-bit indices)",
+                "perplexity, log scale (lower is better)", f"{title}\nbytes stored")
+    return fig
+
+
+def timing_verdict(reference, other) -> str:
+    """Say whether ``other`` (a ``lmlab.bench.Timing``) ran faster or slower than ``reference`` beyond the noise.
+
+    "within noise" when their p10–p90 ranges overlap; else "faster" or "slower" by the ratio of medians.
+    """
+    def spread(t):
+        return np.percentile(t.samples_ms, 10), np.percentile(t.samples_ms, 90)
+
+    (ref_low, ref_high), (low, high) = spread(reference), spread(other)
+    if high < ref_low:
+        return "faster"
+    if low > ref_high:
+        return "slower"
+    return "within noise"
+
+
+def time_variants(variants: dict[str, nn.Module], ids: torch.Tensor, hidden: torch.Tensor, repeat: int = 30,
+                  warmup: int = 3) -> pd.DataFrame:
+    """Time each model's whole forward on ``ids`` and its MLP blocks alone on ``hidden``, against the first model.
+
+    Works for lmlab's GPTs (their ``gpt`` module runs) and transformers models. Columns per part (forward, MLP
+    blocks): the median with its unit, the p90, the speed relative to the first variant (its median divided by
+    this one's, "1.50×" = one and a half times as fast) and ``timing_verdict``. Timed on one call per sample with
+    ``lmlab.bench.time_ms``. Introduced in notebooks/05_pruning_and_low_rank.ipynb.
+    Raises ValueError for no variants.
+    """
+    from lmlab.bench import format_ms, time_ms
+
+    if not variants:
+        raise ValueError("variants is empty: give at least one model to time")
+    timings = {}
+    with torch.no_grad():
+        for name, model in variants.items():
+            run = getattr(model, "gpt", model)
+            blocks = mlp_blocks(model)
+            timings[name] = (time_ms(lambda: run(input_ids=ids).logits, warmup=warmup, repeat=repeat),
+                             time_ms(lambda: [block(hidden) for block in blocks], warmup=warmup, repeat=repeat))
+    first = next(iter(timings.values()))
+    rows = []
+    for (name, parts), model in zip(timings.items(), variants.values()):
+        row = {"variant": name, "parameters": sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())}
+        for part, timing, reference in zip(("forward", "MLP blocks"), parts, first):
+            row |= {part: format_ms(timing.median_ms), f"{part} p90": format_ms(timing.p90_ms),
+                    f"{part} speed": f"{reference.median_ms / timing.median_ms:.2f}×",
+                    f"{part} verdict": timing_verdict(reference, timing)}
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def measure_variants(models: dict[str, tuple[nn.Module, str]], contexts: np.ndarray, targets: np.ndarray,
+                     score: Callable[[nn.Module], dict], corpus: str, simulated: Sequence[str] = (),
+                     repeat: int = 30, alongside: Sequence = ()) -> list:
+    """Measure each (model, technique) as one results row: ``score(model)`` for accuracy and perplexity, and one
+    prediction call timed on ``contexts`` at batch 1 (``lmlab.lm.measure``).
+
+    ``corpus`` names the slice ``score`` reads (e.g. "kjv test[:40]"); rows whose technique is in ``simulated``
+    (masks, fake quantization) are marked so: their time is the dense model's. A model may be a ``Compressed``.
+    ``alongside`` are rows measured elsewhere in the same run on the same slice (e.g. chapter 01's n-grams from
+    ``lmlab.ngram.measure_ngrams``): they come first, their ``corpus`` set to ``corpus``.
+    """
+    from lmlab.lm import measure
+
+    rows = [dataclasses.replace(row, corpus=corpus) for row in alongside]
+    for name, (model, technique) in models.items():
+        model = getattr(model, "model", model) if isinstance(model, Compressed) else model
+        row = measure(model, contexts, targets, name=name, technique=technique, setting="batch 1", repeat=repeat,
+                      corpus=corpus, scores=score(model))
+        rows.append(dataclasses.replace(row, simulated=technique in simulated))
+    return rows
+
+
+def beaten_by(rows: Sequence, row) -> dict[str, list[str]]:
+    """Name the rows that beat ``row`` (a ``lmlab.results.Result``) on both counts, and how clearly.
+
+    Another row with real (not simulated) speed is faster when its p90 is below ``row``'s median, and more
+    accurate when its accuracy is higher. "clearly": the accuracies' ± one-standard-error intervals do not
+    overlap; "within noise": they do (higher, but not beyond the noise). Returns {"clearly": [...],
+    "within noise": [...]}, names in the rows' order.
+    """
+    found = {"clearly": [], "within noise": []}
+    for other in rows:
+        if other is row or other.simulated or not (other.p90_ms < row.median_ms and other.accuracy > row.accuracy):
+            continue
+        gap = (other.accuracy_se or 0.0) + (row.accuracy_se or 0.0)
+        found["clearly" if other.accuracy - row.accuracy > gap else "within noise"].append(other.name)
+    return found
+
+
+def rows_table(rows: Sequence) -> pd.DataFrame:
+    """Show results rows as ``lmlab.results.results_table`` does, with each accuracy's ± standard error and the
+    slice it was scored on."""
+    from lmlab.results import results_table
+
+    table = results_table(rows)
+    table.insert(table.columns.get_loc("accuracy") + 1, "± se",
+                 [None if r.accuracy_se is None else round(r.accuracy_se, 4) for r in rows])
+    table["slice"] = [r.corpus for r in rows]
+    return table

@@ -313,3 +313,293 @@ def _preset(name: str) -> dict:
     if name not in PRESETS:
         raise ValueError(f"preset={name!r} is not a preset; use one of {tuple(PRESETS)}")
     return PRESETS[name]
+
+
+# --- Training against the clock: distillation at equal milliseconds -----------------------------------------------
+# Introduced in notebooks/05_pruning_and_low_rank.ipynb. A distillation step also runs the teacher, so comparing it
+# with training on the data alone at equal *steps* hides the teacher's cost; these compare at equal milliseconds.
+# (Imported here rather than at the top, to keep this section self-contained.)
+import copy  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+
+def document_scores(model: NeuralLM, data: TokenizedCorpus, split: str, batch_size: int = 64) -> dict[str, np.ndarray]:
+    """Score a GPT on each document of ``split``: per document, the summed −ln P, the right guesses and the count.
+
+    The same predictions as ``model.evaluate_documents`` (every token and each </s>, one causal pass per document,
+    cut at the model's ``n_positions``), kept per document in the split's order, so that intervals can resample
+    whole documents (``lmlab.results.perplexity_interval``) and two models can be compared document by document.
+    Returns {"nll_nats", "correct", "tokens"}, three float64 arrays of one entry per document.
+    Raises ValueError for batch_size < 1 or an empty split.
+    """
+    check_int("batch_size", batch_size, 1)
+    docs = data.ids[split] if split in data.ids else data._split_ids(split)
+    if not len(docs):
+        raise ValueError(f"split={split!r} has no documents to score")
+    longest = model.config.n_positions
+    nll, correct, tokens = np.zeros(len(docs)), np.zeros(len(docs)), np.zeros(len(docs))
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        for start in range(0, len(docs), batch_size):
+            rows = [np.concatenate([[data.vocab.bos_id], doc, [data.vocab.eos_id]])[:longest + 1]
+                    for doc in docs[start:start + batch_size]]
+            length = max(len(row) for row in rows) - 1
+            inputs = torch.full((len(rows), length), data.vocab.eos_id, dtype=torch.long)  # (batch, time)
+            targets = torch.full((len(rows), length), IGNORE, dtype=torch.long)  # (batch, time)
+            for i, row in enumerate(rows):
+                inputs[i, :len(row) - 1] = torch.as_tensor(row[:-1])
+                targets[i, :len(row) - 1] = torch.as_tensor(row[1:])
+            real = targets != IGNORE
+            logits = model.gpt(input_ids=inputs.to(model.device), attention_mask=real.long().to(model.device)).logits
+            logp = torch.log_softmax(logits.float(), -1).cpu()  # (batch, time, vocab)
+            picked = logp.gather(-1, targets.clamp(min=0)[..., None]).squeeze(-1)  # (batch, time)
+            end = start + len(rows)
+            nll[start:end] = -(picked * real).sum(1).double().numpy()
+            correct[start:end] = ((logp.argmax(-1) == targets) & real).sum(1).double().numpy()
+            tokens[start:end] = real.sum(1).double().numpy()
+    model.train(was_training)
+    return {"nll_nats": nll, "correct": correct, "tokens": tokens}
+
+
+@dataclass
+class TimedHistory:
+    """A training run's evaluations against its training clock.
+
+    ``train_ms[i]`` is the time spent in training steps (batch, forward, a teacher's forward if any, backward,
+    update) before evaluation i, evaluations excluded; ``document_nll[i]`` and ``document_correct[i]`` hold each
+    evaluated document's summed −ln P and right guesses then, over ``tokens`` predictions per document, on the
+    slice named ``corpus``.
+    """
+
+    label: str
+    corpus: str
+    tokens: np.ndarray
+    train_ms: list[float] = field(default_factory=list)
+    step: list[int] = field(default_factory=list)
+    document_nll: list[np.ndarray] = field(default_factory=list)
+    document_correct: list[np.ndarray] = field(default_factory=list)
+
+    @property
+    def nll_nats(self) -> list[float]:
+        """Mean −ln P per prediction at each evaluation (the validation loss)."""
+        return [float(nll.sum() / self.tokens.sum()) for nll in self.document_nll]
+
+    @property
+    def perplexity(self) -> list[float]:
+        return [math.exp(v) for v in self.nll_nats]
+
+    @property
+    def accuracy(self) -> list[float]:
+        return [float(c.sum() / self.tokens.sum()) for c in self.document_correct]
+
+    def perplexity_interval(self, i: int = -1, level: float = 0.95) -> tuple[float, float]:
+        """A bootstrap interval over documents for the perplexity at evaluation ``i`` (``perplexity_interval``)."""
+        from lmlab.results import perplexity_interval
+
+        return perplexity_interval(self.document_nll[i], self.tokens, level=level)
+
+    def at_ms(self, ms: float) -> int:
+        """Return the index of the last evaluation made at or before ``ms`` of training.
+
+        Raises ValueError for a time before the first evaluation.
+        """
+        done = [i for i, t in enumerate(self.train_ms) if t <= ms]
+        if not done:
+            raise ValueError(f"ms={ms!r} is before the first evaluation at {self.train_ms[0]:g} ms")
+        return done[-1]
+
+
+def train_timed(model: NeuralLM, data: TokenizedCorpus, *, evaluation: TokenizedCorpus, budget_ms: float | None = None,
+                steps: int | None = None, split: str = "test", corpus: str = "",
+                loss_fn: Callable[[NeuralLM, object], torch.Tensor] | None = None, lr: float = 3e-3,
+                batch_size: int = 16, evaluations: int = 6, clip_norm: float | None = 1.0, seed: int = 0,
+                label: str = "") -> TimedHistory:
+    """Train ``model`` in place for ``budget_ms`` milliseconds of training steps, or for ``steps`` steps; evaluate
+    as it goes, against the training clock.
+
+    θ ← θ − α ∇J(θ) with AdamW at a constant learning rate ``lr`` (no schedule: under a budget the number of steps
+    is not known in advance), the gradient clipped to norm ``clip_norm`` as in ``train_model``, on seeded shuffled
+    batches of ``data``'s training split; J is ``model.loss`` or ``loss_fn(model, batch)`` (e.g.
+    ``distillation_loss``, whose teacher forward then counts in the clock). Only the steps are timed
+    (``time.perf_counter``), not the evaluations. Under a budget a step is not started when the last step's
+    duration says it would end past it. The model is scored on ``evaluation``'s ``split`` (``document_scores``)
+    before training, each time another ``1 / evaluations`` of the budget (or of the steps) has passed, and at the
+    end. A run by ``steps`` is repeatable (same seed, same numbers); one by ``budget_ms`` takes as many steps as
+    the machine allows.
+    Raises ValueError unless exactly one of budget_ms (a number > 0) and steps (>= 1) is given, and for
+    evaluations < 1, lr <= 0 or batch_size < 1.
+    """
+    if (budget_ms is None) == (steps is None):
+        raise ValueError(f"budget_ms={budget_ms!r}, steps={steps!r}: give exactly one of them")
+    if budget_ms is not None and (isinstance(budget_ms, bool) or not isinstance(budget_ms, (int, float))
+                                  or not 0 < budget_ms < math.inf):
+        raise ValueError(f"budget_ms={budget_ms!r} is out of range; use a finite number of milliseconds > 0")
+    if steps is not None:
+        check_int("steps", steps, 1)
+    check_int("evaluations", evaluations, 1)
+    check_lr(lr)
+    train_batches, _, _ = training_data(model, data, batch_size, seed)
+    seed_everything(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    first = document_scores(model, evaluation, split)
+    history = TimedHistory(label, corpus, first["tokens"])
+
+    def record(ms: float, step: int) -> None:
+        scores = first if step == 0 else document_scores(model, evaluation, split)
+        history.train_ms.append(ms)
+        history.step.append(step)
+        history.document_nll.append(scores["nll_nats"])
+        history.document_correct.append(scores["correct"])
+        model.train()
+
+    record(0.0, 0)
+    stream = _endless(train_batches)
+    elapsed_ms, last_ms, step = 0.0, 0.0, 0
+    every = (budget_ms if budget_ms is not None else steps) / evaluations
+    model.train()
+    while (elapsed_ms + last_ms <= budget_ms) if budget_ms is not None else step < steps:
+        start = time.perf_counter()
+        batch = next(stream)
+        loss = model.loss(batch) if loss_fn is None else loss_fn(model, batch)
+        optimizer.zero_grad()
+        loss.backward()
+        if clip_norm is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
+        optimizer.step()
+        last_ms = (time.perf_counter() - start) * 1e3
+        elapsed_ms += last_ms
+        step += 1
+        progress = elapsed_ms if budget_ms is not None else step
+        if progress // every > (history.train_ms[-1] if budget_ms is not None else history.step[-1]) // every:
+            record(elapsed_ms, step)
+    if history.step[-1] != step:
+        record(elapsed_ms, step)
+    model.eval()
+    return history
+
+
+def distillation_race(student: NeuralLM, teacher: NeuralLM, data: TokenizedCorpus, budget_ms: float, *,
+                      evaluation: TokenizedCorpus, split: str = "test", corpus: str = "", teacher_name: str = "teacher",
+                      alpha: float = 0.9, temperature: float = 1.0, **settings) -> dict[str, TimedHistory]:
+    """Train two copies of ``student`` for the same ``budget_ms`` of training: on the data alone, and distilled.
+
+    Both start from the same weights and see the same batches in the same order, at the same settings
+    (``train_timed``); the distilled copy's loss is ``distillation_loss(teacher, temperature, alpha)``, so each of
+    its steps also pays for the teacher's forward and it takes fewer steps in the same milliseconds. ``student`` is
+    left untouched. Returns {"data alone": ..., "distilled from <teacher_name>": ...}.
+    Raises ValueError for different vocabularies or bad settings.
+    """
+    if student.vocab != teacher.vocab:
+        raise ValueError("student and teacher have different vocabularies; distillation compares their "
+                         "next-token distributions, so they must share one")
+    loss_fn = distillation_loss(teacher, temperature, alpha)
+    runs = {}
+    for label, loss in (("data alone", None), (f"distilled from {teacher_name}", loss_fn)):
+        runs[label] = train_timed(copy.deepcopy(student), data, evaluation=evaluation, budget_ms=budget_ms,
+                                  split=split, corpus=corpus, loss_fn=loss, label=label, **settings)
+    return runs
+
+
+def paired_nll_interval(first_nll, second_nll, tokens, level: float = 0.95, resamples: int = 2000,
+                        seed: int = 0) -> tuple[float, float, float]:
+    """Compare two models scored on the same documents: Δ = Σ nll_first / Σ tokens − Σ nll_second / Σ tokens.
+
+    ``first_nll[d]`` and ``second_nll[d]`` are document d's summed −ln P under each model over its ``tokens[d]``
+    predictions (``document_scores``). Returns (Δ, low, high) in nats per prediction, the interval a paired
+    bootstrap over documents at ``level``: each resample draws documents with replacement and recomputes Δ on
+    them, so what the two models share (hard verses, easy verses) cancels. Δ < 0: ``first`` has the lower loss.
+    Raises ValueError for arrays of different lengths or fewer than two documents, a level outside (0, 1) or
+    resamples < 100.
+    """
+    first_nll, second_nll = np.asarray(first_nll, dtype=np.float64), np.asarray(second_nll, dtype=np.float64)
+    count = np.asarray(tokens, dtype=np.float64)
+    if not first_nll.shape == second_nll.shape == count.shape or first_nll.ndim != 1 or len(count) < 2:
+        raise ValueError(f"first_nll {first_nll.shape}, second_nll {second_nll.shape} and tokens {count.shape} must "
+                         "hold one entry per document, for the same documents, at least two")
+    if not 0 < level < 1:
+        raise ValueError(f"level={level!r} is out of range; use a fraction in (0, 1), e.g. 0.95")
+    if resamples < 100:
+        raise ValueError(f"resamples={resamples!r} is out of range; use at least 100")
+    gap = first_nll - second_nll  # (docs,)
+    picks = np.random.default_rng(seed).integers(0, len(gap), size=(resamples, len(gap)))  # (resamples, docs)
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(gap[picks].sum(1) / count[picks].sum(1), [tail, 100 - tail])
+    return float(gap.sum() / count.sum()), float(low), float(high)
+
+
+def nll_difference(first: TimedHistory, second: TimedHistory, at_ms: float | None = None, level: float = 0.95,
+                   resamples: int = 2000, seed: int = 0) -> dict[str, float]:
+    """Compare two runs at equal training milliseconds: Δ = loss(first) − loss(second), in nats per prediction.
+
+    Each run is read at its last evaluation at or before ``at_ms`` (default: its final one; two runs given the
+    same ``budget_ms`` end within one step of it). Both were scored on the same documents, so the interval is
+    ``paired_nll_interval``'s paired bootstrap over documents. Δ < 0 means ``first`` is ahead (a lower loss); the
+    gap is beyond the noise of the slice when the interval excludes 0. Returns {"difference", "low", "high",
+    "first_ms", "second_ms", "first_step", "second_step"}.
+    Raises ValueError for runs scored on different documents, a level outside (0, 1) or resamples < 100.
+    """
+    if first.tokens.shape != second.tokens.shape or not np.array_equal(first.tokens, second.tokens):
+        raise ValueError("first and second were scored on different documents; compare runs on the same slice")
+    i, j = (-1, -1) if at_ms is None else (first.at_ms(at_ms), second.at_ms(at_ms))
+    difference, low, high = paired_nll_interval(first.document_nll[i], second.document_nll[j], first.tokens,
+                                                level, resamples, seed)
+    return {"difference": difference, "low": low, "high": high, "first_ms": first.train_ms[i],
+            "second_ms": second.train_ms[j], "first_step": first.step[i], "second_step": second.step[j]}
+
+
+def describe_race(first: TimedHistory, second: TimedHistory, level: float = 0.95) -> str:
+    """Say which of two runs is ahead at equal training milliseconds, by how much, and whether beyond the noise.
+
+    Reads ``nll_difference(first, second)``: the gap in nats per prediction with its paired bootstrap interval over
+    documents, and the perplexity ratio exp(|Δ|). "within the noise of the slice" when the interval holds 0.
+    """
+    gap = nll_difference(first, second, level=level)
+    ahead, behind = (second, first) if gap["difference"] > 0 else (first, second)
+    noise = "beyond the noise of the slice" if gap["low"] > 0 or gap["high"] < 0 else "within the noise of the slice"
+    return (f"after {gap['first_ms']:.0f} and {gap['second_ms']:.0f} ms of training ({gap['first_step']} and "
+            f"{gap['second_step']} steps): {ahead.label} is ahead of {behind.label} by {abs(gap['difference']):.3f} "
+            f"nats per prediction ({level:.0%} interval of {first.label} minus {second.label}: {gap['low']:+.3f} to "
+            f"{gap['high']:+.3f}), a perplexity {math.exp(abs(gap['difference'])):.2f}× lower, {noise} "
+            f"({first.corpus or 'the evaluation slice'})")
+
+
+def race_plot(runs: dict[str, TimedHistory], references: dict[str, float] | None = None, title: str = "",
+              ax=None, level: float = 0.95):
+    """Plot each run's perplexity against its training milliseconds, with bootstrap bands.
+
+    The band at each evaluation is ``TimedHistory.perplexity_interval`` (documents resampled). ``references`` maps
+    a name to a perplexity on the same slice (e.g. a unigram's, the teacher's): drawn as a dashed line when it lies
+    near the runs' range, else named in the legend with its value, so that a far reference does not squash the
+    curves. Returns the figure. Raises ValueError for no runs.
+    """
+    import matplotlib.pyplot as plt
+
+    from lmlab.plots import finish_axes
+    from lmlab.runtime import device_name
+
+    if not runs:
+        raise ValueError("runs is empty: give at least one TimedHistory to plot")
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(12, 6))
+    else:
+        fig = ax.figure
+    lowest, highest = math.inf, 0.0
+    for label, run in runs.items():
+        bands = np.array([run.perplexity_interval(i, level) for i in range(len(run.train_ms))])  # (evaluations, 2)
+        line, = ax.plot(run.train_ms, run.perplexity, "o-", lw=2.5, ms=7, label=f"{label} ({run.step[-1]} steps)")
+        ax.fill_between(run.train_ms, bands[:, 0], bands[:, 1], color=line.get_color(), alpha=0.15)
+        lowest, highest = min(lowest, bands.min()), max(highest, bands.max())
+    styles = iter(["--", ":", "-."])
+    for name, value in (references or {}).items():
+        if lowest / 1.5 <= value <= highest * 1.5:
+            ax.axhline(value, color="black", ls=next(styles, "--"), lw=1.3, label=f"{name}: {value:.1f}")
+        else:
+            ax.plot([], [], " ", label=f"{name}: {value:.1f} ({'below' if value < lowest else 'above'} this axis)")
+    corpus = next(iter(runs.values())).corpus
+    threads = torch.get_num_threads()
+    finish_axes(ax, "training time (ms; the teacher's forward included, evaluations excluded)",
+                f"perplexity on {corpus or 'the slice'} (lower is better)", f"{title}\n{device_name('cpu')}, "
+                f"{threads} thread{'s' if threads != 1 else ''}; bands: {level:.0%} bootstrap over documents")
+    return fig

@@ -175,3 +175,140 @@ def test_unknown_architecture_is_a_clear_error():
     with pytest.raises(ValueError, match="no attention heads"):
         prune_heads(torch.nn.Sequential(torch.nn.Linear(4, 4)), 0.5)
     assert np.isclose(magnitude_prune(torch.nn.Sequential(torch.nn.Linear(10, 10)), 0.5).sparsity, 0.5)
+
+
+# --- measuring the variants (chapter 05's tables, plots and verdicts) --------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def names_slice(names_data):
+    return names_data.head("test", 30)
+
+
+@pytest.fixture(scope="module")
+def sweep(gpt, names_slice):
+    from lmlab.prune import sweep_methods
+
+    return sweep_methods(gpt, {"unstructured": (lambda m, s: magnitude_prune(m, s, "layer"), (0.5, 0.9)),
+                               "sharing": (share_weights, (2,)),
+                               "heads": (prune_heads, (0.5,))}, names_slice)
+
+
+def test_sweep_scores_every_copy_on_the_same_slice_against_dense(gpt, names_slice, sweep):
+    assert list(sweep.method) == ["dense", "unstructured", "unstructured", "sharing", "heads"]
+    dense, half = sweep.iloc[0], sweep.iloc[1]
+    assert dense["non-zero removed"] == 0 and dense["Δ nats"] == 0 and dense["Δ low"] == dense["Δ high"] == 0
+    assert dense.perplexity == pytest.approx(gpt.evaluate_documents(names_slice, "test")["perplexity"], abs=0.006)
+    pruned = magnitude_prune(gpt, 0.5, "layer")
+    dense_nonzero = sum(int(torch.count_nonzero(p)) for p in gpt.parameters())  # zero biases are not counted
+    assert half["non-zero removed"] == pytest.approx(1 - pruned.nonzero / dense_nonzero, abs=1e-3)
+    assert half.perplexity == pytest.approx(pruned.model.evaluate_documents(names_slice, "test")["perplexity"],
+                                            abs=0.006)
+    assert (sweep.low <= sweep.perplexity).all() and (sweep.perplexity <= sweep.high).all()
+    assert (sweep["Δ low"] <= sweep["Δ nats"] + 1e-3).all() and (sweep["Δ nats"] <= sweep["Δ high"] + 1e-3).all()
+    sharing = sweep[sweep.method == "sharing"].iloc[0]
+    assert sharing["non-zero removed"] <= 0.001 and sharing["MB stored"] < dense["MB stored"]  # bits, not weights
+    heads = sweep[sweep.method == "heads"].iloc[0]
+    assert 0 < heads["non-zero removed"] < 0.5 and heads.parameters < dense.parameters  # half the heads: < half
+    from lmlab.prune import sweep_methods
+
+    with pytest.raises(ValueError, match="sweeps is empty"):
+        sweep_methods(gpt, {}, names_slice)
+
+
+def test_sweep_takeaways_follow_the_paired_intervals():
+    import pandas as pd
+
+    from lmlab.prune import sweep_takeaways
+
+    table = pd.DataFrame([
+        dict(method="dense", setting="", **{"non-zero removed": 0.0, "MB stored": 20.0, "Δ nats": 0.0, "Δ low": 0.0,
+                                             "Δ high": 0.0}),
+        dict(method="a", setting=0.5, **{"non-zero removed": 0.3, "MB stored": 20.0, "Δ nats": 0.01, "Δ low": -0.02,
+                                          "Δ high": 0.04}),
+        dict(method="a", setting=0.7, **{"non-zero removed": 0.5, "MB stored": 20.0, "Δ nats": 0.3, "Δ low": 0.2,
+                                          "Δ high": 0.4}),
+        dict(method="b", setting=3, **{"non-zero removed": 0.0, "MB stored": 9.0, "Δ nats": -0.1, "Δ low": -0.15,
+                                        "Δ high": -0.05}),
+    ])
+    lines = sweep_takeaways(table)
+    assert lines[0].startswith("a: indistinguishable from dense up to setting 0.5 (30% of the non-zero")
+    assert lines[0].endswith("; worse than dense beyond the noise at 0.7 (by +0.300 nats per word at 0.7)")
+    assert lines[1] == "b: better than dense beyond the noise at 3"
+
+
+def test_removal_plot_puts_each_method_on_each_scale_it_has(sweep):
+    import matplotlib.pyplot as plt
+
+    from lmlab.prune import removal_plot
+
+    fig = removal_plot(sweep, title="names")
+    left, right = (ax.get_legend_handles_labels()[1] for ax in fig.axes)
+    assert "sharing" not in left and "sharing" in right  # sharing removes no parameter, only bytes
+    assert {"unstructured", "heads"} <= set(left) and any(label.startswith("dense") for label in left)
+    assert all(ax.get_yscale() == "log" for ax in fig.axes)
+    plt.close(fig)
+    with pytest.raises(ValueError, match="no 'dense' row"):
+        removal_plot(sweep[sweep.method != "dense"])
+
+
+def timing(*samples):
+    from lmlab.bench import Timing
+
+    return Timing(samples_ms=tuple(samples), threads=1, warmup=0, first_ms=None)
+
+
+def test_timing_verdict_calls_overlapping_spreads_noise():
+    from lmlab.prune import timing_verdict
+
+    reference = timing(*range(10, 20))
+    assert timing_verdict(reference, timing(*range(2, 8))) == "faster"
+    assert timing_verdict(reference, timing(*range(30, 40))) == "slower"
+    assert timing_verdict(reference, timing(*range(15, 25))) == "within noise"
+    assert timing_verdict(reference, reference) == "within noise"
+
+
+def test_time_variants_times_each_part_against_the_first(gpt):
+    from lmlab.prune import time_variants
+
+    half = prune_mlp(gpt, 0.5).model
+    ids = torch.zeros(1, 8, dtype=torch.long)  # (1, 8)
+    table = time_variants({"dense": gpt, "half": half}, ids, torch.randn(1, 8, 32), repeat=3, warmup=1)
+    assert list(table.variant) == ["dense", "half"]
+    assert table.parameters.tolist() == [gpt.num_parameters(), half.num_parameters()]
+    assert table["forward speed"][0] == "1.00×" and table["forward verdict"][0] == "within noise"
+    assert table.forward[0].endswith(" ms") and set(table["MLP blocks verdict"]) <= {"faster", "slower", "within noise"}
+    with pytest.raises(ValueError, match="variants is empty"):
+        time_variants({}, ids, torch.randn(1, 8, 32))
+
+
+def test_measure_variants_names_the_slice_and_marks_masks_simulated(gpt, names_slice):
+    from lmlab.prune import measure_variants, rows_table
+    from lmlab.results import Result
+
+    contexts, targets = names_slice.examples("test", gpt.context_size)
+    elsewhere = Result("3-gram", "n-gram", "", 0.3, 0.1, 0.2, predictions=100, corpus="names")
+    score = lambda m: m.evaluate_documents(names_slice, "test")  # noqa: E731
+    rows = measure_variants({"dense": (gpt, "dense"), "masked": (magnitude_prune(gpt, 0.5), "unstructured")},
+                            contexts[:8], targets[:8], score, "names test[:30]", simulated=("unstructured",),
+                            repeat=3, alongside=[elsewhere])
+    assert [r.name for r in rows] == ["3-gram", "dense", "masked"]
+    assert [r.simulated for r in rows] == [False, False, True]
+    assert {r.corpus for r in rows} == {"names test[:30]"}
+    assert rows[1].accuracy == pytest.approx(score(gpt)["accuracy"]) and rows[1].predictions == len(targets)
+    table = rows_table(rows)
+    assert table["± se"].tolist() == [round(r.accuracy_se, 4) for r in rows]
+    assert table.columns.get_loc("± se") == table.columns.get_loc("accuracy") + 1 and "slice" in table
+
+
+def test_beaten_by_separates_clear_wins_from_noise():
+    from lmlab.prune import beaten_by
+    from lmlab.results import Result
+
+    def row(name, accuracy, median, simulated=False):
+        return Result(name, "t", "", accuracy, median, median * 1.1, predictions=1000, simulated=simulated)
+
+    target = row("target", 0.30, 10.0)
+    rows = [target, row("clear", 0.40, 5.0), row("close", 0.31, 5.0), row("slower", 0.50, 20.0),
+            row("masked", 0.50, 1.0, simulated=True), row("worse", 0.20, 1.0), row("near in time", 0.45, 9.5)]
+    assert beaten_by(rows, target) == {"clearly": ["clear"], "within noise": ["close"]}  # 9.5 · 1.1 > 10: not faster
