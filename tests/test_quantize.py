@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from torch import nn
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
@@ -208,3 +209,19 @@ def test_model_bytes_counts_codes_scales_and_zero_points(gpt):
     assert int4["total"] == sum(int4[k] for k in ("weights", "scales", "zero_points", "other"))
     with pytest.raises(ValueError, match="bits=12"):
         model_bytes(gpt, 12)
+
+
+def test_quantize_model_into_an_earlier_copy_equals_a_fresh_copy(names_gpt):
+    before = {k: v.clone() for k, v in names_gpt.state_dict().items()}
+    work = quantize_model(names_gpt, 2, granularity="channel")
+    again = quantize_model(names_gpt, 4, granularity="group", group_size=8, out=work)
+    fresh = quantize_model(names_gpt, 4, granularity="group", group_size=8)
+    assert again is work
+    assert all(torch.equal(fresh.state_dict()[k], v) for k, v in again.state_dict().items())
+    assert all(torch.equal(before[k], v) for k, v in names_gpt.state_dict().items())  # the original is untouched
+
+
+def test_quantize_model_refuses_an_out_that_is_not_a_copy(names_gpt):
+    other = nn.Sequential(nn.Linear(3, 4))
+    with pytest.raises(ValueError, match="out is not a copy of model"):
+        quantize_model(names_gpt, 4, out=other)
