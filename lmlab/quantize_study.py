@@ -9,7 +9,7 @@ Introduced in notebooks/04_quantization.ipynb. The notebook's cells call these; 
 - ``bits_sweep``, ``sweep_table``, ``bits_plot``, ``bits_takeaway``: accuracy (± one standard error) and perplexity
   at every bit width, each model in its own columns and panel, in its own unit;
 - ``input_ranges``, ``outlier_plot``: the largest and the typical |activation| entering chosen layers (hooks);
-- ``runtime_rows``, ``speed_takeaway``, ``simulated_rows``: real int8 execution against float32, and fake-quantized
+- ``runtime_rows``, ``speed_takeaway``, ``simulated_rows``, ``frontier_takeaway``: real int8 execution against float32, and fake-quantized
   rows that carry their dense model's latency (``Result.simulated``);
 - ``tradeoff_figure``, ``label_points``: the trade-off plot with every point named and no name on another point;
 - ``multiply_adds``: the weight-matrix multiply-adds of one prediction.
@@ -476,6 +476,22 @@ def ngram_rows(data, orders: tuple[int, ...], corpus: str, **measure) -> list[Re
     from lmlab.ngram import measure_ngrams
 
     return [dataclasses.replace(r, corpus=corpus) for r in measure_ngrams(data, orders, **measure)]
+
+
+def frontier_takeaway(rows: Sequence[Result], label: str) -> str:
+    """Name the Pareto frontier's rows, fastest first (``lmlab.plots.pareto_frontier``: simulated rows never on it),
+    with each step's accuracy gain over the previous one, called within noise when under two standard errors."""
+    from lmlab.plots import pareto_frontier
+
+    frontier = pareto_frontier(rows)
+    if not frontier:
+        raise ValueError("rows has no row with a measured speed: the frontier is empty")
+    steps = [frontier[0].name]
+    for slower, faster in zip(frontier[1:], frontier):
+        gain = slower.accuracy - faster.accuracy
+        noise = _noise(slower.accuracy_se or 0.0, faster.accuracy_se or 0.0)
+        steps.append(f"{slower.name} ({gain:+.4f}, {'within noise' if gain < noise else 'beyond noise'})")
+    return f"{label}: on the frontier, fastest first: " + ", then ".join(steps)
 
 
 # ---------------------------------------------------------------- the trade-off plot, every point named

@@ -12,10 +12,11 @@ from torch import nn
 
 from lmlab.neural import build_model, weight_layers
 from lmlab.quantize import fake_quantize, model_bytes, quantize_model
-from lmlab.quantize_study import (Subject, bits_plot, bits_sweep, bits_takeaway, granularity_errors, input_ranges,
-                                  label_points, llm_subject, lm_subject, log_ticks, model_rows, multiply_adds,
-                                  outlier_plot, rounding_error_plot, row_range_plot, rows_text, runtime_rows,
-                                  simulated_rows, speed_takeaway, sweep_table, tradeoff_figure)
+from lmlab.quantize_study import (Subject, bits_plot, bits_sweep, bits_takeaway, frontier_takeaway,
+                                  granularity_errors, input_ranges, label_points, llm_subject, lm_subject, log_ticks,
+                                  model_rows, multiply_adds, outlier_plot, rounding_error_plot, row_range_plot,
+                                  rows_text, runtime_rows, simulated_rows, speed_takeaway, sweep_table,
+                                  tradeoff_figure)
 from lmlab.results import Result
 
 
@@ -215,6 +216,16 @@ def test_simulated_rows_take_the_dense_latency_and_the_sweeps_scores():
     real = {("a", "PyTorch float32"): dense, ("a", "int8"): row("a", "int8")}
     assert [r.name for r in model_rows(real, sweep, "a", ["PyTorch float32", "int8"], "per channel", (2,))] == [
         "a", "a", "a 2-bit"]
+
+
+def test_frontier_takeaway_calls_a_step_inside_the_noise_noise():
+    rows = [row("fast", "t", 0.30, median=1.0, p90=1.1), row("mid", "t", 0.301, median=2.0, p90=2.1),
+            row("slow", "t", 0.40, median=3.0, p90=3.1), row("fake", "f", 0.9, median=0.5, p90=0.6, simulated=True)]
+    line = frontier_takeaway(rows, "panel")
+    assert line == ("panel: on the frontier, fastest first: fast, then mid (+0.0010, within noise), "
+                    "then slow (+0.0990, beyond noise)")  # the simulated row is never on it
+    with pytest.raises(ValueError, match="frontier is empty"):
+        frontier_takeaway([rows[-1]], "panel")
 
 
 # ---------------------------------------------------------------- the trade-off figure
