@@ -90,7 +90,7 @@ class Grid:
 
     def codes(self, x: torch.Tensor) -> torch.Tensor:
         """Return the integer codes of x (as floats, for exact arithmetic): clamp(round(x / Q) + z, low, high)."""
-        return (torch.round(self.grouped(x) / self.step_Q) + self.zero_point).clamp(self.low, self.high)
+        return torch.round(self.grouped(x) / self.step_Q).add_(self.zero_point).clamp_(self.low, self.high)
 
     def dequantize(self, codes: torch.Tensor, shape: torch.Size) -> torch.Tensor:
         """Map codes back to floats, (code − z) · Q, in the original ``shape``."""
@@ -118,11 +118,11 @@ def choose_grid(x: torch.Tensor, bits: int, symmetric: bool = True, granularity:
     """
     check_bits(bits)
     grouped = _grouped(x, granularity, group_size)
-    if not torch.isfinite(grouped).all():
+    low_value, high_value = grouped.amin(-1, keepdim=True), grouped.amax(-1, keepdim=True)
+    if not (torch.isfinite(low_value).all() and torch.isfinite(high_value).all()):  # amin and amax propagate NaN
         raise ValueError("x holds NaN or inf; a finite grid cannot be fitted to it (quantize(x, step_Q) passes them "
                          "through if that is what you want)")
-    low_value = grouped.amin(-1, keepdim=True).clamp(max=0)
-    high_value = grouped.amax(-1, keepdim=True).clamp(min=0)
+    low_value, high_value = low_value.clamp(max=0), high_value.clamp(min=0)
     if symmetric:
         top = 2 ** (bits - 1) - 1
         step = torch.maximum(high_value, -low_value) / top
@@ -145,7 +145,8 @@ def fake_quantize(x: torch.Tensor, bits: int, symmetric: bool = True, granularit
     ``choose_grid``, which also lists what raises ValueError.
     """
     grid = choose_grid(x, bits, symmetric, granularity, group_size)
-    return grid.dequantize(grid.codes(x), x.shape)
+    codes = grid.codes(x)  # a fresh tensor: dequantized in place, (code − z) · Q, to spare a large model two copies
+    return codes.sub_(grid.zero_point).mul_(grid.step_Q).reshape(x.shape)
 
 
 def _grouped(x: torch.Tensor, granularity: str, group_size: int | None) -> torch.Tensor:

@@ -115,6 +115,24 @@ def test_finer_granularity_has_smaller_error_on_a_matrix_with_an_outlier():
     assert errors["group"] < errors["channel"] < errors["tensor"] / 10
 
 
+@pytest.mark.parametrize("symmetric", [True, False])
+@pytest.mark.parametrize("granularity, group_size", [("tensor", None), ("channel", None), ("group", 8)])
+def test_fake_quantize_is_the_grids_codes_dequantized(symmetric, granularity, group_size):
+    w = torch.randn(16, 64, generator=torch.Generator().manual_seed(3))
+    grid = choose_grid(w, 3, symmetric, granularity, group_size)
+    assert torch.equal(fake_quantize(w, 3, symmetric, granularity, group_size),
+                       grid.dequantize(grid.codes(w), w.shape))
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_a_single_nan_or_inf_anywhere_refuses_a_grid(bad):
+    w = torch.randn(4, 8)
+    w[2, 5] = bad
+    for granularity in ("tensor", "channel"):
+        with pytest.raises(ValueError, match="NaN or inf"):
+            choose_grid(w, 4, granularity=granularity)
+
+
 def test_zero_is_exact_for_asymmetric_grids_and_all_zero_groups():
     w = torch.tensor([[0.0, 0.3, 1.7, 2.0], [0.0, 0.0, 0.0, 0.0]])
     q = fake_quantize(w, 3, symmetric=False, granularity="channel")
