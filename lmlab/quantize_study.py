@@ -9,8 +9,8 @@ Introduced in notebooks/04_quantization.ipynb. The notebook's cells call these; 
 - ``bits_sweep``, ``sweep_table``, ``bits_plot``, ``bits_takeaway``: accuracy (± one standard error) and perplexity
   at every bit width, each model in its own columns and panel, in its own unit;
 - ``input_ranges``, ``outlier_plot``: the largest and the typical |activation| entering chosen layers (hooks);
-- ``runtime_rows``, ``speed_takeaway``, ``simulated_rows``, ``frontier_takeaway``: real int8 execution against float32, and fake-quantized
-  rows that carry their dense model's latency (``Result.simulated``);
+- ``runtime_rows``, ``speed_takeaway``, ``simulated_rows``, ``frontier_takeaway``: real int8 execution against
+  float32, fake-quantized rows that carry their dense model's latency (``Result.simulated``), and the frontier;
 - ``tradeoff_figure``, ``label_points``: the trade-off plot with every point named and no name on another point;
 - ``multiply_adds``: the weight-matrix multiply-adds of one prediction.
 """
@@ -18,7 +18,6 @@ Introduced in notebooks/04_quantization.ipynb. The notebook's cells call these; 
 from __future__ import annotations
 
 import contextlib
-import copy
 import dataclasses
 import functools
 import math
@@ -48,7 +47,7 @@ UNITS = ("word", "letter", "sub-word token")
 
 
 def rounding_error_plot(weights: torch.Tensor, steps_Q: torch.Tensor, title: str) -> tuple[Figure, pd.DataFrame]:
-    """Plot the measured mean of (q(w) − w)² against the step Q beside the prediction Q²/12; return it as a table too.
+    """Plot the measured mean of (q(w) − w)² against the step Q beside the prediction Q²/12; return a table too.
 
     q(w) = round(w / Q) · Q for each Q in ``steps_Q`` (log axes, plain tick labels). The red line is mean w², where
     the error levels off once every weight rounds to 0. The table has one row per Q: measured MSE, Q²/12 and their
@@ -302,8 +301,8 @@ def log_ticks(low: float, high: float, at_least: int = 3) -> list[float]:
     ticks: list[float] = []
     for mantissas in ((1, 2, 5), (1, 1.5, 2, 3, 4, 5, 6, 8), (1, 1.25, 1.5, 2, 2.5, 3, 3.5, 4, 5, 6, 7, 8, 9),
                       tuple(np.round(np.arange(1, 10, 0.1), 1))):
-        ticks = [float(f"{m * 10.0**k:.6g}") for k in range(math.floor(math.log10(low)), math.ceil(math.log10(high)) + 1)
-                 for m in mantissas if low <= m * 10.0**k <= high]
+        decades = range(math.floor(math.log10(low)), math.ceil(math.log10(high)) + 1)
+        ticks = [float(f"{m * 10.0**k:.6g}") for k in decades for m in mantissas if low <= m * 10.0**k <= high]
         if len(ticks) >= at_least:
             break
     while len(ticks) > 8:
