@@ -12,7 +12,8 @@ The teaching layer is plain torch arithmetic, small enough to read in one sittin
 - ``model_bytes(model, bits, ...)``: what a model takes stored at a precision, scales and zero points included.
 
 Fake quantization shows what the rounding costs in accuracy; it saves no time, because the rounded
-numbers are still float32. ``lmlab.int8`` runs int8 kernels for real.
+numbers are still float32. ``lmlab.export.onnx_model`` runs int8 kernels for real; ``lmlab.quantize_study``
+holds chapter 04's sweeps, rows and plots built on these functions.
 """
 
 from __future__ import annotations
@@ -89,7 +90,7 @@ class Grid:
 
     def codes(self, x: torch.Tensor) -> torch.Tensor:
         """Return the integer codes of x (as floats, for exact arithmetic): clamp(round(x / Q) + z, low, high)."""
-        return (torch.round(self.grouped(x) / self.step_Q) + self.zero_point).clamp(self.low, self.high)
+        return torch.round(self.grouped(x) / self.step_Q).add_(self.zero_point).clamp_(self.low, self.high)
 
     def dequantize(self, codes: torch.Tensor, shape: torch.Size) -> torch.Tensor:
         """Map codes back to floats, (code − z) · Q, in the original ``shape``."""
@@ -117,11 +118,11 @@ def choose_grid(x: torch.Tensor, bits: int, symmetric: bool = True, granularity:
     """
     check_bits(bits)
     grouped = _grouped(x, granularity, group_size)
-    if not torch.isfinite(grouped).all():
+    low_value, high_value = grouped.amin(-1, keepdim=True), grouped.amax(-1, keepdim=True)
+    if not (torch.isfinite(low_value).all() and torch.isfinite(high_value).all()):  # amin and amax propagate NaN
         raise ValueError("x holds NaN or inf; a finite grid cannot be fitted to it (quantize(x, step_Q) passes them "
                          "through if that is what you want)")
-    low_value = grouped.amin(-1, keepdim=True).clamp(max=0)
-    high_value = grouped.amax(-1, keepdim=True).clamp(min=0)
+    low_value, high_value = low_value.clamp(max=0), high_value.clamp(min=0)
     if symmetric:
         top = 2 ** (bits - 1) - 1
         step = torch.maximum(high_value, -low_value) / top
@@ -144,7 +145,8 @@ def fake_quantize(x: torch.Tensor, bits: int, symmetric: bool = True, granularit
     ``choose_grid``, which also lists what raises ValueError.
     """
     grid = choose_grid(x, bits, symmetric, granularity, group_size)
-    return grid.dequantize(grid.codes(x), x.shape)
+    codes = grid.codes(x)  # a fresh tensor: dequantized in place, (code − z) · Q, to spare a large model two copies
+    return codes.sub_(grid.zero_point).mul_(grid.step_Q).reshape(x.shape)
 
 
 def _grouped(x: torch.Tensor, granularity: str, group_size: int | None) -> torch.Tensor:
@@ -168,7 +170,7 @@ def _grouped(x: torch.Tensor, granularity: str, group_size: int | None) -> torch
 
 def quantize_model(model: nn.Module, bits: int | None = None, *, step_Q: float | None = None,
                    symmetric: bool = True, granularity: str = "channel", group_size: int | None = None,
-                   embeddings: bool = True) -> nn.Module:
+                   embeddings: bool = True, out: nn.Module | None = None) -> nn.Module:
     """Return a copy of ``model`` whose weight matrices are fake-quantized; the original is untouched.
 
     Give either ``bits`` (a b-bit grid per ``granularity``, see ``choose_grid``) or ``step_Q`` (the bare
@@ -176,8 +178,10 @@ def quantize_model(model: nn.Module, bits: int | None = None, *, step_Q: float |
     (whose (in, out) weight is transposed first, so channels are outputs there too) and, with
     ``embeddings``, nn.Embedding is quantized; a tied embedding and output layer share one tensor
     and are quantized once. Biases and normalization weights stay float32.
-    Raises ValueError for bad settings (see ``choose_grid`` and ``quantize``) or for both or neither
-    of ``bits`` and ``step_Q``.
+    ``out``, a copy returned by an earlier call on the same ``model``, is overwritten and returned instead of a new
+    copy: a sweep over many settings copies a large model once (every matrix is rounded from ``model``'s own).
+    Raises ValueError for bad settings (see ``choose_grid`` and ``quantize``), for both or neither
+    of ``bits`` and ``step_Q``, or for an ``out`` whose matrices do not match ``model``'s.
     """
     if (bits is None) == (step_Q is None):
         raise ValueError(f"bits={bits!r}, step_Q={step_Q!r}: give exactly one of them")
@@ -186,15 +190,20 @@ def quantize_model(model: nn.Module, bits: int | None = None, *, step_Q: float |
         _grouped(torch.zeros(1, 1), granularity, 1)  # an unknown granularity fails before any copying
     else:
         _check_step(step_Q)
-    copied = copy.deepcopy(model)
-    for layer in weight_layers(copied, embeddings=embeddings):
-        matrix = layer.matrix.detach()  # (out, in)
+    sources = weight_layers(model, embeddings=embeddings)
+    copied = copy.deepcopy(model) if out is None else out
+    targets = weight_layers(copied, embeddings=embeddings)
+    if out is not None and [(t.name, t.matrix.shape) for t in targets] != [(s.name, s.matrix.shape) for s in sources]:
+        raise ValueError("out is not a copy of model: its weight matrices differ in names or shapes; pass a copy "
+                         "returned by quantize_model(model, ...)")
+    for source, target in zip(sources, targets):
+        matrix = source.matrix.detach()  # (out, in)
         try:
             new = quantize(matrix, step_Q) if bits is None else fake_quantize(matrix, bits, symmetric, granularity,
                                                                               group_size)
         except ValueError as err:
-            raise ValueError(f"layer {layer.name!r}: {err}") from None
-        layer.set_matrix(new)
+            raise ValueError(f"layer {source.name!r}: {err}") from None
+        target.set_matrix(new)
     return copied
 
 

@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from torch import nn
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
@@ -114,6 +115,24 @@ def test_finer_granularity_has_smaller_error_on_a_matrix_with_an_outlier():
     assert errors["group"] < errors["channel"] < errors["tensor"] / 10
 
 
+@pytest.mark.parametrize("symmetric", [True, False])
+@pytest.mark.parametrize("granularity, group_size", [("tensor", None), ("channel", None), ("group", 8)])
+def test_fake_quantize_is_the_grids_codes_dequantized(symmetric, granularity, group_size):
+    w = torch.randn(16, 64, generator=torch.Generator().manual_seed(3))
+    grid = choose_grid(w, 3, symmetric, granularity, group_size)
+    assert torch.equal(fake_quantize(w, 3, symmetric, granularity, group_size),
+                       grid.dequantize(grid.codes(w), w.shape))
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_a_single_nan_or_inf_anywhere_refuses_a_grid(bad):
+    w = torch.randn(4, 8)
+    w[2, 5] = bad
+    for granularity in ("tensor", "channel"):
+        with pytest.raises(ValueError, match="NaN or inf"):
+            choose_grid(w, 4, granularity=granularity)
+
+
 def test_zero_is_exact_for_asymmetric_grids_and_all_zero_groups():
     w = torch.tensor([[0.0, 0.3, 1.7, 2.0], [0.0, 0.0, 0.0, 0.0]])
     q = fake_quantize(w, 3, symmetric=False, granularity="channel")
@@ -208,3 +227,19 @@ def test_model_bytes_counts_codes_scales_and_zero_points(gpt):
     assert int4["total"] == sum(int4[k] for k in ("weights", "scales", "zero_points", "other"))
     with pytest.raises(ValueError, match="bits=12"):
         model_bytes(gpt, 12)
+
+
+def test_quantize_model_into_an_earlier_copy_equals_a_fresh_copy(names_gpt):
+    before = {k: v.clone() for k, v in names_gpt.state_dict().items()}
+    work = quantize_model(names_gpt, 2, granularity="channel")
+    again = quantize_model(names_gpt, 4, granularity="group", group_size=8, out=work)
+    fresh = quantize_model(names_gpt, 4, granularity="group", group_size=8)
+    assert again is work
+    assert all(torch.equal(fresh.state_dict()[k], v) for k, v in again.state_dict().items())
+    assert all(torch.equal(before[k], v) for k, v in names_gpt.state_dict().items())  # the original is untouched
+
+
+def test_quantize_model_refuses_an_out_that_is_not_a_copy(names_gpt):
+    other = nn.Sequential(nn.Linear(3, 4))
+    with pytest.raises(ValueError, match="out is not a copy of model"):
+        quantize_model(names_gpt, 4, out=other)
