@@ -90,15 +90,20 @@ def perplexity_interval(nll_nats: Sequence[float], tokens: Sequence[int], level:
     if nll.shape != count.shape or nll.ndim != 1 or len(nll) < 2:
         raise ValueError(f"nll_nats has shape {nll.shape} and tokens {count.shape}; give one entry per document, "
                          "at least two documents")
-    if not 0 < level < 1:
-        raise ValueError(f"level={level!r} is out of range; use a fraction in (0, 1), e.g. 0.95")
-    if resamples < 100:
-        raise ValueError(f"resamples={resamples!r} is out of range; use at least 100")
+    check_bootstrap(level, resamples)
     picks = np.random.default_rng(seed).integers(0, len(nll), size=(resamples, len(nll)))  # (resamples, docs)
     values = np.exp(nll[picks].sum(1) / count[picks].sum(1))
     tail = (1 - level) / 2 * 100
     low, high = np.percentile(values, [tail, 100 - tail])
     return float(low), float(high)
+
+
+def check_bootstrap(level: float, resamples: int) -> None:
+    """Raise ValueError unless a bootstrap's ``level`` is in (0, 1) and it draws at least 100 ``resamples``."""
+    if not 0 < level < 1:
+        raise ValueError(f"level={level!r} is out of range; use a fraction in (0, 1), e.g. 0.95")
+    if resamples < 100:
+        raise ValueError(f"resamples={resamples!r} is out of range; use at least 100")
 
 
 def results_table(results: Sequence[Result]) -> pd.DataFrame:

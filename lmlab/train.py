@@ -20,6 +20,7 @@ from lmlab.descent import check_lr
 from lmlab.corpora import TokenizedCorpus, batches, document_batches, load_corpus, tokenize_corpus
 from lmlab.lm import evaluate
 from lmlab.neural import IGNORE, NeuralLM, build_model
+from lmlab.results import check_bootstrap
 from lmlab.runtime import check_int, seed_everything, torch_threads
 
 # The shipped checkpoints: python -m lmlab train PRESET reproduces data/PRESET.safetensors from scratch.
@@ -94,13 +95,7 @@ def train_model(
     stream = _endless(train_batches)
     running = []
     for step in tqdm(range(1, steps + 1), disable=not progress, desc="training", mininterval=2):
-        batch = next(stream)
-        loss = model.loss(batch) if loss_fn is None else loss_fn(model, batch)
-        optimizer.zero_grad()
-        loss.backward()
-        if clip_norm is not None:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
-        optimizer.step()
+        loss = _step(model, optimizer, next(stream), loss_fn, clip_norm)
         if schedule is not None:
             schedule.step()
         running.append(loss.item())
@@ -156,6 +151,18 @@ def compare_optimizers(
                 optimizer=make(list(model.parameters())), clip_norm=clip_norm, eval_every=eval_every, seed=seed,
                 progress=False))
     return runs
+
+
+def _step(model: NeuralLM, optimizer, batch, loss_fn, clip_norm: float | None) -> torch.Tensor:
+    """One optimizer step on ``batch``: the loss, its gradient clipped to ``clip_norm`` (None: not clipped), the
+    update. Returns the loss."""
+    loss = model.loss(batch) if loss_fn is None else loss_fn(model, batch)
+    optimizer.zero_grad()
+    loss.backward()
+    if clip_norm is not None:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
+    optimizer.step()
+    return loss
 
 
 def _lr_factor(step: int, steps: int, warmup: int) -> float:
@@ -461,13 +468,7 @@ def train_timed(model: NeuralLM, data: TokenizedCorpus, *, evaluation: Tokenized
     model.train()
     while (elapsed_ms + last_ms <= budget_ms) if budget_ms is not None else step < steps:
         start = time.perf_counter()
-        batch = next(stream)
-        loss = model.loss(batch) if loss_fn is None else loss_fn(model, batch)
-        optimizer.zero_grad()
-        loss.backward()
-        if clip_norm is not None:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
-        optimizer.step()
+        _step(model, optimizer, next(stream), loss_fn, clip_norm)
         last_ms = (time.perf_counter() - start) * 1e3
         elapsed_ms += last_ms
         step += 1
@@ -518,10 +519,7 @@ def paired_nll_interval(first_nll, second_nll, tokens, level: float = 0.95, resa
     if not first_nll.shape == second_nll.shape == count.shape or first_nll.ndim != 1 or len(count) < 2:
         raise ValueError(f"first_nll {first_nll.shape}, second_nll {second_nll.shape} and tokens {count.shape} must "
                          "hold one entry per document, for the same documents, at least two")
-    if not 0 < level < 1:
-        raise ValueError(f"level={level!r} is out of range; use a fraction in (0, 1), e.g. 0.95")
-    if resamples < 100:
-        raise ValueError(f"resamples={resamples!r} is out of range; use at least 100")
+    check_bootstrap(level, resamples)
     gap = first_nll - second_nll  # (docs,)
     picks = np.random.default_rng(seed).integers(0, len(gap), size=(resamples, len(gap)))  # (resamples, docs)
     tail = (1 - level) / 2 * 100
