@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 from dataclasses import dataclass
 from numbers import Real
 from pathlib import Path
@@ -303,8 +304,9 @@ GPU_ROW_KINDS = ("matmul", "read", "copy", "sync", "forward", "training", "decod
 def gpu_rows(kind: str | None = None, folder: str | Path | None = None) -> pd.DataFrame:
     """Return the rows measured on real GPUs (``data/gpu/*.json``), optionally of one ``kind``, as a table.
 
-    Each row has the GPU's name, driver, CUDA and torch versions, the date and the exact command, and a
-    ``hardware`` column ("NVIDIA H200, 2026-11-30") to label it with. CPU rows measured in the same run, on
+    Each row has the GPU's name, driver, CUDA and torch versions, the date and the exact command, a
+    ``hardware`` column ("NVIDIA H200, 2026-11-30") to label it with, and ``measured_by``: the command without the
+    GPU machine's output path, and the file it is shipped as. CPU rows measured in the same run, on
     the GPU machine's processor, are included with ``device == "cpu"``. An empty table if no file is shipped.
     Raises ValueError for a kind not in GPU_ROW_KINDS, or a row without its hardware, date or command.
     """
@@ -324,8 +326,14 @@ def _gpu_records(kind: str | None, folder: str | Path | None) -> list[dict]:
                 raise ValueError(f"{path.name}: row {i} lacks {missing}: a GPU figure needs its hardware, date "
                                  "and command")
             if kind is None or row.get("kind") == kind:
-                rows.append({**row, "file": path.name, "hardware": f"{row['gpu']}, {row['date'][:10]}"})
+                rows.append({**row, "file": path.name, "hardware": f"{row['gpu']}, {row['date'][:10]}",
+                             "measured_by": _shipped_command(row["command"], path.name)})
     return rows
+
+
+def _shipped_command(command: str, file: str) -> str:
+    """The command without the GPU machine's own output path, and the file it is shipped as."""
+    return re.sub(r" --out \S+", "", command) + f" (shipped as data/gpu/{file})"
 
 
 def gpu_results(folder: str | Path | None = None) -> list[Result]:

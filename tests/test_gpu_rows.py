@@ -93,3 +93,9 @@ def test_gpu_decode_summary_spans_runs_and_leaves_out_cudnn_off(tmp_path):
     line = summary.iloc[0]
     assert (line.ms_min, line.ms_max, line.runs, line.step_ms) == (3.0, 4.0, 2, 2.0)
     assert line.floor_share == pytest.approx(0.5 / 2.0)
+
+
+def test_measured_by_names_the_shipped_file_not_the_gpu_machines_path():
+    for row in gpu_rows().itertuples():
+        assert "--out" not in row.measured_by and "/root" not in row.measured_by
+        assert row.measured_by.endswith(f"(shipped as data/gpu/{row.file})")
