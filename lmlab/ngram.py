@@ -615,6 +615,7 @@ def measure_ngrams(
     threads: int | None = None,
     evaluation: TokenizedCorpus | None = None,
     technique: str | None = None,
+    corpus: str | None = None,
 ) -> list:
     """Fit an n-gram model for each n and return one results row per model (chapter 01's baseline).
 
@@ -622,7 +623,9 @@ def measure_ngrams(
     ``accuracy_tokens`` predictions; latency is one prediction at batch 1. Later chapters call this to
     put the n-gram rows beside their own, measured on the same machine in the same run: models are fitted
     on ``data``'s training split and scored on ``evaluation`` (e.g. ``data.head("test", 30)``, the slice a
-    chapter scores its other models on) if given, else on ``data`` itself. ``technique`` labels the rows.
+    chapter scores its other models on) if given, else on ``data`` itself. ``technique`` labels the rows;
+    ``corpus`` names what they were scored on (default: ``data``'s corpus name; pass the slice's name, e.g.
+    ``lmlab.experiment.notebook_slice``'s, when scoring on ``evaluation``).
     """
     from lmlab.lm import evaluate, measure
 
@@ -635,6 +638,6 @@ def measure_ngrams(
         scores = {"accuracy": scored["accuracy"], "tokens": scored["tokens"],
                   "perplexity": model.perplexity(contexts, targets)}
         rows.append(measure(model, contexts, targets, name=f"{n}-gram", technique=technique or f"n-gram, {smoothing}",
-                            setting=f"n={n}", corpus=data.corpus.name, repeat=repeat, threads=threads,
+                            setting=f"n={n}", corpus=corpus or data.corpus.name, repeat=repeat, threads=threads,
                             scores=scores))
     return rows

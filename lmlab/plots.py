@@ -147,6 +147,24 @@ def plain_log_ticks(axis) -> None:
     axis.set_minor_formatter(_PlainLogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.8)))
 
 
+def log_ticks(low: float, high: float, at_least: int = 3) -> list[float]:
+    """Plain tick values for a log axis from ``low`` to ``high``: 1, 2, 5 × 10^k, or finer steps (1, 1.5, 2, 3, 4, 5,
+    6, 8 × 10^k; then halves; then every tenth of a decade) until at least ``at_least`` fall inside; at most eight.
+    Raises ValueError unless 0 < low < high."""
+    if not (0 < low < high and math.isfinite(high)):
+        raise ValueError(f"low={low!r}, high={high!r}: give 0 < low < high, both finite")
+    ticks: list[float] = []
+    for mantissas in ((1, 2, 5), (1, 1.5, 2, 3, 4, 5, 6, 8), (1, 1.25, 1.5, 2, 2.5, 3, 3.5, 4, 5, 6, 7, 8, 9),
+                      tuple(np.round(np.arange(1, 10, 0.1), 1))):
+        decades = range(math.floor(math.log10(low)), math.ceil(math.log10(high)) + 1)
+        ticks = [float(f"{m * 10.0**k:.6g}") for k in decades for m in mantissas if low <= m * 10.0**k <= high]
+        if len(ticks) >= at_least:
+            break
+    while len(ticks) > 8:
+        ticks = ticks[::2]
+    return ticks
+
+
 def finish_axes(ax: Axes, xlabel: str, ylabel: str, title: str, legend_loc: str = "best") -> None:
     """Label, title, grid and legend a plot in the workbook's projector-sized fonts; tighten its figure."""
     ax.set_xlabel(xlabel, fontsize=FONT_SIZE)

@@ -584,15 +584,3 @@ def beaten_by(rows: Sequence, row) -> dict[str, list[str]]:
         gap = (other.accuracy_se or 0.0) + (row.accuracy_se or 0.0)
         found["clearly" if other.accuracy - row.accuracy > gap else "within noise"].append(other.name)
     return found
-
-
-def rows_table(rows: Sequence) -> pd.DataFrame:
-    """Show results rows as ``lmlab.results.results_table`` does, with each accuracy's ± standard error and the
-    slice it was scored on."""
-    from lmlab.results import results_table
-
-    table = results_table(rows)
-    table.insert(table.columns.get_loc("accuracy") + 1, "± se",
-                 [None if r.accuracy_se is None else round(r.accuracy_se, 4) for r in rows])
-    table["slice"] = [r.corpus for r in rows]
-    return table

@@ -34,7 +34,7 @@ from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter, NullLo
 from torch import nn
 
 from lmlab.neural import weight_layers
-from lmlab.plots import FONT_SIZE, tradeoff_plot
+from lmlab.plots import FONT_SIZE, log_ticks, tradeoff_plot
 from lmlab.quantize import (GRANULARITIES, MAX_BITS, MIN_BITS, check_bits, fake_quantize, model_bytes, quantize,
                             quantize_model)
 from lmlab.results import Result
@@ -292,24 +292,6 @@ def bits_plot(sweep: pd.DataFrame) -> Figure:
     return fig
 
 
-def log_ticks(low: float, high: float, at_least: int = 3) -> list[float]:
-    """Plain tick values for a log axis from ``low`` to ``high``: 1, 2, 5 × 10^k, or finer steps (1, 1.5, 2, 3, 4, 5,
-    6, 8 × 10^k; then halves; then every tenth of a decade) until at least ``at_least`` fall inside; at most eight.
-    Raises ValueError unless 0 < low < high."""
-    if not (0 < low < high and math.isfinite(high)):
-        raise ValueError(f"low={low!r}, high={high!r}: give 0 < low < high, both finite")
-    ticks: list[float] = []
-    for mantissas in ((1, 2, 5), (1, 1.5, 2, 3, 4, 5, 6, 8), (1, 1.25, 1.5, 2, 2.5, 3, 3.5, 4, 5, 6, 7, 8, 9),
-                      tuple(np.round(np.arange(1, 10, 0.1), 1))):
-        decades = range(math.floor(math.log10(low)), math.ceil(math.log10(high)) + 1)
-        ticks = [float(f"{m * 10.0**k:.6g}") for k in decades for m in mantissas if low <= m * 10.0**k <= high]
-        if len(ticks) >= at_least:
-            break
-    while len(ticks) > 8:
-        ticks = ticks[::2]
-    return ticks
-
-
 def _noise(a_se: float, b_se: float) -> float:
     """Two standard errors of a difference of two accuracies: 2 · sqrt(se_a² + se_b²)."""
     return 2 * math.hypot(a_se, b_se)
@@ -467,14 +449,6 @@ def model_rows(real: Mapping[tuple[str, str], Result], sweep: pd.DataFrame, name
     ``widths`` of the ``weights`` granularity (``simulated_rows``, at its "PyTorch float32" row's latency)."""
     rows = [real[name, technique] for technique in techniques]
     return rows + simulated_rows(sweep, real[name, "PyTorch float32"], weights, widths)
-
-
-def ngram_rows(data, orders: tuple[int, ...], corpus: str, **measure) -> list[Result]:
-    """Chapter 01's n-gram rows (``lmlab.ngram.measure_ngrams(data, orders, **measure)``), named by the slice they
-    were scored on, ``corpus``, like the rows they are plotted with."""
-    from lmlab.ngram import measure_ngrams
-
-    return [dataclasses.replace(r, corpus=corpus) for r in measure_ngrams(data, orders, **measure)]
 
 
 def frontier_takeaway(rows: Sequence[Result], label: str) -> str:

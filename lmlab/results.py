@@ -109,7 +109,9 @@ def check_bootstrap(level: float, resamples: int) -> None:
 def results_table(results: Sequence[Result]) -> pd.DataFrame:
     """Return the rows as a pandas table, times shown with their unit (``'    1.234 ms'``).
 
-    Accuracy is rounded to 4 places and perplexity to 2, so a re-run with the same seed prints the same.
+    Accuracy is rounded to 4 places, with its binomial standard error beside it (``± se``, empty when the row does
+    not know its number of predictions), and perplexity to 2, so a re-run with the same seed prints the same.
+    ``slice`` is what the row was scored on (its ``corpus``).
     """
     rows = []
     for r in results:
@@ -118,6 +120,7 @@ def results_table(results: Sequence[Result]) -> pd.DataFrame:
             "technique": r.technique,
             "setting": r.setting,
             "accuracy": round(r.accuracy, 4),
+            "± se": None if r.accuracy_se is None else round(r.accuracy_se, 4),
             "perplexity": None if r.perplexity is None else round(r.perplexity, 2),
             "median": format_ms(r.median_ms),
             "p90": format_ms(r.p90_ms),
@@ -126,6 +129,7 @@ def results_table(results: Sequence[Result]) -> pd.DataFrame:
             "batch": r.batch_size,
             "device": r.device,
             "threads": r.threads,
+            "slice": r.corpus,
         })
     return pd.DataFrame(rows)
 

@@ -326,3 +326,11 @@ def test_measure_ngrams_scores_on_a_given_slice(names_data):
     scores = evaluate(model, *slice_.examples("test", 2))
     assert row.accuracy == pytest.approx(scores["accuracy"]) and row.perplexity == pytest.approx(scores["perplexity"])
     assert row.technique == "n-gram (chapter 01)"
+
+
+def test_measure_ngrams_names_the_slice_it_scored(names_data):
+    from lmlab.ngram import measure_ngrams
+
+    row, = measure_ngrams(names_data, orders=(2,), evaluation=names_data.head("test", 50), corpus="names test[:50]",
+                          accuracy_tokens=200, repeat=2)
+    assert row.corpus == "names test[:50]"

@@ -283,8 +283,8 @@ def test_time_variants_times_each_part_against_the_first(gpt):
 
 
 def test_measure_variants_names_the_slice_and_marks_masks_simulated(gpt, names_slice):
-    from lmlab.prune import measure_variants, rows_table
-    from lmlab.results import Result
+    from lmlab.prune import measure_variants
+    from lmlab.results import Result, results_table
 
     contexts, targets = names_slice.examples("test", gpt.context_size)
     elsewhere = Result("3-gram", "n-gram", "", 0.3, 0.1, 0.2, predictions=100, corpus="names")
@@ -296,7 +296,7 @@ def test_measure_variants_names_the_slice_and_marks_masks_simulated(gpt, names_s
     assert [r.simulated for r in rows] == [False, False, True]
     assert {r.corpus for r in rows} == {"names test[:30]"}
     assert rows[1].accuracy == pytest.approx(score(gpt)["accuracy"]) and rows[1].predictions == len(targets)
-    table = rows_table(rows)
+    table = results_table(rows)
     assert table["± se"].tolist() == [round(r.accuracy_se, 4) for r in rows]
     assert table.columns.get_loc("± se") == table.columns.get_loc("accuracy") + 1 and "slice" in table
 

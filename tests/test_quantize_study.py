@@ -11,9 +11,10 @@ import torch
 from torch import nn
 
 from lmlab.neural import build_model, weight_layers
+from lmlab.plots import log_ticks
 from lmlab.quantize import fake_quantize, model_bytes, quantize_model
 from lmlab.quantize_study import (Subject, bits_plot, bits_sweep, bits_takeaway, frontier_takeaway,
-                                  granularity_errors, input_ranges, label_points, llm_subject, lm_subject, log_ticks,
+                                  granularity_errors, input_ranges, label_points, llm_subject, lm_subject,
                                   model_rows, multiply_adds, outlier_plot, rounding_error_plot, row_range_plot,
                                   rows_text, runtime_rows, simulated_rows, speed_takeaway, sweep_table,
                                   tradeoff_figure)
