@@ -238,6 +238,7 @@ def test_the_tradeoff_summary_calls_a_difference_inside_two_standard_errors_nois
     far = row("far", 0.99, 2.0)
     assert not within_noise(fast, far)
     assert tradeoff_summary([fast, far]).startswith("far is the most accurate (0.990) and no faster")
+    assert tradeoff_summary([row("quick", 0.99, 0.1), slow]) == "quick is both the most accurate (0.990) and the fastest"
 
 
 # ONNX ---------------------------------------------------------------------------------------------------------
