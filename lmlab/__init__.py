@@ -16,6 +16,8 @@ milliseconds. One module per idea:
 - ``lmlab.prune``    pruning, low rank, weight sharing; ``lmlab.widgets`` the interactive panels
 - ``lmlab.decode``   prefill and decode, the KV cache, sampling, batches, streaming; ``lmlab.hardware`` the
   machine's bandwidth and FLOP/s, the decode floor and the roofline
+- ``lmlab.classify`` text classifiers (names -> sex, verse -> testament or book group): four models, metrics
+  from class labels, the transformer exported to ONNX step by step
 """
 
 import logging

