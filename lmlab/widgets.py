@@ -19,6 +19,7 @@ from lmlab.bench import Timing, time_ms
 from lmlab.lm import LanguageModel, make_context
 
 if TYPE_CHECKING:
+    from lmlab.classify import TextClassifier
     from lmlab.experiment import Method
 
 
@@ -322,3 +323,63 @@ class DecodePanel:
         self.info.value = (f"<b>{name}</b>, {path}, cache {'on' if self.cache.value else 'off'}, batch {batch}: "
                            f"first token after {ttft_ms:.0f} ms, then {rate:.1f} tokens/s")
         return {"ttft_ms": ttft_ms, "tokens_per_s": rate}
+
+
+class ClassifyPanel:
+    """Type a text, see every classifier's probability for each class, and how long each took to answer.
+
+    Introduced in notebooks/09_recurrent_vectors_classifiers.ipynb. ``classifiers`` maps a name to a fitted
+    ``lmlab.classify.TextClassifier``; all must share one set of classes. A text a classifier refuses (an empty one)
+    is shown as the error's message, with no chart.
+    """
+
+    def __init__(self, classifiers: Mapping[str, "TextClassifier"], text: str = ""):
+        import ipywidgets as widgets
+
+        if not classifiers:
+            raise ValueError("classifiers is empty: the panel needs at least one fitted classifier")
+        classes = {tuple(c.classes) for c in classifiers.values()}
+        if len(classes) != 1 or not next(iter(classes)):
+            raise ValueError(f"classifiers answer different class lists {sorted(classes)}; give one task's classifiers, "
+                             "each fitted")
+        self.classifiers, self.classes = dict(classifiers), next(iter(classes))
+        self.text = widgets.Text(value=text, description="text", layout=widgets.Layout(width="70%"))
+        self.chart = widgets.Image(format="png")  # redrawing changes widget state only, never the cell's output
+        self.info = widgets.HTML()
+        self.widget = widgets.VBox([self.text, self.info, self.chart])
+        self.text.observe(lambda _: self.refresh(), names="value")
+        self.refresh()
+
+    def predict(self, text: str) -> dict[str, tuple[list[float], Timing]]:
+        """Return, per classifier, its class probabilities for ``text`` (summing to one) and the time of the call."""
+        answers = {}
+        for name, clf in self.classifiers.items():
+            timing = time_ms(clf.predict_logits, [text], warmup=1, repeat=5)
+            with torch.no_grad():
+                probs = torch.softmax(clf.predict_logits([text]).double(), dim=-1)[0]
+            answers[name] = (probs.tolist(), timing)
+        return answers
+
+    def refresh(self) -> None:
+        try:
+            answers = self.predict(self.text.value)
+        except ValueError as err:
+            self.chart.value = b""  # no chart of an earlier text under this message
+            self.info.value = f"<b>refused</b>: {html.escape(str(err))}"
+            return
+        fig = Figure(figsize=(10, 1.4 + 0.3 * len(self.classes) * len(answers) ** 0.5))
+        ax = fig.subplots()
+        n, height = len(self.classes), 0.8 / len(answers)
+        for i, (name, (probs, _)) in enumerate(answers.items()):  # the first class on top, one bar per classifier
+            ax.barh([n - 1 - k - (i - (len(answers) - 1) / 2) * height for k in range(n)], probs, height=height,
+                    label=name)
+        ax.set_yticks([n - 1 - k for k in range(n)], self.classes)
+        ax.set_xlim(0, 1)
+        ax.set_xlabel("P(class | text)", fontsize=13)
+        ax.tick_params(labelsize=12)
+        ax.legend(fontsize=11, loc="lower right")
+        fig.tight_layout()
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=72)
+        self.chart.value = buffer.getvalue()
+        self.info.value = "; ".join(f"<b>{name}</b> {timing}" for name, (_, timing) in answers.items())

@@ -105,3 +105,31 @@ def test_decode_panel_streams_a_reply_and_times_it():
     assert "prompt" in panel.run()["error"] and "empty" in panel.info.value
     with pytest.raises(ValueError, match="models is empty"):
         DecodePanel({})
+
+
+def test_classify_panel_shows_each_classifiers_probabilities_and_refuses_an_empty_text():
+    from lmlab.classify import names_by_sex, train_classifier
+    from lmlab.widgets import ClassifyPanel
+
+    train = names_by_sex().split(seed=0)["train"]
+    panel = ClassifyPanel({kind: train_classifier(kind, train, steps=5) for kind in ("linear", "cnn")}, text="mary")
+    answers = panel.predict("mary")
+    assert set(answers) == {"linear", "cnn"}
+    for probs, timing in answers.values():
+        assert len(probs) == len(panel.classes) == 2 and sum(probs) == pytest.approx(1.0)
+        assert timing.repeat == 5
+    assert bytes(panel.chart.value).startswith(b"\x89PNG") and "cnn" in panel.info.value
+    panel.text.value = "   "
+    assert bytes(panel.chart.value) == b"" and "refused" in panel.info.value and "empty" in panel.info.value
+    panel.text.value = "john"
+    assert bytes(panel.chart.value).startswith(b"\x89PNG")
+
+
+def test_classify_panel_needs_one_tasks_fitted_classifiers():
+    from lmlab.classify import make_classifier
+    from lmlab.widgets import ClassifyPanel
+
+    with pytest.raises(ValueError, match="classifiers is empty"):
+        ClassifyPanel({})
+    with pytest.raises(ValueError, match="class lists"):
+        ClassifyPanel({"untrained": make_classifier("linear")})
