@@ -258,6 +258,7 @@ def train_word2vec(
     pairs = [skipgram_pairs(data, window, subsample, seed + epoch) for epoch in range(epochs)]
     total_batches = sum(math.ceil(len(c) / batch_size) for c, _ in pairs)
     chunk_size = max(1, math.ceil(total_batches / chunks))
+    sign = torch.tensor([1.0] + [-1.0] * negatives)  # σ(+u·v) for the true context, σ(−u·v) for a negative
     curve, chunk_loss, chunk_pairs, seen, step = [], 0.0, 0, 0, 0
     for centres_np, contexts_np in pairs:
         order = torch.randperm(len(centres_np), generator=generator)
@@ -266,18 +267,16 @@ def train_word2vec(
             w = centres[first:first + batch_size]  # (B,)
             c = torch.cat([contexts[first:first + batch_size, None],  # (B, 1 + k): the context, then negatives
                            table[torch.randint(len(table), (len(w), negatives), generator=generator)]], 1)
-            sign = torch.ones(c.shape[1])
-            sign[1:] = -1  # σ(+u·v) for the true context, σ(−u·v) for a negative
-            vw, uc = v[w], u[c]  # (B, dim), (B, 1 + k, dim)
+            vw = v.index_select(0, w)  # (B, dim)
+            uc = u.index_select(0, c.flatten()).view(*c.shape, dim)  # (B, 1 + k, dim)
             score = torch.bmm(uc, vw[:, :, None])[..., 0]  # (B, 1 + k): u_c · v_w for each column
             loss = -torch.nn.functional.logsigmoid(sign * score)  # (B, 1 + k)
             # dℓ/dscore = −sign · σ(−sign · score); the chain rule through the dot products gives the two gradients.
             g = -sign * torch.sigmoid(-sign * score)  # (B, 1 + k)
-            grad_v = torch.bmm(g[:, None, :], uc)[:, 0]  # (B, dim)
-            grad_u = g[..., None] * vw[:, None, :]  # (B, 1 + k, dim)
             alpha = lr * max(1e-4, 1 - step / total_batches)
-            v.index_add_(0, w, grad_v, alpha=-alpha)
-            u.index_add_(0, c.flatten(), grad_u.flatten(0, 1), alpha=-alpha)
+            step_g = -alpha * g  # (B, 1 + k): the SGD step −α·dℓ/dscore (index_add_ with alpha= is 3× slower)
+            v.index_add_(0, w, (step_g[..., None] * uc).sum(1))  # v_w −= α Σ_j g_j u_j
+            u.index_add_(0, c.flatten(), (step_g[..., None] * vw[:, None, :]).flatten(0, 1))  # u_j −= α g_j v_w
             chunk_loss += float(loss.sum(1).sum())
             chunk_pairs += len(w)
             seen += len(w)
