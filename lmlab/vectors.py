@@ -21,10 +21,14 @@ import zlib
 from dataclasses import dataclass, field
 from typing import NamedTuple, Sequence
 
+import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 import torch
+from matplotlib.figure import Figure
 
 from lmlab.corpora import SPECIALS, TokenizedCorpus, Vocab
+from lmlab.plots import finish_axes, place_labels
 from lmlab.runtime import check_int
 
 
@@ -103,6 +107,12 @@ class Overlap(NamedTuple):
     mean: float
     per_word: dict[str, float]
     chance: float
+
+    @property
+    def se(self) -> float:
+        """The standard error of the mean over the words, s / √n (0 for a single word)."""
+        values = np.array(list(self.per_word.values()))
+        return float(values.std(ddof=1) / math.sqrt(len(values))) if len(values) > 1 else 0.0
 
 
 @dataclass
@@ -326,3 +336,74 @@ def gensim_word2vec(
     settings = {"method": f"gensim {__import__('gensim').__version__} Word2Vec (sg=1)", "dim": dim, "window": window,
                 "negatives": negatives, "epochs": epochs, "lr": lr, "subsample": subsample, "seed": seed}
     return WordVectors(vectors, data.vocab, [], settings, time.perf_counter() - start)
+
+
+def neighbour_table(vector_sets: dict[str, WordVectors], words: Sequence[str], k: int = 5) -> pd.DataFrame:
+    """Return a table of each word's ``k`` nearest neighbours (nearest first) under each set of vectors, side by side:
+    one row per word, one column per entry of ``vector_sets``. Raises ValueError for an unknown word or k."""
+    if not vector_sets:
+        raise ValueError("vector_sets is empty: give at least one name -> WordVectors")
+    return pd.DataFrame({name: [", ".join(w for w, _ in wv.neighbours(word, k)) for word in words]
+                         for name, wv in vector_sets.items()}, index=pd.Index(list(words), name="word"))
+
+
+def analogy_table(vector_sets: dict[str, WordVectors], questions: Sequence[tuple[str, str, str, str]],
+                  k: int = 5) -> pd.DataFrame:
+    """Ask each "a : b :: c : ?" question (with the answer a person expects, d) of each set of vectors.
+
+    One row per question: the question, the expected word, and per set the top-``k`` 3CosAdd answers and whether the
+    expected word is among them ("yes"/"no"). Raises ValueError for an unknown word or k.
+    """
+    if not vector_sets:
+        raise ValueError("vector_sets is empty: give at least one name -> WordVectors")
+    rows = []
+    for a, b, c, expected in questions:
+        row = {"question": f"{a} : {b} :: {c} : ?", "expected": expected}
+        for name, wv in vector_sets.items():
+            wv._id(expected, "expected")
+            answers = [w for w, _ in wv.analogy(a, b, c, k)]
+            row[f"{name} top {k}"] = ", ".join(answers)
+            row[f"{name} hit"] = "yes" if expected in answers else "no"
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def pca_2d(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Project rows onto their first two principal components: centre X, take its SVD X = U S Vᵀ, return X V[:, :2]
+    ((n, 2)) and the share of the variance each of the two keeps, S_i² / Σ S². Raises ValueError for < 3 rows."""
+    x = np.asarray(vectors, dtype=np.float64)
+    if x.ndim != 2 or len(x) < 3 or x.shape[1] < 2:
+        raise ValueError(f"vectors has shape {x.shape}; PCA to 2-D needs at least 3 rows of at least 2 numbers")
+    x = x - x.mean(0)
+    _, s, vt = np.linalg.svd(x, full_matrices=False)
+    vt = vt[:2] * np.sign(vt[:2, [0]] + (vt[:2, [0]] == 0))  # fix each component's sign, so pictures repeat
+    return x @ vt.T, s[:2] ** 2 / (s ** 2).sum()
+
+
+def loss_curve_plot(wv: WordVectors, title: str = "Skip-gram training loss") -> Figure:
+    """Plot a WordVectors' loss curve: mean loss per pair against millions of pairs seen."""
+    if not wv.loss_curve:
+        raise ValueError("wv has no loss curve: only vectors trained by train_word2vec record one")
+    seen, loss = zip(*wv.loss_curve)
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    ax.plot(np.array(seen) / 1e6, loss, marker="o", label=wv.settings.get("method", "skip-gram"))
+    finish_axes(ax, "pairs seen (millions)", "mean loss per pair (nats)", title)
+    return fig
+
+
+def pca_plot(vector_sets: dict[str, WordVectors], groups: dict[str, Sequence[str]]) -> Figure:
+    """Draw the same words in the first two principal components of each set of vectors, one panel per set, each
+    word coloured by its group. PCA is fitted on the chosen words' unit vectors (cosine geometry), per panel."""
+    words = [w for members in groups.values() for w in members]
+    fig, axes = plt.subplots(1, len(vector_sets), figsize=(8 * len(vector_sets), 8.5), squeeze=False)
+    for ax, (name, wv) in zip(axes[0], vector_sets.items()):
+        xy, share = pca_2d(wv._unit[[wv._id(w, "groups") for w in words]])
+        start = 0
+        for colour, (group, members) in zip(plt.cm.tab10.colors, groups.items()):
+            part = xy[start:start + len(members)]
+            ax.scatter(part[:, 0], part[:, 1], s=60, color=colour, label=group)
+            start += len(members)
+        ax.margins(0.05)  # room for the labels of the outermost words
+        place_labels(ax, [(w, float(px), float(py)) for w, (px, py) in zip(words, xy)])
+        finish_axes(ax, f"PC 1 ({share[0]:.0%} of variance)", f"PC 2 ({share[1]:.0%})", name, legend_loc="best")
+    return fig

@@ -186,3 +186,35 @@ def test_from_gpt_wraps_the_input_embedding():
     wv = WordVectors.from_gpt(gpt)
     assert wv.vocab is vocab and wv.settings["checkpoint"] == "toy"
     assert np.array_equal(wv.vectors, weight.detach().numpy())
+
+
+def test_tables_and_pca_on_hand_made_vectors():
+    from lmlab.vectors import analogy_table, loss_curve_plot, neighbour_table, pca_2d, pca_plot
+
+    s = 1 / math.sqrt(3)
+    wv = toy(("a", "b", "c", "d", "e"), [[1, 0, 0, 0]] * 3 + [[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0],
+                                                              [-s, s, s, 0], [0, 0, 0, 1]])
+    table = neighbour_table({"toy": wv}, ["a", "e"], k=2)
+    assert table.loc["a", "toy"] == "b, c" and table.loc["e", "toy"] == "a, b"
+    answers = analogy_table({"toy": wv}, [("a", "b", "c", "d"), ("a", "b", "c", "e")], k=1)
+    assert list(answers["toy hit"]) == ["yes", "no"] and answers.loc[0, "question"] == "a : b :: c : ?"
+    with pytest.raises(ValueError, match="expected='zebra'"):
+        analogy_table({"toy": wv}, [("a", "b", "c", "zebra")])
+    with pytest.raises(ValueError, match="vector_sets is empty"):
+        neighbour_table({}, ["a"])
+    # Points on a line in 3-D: the first component keeps all the variance and recovers the spacing.
+    xy, share = pca_2d(np.outer([-1.0, 0.0, 2.0, 3.0], [1.0, 2.0, 2.0]))
+    assert share[0] == pytest.approx(1.0) and np.allclose(np.abs(np.diff(xy[:, 0])), [3, 6, 3])
+    with pytest.raises(ValueError, match="at least 3 rows"):
+        pca_2d(np.eye(2))
+    assert len(pca_plot({"toy": wv}, {"one": ["a", "b"], "two": ["c", "d"]}).axes) == 1
+    with pytest.raises(ValueError, match="no loss curve"):
+        loss_curve_plot(wv)
+
+
+def test_overlap_standard_error():
+    from lmlab.vectors import Overlap
+
+    o = Overlap(0.5, {"x": 0.4, "y": 0.6}, 0.01)
+    assert o.se == pytest.approx(0.1)  # sample sd 0.1414 / sqrt(2)
+    assert Overlap(0.5, {"x": 0.5}, 0.01).se == 0.0
