@@ -10,7 +10,8 @@ score low. The loss of one pair (w, c) with negatives c_1..c_k drawn from the un
 
 ``WordVectors`` holds the centre vectors v and answers nearest neighbours (cosine similarity) and analogies
 (3CosAdd); ``WordVectors.from_gpt`` wraps a GPT's input embedding the same way, so the two can be compared with
-``neighbour_overlap``.
+``neighbour_overlap``. GloVe (Pennington et al., 2014) fits the same kind of vectors to log co-occurrence counts
+instead: ``cooccurrence`` counts X and ``glove_loss`` computes its objective.
 """
 
 from __future__ import annotations
@@ -248,9 +249,9 @@ def train_word2vec(
     """Train skip-gram with negative sampling on ``data``'s train split; return the centre vectors v as WordVectors.
 
     Each epoch draws fresh pairs (``skipgram_pairs``, seed + epoch) in a seeded random order. Every batch of pairs
-    (w, c) draws ``negatives`` words per pair from P_n(w) ∝ count(w)^0.75 (``noise_table``) and takes one plain SGD step on the
-    SUMMED loss Σ ℓ(w, c) (see the module docstring), as word2vec does pair by pair; the learning rate falls
-    linearly from ``lr`` to lr · 1e-4 over training (word2vec's and gensim's schedule). v starts uniform in
+    (w, c) draws ``negatives`` words per pair from P_n(w) ∝ count(w)^0.75 (``noise_table``) and takes one plain
+    SGD step on the SUMMED loss Σ ℓ(w, c) (see the module docstring), as word2vec does pair by pair; the learning
+    rate falls linearly from ``lr`` to lr · 1e-4 over training (word2vec's and gensim's schedule). v starts uniform in
     ±0.5/dim, u at zero (as in word2vec). The loss curve records the mean ℓ per pair over ``chunks`` equal
     chunks of batches. Deterministic for a seed on a given thread count.
 
@@ -407,3 +408,62 @@ def pca_plot(vector_sets: dict[str, WordVectors], groups: dict[str, Sequence[str
         place_labels(ax, [(w, float(px), float(py)) for w, (px, py) in zip(words, xy)])
         finish_axes(ax, f"PC 1 ({share[0]:.0%} of variance)", f"PC 2 ({share[1]:.0%})", name, legend_loc="best")
     return fig
+
+
+def cooccurrence(data_or_ids: TokenizedCorpus | Sequence[np.ndarray], window: int = 5,
+                 vocab_size: int | None = None) -> "scipy.sparse.csr_matrix":
+    """Count GloVe's co-occurrences: X_ij = Σ 1/d over every time word j stands d ≤ ``window`` positions from word i
+    in one train document (both directions, so X is symmetric; GloVe's 1/d weighting). <unk> is dropped first, as in
+    ``skipgram_pairs``. Returns a (V, V) scipy CSR matrix of float64. Raises ValueError for window < 1 or no tokens.
+    """
+    from scipy.sparse import coo_matrix
+
+    check_int("window", window, 1)
+    docs = _documents(data_or_ids)
+    if vocab_size is None:
+        vocab_size = len(data_or_ids.vocab) if isinstance(data_or_ids, TokenizedCorpus) else \
+            int(max(doc.max() for doc in docs if len(doc))) + 1
+    ids = np.concatenate(docs)  # (L,)
+    doc_of = np.repeat(np.arange(len(docs)), [len(doc) for doc in docs])
+    ids, doc_of = ids[ids != 0], doc_of[ids != 0]
+    rows, cols, weights = [], [], []
+    for d in range(1, window + 1):
+        same = np.flatnonzero(doc_of[:-d] == doc_of[d:])  # positions i with i + d in the same document
+        rows += [ids[same], ids[same + d]]
+        cols += [ids[same + d], ids[same]]
+        weights += [np.full(2 * len(same), 1.0 / d)]
+    return coo_matrix((np.concatenate(weights), (np.concatenate(rows), np.concatenate(cols))),
+                      shape=(vocab_size, vocab_size)).tocsr()  # duplicates are summed
+
+
+def glove_weight(x: torch.Tensor, x_max: float = 100.0, alpha: float = 0.75) -> torch.Tensor:
+    """GloVe's weighting f(x) = min(1, (x / x_max)^α): rare pairs count little, frequent ones no more than 1."""
+    return torch.clamp((x / x_max) ** alpha, max=1.0)
+
+
+def glove_loss(w: torch.Tensor, w_tilde: torch.Tensor, b: torch.Tensor, b_tilde: torch.Tensor, counts,
+               x_max: float = 100.0, alpha: float = 0.75) -> torch.Tensor:
+    """Return GloVe's objective over the non-zero counts (a scipy sparse matrix or a dense array X):
+
+        J = Σ_{i,j: X_ij > 0} f(X_ij) (w_i · w̃_j + b_i + b̃_j − ln X_ij)²,
+
+    w, w_tilde (V, dim); b, b_tilde (V,). Differentiable in the four tensors. Raises ValueError for mismatched
+    shapes, a negative count, or x_max / alpha not positive.
+    """
+    from scipy.sparse import coo_matrix
+
+    x = coo_matrix(counts)
+    if not (x_max > 0 and alpha > 0):
+        raise ValueError(f"x_max={x_max!r}, alpha={alpha!r}: both must be positive")
+    if w.shape != w_tilde.shape or w.shape[0] != x.shape[0] or x.shape[0] != x.shape[1] \
+            or b.shape != (w.shape[0],) or b_tilde.shape != (w.shape[0],):
+        raise ValueError(f"shapes w {tuple(w.shape)}, w_tilde {tuple(w_tilde.shape)}, b {tuple(b.shape)}, b_tilde "
+                         f"{tuple(b_tilde.shape)} and counts {x.shape} must agree: (V, dim), (V, dim), (V,), (V,), "
+                         "(V, V)")
+    if (x.data < 0).any():
+        raise ValueError("counts has a negative entry; co-occurrence counts are >= 0")
+    keep = x.data > 0
+    i, j = torch.from_numpy(x.row[keep].astype(np.int64)), torch.from_numpy(x.col[keep].astype(np.int64))
+    xij = torch.from_numpy(x.data[keep]).to(w.dtype)  # (nnz,)
+    fit = (w[i] * w_tilde[j]).sum(1) + b[i] + b_tilde[j] - torch.log(xij)  # (nnz,)
+    return (glove_weight(xij, x_max, alpha) * fit ** 2).sum()

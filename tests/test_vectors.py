@@ -218,3 +218,39 @@ def test_overlap_standard_error():
     o = Overlap(0.5, {"x": 0.4, "y": 0.6}, 0.01)
     assert o.se == pytest.approx(0.1)  # sample sd 0.1414 / sqrt(2)
     assert Overlap(0.5, {"x": 0.5}, 0.01).se == 0.0
+
+
+def test_cooccurrence_counts_with_glove_weights():
+    from lmlab.vectors import cooccurrence
+
+    x = cooccurrence([np.array([3, 4, 0, 5]), np.array([4, 3])], window=2, vocab_size=6).toarray()
+    # <unk> (0) is dropped, so 3 4 5 are adjacent: 3-4 at distance 1 (twice, two documents), 4-5 at 1, 3-5 at 2.
+    expected = np.zeros((6, 6))
+    expected[3, 4] = expected[4, 3] = 2.0
+    expected[4, 5] = expected[5, 4] = 1.0
+    expected[3, 5] = expected[5, 3] = 0.5
+    assert np.array_equal(x, expected)
+
+
+def test_glove_loss_matches_a_direct_loop():
+    from lmlab.vectors import glove_loss
+
+    rng = np.random.default_rng(0)
+    counts = np.array([[0, 3, 250], [3, 1, 0], [250, 0, 40]], dtype=float)
+    w, wt = rng.normal(size=(3, 2)), rng.normal(size=(3, 2))
+    b, bt = rng.normal(size=3), rng.normal(size=3)
+    direct = 0.0
+    for i in range(3):
+        for j in range(3):
+            if counts[i, j] > 0:
+                f = min(1.0, (counts[i, j] / 100) ** 0.75)
+                direct += f * (w[i] @ wt[j] + b[i] + bt[j] - math.log(counts[i, j])) ** 2
+    tensors = [torch.tensor(a, requires_grad=True) for a in (w, wt, b, bt)]
+    loss = glove_loss(*tensors, counts)
+    assert loss.item() == pytest.approx(direct, rel=1e-12)
+    loss.backward()
+    assert tensors[0].grad is not None and tensors[0].grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="must agree"):
+        glove_loss(tensors[0], tensors[1][:2], tensors[2], tensors[3], counts)
+    with pytest.raises(ValueError, match="negative"):
+        glove_loss(*tensors, -counts)
