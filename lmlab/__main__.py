@@ -18,6 +18,9 @@
   classify TASK --model linear|bilstm|cnn|transformer [--steps N] [--save FILE]
                            train a text classifier (lmlab.classify: names-sex, kjv-testament, kjv-books) for N
                            steps, then its test rows at batch 1 and 32 and its macro precision / recall / F1
+  vectors WORDS [--dim D --epochs E --window W --negatives K --analogy A,B,C --gensim --gpt]
+                           train skip-gram word2vec on the King James text (lmlab.vectors), print each word's
+                           nearest neighbours (beside gensim's and the shipped GPT's, if asked) and analogies
   sweep --models M1,M2 [--methods A,B --values [METHOD=]V1,V2 --batch-sizes 1,8] --out ROWS.json
         [--engine local|ray --workers N --address ray://HOST:10001|auto --threads N --repeat N --plot PNG]
                            a grid of settings, one row each, in worker processes or on Ray (lmlab.sweep);
@@ -71,6 +74,18 @@ def main(argv: list[str] | None = None) -> int:
     classify.add_argument("--repeat", type=int, default=30, help="timed repeats")
     classify.add_argument("--threads", type=int, default=None, help="torch threads (default: $LMLAB_THREADS or 1)")
     classify.add_argument("--save", default=None, help="JSON file of results rows to add the rows to")
+    vectors = commands.add_parser("vectors", help="train word2vec on the KJV and print neighbours (lmlab.vectors)")
+    vectors.add_argument("words", help="comma-separated words, e.g. king,gold,seven")
+    vectors.add_argument("--k", type=int, default=5, help="neighbours per word")
+    vectors.add_argument("--dim", type=int, default=50)
+    vectors.add_argument("--epochs", type=int, default=2)
+    vectors.add_argument("--window", type=int, default=5)
+    vectors.add_argument("--negatives", type=int, default=5)
+    vectors.add_argument("--seed", type=int, default=0)
+    vectors.add_argument("--analogy", action="append", default=[], help="A,B,C: a is to b as c is to ? (repeatable)")
+    vectors.add_argument("--gensim", action="store_true", help="also train gensim's Word2Vec with the same settings")
+    vectors.add_argument("--gpt", action="store_true", help="also ask the shipped gpt-large's input embedding")
+    vectors.add_argument("--threads", type=int, default=None, help="torch threads (default: $LMLAB_THREADS or 1)")
     generate = commands.add_parser("generate", help="stream a reply, then its TTFT and tokens/s (lmlab.decode)")
     generate.add_argument("model", help="smollm2, or a shipped GPT: gpt-small, gpt-medium or gpt-large")
     generate.add_argument("prompt")
@@ -182,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"added to {add_results([row], args.save)}")
         elif args.command == "classify":
             _classify(args)
+        elif args.command == "vectors":
+            _vectors(args)
         elif args.command == "generate":
             _generate(args)
         elif args.command == "hardware":
@@ -230,6 +247,40 @@ def _classify(args) -> None:
           f"{metrics.precision:.3f}, recall {metrics.recall:.3f}, F1 {metrics.f1:.3f} on {metrics.n:,} test texts")
     if args.save:
         print(f"added to {add_results(rows, args.save)}")
+
+
+def _vectors(args) -> None:
+    from lmlab.corpora import load_kjv, tokenize_corpus
+    from lmlab.runtime import check_int, torch_threads
+    from lmlab.vectors import WordVectors, gensim_word2vec, neighbour_table, train_word2vec
+
+    check_int("k", args.k, 1)
+    words = [w.strip().lower() for w in args.words.split(",") if w.strip()]
+    questions = [tuple(q.strip().lower() for q in a.split(",")) for a in args.analogy]
+    if not words:
+        raise ValueError(f"words={args.words!r} names no word; give comma-separated words, e.g. king,gold")
+    bad = [a for a, q in zip(args.analogy, questions) if len(q) != 3 or not all(q)]
+    if bad:
+        raise ValueError(f"--analogy {bad[0]!r} is not three words A,B,C (a is to b as c is to ?)")
+    data = tokenize_corpus(load_kjv(), min_count=2)
+    unknown = [w for w in words + [w for q in questions for w in q] if w not in data.vocab]
+    if unknown:  # before the seconds of training, not after
+        raise ValueError(f"word {unknown[0]!r} is not in the King James vocabulary (words seen twice or more)")
+    settings = dict(dim=args.dim, window=args.window, negatives=args.negatives, epochs=args.epochs, seed=args.seed)
+    with torch_threads(args.threads) as used:
+        sets = {"word2vec (lmlab)": train_word2vec(data, **settings)}
+    if args.gensim:
+        sets["gensim"] = gensim_word2vec(data, **settings)
+    if args.gpt:
+        from lmlab.experiment import load_model
+
+        sets["gpt-large embedding"] = WordVectors.from_gpt(load_model("gpt-large")[0])
+    print(describe_environment("cpu", threads=used))
+    print(", ".join(f"{name}: trained in {wv.train_seconds:.1f} s" for name, wv in sets.items() if wv.train_seconds))
+    print(neighbour_table(sets, words, k=args.k).to_string())
+    for a, b, c in questions:
+        for name, wv in sets.items():
+            print(f"{a} : {b} :: {c} : ?  {name}: " + ", ".join(w for w, _ in wv.analogy(a, b, c, args.k)))
 
 
 def _causal_lm(name: str):

@@ -54,3 +54,23 @@ def test_serve_refuses_bad_settings_before_it_binds(capsys):
     assert "policy='fifo' is unknown" in capsys.readouterr().err
     assert main(["serve", "--port", "70000"]) == 2
     assert "port=70000" in capsys.readouterr().err
+
+
+def test_vectors_trains_word2vec_and_prints_neighbours_and_analogies(capsys):
+    assert main(["vectors", "gold,seven", "--dim", "16", "--epochs", "1", "--k", "3",
+                 "--analogy", "go,went,come"]) == 0
+    out = capsys.readouterr().out
+    table = out.splitlines()
+    assert any(line.startswith("gold ") for line in table) and any(line.startswith("seven ") for line in table)
+    gold = next(line for line in table if line.startswith("gold "))
+    assert len(gold.split(",")) == 3  # k neighbours, comma-separated
+    assert "go : went :: come : ?  word2vec (lmlab): " in out
+
+
+def test_vectors_refuses_unknown_words_and_malformed_analogies_before_training(capsys):
+    assert main(["vectors", "kingz"]) == 2
+    assert "'kingz' is not in the King James vocabulary" in capsys.readouterr().err
+    assert main(["vectors", "king", "--analogy", "man,woman"]) == 2
+    assert "not three words" in capsys.readouterr().err
+    assert main(["vectors", "king", "--k", "0"]) == 2
+    assert "k=0" in capsys.readouterr().err
