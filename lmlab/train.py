@@ -33,7 +33,18 @@ PRESETS: dict[str, dict] = {
                        batch_size=32, epochs=5, lr=2e-3, weight_decay=0.1, warmup_steps=200),
     "gpt-large": dict(corpus="kjv", min_count=2, kind="gpt", model=dict(n_layer=4, n_embd=256, n_head=8, dropout=0.15),
                       batch_size=32, epochs=6, lr=1.5e-3, weight_decay=0.1, warmup_steps=300),
+    # Chapter 09's recurrent models: whole documents, like the GPTs (lmlab.recurrent).
+    "lstm-kjv": dict(corpus="kjv", min_count=2, kind="rnn",
+                     model=dict(cell="lstm", n_layer=1, embed_dim=256, hidden_dim=256, dropout=0.2),
+                     batch_size=32, epochs=4, lr=3e-3, weight_decay=0.0, warmup_steps=200),
+    "lstm-names": dict(corpus="names", min_count=1, kind="rnn",
+                       model=dict(cell="lstm", n_layer=1, embed_dim=64, hidden_dim=128, n_positions=32, dropout=0.0),
+                       batch_size=64, epochs=4, lr=3e-3, weight_decay=0.0, warmup_steps=100),
+    "rnn-names": dict(corpus="names", min_count=1, kind="rnn",
+                      model=dict(cell="rnn", n_layer=1, embed_dim=64, hidden_dim=128, n_positions=32, dropout=0.0),
+                      batch_size=64, epochs=4, lr=3e-3, weight_decay=0.0, warmup_steps=100),
 }
+DOCUMENT_KINDS = ("gpt", "rnn")  # models that read whole documents (one causal pass each), not (context, next) pairs
 
 
 @dataclass
@@ -188,13 +199,13 @@ def training_data(model: NeuralLM, data: TokenizedCorpus, batch_size: int, seed:
                   valid_documents: int | None = None) -> tuple[Callable[[int], Iterable], Callable[[NeuralLM], dict], int]:
     """Return (train_batches, evaluate_fn, batches per epoch) for training ``model`` on ``data``, for train_model.
 
-    A GPT reads whole documents (verses); an MLP reads (context, next token) pairs. Batches are
+    A GPT or a recurrent model reads whole documents (verses, names); an MLP reads (context, next token) pairs. Batches are
     shuffled with a seed per epoch. ``evaluate_fn`` scores the validation split, or only its first
     ``valid_documents`` documents (a quick, fixed slice).
     """
     check_int("batch_size", batch_size, 1)
     valid = data if valid_documents is None else data.head("valid", valid_documents)
-    if model.kind == "gpt":
+    if model.kind in DOCUMENT_KINDS:
         per_epoch = math.ceil(len(data.ids["train"]) / batch_size)
 
         def train_batches(epoch):
@@ -332,7 +343,7 @@ import numpy as np  # noqa: E402
 
 
 def document_scores(model: NeuralLM, data: TokenizedCorpus, split: str, batch_size: int = 64) -> dict[str, np.ndarray]:
-    """Score a GPT on each document of ``split``: per document, the summed −ln P, the right guesses and the count.
+    """Score a GPT or recurrent model on each document of ``split``: per document, the summed −ln P, the right guesses and the count.
 
     The same predictions as ``model.evaluate_documents`` (every token and each </s>, one causal pass per document,
     cut at the model's ``n_positions``), kept per document in the split's order, so that intervals can resample
@@ -359,7 +370,7 @@ def document_scores(model: NeuralLM, data: TokenizedCorpus, split: str, batch_si
                 inputs[i, :len(row) - 1] = torch.as_tensor(row[:-1])
                 targets[i, :len(row) - 1] = torch.as_tensor(row[1:])
             real = targets != IGNORE
-            logits = model.gpt(input_ids=inputs.to(model.device), attention_mask=real.long().to(model.device)).logits
+            logits = model.document_logits(inputs.to(model.device), real.long().to(model.device))  # (batch, time, vocab)
             logp = torch.log_softmax(logits.float(), -1).cpu()  # (batch, time, vocab)
             picked = logp.gather(-1, targets.clamp(min=0)[..., None]).squeeze(-1)  # (batch, time)
             end = start + len(rows)
