@@ -170,25 +170,167 @@ MODEL_KINDS["rnn"] = (RecurrentLanguageModel, RecurrentConfig)
 def gradient_by_distance(model: RecurrentLanguageModel, token_ids) -> np.ndarray:
     """How much the loss at the end of a sequence still feels each earlier token: one backward pass.
 
-    ``token_ids`` (T + 1 ids) are read as inputs w_0..w_{T-1} and the last one as the target. Returns g of
-    length T with g[k − 1] = ‖∂ℓ / ∂e_{T−k}‖ for k = 1..T: the norm of the gradient of the last position's
-    loss ℓ = −ln P(w_T | w_0..w_{T-1}) with respect to the embedding read k tokens before the target.
-    A plain RNN multiplies the gradient by W_hh and a tanh slope at every step back, so g falls off roughly
-    exponentially with k; an LSTM's cell path is scaled by the forget gates only. Dropout is off (eval mode).
-    Raises ValueError for fewer than 2 ids or an id outside the vocabulary.
+    ``token_ids`` (T + 1 ids, or a (batch, T + 1) array of such rows) are read as inputs w_0..w_{T-1} and the last
+    id as the target. Returns g of shape (T,) (or (batch, T)) with g[k − 1] = ‖∂ℓ / ∂e_{T−k}‖ for k = 1..T: the norm
+    of the gradient of the last position's loss ℓ = −ln P(w_T | w_0..w_{T-1}) with respect to the embedding read
+    k tokens before the target. A plain RNN multiplies the gradient by W_hh and a tanh slope at every step back,
+    so g falls off roughly exponentially with k; an LSTM's cell path is scaled by the forget gates only.
+    Dropout is off (eval mode). Rows are independent: each row's gradient comes from its own loss only.
+    Raises ValueError for fewer than 2 ids per row or an id outside the vocabulary.
     """
-    ids = torch.as_tensor(np.asarray(token_ids)).long().flatten()
-    if len(ids) < 2:
-        raise ValueError(f"token_ids has {len(ids)} ids; give at least 2 (inputs, then the target)")
+    ids = torch.as_tensor(np.asarray(token_ids)).long()
+    single = ids.dim() == 1
+    ids = ids[None] if single else ids  # (batch, T + 1)
+    if ids.dim() != 2 or ids.shape[1] < 2:
+        raise ValueError(f"token_ids has shape {tuple(ids.shape)}; give at least 2 ids per row (inputs, then the "
+                         "target)")
     if int(ids.min()) < 0 or int(ids.max()) >= len(model.vocab):
         raise ValueError(f"token_ids holds an id outside [0, {len(model.vocab) - 1}]")
     was_training = model.training
     model.eval()
     ids = ids.to(model.device)
-    embedded = model.embed(ids[None, :-1]).detach().requires_grad_(True)  # (1, T, embed)
-    output, _ = model.rnn(embedded)  # (1, T, hidden)
-    logp = torch.log_softmax(model.logits_from(output[0, -1]), dim=-1)  # (vocab,)
-    (-logp[ids[-1]]).backward()
+    embedded = model.embed(ids[:, :-1]).detach().requires_grad_(True)  # (batch, T, embed)
+    output, _ = model.rnn(embedded)  # (batch, T, hidden)
+    logp = torch.log_softmax(model.logits_from(output[:, -1]), dim=-1)  # (batch, vocab)
+    (-logp.gather(1, ids[:, -1:]).sum()).backward()
     model.train(was_training)
-    norms = embedded.grad[0].norm(dim=-1)  # (T,) by position
-    return norms.flip(0).cpu().numpy()  # index k - 1: k tokens before the target
+    norms = embedded.grad.norm(dim=-1).flip(1).cpu().numpy()  # (batch, T); column k - 1: k tokens before the target
+    return norms[0] if single else norms
+
+
+def gradient_plot(curves: dict[str, np.ndarray], title: str = "How far back the gradient reaches"):
+    """Plot gradient norm (log scale) against distance k for each labelled curve (``gradient_by_distance``).
+
+    A curve may be (K,) or (rows, K): several rows are drawn as their geometric mean, with a band from the
+    rows' 10th to 90th percentile. Returns the figure. Raises ValueError for no curves.
+    """
+    import matplotlib.pyplot as plt
+
+    from lmlab.plots import finish_axes, plain_log_ticks
+
+    if not curves:
+        raise ValueError("curves is empty: give at least one label -> gradient norms")
+    fig, ax = plt.subplots(figsize=(11, 6))
+    for label, values in curves.items():
+        values = np.atleast_2d(np.asarray(values, dtype=np.float64))  # (rows, K)
+        k = np.arange(1, values.shape[1] + 1)
+        line, = ax.plot(k, np.exp(np.log(values).mean(0)), lw=2.5, label=label)
+        if len(values) > 1:
+            low, high = np.percentile(values, [10, 90], axis=0)
+            ax.fill_between(k, low, high, color=line.get_color(), alpha=0.2)
+    ax.set_yscale("log")
+    plain_log_ticks(ax.yaxis)
+    finish_axes(ax, "distance k (tokens before the predicted one)", "‖∂ loss / ∂ embedding‖, log scale", title)
+    return fig
+
+
+def cost_by_position(lstm: RecurrentLanguageModel, gpt, token_ids, positions=(1, 16, 64, 127), repeat: int = 10,
+                     threads: int | None = None) -> list[dict]:
+    """Time one next-token prediction at each position: the LSTM's ``step`` against a GPT without and with a cache.
+
+    At position p the model has read p tokens (``token_ids[:p]``, starting with <s>) and predicts token p + 1:
+    - "LSTM step": one ``lstm.step`` on token p with the state after p − 1 tokens: O(1) in p;
+    - "GPT, no cache": a forward pass over all p tokens: O(p) (O(p²) attention);
+    - "GPT, KV cache": one new token attending to the p − 1 cached keys and values: O(p), small constant.
+    The cache is cut back to p − 1 positions after each timed call (``DynamicCache.crop(-1)``, inside the time), so
+    every sample is the same step. ``gpt`` is lmlab's GPTLanguageModel. Returns one dict per (model, position)
+    with median_ms and p90_ms (``lmlab.bench.time_ms``, ``repeat`` samples; everything on ``threads`` threads).
+    Raises ValueError for a position outside [1, len(token_ids)] or beyond either model's window.
+    """
+    from lmlab.bench import time_ms
+    from lmlab.decode import TorchStep
+    from lmlab.runtime import torch_threads
+
+    ids = torch.as_tensor(np.asarray(token_ids)).long().flatten()
+    window = min(len(ids), lstm.config.n_positions, gpt.config.n_positions)
+    for p in positions:
+        if isinstance(p, bool) or not isinstance(p, (int, np.integer)) or not 1 <= p <= window:
+            raise ValueError(f"position={p!r} is out of range; use 1 to {window}")
+    lstm.eval(), gpt.eval()
+    step = TorchStep(gpt.gpt)
+    rows = []
+    with torch.no_grad(), torch_threads(threads):
+        for p in positions:
+            prefix = ids[None, :p]  # (1, p)
+            state = lstm.initial_state(1)
+            if p > 1:
+                _, state = lstm.rnn(lstm.embed(prefix[:, :-1]), state)
+            ones = torch.ones_like(prefix)
+            _, past = step(prefix[:, :-1], ones[:, :-1], torch.arange(p - 1)[None], None) if p > 1 else (None, None)
+
+            def cached(p=p, past=past):
+                out = step(prefix[:, -1:], ones, torch.tensor([[p - 1]]), past)
+                if past is not None:
+                    past.crop(-1)  # drop the token just added: back to p - 1 positions
+                return out
+
+            calls = {"LSTM step": lambda: lstm.step(prefix[0, -1:], state),
+                     "GPT, no cache": lambda: gpt.gpt(input_ids=prefix).logits[:, -1],
+                     "GPT, KV cache": cached}
+            for label, call in calls.items():
+                timing = time_ms(call, repeat=repeat, threads=threads)
+                rows.append({"model": label, "position": p, "median_ms": timing.median_ms, "p90_ms": timing.p90_ms})
+    return rows
+
+
+def position_cost_plot(rows: list[dict], title: str = "Cost of one token against its position"):
+    """Plot median ms per token (log scale, p90 as an error bar) against position for each model of
+    ``cost_by_position``'s rows. Returns the figure."""
+    import matplotlib.pyplot as plt
+
+    from lmlab.plots import finish_axes, plain_log_ticks
+
+    fig, ax = plt.subplots(figsize=(11, 6))
+    for label in dict.fromkeys(r["model"] for r in rows):
+        mine = [r for r in rows if r["model"] == label]
+        median = np.array([r["median_ms"] for r in mine])
+        ax.errorbar([r["position"] for r in mine], median, yerr=[np.zeros(len(mine)),
+                    np.array([r["p90_ms"] for r in mine]) - median], fmt="o-", ms=8, lw=2.5, capsize=4, label=label)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    plain_log_ticks(ax.xaxis)
+    plain_log_ticks(ax.yaxis)
+    finish_axes(ax, "position (tokens already read), log scale", "ms per token (median, bar to p90), log scale",
+                title)
+    return fig
+
+
+def position_ratios(rows: list[dict]) -> dict[str, float]:
+    """Return, per model of ``cost_by_position``'s rows, its median ms at the last position over that at the first."""
+    ratios = {}
+    for label in dict.fromkeys(r["model"] for r in rows):
+        mine = sorted((r for r in rows if r["model"] == label), key=lambda r: r["position"])
+        ratios[label] = mine[-1]["median_ms"] / mine[0]["median_ms"]
+    return ratios
+
+
+def ladder_takeaways(scores: dict[str, dict], reference: str, level: float = 0.95) -> list[str]:
+    """Say where ``reference`` sits against each other model, in perplexity, on the same documents.
+
+    ``scores`` maps a model's name to its ``lmlab.train.document_scores`` on one slice. For each other model, the
+    paired bootstrap interval (``lmlab.train.paired_nll_interval``) of Δ = loss(reference) − loss(other), nats per
+    prediction: "lower" or "higher" when the interval excludes 0, "within noise" when it holds 0.
+    Raises ValueError for an unknown ``reference`` or slices of different lengths.
+    """
+    import math
+
+    from lmlab.results import perplexity_interval
+    from lmlab.train import paired_nll_interval
+
+    if reference not in scores:
+        raise ValueError(f"reference={reference!r} is not among the scored models {tuple(scores)}")
+    mine = scores[reference]
+
+    def ppl(s):
+        low, high = perplexity_interval(s["nll_nats"], s["tokens"], level=level)
+        return f"{math.exp(s['nll_nats'].sum() / s['tokens'].sum()):.1f} [{low:.1f}, {high:.1f}]"
+
+    lines = [f"{reference}: perplexity {ppl(mine)} ({level:.0%} bootstrap interval over documents)"]
+    for name, other in scores.items():
+        if name == reference:
+            continue
+        delta, low, high = paired_nll_interval(mine["nll_nats"], other["nll_nats"], mine["tokens"], level=level)
+        verdict = "within noise" if low <= 0 <= high else ("lower, beyond noise" if high < 0 else "higher, beyond noise")
+        lines.append(f"  vs {name:<11} {ppl(other)}: Δ {delta:+.3f} nats [{low:+.3f}, {high:+.3f}] -> {reference}'s "
+                     f"perplexity is {verdict}")
+    return lines

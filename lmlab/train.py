@@ -343,11 +343,13 @@ import numpy as np  # noqa: E402
 
 
 def document_scores(model: NeuralLM, data: TokenizedCorpus, split: str, batch_size: int = 64) -> dict[str, np.ndarray]:
-    """Score a GPT or recurrent model on each document of ``split``: per document, the summed −ln P, the right guesses and the count.
+    """Score a model on each document of ``split``: per document, the summed −ln P, the right guesses and the count.
 
-    The same predictions as ``model.evaluate_documents`` (every token and each </s>, one causal pass per document,
-    cut at the model's ``n_positions``), kept per document in the split's order, so that intervals can resample
-    whole documents (``lmlab.results.perplexity_interval``) and two models can be compared document by document.
+    For a GPT or a recurrent model, the same predictions as ``model.evaluate_documents`` (every token and each </s>,
+    one causal pass per document, cut at the model's ``n_positions``); for any other lmlab LM (an n-gram, the MLP),
+    those of ``lmlab.lm.evaluate`` on ``data.examples(split, model.context_size)``, ties counted as it counts them.
+    Kept per document in the split's order, so that intervals can resample whole documents
+    (``lmlab.results.perplexity_interval``) and two models can be compared document by document.
     Returns {"nll_nats", "correct", "tokens"}, three float64 arrays of one entry per document.
     Raises ValueError for batch_size < 1 or an empty split.
     """
@@ -355,6 +357,8 @@ def document_scores(model: NeuralLM, data: TokenizedCorpus, split: str, batch_si
     docs = data.ids[split] if split in data.ids else data._split_ids(split)
     if not len(docs):
         raise ValueError(f"split={split!r} has no documents to score")
+    if not hasattr(model, "document_logits"):
+        return _windowed_document_scores(model, data, split, docs)
     longest = model.config.n_positions
     nll, correct, tokens = np.zeros(len(docs)), np.zeros(len(docs)), np.zeros(len(docs))
     was_training = model.training
@@ -378,6 +382,21 @@ def document_scores(model: NeuralLM, data: TokenizedCorpus, split: str, batch_si
             correct[start:end] = ((logp.argmax(-1) == targets) & real).sum(1).double().numpy()
             tokens[start:end] = real.sum(1).double().numpy()
     model.train(was_training)
+    return {"nll_nats": nll, "correct": correct, "tokens": tokens}
+
+
+def _windowed_document_scores(model, data: TokenizedCorpus, split: str, docs) -> dict[str, np.ndarray]:
+    """``document_scores`` for a model that reads fixed windows: ``lmlab.lm.evaluate``'s predictions, per document."""
+    from lmlab.lm import evaluate
+
+    contexts, targets = data.examples(split, model.context_size)
+    tokens = np.array([len(doc) + 1 for doc in docs], dtype=np.float64)  # each document's words and its </s>
+    bounds = np.r_[0, np.cumsum(tokens)].astype(int)
+    nll, correct = np.zeros(len(docs)), np.zeros(len(docs))
+    for d in range(len(docs)):
+        part = slice(bounds[d], bounds[d + 1])
+        scores = evaluate(model, contexts[part], targets[part])
+        nll[d], correct[d] = scores["nll_nats"] * tokens[d], scores["accuracy"] * tokens[d]
     return {"nll_nats": nll, "correct": correct, "tokens": tokens}
 
 
