@@ -7,7 +7,8 @@ line:
     python -m lmlab measure gpt-large --method quantize-channel --value 4 --save rows.json
 
 Each row is scored on the model's whole held-out test split (the GPTs and lstm-kjv on King James verses, the MLP
-and the recurrent names models on census names) and timed predicting one context at ``batch_size`` (median and p90 ms), like the chapters' rows.
+and the recurrent names models on census names) and timed predicting one context at ``batch_size`` (median and
+p90 ms), like the chapters' rows.
 """
 
 from __future__ import annotations

@@ -330,7 +330,8 @@ def ladder_takeaways(scores: dict[str, dict], reference: str, level: float = 0.9
         if name == reference:
             continue
         delta, low, high = paired_nll_interval(mine["nll_nats"], other["nll_nats"], mine["tokens"], level=level)
-        verdict = "within noise" if low <= 0 <= high else ("lower, beyond noise" if high < 0 else "higher, beyond noise")
+        verdict = ("within noise" if low <= 0 <= high
+                   else "lower, beyond noise" if high < 0 else "higher, beyond noise")
         lines.append(f"  vs {name:<11} {ppl(other)}: Δ {delta:+.3f} nats [{low:+.3f}, {high:+.3f}] -> {reference}'s "
                      f"perplexity is {verdict}")
     return lines

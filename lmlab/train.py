@@ -199,8 +199,8 @@ def training_data(model: NeuralLM, data: TokenizedCorpus, batch_size: int, seed:
                   valid_documents: int | None = None) -> tuple[Callable[[int], Iterable], Callable[[NeuralLM], dict], int]:
     """Return (train_batches, evaluate_fn, batches per epoch) for training ``model`` on ``data``, for train_model.
 
-    A GPT or a recurrent model reads whole documents (verses, names); an MLP reads (context, next token) pairs. Batches are
-    shuffled with a seed per epoch. ``evaluate_fn`` scores the validation split, or only its first
+    A GPT or a recurrent model reads whole documents (verses, names); an MLP reads (context, next token) pairs.
+    Batches are shuffled with a seed per epoch. ``evaluate_fn`` scores the validation split, or only its first
     ``valid_documents`` documents (a quick, fixed slice).
     """
     check_int("batch_size", batch_size, 1)
@@ -374,7 +374,7 @@ def document_scores(model: NeuralLM, data: TokenizedCorpus, split: str, batch_si
                 inputs[i, :len(row) - 1] = torch.as_tensor(row[:-1])
                 targets[i, :len(row) - 1] = torch.as_tensor(row[1:])
             real = targets != IGNORE
-            logits = model.document_logits(inputs.to(model.device), real.long().to(model.device))  # (batch, time, vocab)
+            logits = model.document_logits(inputs.to(model.device), real.long().to(model.device))  # (batch, time, V)
             logp = torch.log_softmax(logits.float(), -1).cpu()  # (batch, time, vocab)
             picked = logp.gather(-1, targets.clamp(min=0)[..., None]).squeeze(-1)  # (batch, time)
             end = start + len(rows)
