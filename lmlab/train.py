@@ -35,7 +35,7 @@ PRESETS: dict[str, dict] = {
                       batch_size=32, epochs=6, lr=1.5e-3, weight_decay=0.1, warmup_steps=300),
     # Chapter 09's recurrent models: whole documents, like the GPTs (lmlab.recurrent).
     "lstm-kjv": dict(corpus="kjv", min_count=2, kind="rnn",
-                     model=dict(cell="lstm", n_layer=1, embed_dim=256, hidden_dim=256, dropout=0.2),
+                     model=dict(cell="lstm", n_layer=1, embed_dim=256, hidden_dim=512, dropout=0.1),
                      batch_size=32, epochs=4, lr=3e-3, weight_decay=0.0, warmup_steps=200),
     "lstm-names": dict(corpus="names", min_count=1, kind="rnn",
                        model=dict(cell="lstm", n_layer=1, embed_dim=64, hidden_dim=128, n_positions=32, dropout=0.0),
