@@ -55,8 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--epochs", type=float, default=None, help="override the preset's epochs")
     train.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint at --out")
     measure = commands.add_parser("measure", help="score and time a shipped model, optionally compressed")
-    measure.add_argument("model", help="a shipped model (mlp-names, gpt-small, gpt-medium, gpt-large) or a KJV "
-                         "n-gram fitted here (ngram-3, ngram-5)")
+    measure.add_argument("model", help="a shipped model (mlp-names, gpt-small, gpt-medium, gpt-large, lstm-names, "
+                         "rnn-names, lstm-kjv) or a KJV n-gram fitted here (ngram-3, ngram-5)")
     measure.add_argument("--method", default=None, help="a compression method from lmlab.experiment.METHODS")
     measure.add_argument("--value", type=float, default=None, help="the method's setting (default: its default)")
     measure.add_argument("--batch-size", type=int, default=1)
@@ -293,9 +293,9 @@ def _causal_lm(name: str):
         return as_causal_lm(*load_smollm2(), name="SmolLM2-135M")
     from lmlab.experiment import MODELS, load_model
 
-    if name not in MODELS or name == "mlp-names":
+    if name not in MODELS or not name.startswith("gpt"):
         raise ValueError(f"model={name!r} cannot generate; use smollm2 or one of "
-                         f"{tuple(m for m in MODELS if m != 'mlp-names')}")
+                         f"{tuple(m for m in MODELS if m.startswith('gpt'))}")
     return as_causal_lm(load_model(name)[0], name=name)
 
 

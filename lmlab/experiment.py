@@ -6,8 +6,9 @@ line:
 
     python -m lmlab measure gpt-large --method quantize-channel --value 4 --save rows.json
 
-Each row is scored on the model's whole held-out test split (the GPTs on King James verses, the MLP on census
-names) and timed predicting one context at ``batch_size`` (median and p90 ms), like the chapters' rows.
+Each row is scored on the model's whole held-out test split (the GPTs and lstm-kjv on King James verses, the MLP
+and the recurrent names models on census names) and timed predicting one context at ``batch_size`` (median and
+p90 ms), like the chapters' rows.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from torch import nn
 from lmlab.results import Result
 from lmlab.runtime import check_int
 
-MODELS = ("mlp-names", "gpt-small", "gpt-medium", "gpt-large")
+MODELS = ("mlp-names", "gpt-small", "gpt-medium", "gpt-large", "lstm-names", "rnn-names", "lstm-kjv")
+CHARACTER_MODELS = ("mlp-names", "lstm-names", "rnn-names")  # census names, letter by letter
 # Chapter 01's Kneser-Ney n-grams, fitted here on the GPTs' King James training verses with their tokenization, so
 # their rows compare with the GPTs' on the same test verses. The methods compress neural models; an n-gram takes none.
 NGRAM_MODELS = {"ngram-3": 3, "ngram-5": 5}
@@ -127,21 +129,28 @@ CPU_ONLY_METHODS = ("int8", "onnx")  # ONNX Runtime graphs on the CPU
 def load_model(name: str, data_dir: str | Path = DATA_DIR):
     """Return (model, its tokenized corpus) for a shipped checkpoint name, or a chapter 01 n-gram fitted here.
 
-    An n-gram (``NGRAM_MODELS``) is fitted on the King James training verses, tokenized as the GPTs are.
+    An n-gram (``NGRAM_MODELS``) is fitted on the King James training verses, tokenized as the GPTs are (once per
+    process: a fitted n-gram is never modified, so later calls return the same one).
     Raises ValueError for an unknown name.
     """
     from lmlab.checkpoints import load_checkpoint
 
     if name in NGRAM_MODELS:
-        from lmlab.ngram import NGramModel
-
         card = load_checkpoint(f"{data_dir}/gpt-large").card  # the GPTs' corpus and tokenization
-        data = _tokenized(card["corpus"], card["min_count"])
-        return NGramModel.fit(data, n=NGRAM_MODELS[name]), data
+        corpus, min_count = card["corpus"], card["min_count"]
+        return _fitted_ngram(corpus, min_count, NGRAM_MODELS[name]), _tokenized(corpus, min_count)
     if name not in MODELS:
         raise ValueError(f"model={name!r} is not a shipped model; use one of {MODELS + tuple(NGRAM_MODELS)}")
     model = load_checkpoint(f"{data_dir}/{name}")
     return model, _tokenized(model.card["corpus"], model.card["min_count"])
+
+
+@functools.lru_cache(maxsize=2)
+def _fitted_ngram(corpus: str, min_count: int, n: int):
+    """An n-gram of order ``n`` fitted on a shipped corpus's training split: fitted once per process."""
+    from lmlab.ngram import NGramModel
+
+    return NGramModel.fit(_tokenized(corpus, min_count), n=n)
 
 
 @functools.lru_cache(maxsize=4)
@@ -189,7 +198,7 @@ def run(model_name: str, method: str | None = None, value: float | None = None, 
     """
     from lmlab.lm import deep_contexts, evaluate, measure
     from lmlab.runtime import pick_device
-    from lmlab.neural import GPTLanguageModel
+    from lmlab.train import DOCUMENT_KINDS
 
     check_int("batch_size", batch_size, 1)
     check_documents(documents)
@@ -210,11 +219,11 @@ def run(model_name: str, method: str | None = None, value: float | None = None, 
     if on.type != "cpu":
         compressed = compressed.to(on)
     contexts, targets = scored.examples("test", model.context_size)
-    if isinstance(model, GPTLanguageModel):
+    if getattr(model, "kind", None) in DOCUMENT_KINDS:  # a GPT or a recurrent model: one pass per document
         scores = compressed.evaluate_documents(scored, "test")
     else:
         scores = evaluate(compressed, contexts, targets)
-    if model_name != "mlp-names":  # word models are timed on contexts with a dozen words or more before them
+    if model_name not in CHARACTER_MODELS:  # word models are timed on contexts with a dozen words or more before them
         middle = deep_contexts(contexts, data.vocab.bos_id, words=min(12, model.context_size))
         contexts, targets = contexts[middle], targets[middle]
     row = measure(compressed, contexts[:max(batch_size, 8)], targets[:max(batch_size, 8)], name=model_name,

@@ -54,6 +54,28 @@ class NeuralLM(nn.Module):
         logits, targets = self.batch_logits(batch)
         return F.cross_entropy(logits, targets, ignore_index=IGNORE)
 
+    @torch.no_grad()
+    def evaluate_documents(self, data: TokenizedCorpus, split: str, batch_size: int = 64) -> dict[str, float]:
+        """Score every token (and each </s>) of ``split`` in one causal pass per document (GPT and recurrent models).
+
+        The same targets and contexts as ``lmlab.lm.evaluate(model, *data.examples(split, k))``,
+        computed about ``k`` times faster.
+        """
+        was_training = self.training
+        self.eval()
+        nll, correct, count = 0.0, 0.0, 0
+        for inputs, targets, mask in document_batches(data, split, batch_size, max_len=self.config.n_positions):
+            logp = torch.log_softmax(self.document_logits(inputs.to(self.device), mask.to(self.device)).float(),
+                                     -1).cpu()
+            real = targets != IGNORE  # (batch, time)
+            picked = logp.gather(-1, targets.clamp(min=0)[..., None]).squeeze(-1)  # (batch, time)
+            nll -= float(picked[real].sum())
+            correct += float((logp.argmax(-1) == targets)[real].sum())
+            count += int(real.sum())
+        self.train(was_training)
+        mean = nll / count
+        return {"accuracy": correct / count, "nll_nats": mean, "perplexity": math.exp(mean), "tokens": count}
+
     @property
     def device(self) -> torch.device:
         first = next(self.parameters(), None)
@@ -160,37 +182,21 @@ class GPTLanguageModel(NeuralLM):
     def batch_logits(self, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """A batch of documents -> (logits, targets) at every position: (batch · time, vocab), (batch · time,)."""
         inputs, targets, mask = (t.to(self.device) for t in batch)
-        logits = self.gpt(input_ids=inputs, attention_mask=mask).logits  # (batch, time, vocab)
-        return logits.flatten(0, 1), targets.flatten()
+        return self.document_logits(inputs, mask).flatten(0, 1), targets.flatten()
 
-    @torch.no_grad()
-    def evaluate_documents(self, data: TokenizedCorpus, split: str, batch_size: int = 64) -> dict[str, float]:
-        """Score every token (and each </s>) of ``split`` in one causal pass per document.
-
-        The same targets and contexts as ``lmlab.lm.evaluate(model, *data.examples(split, k))``,
-        computed about ``k`` times faster.
-        """
-        was_training = self.training
-        self.eval()
-        nll, correct, count = 0.0, 0.0, 0
-        for inputs, targets, mask in document_batches(data, split, batch_size, max_len=self.config.n_positions):
-            logp = torch.log_softmax(self.gpt(input_ids=inputs.to(self.device),
-                                              attention_mask=mask.to(self.device)).logits.float(), -1).cpu()
-            real = targets != IGNORE  # (batch, time)
-            picked = logp.gather(-1, targets.clamp(min=0)[..., None]).squeeze(-1)  # (batch, time)
-            nll -= float(picked[real].sum())
-            correct += float((logp.argmax(-1) == targets)[real].sum())
-            count += int(real.sum())
-        self.train(was_training)
-        mean = nll / count
-        return {"accuracy": correct / count, "nll_nats": mean, "perplexity": math.exp(mean), "tokens": count}
+    def document_logits(self, inputs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Logits at every position of right-padded documents: (batch, time) ids and mask -> (batch, time, vocab)."""
+        return self.gpt(input_ids=inputs, attention_mask=mask).logits
 
 
 MODEL_KINDS = {"mlp": (MLPLanguageModel, MLPConfig), "gpt": (GPTLanguageModel, GPTConfig)}
 
 
 def build_model(kind: str, vocab: Vocab, **config) -> NeuralLM:
-    """Build a fresh "mlp" or "gpt" model for ``vocab``; ``config`` fills MLPConfig or GPTConfig."""
+    """Build a fresh "mlp", "gpt" or "rnn" model for ``vocab``; ``config`` fills MLPConfig, GPTConfig or
+    lmlab.recurrent.RecurrentConfig."""
+    import lmlab.recurrent  # noqa: F401  registers "rnn" in MODEL_KINDS (imported here: it imports this module)
+
     if kind not in MODEL_KINDS:
         raise ValueError(f"kind={kind!r} is not a model kind; use one of {tuple(MODEL_KINDS)}")
     model_cls, config_cls = MODEL_KINDS[kind]

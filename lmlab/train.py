@@ -33,7 +33,18 @@ PRESETS: dict[str, dict] = {
                        batch_size=32, epochs=5, lr=2e-3, weight_decay=0.1, warmup_steps=200),
     "gpt-large": dict(corpus="kjv", min_count=2, kind="gpt", model=dict(n_layer=4, n_embd=256, n_head=8, dropout=0.15),
                       batch_size=32, epochs=6, lr=1.5e-3, weight_decay=0.1, warmup_steps=300),
+    # Chapter 09's recurrent models: whole documents, like the GPTs (lmlab.recurrent).
+    "lstm-kjv": dict(corpus="kjv", min_count=2, kind="rnn",
+                     model=dict(cell="lstm", n_layer=1, embed_dim=256, hidden_dim=512, dropout=0.1),
+                     batch_size=32, epochs=4, lr=3e-3, weight_decay=0.0, warmup_steps=200),
+    "lstm-names": dict(corpus="names", min_count=1, kind="rnn",
+                       model=dict(cell="lstm", n_layer=1, embed_dim=64, hidden_dim=128, n_positions=32, dropout=0.0),
+                       batch_size=64, epochs=4, lr=3e-3, weight_decay=0.0, warmup_steps=100),
+    "rnn-names": dict(corpus="names", min_count=1, kind="rnn",
+                      model=dict(cell="rnn", n_layer=1, embed_dim=64, hidden_dim=128, n_positions=32, dropout=0.0),
+                      batch_size=64, epochs=4, lr=3e-3, weight_decay=0.0, warmup_steps=100),
 }
+DOCUMENT_KINDS = ("gpt", "rnn")  # models that read whole documents (one causal pass each), not (context, next) pairs
 
 
 @dataclass
@@ -188,13 +199,13 @@ def training_data(model: NeuralLM, data: TokenizedCorpus, batch_size: int, seed:
                   valid_documents: int | None = None) -> tuple[Callable[[int], Iterable], Callable[[NeuralLM], dict], int]:
     """Return (train_batches, evaluate_fn, batches per epoch) for training ``model`` on ``data``, for train_model.
 
-    A GPT reads whole documents (verses); an MLP reads (context, next token) pairs. Batches are
-    shuffled with a seed per epoch. ``evaluate_fn`` scores the validation split, or only its first
+    A GPT or a recurrent model reads whole documents (verses, names); an MLP reads (context, next token) pairs.
+    Batches are shuffled with a seed per epoch. ``evaluate_fn`` scores the validation split, or only its first
     ``valid_documents`` documents (a quick, fixed slice).
     """
     check_int("batch_size", batch_size, 1)
     valid = data if valid_documents is None else data.head("valid", valid_documents)
-    if model.kind == "gpt":
+    if model.kind in DOCUMENT_KINDS:
         per_epoch = math.ceil(len(data.ids["train"]) / batch_size)
 
         def train_batches(epoch):
@@ -332,11 +343,13 @@ import numpy as np  # noqa: E402
 
 
 def document_scores(model: NeuralLM, data: TokenizedCorpus, split: str, batch_size: int = 64) -> dict[str, np.ndarray]:
-    """Score a GPT on each document of ``split``: per document, the summed −ln P, the right guesses and the count.
+    """Score a model on each document of ``split``: per document, the summed −ln P, the right guesses and the count.
 
-    The same predictions as ``model.evaluate_documents`` (every token and each </s>, one causal pass per document,
-    cut at the model's ``n_positions``), kept per document in the split's order, so that intervals can resample
-    whole documents (``lmlab.results.perplexity_interval``) and two models can be compared document by document.
+    For a GPT or a recurrent model, the same predictions as ``model.evaluate_documents`` (every token and each </s>,
+    one causal pass per document, cut at the model's ``n_positions``); for any other lmlab LM (an n-gram, the MLP),
+    those of ``lmlab.lm.evaluate`` on ``data.examples(split, model.context_size)``, ties counted as it counts them.
+    Kept per document in the split's order, so that intervals can resample whole documents
+    (``lmlab.results.perplexity_interval``) and two models can be compared document by document.
     Returns {"nll_nats", "correct", "tokens"}, three float64 arrays of one entry per document.
     Raises ValueError for batch_size < 1 or an empty split.
     """
@@ -344,6 +357,8 @@ def document_scores(model: NeuralLM, data: TokenizedCorpus, split: str, batch_si
     docs = data.ids[split] if split in data.ids else data._split_ids(split)
     if not len(docs):
         raise ValueError(f"split={split!r} has no documents to score")
+    if not hasattr(model, "document_logits"):
+        return _windowed_document_scores(model, data, split, docs)
     longest = model.config.n_positions
     nll, correct, tokens = np.zeros(len(docs)), np.zeros(len(docs)), np.zeros(len(docs))
     was_training = model.training
@@ -359,7 +374,7 @@ def document_scores(model: NeuralLM, data: TokenizedCorpus, split: str, batch_si
                 inputs[i, :len(row) - 1] = torch.as_tensor(row[:-1])
                 targets[i, :len(row) - 1] = torch.as_tensor(row[1:])
             real = targets != IGNORE
-            logits = model.gpt(input_ids=inputs.to(model.device), attention_mask=real.long().to(model.device)).logits
+            logits = model.document_logits(inputs.to(model.device), real.long().to(model.device))  # (batch, time, V)
             logp = torch.log_softmax(logits.float(), -1).cpu()  # (batch, time, vocab)
             picked = logp.gather(-1, targets.clamp(min=0)[..., None]).squeeze(-1)  # (batch, time)
             end = start + len(rows)
@@ -367,6 +382,21 @@ def document_scores(model: NeuralLM, data: TokenizedCorpus, split: str, batch_si
             correct[start:end] = ((logp.argmax(-1) == targets) & real).sum(1).double().numpy()
             tokens[start:end] = real.sum(1).double().numpy()
     model.train(was_training)
+    return {"nll_nats": nll, "correct": correct, "tokens": tokens}
+
+
+def _windowed_document_scores(model, data: TokenizedCorpus, split: str, docs) -> dict[str, np.ndarray]:
+    """``document_scores`` for a model that reads fixed windows: ``lmlab.lm.evaluate``'s predictions, per document."""
+    from lmlab.lm import evaluate
+
+    contexts, targets = data.examples(split, model.context_size)
+    tokens = np.array([len(doc) + 1 for doc in docs], dtype=np.float64)  # each document's words and its </s>
+    bounds = np.r_[0, np.cumsum(tokens)].astype(int)
+    nll, correct = np.zeros(len(docs)), np.zeros(len(docs))
+    for d in range(len(docs)):
+        part = slice(bounds[d], bounds[d + 1])
+        scores = evaluate(model, contexts[part], targets[part])
+        nll[d], correct[d] = scores["nll_nats"] * tokens[d], scores["accuracy"] * tokens[d]
     return {"nll_nats": nll, "correct": correct, "tokens": tokens}
 
 

@@ -116,7 +116,7 @@ def test_bad_model_config_is_a_clear_error(verses):
     with pytest.raises(ValueError, match="n_embd=30 must be a multiple of n_head=4"):
         build_model("gpt", verses.vocab, n_embd=30, n_head=4)
     with pytest.raises(ValueError, match="kind="):
-        build_model("rnn", verses.vocab)
+        build_model("lstm", verses.vocab)
     with pytest.raises(ValueError, match="dropout="):
         build_model("gpt", verses.vocab, dropout=1.5)
 
