@@ -580,9 +580,9 @@ DEFAULTS = {
     ("char", "cnn"): (dict(dim=32, max_length=16), 150),
     ("char", "transformer"): (dict(dim=32, max_length=16, pretrain_steps=100), 150),
     ("word", "linear"): (dict(dim=16, min_count=3), 300),
-    ("word", "bilstm"): (dict(dim=32, max_length=32), 100),
-    ("word", "cnn"): (dict(dim=32, max_length=32), 150),
-    ("word", "transformer"): (dict(dim=32, max_length=32, pretrain_steps=100), 150),
+    ("word", "bilstm"): (dict(dim=32, max_length=32), 300),
+    ("word", "cnn"): (dict(dim=32, max_length=32), 400),
+    ("word", "transformer"): (dict(dim=32, max_length=32, pretrain_steps=100), 300),
 }
 
 

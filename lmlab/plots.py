@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
-from matplotlib.ticker import LogFormatter
+from matplotlib.ticker import FixedLocator, FuncFormatter, LogFormatter, NullFormatter
 
 from lmlab.results import Result
 from lmlab.runtime import device_name
@@ -109,6 +109,7 @@ def tradeoff_plot(
     if y == "perplexity":
         ax.set_yscale("log")
         plain_log_ticks(ax.yaxis)
+        _at_least_three_ticks(ax)
     _label(ax, results if label_all else frontier, x, y)
     finish_axes(ax, (xlabel or X_AXES[x]) + (", log scale" if log_x else ""), ylabel or Y_AXES[y], f"{title}\n{hardware}")
     return fig
@@ -147,6 +148,18 @@ def plain_log_ticks(axis) -> None:
     spans few decades, so it always shows several labelled ticks."""
     axis.set_major_formatter(_PlainLogFormatter(labelOnlyBase=False))
     axis.set_minor_formatter(_PlainLogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.8)))
+
+
+def _at_least_three_ticks(ax: Axes) -> None:
+    """Within a decade, a log y axis may hold only one or two of matplotlib's ticks (perplexities 8.3 to 13: 9 and
+    10); give it ``log_ticks``' plain ticks instead, at least three, labelled."""
+    low, high = ax.get_ylim()
+    if high / low < 10:
+        ax.yaxis.set_major_locator(FixedLocator(log_ticks(low, high)))
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: np.format_float_positional(float(f"{v:.3g}"),
+                                                                                            trim="-")))
+        ax.yaxis.set_minor_formatter(NullFormatter())
+        ax.set_ylim(low, high)
 
 
 def log_ticks(low: float, high: float, at_least: int = 3) -> list[float]:

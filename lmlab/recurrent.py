@@ -15,6 +15,7 @@ documents for training and ``evaluate_documents``; and ``step`` for decoding at 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -302,6 +303,24 @@ def position_ratios(rows: list[dict]) -> dict[str, float]:
         mine = sorted((r for r in rows if r["model"] == label), key=lambda r: r["position"])
         ratios[label] = mine[-1]["median_ms"] / mine[0]["median_ms"]
     return ratios
+
+
+# A ladder plot's legend names each row's kind of model (the rows of experiment.run all say "uncompressed").
+FAMILIES = (("gram", "n-gram (Kneser-Ney)"), ("mlp", "MLP"), ("rnn", "plain RNN"), ("lstm", "LSTM"), ("gpt", "GPT"))
+
+
+def by_family(rows: list) -> list:
+    """Return the results rows with ``technique`` set to the kind of model each row's name says (``FAMILIES``:
+    "ngram-3" and "5-gram" -> n-gram, "lstm-kjv" -> LSTM ...), so a ladder's plot colours and names models by kind.
+    Raises ValueError for a name of no known kind."""
+    out = []
+    for row in rows:
+        family = next((label for key, label in FAMILIES if key in row.name.lower()), None)
+        if family is None:
+            raise ValueError(f"row name {row.name!r} is of no known kind; names contain one of "
+                             f"{tuple(key for key, _ in FAMILIES)}")
+        out.append(dataclasses.replace(row, technique=family))
+    return out
 
 
 def ladder_takeaways(scores: dict[str, dict], reference: str, level: float = 0.95) -> list[str]:

@@ -187,3 +187,16 @@ def test_ladder_takeaways_call_the_noise():
     assert "lower, beyond noise" in lines[1] and "within noise" in lines[2]
     with pytest.raises(ValueError, match="reference='nope'"):
         ladder_takeaways(scores, "nope")
+
+
+def test_ladder_rows_are_named_by_their_kind_of_model():
+    from lmlab.recurrent import by_family
+    from lmlab.results import Result
+
+    rows = [Result(name, "uncompressed", "", 0.3, 1.0, 1.2) for name in
+            ("ngram-3", "5-gram", "mlp-names", "rnn-names", "lstm-kjv", "gpt-large")]
+    assert [r.technique for r in by_family(rows)] == ["n-gram (Kneser-Ney)", "n-gram (Kneser-Ney)", "MLP",
+                                                      "plain RNN", "LSTM", "GPT"]
+    assert rows[0].technique == "uncompressed"  # the rows given are left as they were
+    with pytest.raises(ValueError, match="'smollm2' is of no known kind"):
+        by_family([Result("smollm2", "t", "", 0.3, 1.0, 1.2)])

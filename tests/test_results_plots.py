@@ -200,3 +200,20 @@ def test_log_axes_show_three_plain_labels_in_view(low, high):
     assert len(shown) >= 3, shown
     assert not any(c in text for text in shown for c in "e×$"), shown
     assert all(float(text) > 0 for text in shown)
+
+
+@pytest.mark.parametrize("perplexities", [(8.34, 8.46, 12.99), (31.3, 38.9, 51.8), (20.0, 150.0, 900.0)])
+def test_a_perplexity_axis_shows_three_plain_labels_in_view(perplexities):
+    import matplotlib.pyplot as plt
+
+    rows = [Result(f"m{i}", "t", "", 0.3, 1.0 + i, 1.2 + i, perplexity=p) for i, p in enumerate(perplexities)]
+    fig = tradeoff_plot(rows, y="perplexity", hardware="test")
+    ax = fig.axes[0]
+    fig.canvas.draw()
+    low, high = ax.get_ylim()
+    shown = [t.get_text() for t in ax.get_yticklabels() + ax.yaxis.get_minorticklabels()
+             if t.get_text() and low <= t.get_position()[1] <= high]
+    plt.close(fig)
+    assert len(shown) >= 3, shown
+    assert all("e" not in text and "^" not in text for text in shown), shown  # plain numbers
+    assert low < min(perplexities) and high > max(perplexities)  # every point still in view
