@@ -25,6 +25,9 @@ from lmlab.runtime import check_int
 
 MODELS = ("mlp-names", "gpt-small", "gpt-medium", "gpt-large", "lstm-names", "rnn-names", "lstm-kjv")
 CHARACTER_MODELS = ("mlp-names", "lstm-names", "rnn-names")  # census names, letter by letter
+# Chapter 09's recurrent models: the methods know the MLP's and the GPT's layers, not nn.LSTM's gate matrices, so they
+# would leave most of a recurrent model untouched; run() refuses them rather than report a half-compressed row.
+RECURRENT_MODELS = ("lstm-names", "rnn-names", "lstm-kjv")
 # Chapter 01's Kneser-Ney n-grams, fitted here on the GPTs' King James training verses with their tokenization, so
 # their rows compare with the GPTs' on the same test verses. The methods compress neural models; an n-gram takes none.
 NGRAM_MODELS = {"ngram-3": 3, "ngram-5": 5}
@@ -207,6 +210,9 @@ def run(model_name: str, method: str | None = None, value: float | None = None, 
     if method is not None and model_name in NGRAM_MODELS:
         raise ValueError(f"method={method!r} compresses neural models; model={model_name!r} is an n-gram and "
                          "takes no method (use method=None)")
+    if method is not None and model_name in RECURRENT_MODELS:
+        raise ValueError(f"method={method!r} compresses the MLP's and the GPT's layers; model={model_name!r} is "
+                         "recurrent (its nn.LSTM/nn.RNN gate matrices would stay uncompressed): use method=None")
     chosen = METHODS[method] if method else None
     on = pick_device(device)
     if on.type != "cpu" and (model_name in NGRAM_MODELS or method in CPU_ONLY_METHODS):

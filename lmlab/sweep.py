@@ -42,7 +42,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
 
-from lmlab.experiment import METHODS, MODELS, NGRAM_MODELS, check_documents
+from lmlab.experiment import METHODS, MODELS, NGRAM_MODELS, RECURRENT_MODELS, check_documents
 from lmlab.results import Result, atomic_write_text
 from lmlab.runtime import THREADS_ENV, check_int
 
@@ -58,6 +58,7 @@ DEFAULT_VALUES: dict[str, tuple[float, ...]] = {
     "low-rank": (64, 32, 16, 8), "share": (6, 4, 3, 2), "int8": (0, 1), "onnx": (32, 8),
 }
 SWEPT_MODELS = MODELS + tuple(NGRAM_MODELS)
+BASELINE_ONLY = tuple(NGRAM_MODELS) + RECURRENT_MODELS  # models the methods do not compress
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,9 @@ def check_setting(setting: Setting) -> Setting:
     if setting.model in NGRAM_MODELS and setting.method is not None:
         raise ValueError(f"method={setting.method!r} compresses neural models; model={setting.model!r} is an n-gram "
                          "and takes none")
+    if setting.model in RECURRENT_MODELS and setting.method is not None:
+        raise ValueError(f"method={setting.method!r} compresses the MLP's and the GPT's layers; "
+                         f"model={setting.model!r} is recurrent and takes none")
     if setting.method is None:
         if setting.value is not None:
             raise ValueError(f"value={setting.value!r} needs a method; the uncompressed baseline takes none")
@@ -118,8 +122,8 @@ def make_grid(models: Sequence[str], methods: Sequence[str] = (),
     """Return every setting of models x (baseline + methods x values) x batch sizes, checked, without repeats.
 
     ``values`` is one list for every method, or a dict ``{method: [values]}``; a method missing from it
-    takes ``default_values(method)``. An n-gram model gets its baseline only (the methods compress neural
-    models). Every setting is scored on the first ``documents`` test documents (None: the whole test split). Raises ValueError naming an unknown model or method, a value outside
+    takes ``default_values(method)``. An n-gram or recurrent model gets its baseline only (the methods compress
+    the MLP's and the GPT's layers). Every setting is scored on the first ``documents`` test documents (None: the whole test split). Raises ValueError naming an unknown model or method, a value outside
     its method's range, a batch size below 1, or an empty grid. Nothing is loaded or run.
     """
     models, methods, batch_sizes = list(models), list(methods), list(batch_sizes)
@@ -133,7 +137,7 @@ def make_grid(models: Sequence[str], methods: Sequence[str] = (),
         given = values.get(method) if isinstance(values, Mapping) else values
         points += [(method, v) for v in (default_values(method) if given is None else given)]
     settings = [check_setting(Setting(m, method, v, b, documents)) for m in models for method, v in points
-                for b in batch_sizes if method is None or m not in NGRAM_MODELS]
+                for b in batch_sizes if method is None or m not in BASELINE_ONLY]
     if not settings:
         raise ValueError(f"the grid is empty (models={models}, methods={methods}, batch_sizes={batch_sizes}, "
                          f"baseline={baseline}); give a model, a batch size, and a method or baseline=True")

@@ -234,11 +234,16 @@ def test_the_tradeoff_summary_calls_a_difference_inside_two_standard_errors_nois
 
     fast, slow = row("fast", 0.85, 0.1), row("slow", 0.86, 2.0)
     assert within_noise(fast, slow)
-    assert "fast (0.850) is within noise of it at 20.0× less time" in tradeoff_summary([fast, slow])
+    summary = tradeoff_summary([fast, slow])
+    assert summary == ("the most accurate, within noise of the best: fast, slow; the fastest of them is fast (0.850), "
+                       "20.0× less time per call than slow")
+    assert tradeoff_summary([row("fast", 0.87, 0.1), slow]).startswith("the most accurate, within noise of the best: "
+                                                                         "fast, slow; the fastest of them is fast")
     far = row("far", 0.99, 2.0)
     assert not within_noise(fast, far)
-    assert tradeoff_summary([fast, far]).startswith("far is the most accurate (0.990) and no faster")
-    assert tradeoff_summary([row("quick", 0.99, 0.1), slow]) == "quick is both the most accurate (0.990) and the fastest"
+    assert tradeoff_summary([fast, far]) == "far is the most accurate (0.990), beyond noise of every other model"
+    assert tradeoff_summary([row("quick", 0.99, 0.1), slow]) == ("quick is the most accurate (0.990), beyond noise of "
+                                                                 "every other model and the fastest")
 
 
 # ONNX ---------------------------------------------------------------------------------------------------------

@@ -37,6 +37,8 @@ def test_a_slice_is_scored_named_and_ngrams_take_no_method():
         model.evaluate_documents(verses, "test")["perplexity"])
     with pytest.raises(ValueError, match="model='ngram-3' is an n-gram and takes no method"):
         run("ngram-3", "quantize-channel", 4)
+    with pytest.raises(ValueError, match="model='lstm-kjv' is recurrent"):
+        run("lstm-kjv", "quantize-channel", 4)  # refused before loading: nn.LSTM's gates would stay float32
     with pytest.raises(ValueError, match="documents=0"):
         run("gpt-small", documents=0)
 

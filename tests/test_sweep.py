@@ -215,5 +215,9 @@ def test_an_ngram_gets_its_baseline_only_and_a_slice_is_part_of_the_key():
                                      "gpt-small/quantize-channel=4/batch=1/test[:30]"]
     with pytest.raises(ValueError, match="model='ngram-5' is an n-gram and takes none"):
         sw.check_setting(sw.Setting("ngram-5", "heads", 0.5))
+    grid = sw.make_grid(["lstm-kjv"], ["quantize-channel"], [4])  # a recurrent model: its baseline only, too
+    assert [s.key for s in grid] == ["lstm-kjv/uncompressed/batch=1"]
+    with pytest.raises(ValueError, match="model='lstm-kjv' is recurrent and takes none"):
+        sw.check_setting(sw.Setting("lstm-kjv", "quantize-channel", 4))
     with pytest.raises(ValueError, match="documents=0"):
         sw.make_grid(["gpt-small"], documents=0)
