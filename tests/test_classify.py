@@ -13,7 +13,7 @@ from lmlab.__main__ import main
 from lmlab.classify import (BOOK_GROUPS, MODELS, LabelledTexts, book_group, book_group_table, classification_metrics,
                             kjv_by_book_group, kjv_by_testament, load_task, make_classifier, measure_classifier,
                             names_by_sex, onnx_steps, token_list_precision, tradeoff_summary, within_noise)
-from lmlab.corpora import kjv_books, load_kjv, name_frequencies
+from lmlab.corpora import kjv_books, name_frequencies
 from lmlab.results import Result
 
 
@@ -21,8 +21,8 @@ from lmlab.results import Result
 
 
 @pytest.fixture(scope="module")
-def kjv():
-    return load_kjv()
+def kjv(kjv_corpus):
+    return kjv_corpus  # conftest's session copy of load_kjv()
 
 
 @pytest.fixture(scope="module")

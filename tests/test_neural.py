@@ -34,8 +34,13 @@ def test_gpt_probabilities_sum_to_one_and_ignore_left_padding(verses):
     assert torch.allclose(alone[0], batched[0], atol=1e-5)
 
 
-def test_gpt_document_pass_equals_the_windowed_interface(verses):
-    model = tiny_gpt(verses.vocab)
+@pytest.mark.parametrize("kind", ["gpt", "lstm", "rnn"])
+def test_document_pass_equals_the_windowed_interface(verses, kind):
+    """evaluate_documents (one causal pass per document) scores what lm.evaluate scores window by window, for the GPT
+    and chapter 09's recurrent models alike."""
+    torch.manual_seed(0)
+    model = tiny_gpt(verses.vocab) if kind == "gpt" else build_model(
+        "rnn", verses.vocab, cell=kind, embed_dim=8, hidden_dim=12, n_positions=128).eval()
     first = TokenizedCorpus(verses.corpus, verses.vocab, verses.documents, {"valid": verses.ids["valid"][:8]})
     fast = model.evaluate_documents(first, "valid")
     slow = evaluate(model, *first.examples("valid", model.context_size))

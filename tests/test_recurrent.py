@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from lmlab.checkpoints import load_checkpoint, save_checkpoint
-from lmlab.corpora import Corpus, TokenizedCorpus, tokenize_corpus
+from lmlab.corpora import Corpus, tokenize_corpus
 from lmlab.lm import evaluate
 from lmlab.neural import build_model
 from lmlab.recurrent import RecurrentLanguageModel, gradient_by_distance, lstm_cell, rnn_cell
@@ -61,16 +61,6 @@ def test_padded_contexts_equal_the_unpadded_prefix_and_sum_to_one(verses, cell):
         with torch.no_grad():
             alone = torch.log_softmax(model.document_logits(prefix)[0, -1], -1)
         assert torch.allclose(logp[row], alone, atol=1e-5)
-
-
-def test_document_pass_equals_the_windowed_interface(verses):
-    model = tiny(verses.vocab)
-    first = TokenizedCorpus(verses.corpus, verses.vocab, verses.documents, {"valid": verses.ids["valid"][:8]})
-    fast = model.evaluate_documents(first, "valid")
-    slow = evaluate(model, *first.examples("valid", model.context_size))
-    assert fast["tokens"] == len(first.examples("valid", 0)[1])
-    assert fast["nll_nats"] == pytest.approx(slow["nll_nats"], rel=1e-5)
-    assert fast["accuracy"] == pytest.approx(slow["accuracy"], abs=1e-9)
 
 
 @pytest.mark.parametrize("cell", ["lstm", "rnn"])
