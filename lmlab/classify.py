@@ -41,6 +41,7 @@ from lmlab.bench import Timing, format_ms, time_ms
 from lmlab.corpora import kjv_books, kjv_verses, name_frequencies, split_indices, tokenize
 from lmlab.results import Result
 from lmlab.runtime import check_int, seed_everything, torch_threads
+from lmlab.train import _step
 
 TASKS = ("names-sex", "kjv-testament", "kjv-books")
 # Book groups by canonical book number (Genesis 1 ... Malachi 39, Matthew 40 ... Revelation 66), first and last.
@@ -358,11 +359,8 @@ class TextClassifier(nn.Module):
                 order, at = rng.permutation(len(train)), 0
             picks = order[at:at + batch_size]
             at += batch_size
-            loss = loss_fn([train.texts[i] for i in picks], labels[picks])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(self.parameters(), 1.0)
-            optimizer.step()
+            batch = ([train.texts[i] for i in picks], labels[picks])
+            loss = _step(self, optimizer, batch, lambda _, b: loss_fn(*b), clip_norm=1.0)  # lmlab.train's one step
             losses.append(float(loss.detach()))
         return losses
 
