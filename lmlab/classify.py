@@ -39,7 +39,7 @@ from torch import nn
 
 from lmlab.bench import Timing, format_ms, time_ms
 from lmlab.corpora import kjv_books, kjv_verses, name_frequencies, split_indices, tokenize
-from lmlab.results import Result
+from lmlab.results import Result, within_noise  # within_noise: the ±2 SE rule every chapter uses
 from lmlab.runtime import check_int, seed_everything, torch_threads
 from lmlab.train import _step
 
@@ -646,11 +646,6 @@ def classifier_table(measured: dict[str, tuple[list[Result], ClassMetrics]]) -> 
         line["params"] = f"{rows[0].params:>9,}"
         lines.append(line)
     return pd.DataFrame(lines)
-
-
-def within_noise(a: Result, b: Result, se_multiple: float = 2.0) -> bool:
-    """True when the accuracies' ±``se_multiple`` SE intervals overlap: the difference is called noise."""
-    return abs(a.accuracy - b.accuracy) <= se_multiple * ((a.accuracy_se or 0.0) + (b.accuracy_se or 0.0))
 
 
 def tradeoff_summary(rows: Sequence[Result]) -> str:

@@ -75,6 +75,17 @@ class Result:
         return asdict(self)
 
 
+def accuracy_noise(a: Result, b: Result, se_multiple: float = 2.0) -> float:
+    """The gap two rows' accuracies must exceed to be called different: ``se_multiple`` · (se_a + se_b), where their
+    ± ``se_multiple`` standard-error intervals stop overlapping (a row without its count of predictions adds 0)."""
+    return se_multiple * ((a.accuracy_se or 0.0) + (b.accuracy_se or 0.0))
+
+
+def within_noise(a: Result, b: Result, se_multiple: float = 2.0) -> bool:
+    """True when the two rows' accuracy intervals (± ``se_multiple`` SE) overlap: their difference is called noise."""
+    return abs(a.accuracy - b.accuracy) <= accuracy_noise(a, b, se_multiple)
+
+
 def perplexity_interval(nll_nats: Sequence[float], tokens: Sequence[int], level: float = 0.95, resamples: int = 2000,
                         seed: int = 0) -> tuple[float, float]:
     """A bootstrap confidence interval for a perplexity, resampling whole documents.

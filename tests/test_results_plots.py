@@ -217,3 +217,14 @@ def test_a_perplexity_axis_shows_three_plain_labels_in_view(perplexities):
     assert len(shown) >= 3, shown
     assert all("e" not in text and "^" not in text for text in shown), shown  # plain numbers
     assert low < min(perplexities) and high > max(perplexities)  # every point still in view
+
+
+def test_two_accuracies_are_noise_while_their_two_standard_error_intervals_overlap():
+    from lmlab.results import accuracy_noise, within_noise
+
+    a = Result("a", "t", "", 0.30, 1.0, 1.1, predictions=1000)  # se = sqrt(0.3 · 0.7 / 1000) = 0.01449
+    b = Result("b", "t", "", 0.35, 1.0, 1.1, predictions=1000)  # se = 0.01508
+    assert accuracy_noise(a, b) == pytest.approx(2 * (0.014491 + 0.015083), rel=1e-4)
+    assert within_noise(a, b) and not within_noise(a, b, se_multiple=1.0)
+    assert not within_noise(a, Result("c", "t", "", 0.40, 1.0, 1.1, predictions=1000))
+    assert accuracy_noise(a, row("no count", 0.5, 1.0)) == pytest.approx(2 * 0.014491, rel=1e-4)
