@@ -3,7 +3,7 @@ and two peers that decode the same model (llama.cpp, onnxruntime-genai).
 
 Run: .venv/bin/python benchmarks/bench_decode.py [--skip-smollm2] [--quick]   (about 10 minutes; --quick: a smoke test)
 
-On SmolLM2-135M and the largest shipped GPT (data/gpt-large), greedy decoding through lmlab.decode.generate, one
+On SmolLM2-135M and the largest shipped GPT (data/gpt-large), greedy decoding through lmlab.inference.decode.generate, one
 torch thread (two threads beside), medians and p90 of the decode steps, ratios measured in this run:
 1. KV cache: 256 new tokens after a 32-token prompt (the GPT: as many as its 128 positions allow), with the cache
    against recomputing the whole prefix at every step (measured once: it is slow). The tokens must be identical.
@@ -36,12 +36,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lmlab.bench import format_ms
-from lmlab.checkpoints import load_checkpoint
-from lmlab.corpora import load_kjv, tokenize_corpus
-from lmlab.decode import as_causal_lm, break_even, generate, kv_cache_bytes, make_step
-from lmlab.hardware import decode_floor_ms, memory_bandwidth, weight_bytes
-from lmlab.runtime import describe_environment, seed_everything
+from lmlab.data.corpora import load_kjv, tokenize_corpus
+from lmlab.inference.decode import as_causal_lm, break_even, generate, kv_cache_bytes, make_step
+from lmlab.measure.hardware import decode_floor_ms, memory_bandwidth, weight_bytes
+from lmlab.measure.runtime import describe_environment, seed_everything
+from lmlab.measure.timing import format_ms
+from lmlab.models.checkpoints import load_checkpoint
 
 FULL = {"cache_tokens": 256, "batch_tokens": 32, "batches": (1, 2, 4, 8, 16, 32), "graph_tokens": 64, "runs": 2}
 QUICK = {"cache_tokens": 24, "batch_tokens": 8, "batches": (1, 8), "graph_tokens": 16, "runs": 1}
@@ -209,7 +209,7 @@ def genai_peer(folder: Path, prompt: list[int], tokens: int, runs: int) -> dict 
         import onnxruntime_genai as og
     except ImportError:
         return "onnxruntime-genai is not installed (pip install onnxruntime-genai)"
-    from lmlab.pretrained import cache_dir
+    from lmlab.models.pretrained import cache_dir
 
     built = cache_dir() / "ort-genai-int8"
     config = json.loads((folder / "config.json").read_text())
@@ -248,7 +248,7 @@ def genai_peer(folder: Path, prompt: list[int], tokens: int, runs: int) -> dict 
 
 def llama_peer(tokens: int) -> list[dict] | str:
     """llama.cpp's llama-bench on the shipped GGUF (Q4_1) and, with llama-quantize, its Q8_0 and F32 copies."""
-    from lmlab.pretrained import gguf_path
+    from lmlab.models.pretrained import gguf_path
 
     bench = os.environ.get("LLAMA_BENCH") or shutil.which("llama-bench")
     if not bench:
@@ -342,7 +342,7 @@ def main() -> int:
     lines = text.splitlines()
     models = {"gpt-large": as_causal_lm(load_checkpoint("data/gpt-large").eval(), name="gpt-large")}
     if not args.skip_smollm2:
-        from lmlab.pretrained import load_smollm2
+        from lmlab.models.pretrained import load_smollm2
 
         smol, tokenizer = load_smollm2()
         models = {"SmolLM2-135M": as_causal_lm(smol, tokenizer, name="SmolLM2-135M"), **models}
@@ -368,7 +368,7 @@ def main() -> int:
             graphs = graph_section(lm, prompt, settings, eager, ids[:lm.window], not args.quick, bandwidth[1].read_gbs)
             peers = None
             if name == "SmolLM2-135M":
-                from lmlab.pretrained import cache_dir
+                from lmlab.models.pretrained import cache_dir
 
                 genai = genai_peer(cache_dir() / "smollm2-135m-instruct", prompt, PEER_TOKENS, settings["runs"])
                 llama = llama_peer(PEER_TOKENS)

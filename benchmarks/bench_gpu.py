@@ -1,6 +1,6 @@
 """GPU figures, measured on a real GPU in one run, with the same machine's CPU beside them where cheap.
 
-Run on a machine with a CUDA GPU (the chapters read the result through lmlab.hardware.gpu_rows):
+Run on a machine with a CUDA GPU (the chapters read the result through lmlab.measure.hardware.gpu_rows):
 
     PYTHONPATH=. python benchmarks/bench_gpu.py --out data/gpu/NAME.json --commit $(git rev-parse --short HEAD)
 
@@ -46,12 +46,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lmlab.bench import time_ms
-from lmlab.decode import CausalLM, as_causal_lm, generate, kv_cache_bytes
-from lmlab.experiment import load_model, run
-from lmlab.hardware import GPU_PEAKS, decode_floor_ms, matmul_gflops, memory_bandwidth, weight_bytes
-from lmlab.results import atomic_write_text
-from lmlab.runtime import cpu_model
+from lmlab.compress.experiment import run
+from lmlab.inference.decode import CausalLM, as_causal_lm, generate, kv_cache_bytes
+from lmlab.measure.hardware import GPU_PEAKS, decode_floor_ms, matmul_gflops, memory_bandwidth, weight_bytes
+from lmlab.measure.results import atomic_write_text
+from lmlab.measure.runtime import cpu_model
+from lmlab.measure.timing import time_ms
+from lmlab.models.registry import load_model
 
 RANDOM_SMOLLM2 = GPU_ONLY = False
 # Decode paths: lmlab's loop eager; transformers' generate with a static cache, eager, Inductor, CUDA graphs.
@@ -133,7 +134,7 @@ def machine(device: torch.device, args) -> dict:
         if gpu else None, "driver": driver, "cuda": torch.version.cuda if gpu else None,
         "torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version(),
         "host_cpu": cpu_model(), "host_cores": os.cpu_count(),
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "command": "PYTHONPATH=. python benchmarks/bench_gpu.py " + " ".join(sys.argv[1:]),
         "commit": args.commit,
         "cudnn_sdp": torch.backends.cuda.cudnn_sdp_enabled() if gpu else None,
@@ -251,7 +252,7 @@ def smollm2(random_weights: bool):
     try:
         if random_weights:
             raise LookupError("random weights asked for")
-        from lmlab.pretrained import load_smollm2
+        from lmlab.models.pretrained import load_smollm2
 
         model, tokenizer = load_smollm2()
         return as_causal_lm(model, tokenizer, name="smollm2"), "SmolLM2-135M-Instruct (GGUF, dequantized)"
@@ -387,8 +388,8 @@ def sync(device: torch.device, quick: bool):
 
 def training(device: torch.device, quick: bool):
     """Optimizer steps per second of the gpt-large preset, GPU against CPU."""
-    from lmlab.neural import build_model
-    from lmlab.train import PRESETS, _endless, preset_data, training_data
+    from lmlab.models.kinds import build_model
+    from lmlab.train.loop import PRESETS, _endless, preset_data, training_data
 
     preset = PRESETS["gpt-large"]
     data = preset_data("gpt-large")

@@ -27,11 +27,11 @@ import warnings
 import torch
 from torch import nn
 
-from lmlab.bench import format_ms, time_ms
-from lmlab.checkpoints import load_checkpoint
-from lmlab.corpora import load_kjv, tokenize_corpus
-from lmlab.export import OnnxLogits, conv1d_as_linear, onnx_model
-from lmlab.runtime import describe_environment, seed_everything
+from lmlab.compress.export import OnnxLogits, conv1d_as_linear, onnx_model
+from lmlab.data.corpora import load_kjv, tokenize_corpus
+from lmlab.measure.runtime import describe_environment, seed_everything
+from lmlab.measure.timing import format_ms, time_ms
+from lmlab.models.checkpoints import load_checkpoint
 
 REPEAT = {"gpt-large": 30, "SmolLM2-135M": 10}
 
@@ -188,7 +188,7 @@ def main() -> int:
     print(describe_environment("cpu", 1))
     data = tokenize_corpus(load_kjv(), min_count=2)
     if not args.skip_smollm2:
-        from lmlab.pretrained import load_smollm2, perplexity
+        from lmlab.models.pretrained import load_smollm2, perplexity
 
         smol, tokenizer = load_smollm2()
         text = data.head("test", 40).normalized_text("test")

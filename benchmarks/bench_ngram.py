@@ -27,10 +27,10 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-from lmlab.bench import format_ms, time_ms
-from lmlab.corpora import load_kjv, tokenize_corpus
-from lmlab.ngram import NGramModel
-from lmlab.runtime import describe_environment, torch_threads
+from lmlab.data.corpora import load_kjv, tokenize_corpus
+from lmlab.measure.runtime import describe_environment, torch_threads
+from lmlab.measure.timing import format_ms, time_ms
+from lmlab.models.ngram import NGramModel
 
 SETTINGS = [("Laplace (add-1)", "add-k"), ("Kneser-Ney (D = 0.75)", "kneser-ney"),
             ("modified Kneser-Ney", "modified-kneser-ney")]

@@ -25,12 +25,12 @@ import time
 
 import torch
 
-from lmlab.bench import format_ms, time_ms
-from lmlab.checkpoints import load_checkpoint
-from lmlab.corpora import load_kjv, tokenize_corpus
-from lmlab.prune import low_rank, magnitude_prune, mlp_blocks, prune_mlp
-from lmlab.runtime import describe_environment, seed_everything, torch_threads
-from lmlab.train import distill, fine_tune, train_model
+from lmlab.compress.prune import low_rank, magnitude_prune, mlp_blocks, prune_mlp
+from lmlab.data.corpora import load_kjv, tokenize_corpus
+from lmlab.measure.runtime import describe_environment, seed_everything, torch_threads
+from lmlab.measure.timing import format_ms, time_ms
+from lmlab.models.checkpoints import load_checkpoint
+from lmlab.train.loop import distill, fine_tune, train_model
 
 REPEAT = {"gpt-large": 30, "SmolLM2-135M": 10}
 
@@ -89,7 +89,7 @@ def gpt_variants(steps: int):
 
 
 def smollm2_variants(steps: int):
-    from lmlab.pretrained import causal_lm_loss, load_smollm2, perplexity, text_batches
+    from lmlab.models.pretrained import causal_lm_loss, load_smollm2, perplexity, text_batches
 
     data = tokenize_corpus(load_kjv(), min_count=2)
     model, tokenizer = load_smollm2()

@@ -10,7 +10,7 @@ exactly --tokens tokens (`ignore_eos`), prompts of customer questions in its cha
    sends about 20 s of arrivals (8 to 32 requests). The best rate met (a lower bound within a factor of 2).
    Target: continuous >= 3x sequential. The p90 time per output token is reported beside it.
 2. Throughput against the reference: all prompts at once (i) through transformers' continuous batching
-   (lmlab.reference, paged KV cache, CPU), (ii) through lmlab's engine in this process, both with every prompt in
+   (lmlab.serving.reference, paged KV cache, CPU), (ii) through lmlab's engine in this process, both with every prompt in
    one batch, (iii) through the server over HTTP (max batch --max-batch). Generated tokens/s, and whether the greedy tokens agree. Target: lmlab >= transformers.
 --quick: fewer requests and tokens, a smoke test of the script.
 """
@@ -21,11 +21,9 @@ import argparse
 import math
 import time
 
-import numpy as np
-
-from lmlab.loadgen import Budget, default_bodies, run_load_sync
-from lmlab.runtime import describe_environment, seed_everything
-from lmlab.serve import start_server
+from lmlab.measure.runtime import describe_environment, seed_everything
+from lmlab.serving.loadgen import Budget, default_bodies, run_load_sync
+from lmlab.serving.server import start_server
 
 QUESTIONS = ["Can I return shoes I have worn?", "How long does delivery take?", "Do you take cash?",
              "What size should I pick?", "When is the shop open?", "How much is shipping?",
@@ -113,10 +111,10 @@ def main() -> None:
 def reference_rows(args, questions, over_http) -> dict:
     """transformers' continuous batching and lmlab's engine (float32, eager, as transformers runs) on the same
     prompts, all at once, in this process."""
-    from lmlab.batching import Engine
-    from lmlab.decode import as_causal_lm
-    from lmlab.pretrained import load_smollm2
-    from lmlab.reference import transformers_continuous_batching
+    from lmlab.inference.decode import as_causal_lm
+    from lmlab.models.pretrained import load_smollm2
+    from lmlab.serving.engine import Engine
+    from lmlab.serving.reference import transformers_continuous_batching
 
     model, tokenizer = load_smollm2()
     prompts = [list(tokenizer.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True)

@@ -1,4 +1,4 @@
-"""Does lmlab.bench.time_ms agree with torch.utils.benchmark? Side by side, in one run, same thread count.
+"""Does lmlab.measure.timing.time_ms agree with torch.utils.benchmark? Side by side, in one run, same thread count.
 
 Run: .venv/bin/python benchmarks/bench_timing.py   (or `make bench`)
 
@@ -14,8 +14,8 @@ import argparse
 import torch
 import torch.utils.benchmark as tbench
 
-from lmlab.bench import format_ms, time_ms
-from lmlab.runtime import default_threads, describe_environment, seed_everything
+from lmlab.measure.runtime import default_threads, describe_environment, seed_everything
+from lmlab.measure.timing import format_ms, time_ms
 
 
 def compare(size: int, threads: int, repeat: int) -> dict:

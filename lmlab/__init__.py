@@ -1,26 +1,27 @@
 """lmlab: the Millisecond LM Lab.
 
 How a language model turns text into probabilities, and how that is made fast enough to answer in
-milliseconds. One module per idea:
+milliseconds. The packages follow the course; each imports only the packages above it (import-linter checks it):
 
-- ``lmlab.runtime``  threads, devices, seeds, the environment a timing ran on
-- ``lmlab.bench``    ``time_ms``: warm-up, repeats, median and p90
-- ``lmlab.corpora``  King James Bible, census names, your own text file; vocabularies and batches
-- ``lmlab.lm``       the interface every language model answers, ``evaluate`` and ``measure``
-- ``lmlab.ngram``    n-gram models: counts, smoothing, perplexity
-- ``lmlab.results``  the one results row, tables, saving
-- ``lmlab.plots``    the accuracy-against-milliseconds trade-off plot
-- ``lmlab.neural``   neural language models (MLP, GPT-2), ``lmlab.checkpoints`` and ``lmlab.train``
-- ``lmlab.pretrained`` SmolLM2-135M offline; ``lmlab.descent`` gradient descent by hand
-- ``lmlab.quantize`` q(x) = round(x / Q) · Q, bit widths and granularity; ``lmlab.export`` real int8 (ONNX Runtime)
-- ``lmlab.prune``    pruning, low rank, weight sharing; ``lmlab.widgets`` the interactive panels
-- ``lmlab.decode``   prefill and decode, the KV cache, sampling, batches, streaming; ``lmlab.hardware`` the
-  machine's bandwidth and FLOP/s, the decode floor and the roofline
-- ``lmlab.classify`` text classifiers (names -> sex, verse -> testament or book group): four models, metrics
-  from class labels, the transformer exported to ONNX step by step
+- ``lmlab.measure``    runtime (threads, devices, seeds), timing (``time_ms``), results (the one row), stats
+  (standard errors, bootstrap, the one "within noise" rule), plots, hardware (bandwidth, FLOP/s, the decode floor)
+- ``lmlab.data``       corpora (King James Bible, census names, your own text), shipped (files, the notebooks' slice)
+- ``lmlab.models``     lm (the interface every model answers), ngram, neural (MLP, GPT), recurrent (RNN, LSTM),
+  kinds, checkpoints, pretrained (SmolLM2-135M offline), scoring (per-document scores), registry (shipped models)
+- ``lmlab.train``      descent (gradient descent by hand), loop (training, distillation, timed races), curves
+- ``lmlab.compress``   quantize, quantize_study, prune (pruning, low rank, sharing), export (ONNX, real int8),
+  methods (every technique and its setting's range), experiment (one model, one method, one results row)
+- ``lmlab.inference``  decode (prefill, decode, the KV cache, sampling, streaming), position_cost
+- ``lmlab.serving``    engine (continuous batching), server (OpenAI-compatible HTTP), loadgen, reference
+- ``lmlab.scale``      distributed (torchrun: data, tensor, pipeline parallel), sweep (grids on Ray)
+- ``lmlab.tasks``      classify (text classifiers), vectors (word2vec, GloVe's loss)
+- ``lmlab.notebook``   widgets (the interactive panels)
+- ``lmlab.cli``        ``python -m lmlab COMMAND``
 """
 
+import importlib.abc
 import logging
+import sys
 
 __version__ = "0.1.0"
 
@@ -29,3 +30,33 @@ __version__ = "0.1.0"
 # harmless, and would otherwise appear in every notebook's output.
 for _noisy in ("torchao", "torch.utils._pytree"):
     logging.getLogger(_noisy).setLevel(logging.ERROR)
+
+# Where each module of lmlab's first layout (one flat folder) lives now, so old imports fail with directions.
+MOVED = {
+    "runtime": "lmlab.measure.runtime", "bench": "lmlab.measure.timing", "results": "lmlab.measure.results",
+    "plots": "lmlab.measure.plots", "hardware": "lmlab.measure.hardware", "corpora": "lmlab.data.corpora",
+    "lm": "lmlab.models.lm", "ngram": "lmlab.models.ngram", "neural": "lmlab.models.neural",
+    "recurrent": "lmlab.models.recurrent", "pretrained": "lmlab.models.pretrained",
+    "checkpoints": "lmlab.models.checkpoints", "descent": "lmlab.train.descent", "curves": "lmlab.train.curves",
+    "quantize": "lmlab.compress.quantize", "prune": "lmlab.compress.prune", "export": "lmlab.compress.export",
+    "quantize_study": "lmlab.compress.quantize_study", "experiment": "lmlab.compress.experiment",
+    "decode": "lmlab.inference.decode", "batching": "lmlab.serving.engine", "serve": "lmlab.serving.server",
+    "loadgen": "lmlab.serving.loadgen", "reference": "lmlab.serving.reference",
+    "distributed": "lmlab.scale.distributed", "sweep": "lmlab.scale.sweep", "classify": "lmlab.tasks.classify",
+    "vectors": "lmlab.tasks.vectors", "widgets": "lmlab.notebook.widgets",
+}
+
+
+class _MovedModules(importlib.abc.MetaPathFinder):
+    """Refuse ``import lmlab.decode`` and the like with a message naming the module's new place."""
+
+    def find_spec(self, fullname, path=None, target=None):
+        head, _, leaf = fullname.partition("lmlab.")
+        if not head and leaf in MOVED:
+            package = MOVED[leaf].rsplit(".", 1)[0]
+            raise ModuleNotFoundError(f"{fullname} moved to {MOVED[leaf]} when lmlab was arranged in packages; "
+                                      f"import from {MOVED[leaf]} (or from {package})", name=fullname)
+        return None
+
+
+sys.meta_path.append(_MovedModules())

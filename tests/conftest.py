@@ -13,7 +13,7 @@ if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):  # `make test` runs unit tests o
 
 import pytest
 
-from lmlab.corpora import load_kjv, load_names, tokenize_corpus
+from lmlab.data.corpora import load_kjv, load_names, tokenize_corpus
 
 
 @pytest.fixture(scope="session")
@@ -36,7 +36,7 @@ def names_gpt(names_data):
     """A small untrained GPT over the census-names letters: two blocks, width 32, four heads (seeded)."""
     import torch
 
-    from lmlab.neural import build_model
+    from lmlab.models.kinds import build_model
 
     torch.manual_seed(0)
     return build_model("gpt", names_data.vocab, n_layer=2, n_embd=32, n_head=4, n_positions=16).eval()

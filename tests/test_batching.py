@@ -5,9 +5,9 @@ import time
 import pytest
 import torch
 
-from lmlab.batching import LRU, Engine, QueueFull
-from lmlab.checkpoints import load_checkpoint
-from lmlab.decode import as_causal_lm, generate
+from lmlab.inference.decode import as_causal_lm, generate
+from lmlab.models.checkpoints import load_checkpoint
+from lmlab.serving.engine import LRU, Engine, QueueFull
 
 PROMPTS = ["in the beginning god created", "and the lord said unto moses", "blessed are the",
            "the lord is my shepherd i shall", "and jesus answered and said unto them", "for god so loved"]
@@ -83,7 +83,7 @@ def test_a_reply_stops_at_its_end_of_sequence_token(gpt):
 
 @pytest.mark.slow
 def test_prefix_cache_gives_the_tokens_of_a_full_prefill():
-    from lmlab.pretrained import load_smollm2
+    from lmlab.models.pretrained import load_smollm2
 
     model, tokenizer = load_smollm2()
     smol = as_causal_lm(model, tokenizer, name="smollm2")
@@ -155,7 +155,7 @@ def test_lru_keeps_its_bound_and_evicts_the_least_recently_used():
 
 def test_left_padding_keeps_rows_independent(gpt):
     """The batch's cache is left-padded; a row's logits match its own run to float32 precision."""
-    from lmlab.batching import _left_pad
+    from lmlab.serving.engine import _left_pad
 
     mask = torch.ones(2, 3, dtype=torch.long)
     assert _left_pad(mask, 5).tolist() == [[0, 0, 1, 1, 1]] * 2

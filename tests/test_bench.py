@@ -5,7 +5,7 @@ import time
 import pytest
 import torch
 
-from lmlab.bench import Timing, format_ms, time_ms
+from lmlab.measure.timing import Timing, format_ms, time_ms
 
 
 def test_records_samples_threads_and_summary():
@@ -65,7 +65,7 @@ def test_format_ms_has_a_fixed_width_and_unit():
 def test_background_load_starts_and_stops_busy_processes():
     import psutil
 
-    from lmlab.bench import background_load
+    from lmlab.measure.timing import background_load
 
     me = psutil.Process()
     before = {child.pid for child in me.children()}
@@ -79,7 +79,7 @@ def test_background_load_starts_and_stops_busy_processes():
 
 
 def test_medians_under_load_times_each_thread_count_quiet_and_beside_a_neighbour():
-    from lmlab.bench import medians_under_load
+    from lmlab.measure.timing import medians_under_load
 
     a = torch.randn(64, 64)
     medians = medians_under_load(torch.mm, a, a, threads=(1,), rounds=2, repeat=3)

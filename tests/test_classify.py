@@ -1,4 +1,4 @@
-"""Text classifiers (lmlab.classify): labels, splits, metrics against scikit-learn, the four models, ONNX export."""
+"""Text classifiers (lmlab.tasks.classify): labels, splits, metrics against scikit-learn, the four models, ONNX export."""
 
 import json
 import random
@@ -9,13 +9,27 @@ import pytest
 import torch
 from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
 
-from lmlab.__main__ import main
-from lmlab.classify import (BOOK_GROUPS, MODELS, LabelledTexts, book_group, book_group_table, classification_metrics,
-                            kjv_by_book_group, kjv_by_testament, load_task, make_classifier, measure_classifier,
-                            names_by_sex, onnx_steps, token_list_precision, tradeoff_summary, within_noise)
-from lmlab.corpora import kjv_books, name_frequencies
-from lmlab.results import Result
-
+from lmlab.cli import main
+from lmlab.data.corpora import kjv_books, name_frequencies
+from lmlab.measure.results import Result
+from lmlab.tasks.classify import (
+    BOOK_GROUPS,
+    MODELS,
+    LabelledTexts,
+    book_group,
+    book_group_table,
+    classification_metrics,
+    kjv_by_book_group,
+    kjv_by_testament,
+    load_task,
+    make_classifier,
+    measure_classifier,
+    names_by_sex,
+    onnx_steps,
+    token_list_precision,
+    tradeoff_summary,
+    within_noise,
+)
 
 # Labels and splits ------------------------------------------------------------------------------------------
 

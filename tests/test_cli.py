@@ -1,6 +1,6 @@
 import pytest
 
-from lmlab.__main__ import main
+from lmlab.cli import main
 
 
 def test_env_prints_the_environment(capsys):

@@ -2,8 +2,17 @@ import numpy as np
 import pytest
 import torch
 
-from lmlab.corpora import (
-    BOS, EOS, UNK, Corpus, Vocab, batches, load_corpus, load_text_file, tokenize, tokenize_corpus,
+from lmlab.data.corpora import (
+    BOS,
+    EOS,
+    UNK,
+    Corpus,
+    Vocab,
+    batches,
+    load_corpus,
+    load_text_file,
+    tokenize,
+    tokenize_corpus,
 )
 
 

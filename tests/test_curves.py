@@ -5,10 +5,15 @@ import re
 import matplotlib.pyplot as plt
 import pytest
 
-from lmlab.curves import (
-    first_at_or_below, format_target_table, loss_bands, spread_verdict, target_verdict, time_to_target,
+from lmlab.train.curves import (
+    first_at_or_below,
+    format_target_table,
+    loss_bands,
+    spread_verdict,
+    target_verdict,
+    time_to_target,
 )
-from lmlab.train import History
+from lmlab.train.loop import History
 
 
 def history(losses, every=10, ms_per_step=2.0):

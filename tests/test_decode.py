@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from lmlab.checkpoints import load_checkpoint
-from lmlab.decode import (as_causal_lm, generate, kv_cache_bytes, make_step, past_bytes, sampling_probs, stream)
+from lmlab.inference.decode import as_causal_lm, generate, kv_cache_bytes, make_step, past_bytes, sampling_probs, stream
+from lmlab.models.checkpoints import load_checkpoint
 
 PROMPTS = ["in the beginning god created", "and he said", "the lord is my shepherd i shall not want"]
 
@@ -23,7 +23,7 @@ def lm(gpt):
 
 @pytest.fixture(scope="module")
 def smol():
-    from lmlab.pretrained import load_smollm2
+    from lmlab.models.pretrained import load_smollm2
 
     model, tokenizer = load_smollm2()
     return as_causal_lm(model, tokenizer, name="SmolLM2-135M")
@@ -144,7 +144,7 @@ def test_window_error_says_what_fits(lm):
 
 
 def test_only_causal_lms_are_wrapped(names_data):
-    from lmlab.neural import build_model
+    from lmlab.models.kinds import build_model
 
     with pytest.raises(ValueError, match="model"):
         as_causal_lm(build_model("mlp", names_data.vocab))
@@ -189,7 +189,7 @@ def test_smollm2_in_onnx_runtime_answers_like_eager(smol):
 
 
 def test_break_even_counts_the_calls_that_repay_a_one_off_cost():
-    from lmlab.decode import break_even
+    from lmlab.inference.decode import break_even
 
     assert break_even(1000.0, 5.0, 3.0) == 500.0
     assert break_even(1000.0, 3.0, 5.0) == math.inf
@@ -198,7 +198,7 @@ def test_break_even_counts_the_calls_that_repay_a_one_off_cost():
 
 
 def test_compare_steps_times_each_path_against_the_reference(lm):
-    from lmlab.decode import compare_steps
+    from lmlab.inference.decode import compare_steps
 
     rows = compare_steps(lm, PROMPTS[0], {"eager": lambda: make_step(lm, "eager"),
                                           "onnx": lambda: make_step(lm, "onnx")}, new_tokens=10)
@@ -221,7 +221,7 @@ def test_prompts_may_be_text_ids_or_a_tensor(lm):
 
 
 def test_stream_speed_is_ttft_then_tokens_per_second():
-    from lmlab.decode import StreamedToken, stream_speed
+    from lmlab.inference.decode import StreamedToken, stream_speed
 
     pieces = [StreamedToken(5, " a", 100.0), StreamedToken(6, " b", 120.0), StreamedToken(7, " c", 140.0)]
     assert stream_speed(pieces) == (100.0, 50.0)  # 2 tokens after the first, in 40 ms

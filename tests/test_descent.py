@@ -2,8 +2,16 @@ import numpy as np
 import pytest
 import torch
 
-from lmlab.descent import (
-    Adam, Momentum, SGD, descend, draw_contours, linear_data, loss_surface, squared_error, squared_error_gradient,
+from lmlab.train.descent import (
+    SGD,
+    Adam,
+    Momentum,
+    descend,
+    draw_contours,
+    linear_data,
+    loss_surface,
+    squared_error,
+    squared_error_gradient,
     squared_error_hessian,
 )
 

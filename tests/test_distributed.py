@@ -1,4 +1,4 @@
-"""Data, tensor and pipeline parallel inference (lmlab.distributed) against the single-process model.
+"""Data, tensor and pipeline parallel inference (lmlab.scale.distributed) against the single-process model.
 
 The schemes run for real: torchrun starts 2 gloo ranks on 127.0.0.1 in a subprocess, bounded in time.
 """
@@ -14,9 +14,9 @@ import sys
 import pytest
 import torch
 
-from lmlab import distributed as D
-from lmlab.__main__ import main
-from lmlab.experiment import load_model
+from lmlab.cli import main
+from lmlab.models.registry import load_model
+from lmlab.scale import distributed as D
 
 LAUNCH_TIMEOUT_S = 240
 EVAL_DOCUMENTS, BATCH = 48, 8
@@ -207,7 +207,7 @@ def test_run_parallel_refuses_bad_schemes_before_launching():
 
 
 def test_smollm2_windows_shard_exactly_and_its_mlp_split_gives_its_logits():
-    from lmlab.pretrained import load_smollm2
+    from lmlab.models.pretrained import load_smollm2
 
     model, tokenizer = load_smollm2()
     windows = D.smollm2_windows(tokenizer, documents=12, window=32)

@@ -5,11 +5,14 @@ import json
 import pytest
 import torch
 
-from lmlab.__main__ import main
-from lmlab.checkpoints import load_checkpoint
-from lmlab.experiment import DATA_DIR, METHODS, load_model, run
-from lmlab.lm import evaluate
-from lmlab.quantize import model_bytes
+from lmlab.cli import main
+from lmlab.compress.experiment import run
+from lmlab.compress.methods import METHODS
+from lmlab.compress.quantize import model_bytes
+from lmlab.data.shipped import DATA_DIR
+from lmlab.models.checkpoints import load_checkpoint
+from lmlab.models.lm import evaluate
+from lmlab.models.registry import load_model
 
 
 def test_an_uncompressed_row_is_scored_on_the_whole_test_split():
@@ -23,7 +26,7 @@ def test_an_uncompressed_row_is_scored_on_the_whole_test_split():
 
 
 def test_a_slice_is_scored_named_and_ngrams_take_no_method():
-    from lmlab.ngram import NGramModel
+    from lmlab.models.ngram import NGramModel
 
     row = run("ngram-3", repeat=3, documents=20)
     model, data = load_model("gpt-small")
@@ -104,7 +107,7 @@ def test_command_line_adds_rows_to_a_file_and_never_drops_old_ones(tmp_path, cap
 
 
 def test_measure_checks_where_it_will_save_before_measuring(tmp_path, capsys):
-    from lmlab.results import check_results_path
+    from lmlab.measure.results import check_results_path
 
     assert main(["measure", "gpt-large", "--save", str(tmp_path)]) == 2  # a folder: refused at once, nothing measured
     assert f"path={str(tmp_path)!r} is a folder" in capsys.readouterr().err
@@ -125,7 +128,8 @@ def test_the_same_named_slice_gives_the_same_figures():
 
 
 def test_the_notebook_slice_is_the_first_test_verses_and_is_named():
-    from lmlab.experiment import NOTEBOOK_DOCUMENTS, load_model, notebook_slice
+    from lmlab.data.shipped import NOTEBOOK_DOCUMENTS, notebook_slice
+    from lmlab.models.registry import load_model
 
     _, data = load_model("gpt-small")
     part, name = notebook_slice(data)

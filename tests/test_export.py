@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-import lmlab.export as export
-from lmlab.corpora import Corpus, tokenize_corpus
-from lmlab.export import onnx_model
-from lmlab.lm import evaluate
-from lmlab.neural import build_model
+import lmlab.compress.export as export
+from lmlab.compress.export import onnx_model
+from lmlab.data.corpora import Corpus, tokenize_corpus
+from lmlab.models.kinds import build_model
+from lmlab.models.lm import evaluate
 
 
 @pytest.fixture(autouse=True)
@@ -95,8 +95,9 @@ def test_smollm2_int8_keeps_its_perplexity(monkeypatch, kjv_corpus):
     this is also what makes chapter 04's first run fast.
     """
     monkeypatch.delenv("LMLAB_CACHE")
-    from lmlab.pretrained import load_smollm2, perplexity
     from test_pretrained import PARAGRAPH
+
+    from lmlab.models.pretrained import load_smollm2, perplexity
 
     model, tokenizer = load_smollm2()
     exported = onnx_model(model)

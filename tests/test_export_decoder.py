@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-import lmlab.export as export
-from lmlab.corpora import Corpus, tokenize_corpus
-from lmlab.export import graph_node_counts, onnx_decoder, onnx_model, profile_step
-from lmlab.neural import build_model
+import lmlab.compress.export as export
+from lmlab.compress.export import graph_node_counts, onnx_decoder, onnx_model, profile_step
+from lmlab.data.corpora import Corpus, tokenize_corpus
+from lmlab.models.kinds import build_model
 
 
 @pytest.fixture(autouse=True)
@@ -177,7 +177,7 @@ def test_smollm2_decoder_float32_and_int8(monkeypatch):
     Uses the user's cache, like the notebooks: this is also what makes chapter 06's first run fast.
     """
     monkeypatch.delenv("LMLAB_CACHE")
-    from lmlab.pretrained import load_smollm2
+    from lmlab.models.pretrained import load_smollm2
 
     model, tokenizer = load_smollm2()
     full = tokenizer("The capital of France is Paris, and the capital of Italy is Rome. The river",

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from lmlab.experiment import load_model
-from lmlab.hardware import GPU_DATA_DIR, GPU_ROW_KINDS, GPU_ROW_STAMP, gpu_results, gpu_rows
-from lmlab.results import Result
+from lmlab.measure.hardware import GPU_DATA_DIR, GPU_ROW_KINDS, GPU_ROW_STAMP, gpu_results, gpu_rows
+from lmlab.measure.results import Result
+from lmlab.models.registry import load_model
 
 SHIPPED = sorted(GPU_DATA_DIR.glob("*.json"))
 ROOT = Path(__file__).resolve().parents[1]
@@ -79,7 +79,7 @@ def test_bench_gpu_refuses_cuda_without_a_gpu_and_an_existing_output(tmp_path):
 
 
 def test_gpu_decode_summary_spans_runs_and_leaves_out_cudnn_off(tmp_path):
-    from lmlab.hardware import gpu_decode_summary
+    from lmlab.measure.hardware import gpu_decode_summary
 
     stamp = {"gpu": "NVIDIA H200", "driver": "580", "cuda": "13.0", "torch": "2.11", "date": "2026-11-30 17:00 UTC",
              "command": "PYTHONPATH=. python benchmarks/bench_gpu.py"}

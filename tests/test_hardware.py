@@ -1,4 +1,4 @@
-"""lmlab.hardware: bandwidth and matmul measurements, the decode floor, weight bytes and the roofline."""
+"""lmlab.measure.hardware: bandwidth and matmul measurements, the decode floor, weight bytes and the roofline."""
 
 import math
 
@@ -6,10 +6,21 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
-from lmlab.hardware import (FORMATS, GPU_SPECS, Bandwidth, Throughput, arithmetic_intensity, decode_floor_ms,
-                            decode_flops, matmul_gflops, memory_bandwidth, predicted_decode_ms, roofline_plot,
-                            weight_bytes)
-from lmlab.neural import build_model, parameter_count
+from lmlab.measure.hardware import (
+    FORMATS,
+    GPU_SPECS,
+    Bandwidth,
+    Throughput,
+    arithmetic_intensity,
+    decode_floor_ms,
+    matmul_gflops,
+    memory_bandwidth,
+    predicted_decode_ms,
+    roofline_plot,
+    weight_bytes,
+)
+from lmlab.models.kinds import build_model
+from lmlab.models.neural import decode_flops, parameter_count
 
 
 def test_memory_bandwidth_is_positive_and_finite():
@@ -140,7 +151,7 @@ def test_bad_input_raises_a_value_error_naming_the_argument(call, argname):
 
 
 def test_regime_follows_the_roofline():
-    from lmlab.hardware import regime
+    from lmlab.measure.hardware import regime
 
     # Ridge at 100 GFLOP/s / 20 GB/s = 5 FLOP/byte.
     assert regime(50, 90, 100, 20) == "compute-bound"

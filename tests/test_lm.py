@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from lmlab.corpora import Vocab
-from lmlab.lm import UniformModel, check_contexts, evaluate, measure, sample, sequence_logprob, top_k
+from lmlab.data.corpora import Vocab
+from lmlab.models.lm import UniformModel, check_contexts, evaluate, measure, sample, sequence_logprob, top_k
 
 
 class TableBigram:
@@ -107,7 +107,7 @@ def test_measure_returns_a_results_row(bigram):
 
 
 def test_deep_contexts_have_enough_real_tokens():
-    from lmlab.lm import deep_contexts
+    from lmlab.models.lm import deep_contexts
 
     contexts = np.array([[1, 1, 1, 5], [1, 1, 6, 7], [8, 9, 6, 7]])  # bos id 1 pads on the left
     assert deep_contexts(contexts, bos_id=1, words=2).tolist() == [1, 2]
@@ -117,7 +117,7 @@ def test_deep_contexts_have_enough_real_tokens():
 def test_text_scores_are_the_formulas_and_refuse_bad_input():
     import math
 
-    from lmlab.lm import text_scores
+    from lmlab.models.lm import text_scores
 
     scores = text_scores(nll_nats=100.0, words=40, chars=200, accuracy=0.25)
     assert scores["perplexity per word"] == round(math.exp(2.5), 2)

@@ -5,10 +5,17 @@ import math
 import numpy as np
 import pytest
 
-from lmlab import loadgen
-from lmlab.loadgen import (LoadReport, RequestRecord, default_bodies, load_plot, poisson_arrivals, run_load,
-                           run_load_sync, table)
-from lmlab.results import Result
+from lmlab.measure.results import Result
+from lmlab.serving import loadgen
+from lmlab.serving.loadgen import (
+    LoadReport,
+    RequestRecord,
+    default_bodies,
+    load_plot,
+    poisson_arrivals,
+    run_load_sync,
+    table,
+)
 
 
 def rec(index, sent_s, e2e_ms, status=200, ttft_ms=10.0, tokens=5, error=None, disconnected=False):
@@ -158,7 +165,7 @@ def test_load_plot_draws_latency_and_throughput_panels():
 
 @pytest.fixture(scope="module")
 def server():
-    from lmlab.serve import running_server
+    from lmlab.serving.server import running_server
 
     with running_server("gpt-small", max_batch=4, api_key="k") as running:
         yield running

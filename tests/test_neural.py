@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from lmlab.checkpoints import load_checkpoint, save_checkpoint
-from lmlab.corpora import Corpus, TokenizedCorpus, document_batches, tokenize_corpus
-from lmlab.lm import evaluate
-from lmlab.neural import build_model
-from lmlab.train import check_lr
+from lmlab.data.corpora import Corpus, TokenizedCorpus, document_batches, tokenize_corpus
+from lmlab.models.checkpoints import load_checkpoint, save_checkpoint
+from lmlab.models.kinds import build_model
+from lmlab.models.lm import evaluate
+from lmlab.train.loop import check_lr
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +129,7 @@ def test_bad_model_config_is_a_clear_error(verses):
 @pytest.mark.slow
 def test_shipped_large_gpt_beats_the_best_ngram_on_held_out_kjv(kjv_corpus):
     """Issue 4's claim, measured: same tokenization, same test targets (every word and each verse's </s>)."""
-    from lmlab.ngram import NGramModel
+    from lmlab.models.ngram import NGramModel
 
     data = tokenize_corpus(kjv_corpus, min_count=2)
     gpt = load_checkpoint("data/gpt-large")

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from lmlab.corpora import Corpus, Vocab, tokenize_corpus
-from lmlab.lm import evaluate, sample, sequence_logprob, top_k
-from lmlab.ngram import NGramModel
+from lmlab.data.corpora import Corpus, Vocab, tokenize_corpus
+from lmlab.models.lm import evaluate, sample, sequence_logprob, top_k
+from lmlab.models.ngram import NGramModel
 
 
 @pytest.fixture(scope="module")
@@ -161,7 +161,7 @@ def test_a_sentence_starts_from_one_bos_with_raw_counts(verses):
 
 
 def test_discounts_follow_chen_and_goodman():
-    from lmlab.ngram import estimate_discounts
+    from lmlab.models.ngram import estimate_discounts
 
     counts = np.array([1] * 60 + [2] * 20 + [3] * 10 + [4] * 5 + [9] * 3)
     y = 60 / (60 + 2 * 20)
@@ -308,7 +308,7 @@ def test_arpa_never_overwrites_a_file_unless_asked(verses, tmp_path):
 
 
 def test_measure_ngrams_gives_one_row_per_order(names_data):
-    from lmlab.ngram import measure_ngrams
+    from lmlab.models.ngram import measure_ngrams
 
     rows = measure_ngrams(names_data, orders=(1, 2), accuracy_tokens=500, repeat=3)
     assert [r.name for r in rows] == ["1-gram", "2-gram"]
@@ -317,8 +317,8 @@ def test_measure_ngrams_gives_one_row_per_order(names_data):
 
 
 def test_measure_ngrams_scores_on_a_given_slice(names_data):
-    from lmlab.lm import evaluate
-    from lmlab.ngram import measure_ngrams
+    from lmlab.models.lm import evaluate
+    from lmlab.models.ngram import measure_ngrams
 
     slice_ = names_data.head("test", 200)
     row, = measure_ngrams(names_data, orders=(3,), evaluation=slice_, repeat=3, technique="n-gram (chapter 01)")
@@ -329,7 +329,7 @@ def test_measure_ngrams_scores_on_a_given_slice(names_data):
 
 
 def test_measure_ngrams_names_the_slice_it_scored(names_data):
-    from lmlab.ngram import measure_ngrams
+    from lmlab.models.ngram import measure_ngrams
 
     row, = measure_ngrams(names_data, orders=(2,), evaluation=names_data.head("test", 50), corpus="names test[:50]",
                           accuracy_tokens=200, repeat=2)

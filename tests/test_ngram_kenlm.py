@@ -6,7 +6,6 @@ the test part, reading lmplz's ARPA file and the one lmlab writes. If ``$LMLAB_K
 KenLM's ``query``, one more test runs it on an ARPA file lmlab writes now.
 """
 
-import gzip
 import json
 import math
 import os
@@ -17,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lmlab.corpora import Corpus, tokenize_corpus
-from lmlab.ngram import NGramModel
+from lmlab.data.corpora import Corpus, tokenize_corpus
+from lmlab.models.ngram import NGramModel
 
 KENLM = Path(__file__).resolve().parent.parent / "data" / "kenlm"
 

@@ -8,7 +8,7 @@ import socket
 import pytest
 import torch
 
-from lmlab.pretrained import cache_dir, gguf_path, load_smollm2, perplexity
+from lmlab.models.pretrained import cache_dir, gguf_path, load_smollm2, perplexity
 
 pytestmark = pytest.mark.slow
 
@@ -83,7 +83,7 @@ def test_cache_lock_is_exclusive_across_processes(tmp_path, monkeypatch):
     import subprocess
     import sys
 
-    from lmlab.pretrained import cache_lock
+    from lmlab.models.pretrained import cache_lock
 
     monkeypatch.setenv("LMLAB_CACHE", str(tmp_path))
     probe = ("import fcntl, sys; f = open(sys.argv[1], 'w')\n"

@@ -4,10 +4,17 @@ import numpy as np
 import pytest
 import torch
 
-from lmlab.neural import build_model
-from lmlab.prune import (
-    LowRankLinear, kmeans_1d, low_rank, magnitude_prune, prunable_layers, prune_heads, prune_mlp, share_weights,
+from lmlab.compress.prune import (
+    LowRankLinear,
+    kmeans_1d,
+    low_rank,
+    magnitude_prune,
+    prunable_layers,
+    prune_heads,
+    prune_mlp,
+    share_weights,
 )
+from lmlab.models.kinds import build_model
 
 
 @pytest.fixture(scope="module")
@@ -187,7 +194,7 @@ def names_slice(names_data):
 
 @pytest.fixture(scope="module")
 def sweep(gpt, names_slice):
-    from lmlab.prune import sweep_methods
+    from lmlab.compress.prune import sweep_methods
 
     return sweep_methods(gpt, {"unstructured": (lambda m, s: magnitude_prune(m, s, "layer"), (0.5, 0.9)),
                                "sharing": (share_weights, (2,)),
@@ -210,7 +217,7 @@ def test_sweep_scores_every_copy_on_the_same_slice_against_dense(gpt, names_slic
     assert sharing["non-zero removed"] <= 0.001 and sharing["MB stored"] < dense["MB stored"]  # bits, not weights
     heads = sweep[sweep.method == "heads"].iloc[0]
     assert 0 < heads["non-zero removed"] < 0.5 and heads.parameters < dense.parameters  # half the heads: < half
-    from lmlab.prune import sweep_methods
+    from lmlab.compress.prune import sweep_methods
 
     with pytest.raises(ValueError, match="sweeps is empty"):
         sweep_methods(gpt, {}, names_slice)
@@ -219,7 +226,7 @@ def test_sweep_scores_every_copy_on_the_same_slice_against_dense(gpt, names_slic
 def test_sweep_takeaways_follow_the_paired_intervals():
     import pandas as pd
 
-    from lmlab.prune import sweep_takeaways
+    from lmlab.compress.prune import sweep_takeaways
 
     table = pd.DataFrame([
         dict(method="dense", setting="", **{"non-zero removed": 0.0, "MB stored": 20.0, "Δ nats": 0.0, "Δ low": 0.0,
@@ -240,7 +247,7 @@ def test_sweep_takeaways_follow_the_paired_intervals():
 def test_removal_plot_puts_each_method_on_each_scale_it_has(sweep):
     import matplotlib.pyplot as plt
 
-    from lmlab.prune import removal_plot
+    from lmlab.compress.prune import removal_plot
 
     fig = removal_plot(sweep, title="names")
     left, right = (ax.get_legend_handles_labels()[1] for ax in fig.axes)
@@ -253,13 +260,13 @@ def test_removal_plot_puts_each_method_on_each_scale_it_has(sweep):
 
 
 def timing(*samples):
-    from lmlab.bench import Timing
+    from lmlab.measure.timing import Timing
 
     return Timing(samples_ms=tuple(samples), threads=1, warmup=0, first_ms=None)
 
 
 def test_timing_verdict_calls_overlapping_spreads_noise():
-    from lmlab.prune import timing_verdict
+    from lmlab.compress.prune import timing_verdict
 
     reference = timing(*range(10, 20))
     assert timing_verdict(reference, timing(*range(2, 8))) == "faster"
@@ -269,7 +276,7 @@ def test_timing_verdict_calls_overlapping_spreads_noise():
 
 
 def test_time_variants_times_each_part_against_the_first(gpt):
-    from lmlab.prune import time_variants
+    from lmlab.compress.prune import time_variants
 
     half = prune_mlp(gpt, 0.5).model
     ids = torch.zeros(1, 8, dtype=torch.long)  # (1, 8)
@@ -283,8 +290,8 @@ def test_time_variants_times_each_part_against_the_first(gpt):
 
 
 def test_measure_variants_names_the_slice_and_marks_masks_simulated(gpt, names_slice):
-    from lmlab.prune import measure_variants
-    from lmlab.results import Result, results_table
+    from lmlab.compress.prune import measure_variants
+    from lmlab.measure.results import Result, results_table
 
     contexts, targets = names_slice.examples("test", gpt.context_size)
     elsewhere = Result("3-gram", "n-gram", "", 0.3, 0.1, 0.2, predictions=100, corpus="names")
@@ -302,8 +309,8 @@ def test_measure_variants_names_the_slice_and_marks_masks_simulated(gpt, names_s
 
 
 def test_beaten_by_separates_clear_wins_from_noise():
-    from lmlab.prune import beaten_by
-    from lmlab.results import Result
+    from lmlab.compress.prune import beaten_by
+    from lmlab.measure.results import Result
 
     def row(name, accuracy, median, simulated=False):
         return Result(name, "t", "", accuracy, median, median * 1.1, predictions=1000, simulated=simulated)

@@ -5,13 +5,13 @@ import math
 import numpy as np
 import pytest
 import torch
-from torch import nn
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
+from torch import nn
 
-from lmlab.neural import weight_layers
-from lmlab.quantize import choose_grid, fake_quantize, model_bytes, quantize, quantize_model
+from lmlab.compress.quantize import choose_grid, fake_quantize, model_bytes, quantize, quantize_model
+from lmlab.models.neural import weight_layers
 
 finite = st.floats(-1e6, 1e6, allow_nan=False, allow_infinity=False, width=64)
 steps = st.floats(1e-4, 1e3, allow_nan=False, allow_infinity=False)

@@ -1,4 +1,4 @@
-"""Chapter 04's sweeps, rows and plots (lmlab.quantize_study): each figure against a direct computation."""
+"""Chapter 04's sweeps, rows and plots (lmlab.compress.quantize_study): each figure against a direct computation."""
 
 import math
 import types
@@ -10,15 +10,34 @@ import pytest
 import torch
 from torch import nn
 
-from lmlab.neural import build_model, weight_layers
-from lmlab.plots import log_ticks
-from lmlab.quantize import fake_quantize, model_bytes, quantize_model
-from lmlab.quantize_study import (Subject, bits_plot, bits_sweep, bits_takeaway, frontier_takeaway,
-                                  granularity_errors, input_ranges, label_points, llm_subject, lm_subject,
-                                  model_rows, multiply_adds, outlier_plot, rounding_error_plot, row_range_plot,
-                                  rows_text, runtime_rows, simulated_rows, speed_takeaway, sweep_table,
-                                  tradeoff_figure)
-from lmlab.results import Result
+from lmlab.compress.quantize import fake_quantize, model_bytes, quantize_model
+from lmlab.compress.quantize_study import (
+    Subject,
+    bits_plot,
+    bits_sweep,
+    bits_takeaway,
+    frontier_takeaway,
+    granularity_errors,
+    input_ranges,
+    label_points,
+    llm_subject,
+    lm_subject,
+    model_rows,
+    multiply_adds,
+    outlier_plot,
+    rounding_error_plot,
+    row_range_plot,
+    rows_text,
+    runtime_rows,
+    simulated_rows,
+    speed_takeaway,
+    sweep_table,
+    tradeoff_figure,
+)
+from lmlab.measure.plots import log_ticks
+from lmlab.measure.results import Result
+from lmlab.models.kinds import build_model
+from lmlab.models.neural import weight_layers
 
 
 @pytest.fixture(scope="module")
@@ -314,7 +333,7 @@ def test_multiply_adds_counts_the_weight_matrices(names_data, names_gpt):
 
 
 class _Letters:
-    """A character tokenizer with the calls lmlab.pretrained makes: __call__(text, return_tensors) and decode."""
+    """A character tokenizer with the calls lmlab.models.pretrained makes: __call__(text, return_tensors) and decode."""
 
     def __call__(self, text, return_tensors=None):
         return types.SimpleNamespace(input_ids=torch.tensor([[ord(c) % 64 for c in text]]))

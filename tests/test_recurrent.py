@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from lmlab.checkpoints import load_checkpoint, save_checkpoint
-from lmlab.corpora import Corpus, tokenize_corpus
-from lmlab.lm import evaluate
-from lmlab.neural import build_model
-from lmlab.recurrent import RecurrentLanguageModel, gradient_by_distance, lstm_cell, rnn_cell
+from lmlab.data.corpora import Corpus, tokenize_corpus
+from lmlab.models.checkpoints import load_checkpoint, save_checkpoint
+from lmlab.models.kinds import build_model
+from lmlab.models.lm import evaluate
+from lmlab.models.recurrent import RecurrentLanguageModel, gradient_by_distance, lstm_cell, rnn_cell
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 
@@ -138,8 +138,8 @@ def test_gradient_by_distance_rows_are_independent(names_data):
 
 
 def test_windowed_document_scores_match_evaluate(verses):
-    from lmlab.ngram import NGramModel
-    from lmlab.train import document_scores
+    from lmlab.models.ngram import NGramModel
+    from lmlab.models.scoring import document_scores
 
     first = verses.head("valid", 6)
     ngram = NGramModel.fit(verses, n=3)
@@ -151,7 +151,7 @@ def test_windowed_document_scores_match_evaluate(verses):
 
 
 def test_cost_by_position_times_each_model_at_each_position(verses):
-    from lmlab.recurrent import cost_by_position, position_ratios
+    from lmlab.inference.position_cost import cost_by_position, position_ratios
 
     gpt = build_model("gpt", verses.vocab, n_layer=1, n_embd=16, n_head=2, n_positions=64).eval()
     ids = verses.stream("valid")[:40]
@@ -165,7 +165,7 @@ def test_cost_by_position_times_each_model_at_each_position(verses):
 
 
 def test_ladder_takeaways_call_the_noise():
-    from lmlab.recurrent import ladder_takeaways
+    from lmlab.models.recurrent import ladder_takeaways
 
     rng = np.random.default_rng(0)
     tokens = np.full(50, 20.0)
@@ -180,8 +180,8 @@ def test_ladder_takeaways_call_the_noise():
 
 
 def test_ladder_rows_are_named_by_their_kind_of_model():
-    from lmlab.recurrent import by_family
-    from lmlab.results import Result
+    from lmlab.measure.results import Result
+    from lmlab.models.recurrent import by_family
 
     rows = [Result(name, "uncompressed", "", 0.3, 1.0, 1.2) for name in
             ("ngram-3", "5-gram", "mlp-names", "rnn-names", "lstm-kjv", "gpt-large")]

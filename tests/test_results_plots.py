@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from lmlab.plots import pareto_frontier, tradeoff_plot
-from lmlab.results import Result, load_results, results_table, save_results
+from lmlab.measure.plots import pareto_frontier, tradeoff_plot
+from lmlab.measure.results import Result, load_results, results_table, save_results
 
 
 def row(name, accuracy, ms, technique="t"):
@@ -40,7 +40,7 @@ def test_accuracy_carries_its_binomial_standard_error():
 
 
 def test_tradeoff_pair_draws_perplexity_and_accuracy_with_one_legend():
-    from lmlab.plots import tradeoff_pair
+    from lmlab.measure.plots import tradeoff_pair
 
     rows = [Result("a", "t", "", 0.2, 1.0, 1.2, perplexity=50.0), Result("b", "u", "", 0.3, 5.0, 6.0, perplexity=30.0)]
     fig = tradeoff_pair(rows, "Test")
@@ -64,7 +64,7 @@ def test_perplexity_interval_by_bootstrap_over_documents():
 
     import numpy as np
 
-    from lmlab.results import perplexity_interval
+    from lmlab.measure.stats import perplexity_interval
 
     rng = np.random.default_rng(1)
     tokens = rng.integers(5, 40, size=400)
@@ -162,7 +162,7 @@ def test_tradeoff_plot_of_perplexity_prefers_lower():
 
 
 def test_budget_plot_stacks_stages_beside_the_perception_limits():
-    from lmlab.plots import budget_plot
+    from lmlab.measure.plots import budget_plot
 
     fig = budget_plot({"tokenize": 0.5, "prefill": 700.0, "decode": 500.0})
     ax = fig.axes[0]
@@ -176,7 +176,7 @@ def test_budget_plot_stacks_stages_beside_the_perception_limits():
 
 
 def test_per_context_divides_a_batched_call_by_its_batch():
-    from lmlab.results import Result
+    from lmlab.measure.results import Result
 
     row = Result(name="m", technique="t", setting="", accuracy=0.5, median_ms=8.0, p90_ms=12.0, batch_size=8)
     each = row.per_context()
@@ -187,7 +187,7 @@ def test_per_context_divides_a_batched_call_by_its_batch():
 def test_log_axes_show_three_plain_labels_in_view(low, high):
     import matplotlib.pyplot as plt
 
-    from lmlab.plots import plain_log_ticks
+    from lmlab.measure.plots import plain_log_ticks
 
     fig, ax = plt.subplots()
     ax.semilogx([low, high], [0, 1])
@@ -220,7 +220,7 @@ def test_a_perplexity_axis_shows_three_plain_labels_in_view(perplexities):
 
 
 def test_two_accuracies_are_noise_while_their_two_standard_error_intervals_overlap():
-    from lmlab.results import accuracy_noise, within_noise
+    from lmlab.measure.stats import accuracy_noise, within_noise
 
     a = Result("a", "t", "", 0.30, 1.0, 1.1, predictions=1000)  # se = sqrt(0.3 · 0.7 / 1000) = 0.01449
     b = Result("b", "t", "", 0.35, 1.0, 1.1, predictions=1000)  # se = 0.01508

@@ -4,8 +4,14 @@ import numpy as np
 import pytest
 import torch
 
-from lmlab.runtime import (
-    THREADS_ENV, default_threads, describe_environment, environment, pick_device, seed_everything, torch_threads,
+from lmlab.measure.runtime import (
+    THREADS_ENV,
+    default_threads,
+    describe_environment,
+    environment,
+    pick_device,
+    seed_everything,
+    torch_threads,
 )
 
 
@@ -81,7 +87,7 @@ def test_environment_names_what_a_timing_ran_on():
 
 
 def test_use_threads_sets_torch_globally(monkeypatch):
-    from lmlab.runtime import use_threads
+    from lmlab.measure.runtime import use_threads
 
     before = torch.get_num_threads()
     monkeypatch.delenv(THREADS_ENV, raising=False)

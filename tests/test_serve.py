@@ -8,9 +8,9 @@ import httpx
 import pytest
 from openai import OpenAI
 
-from lmlab.checkpoints import load_checkpoint
-from lmlab.decode import as_causal_lm, generate
-from lmlab.serve import running_server
+from lmlab.inference.decode import as_causal_lm, generate
+from lmlab.models.checkpoints import load_checkpoint
+from lmlab.serving.server import running_server
 
 KEY = "test-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -168,7 +168,7 @@ def smol_server():
 
 @pytest.mark.slow
 def test_smollm2_chat_template_prefix_cache_and_stream(smol_server):
-    from lmlab.pretrained import load_smollm2
+    from lmlab.models.pretrained import load_smollm2
 
     model, tokenizer = load_smollm2()
     smol = as_causal_lm(model, tokenizer, name="smollm2")
@@ -209,7 +209,7 @@ def test_fault_storm_leaves_the_server_up_correct_and_at_its_memory_baseline(ser
     """Hundreds of requests at a high rate, some clients leaving mid-stream, some bodies malformed."""
     import psutil
 
-    from lmlab.loadgen import run_load_sync
+    from lmlab.serving.loadgen import run_load_sync
 
     server.configure(reply_cache=0)
     texts = ["in the beginning god", "and the lord said unto", "blessed are the", "the lord is my", "for god so"]

@@ -1,4 +1,4 @@
-"""lmlab.sweep: real worker processes and a real local Ray instance on a tiny grid of the census-names MLP.
+"""lmlab.scale.sweep: real worker processes and a real local Ray instance on a tiny grid of the census-names MLP.
 
 The grid (the MLP's baseline, 4-bit rounding, and head pruning, which fails on a model without attention)
 runs once per engine; the tests compare and inspect those rows. Every wait is bounded.
@@ -13,9 +13,9 @@ import time
 
 import pytest
 
-from lmlab import sweep as sw
-from lmlab.__main__ import main
-from lmlab.results import Result, save_results
+from lmlab.cli import main
+from lmlab.measure.results import Result, save_results
+from lmlab.scale import sweep as sw
 
 REPEAT = 2
 GRID = dict(models=["mlp-names"], methods=["quantize-channel", "heads"],

@@ -6,9 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lmlab.corpora import Corpus, tokenize_corpus
-from lmlab.neural import build_model
-from lmlab.train import compare_optimizers, distill, distillation_loss, fine_tune, train_model, training_data
+from lmlab.data.corpora import Corpus, tokenize_corpus
+from lmlab.models.kinds import build_model
+from lmlab.train.loop import compare_optimizers, distill, distillation_loss, fine_tune, train_model, training_data
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +87,7 @@ def test_distillation_needs_a_shared_vocabulary(verses, names_data):
 
 
 def test_clipping_and_the_learning_rate_are_explicit(verses):
-    from lmlab.descent import SGD
+    from lmlab.train.descent import SGD
 
     model = tiny_gpt(verses.vocab)
     train_batches, evaluate_fn, _ = training_data(model, verses, batch_size=8, seed=0, valid_documents=10)
@@ -111,12 +111,12 @@ def mlp_setup(names_data):
         return build_model("mlp", names_data.vocab, context_size=3, embed_dim=4, hidden_dim=8)
 
     def train_batches(seed, epoch):
-        from lmlab.corpora import batches
+        from lmlab.data.corpora import batches
 
         return batches(contexts, targets, 64, shuffle=True, seed=1000 * seed + epoch)
 
     def evaluate_fn(model):
-        from lmlab.lm import evaluate
+        from lmlab.models.lm import evaluate
 
         return evaluate(model, *valid)
 
@@ -124,7 +124,7 @@ def mlp_setup(names_data):
 
 
 def test_compare_optimizers_gives_every_optimizer_the_same_start_per_seed(names_data):
-    from lmlab.descent import SGD, Adam
+    from lmlab.train.descent import SGD, Adam
 
     build, train_batches, evaluate_fn = mlp_setup(names_data)
     sgd = lambda p: SGD(p, lr=0.1)  # noqa: E731

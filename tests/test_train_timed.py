@@ -6,12 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from lmlab.corpora import Corpus, tokenize_corpus
-from lmlab.neural import build_model
-from lmlab.train import (
-    TimedHistory, describe_race, distillation_race, document_scores, nll_difference, paired_nll_interval, race_plot,
-    train_timed,
-)
+from lmlab.data.corpora import Corpus, tokenize_corpus
+from lmlab.measure.stats import paired_nll_interval
+from lmlab.models.kinds import build_model
+from lmlab.models.scoring import document_scores
+from lmlab.train.loop import TimedHistory, describe_race, distillation_race, nll_difference, race_plot, train_timed
 
 
 @pytest.fixture(scope="module")
@@ -63,10 +62,10 @@ def test_training_by_steps_is_repeatable_and_evaluates_on_schedule(verses, slice
 
 
 def test_a_budget_counts_every_step_and_a_slow_step_takes_its_share(verses, slice_, monkeypatch):
-    import lmlab.train
+    import lmlab.train.loop
 
     clock = [0.0]  # a fake clock, in seconds, that only the steps below advance
-    monkeypatch.setattr(lmlab.train.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(lmlab.train.loop.time, "perf_counter", lambda: clock[0])
 
     def costing(ms):  # a loss whose step takes ``ms`` on the fake clock, like a teacher's forward would
         def loss_fn(model, batch):

@@ -1,4 +1,4 @@
-"""Skip-gram word2vec by hand (lmlab.vectors): pairs, training, neighbours, analogies, and agreement with gensim."""
+"""Skip-gram word2vec by hand (lmlab.tasks.vectors): pairs, training, neighbours, analogies, and agreement with gensim."""
 
 import math
 
@@ -6,10 +6,18 @@ import numpy as np
 import pytest
 import torch
 
-from lmlab.corpora import SPECIALS, Corpus, Vocab, load_kjv, tokenize_corpus
-from lmlab.runtime import torch_threads
-from lmlab.vectors import (WordVectors, gensim_word2vec, keep_probability, neighbour_overlap, noise_table,
-                           skipgram_pairs, token_counts, train_word2vec)
+from lmlab.data.corpora import SPECIALS, Corpus, Vocab, load_kjv, tokenize_corpus
+from lmlab.measure.runtime import torch_threads
+from lmlab.tasks.vectors import (
+    WordVectors,
+    gensim_word2vec,
+    keep_probability,
+    neighbour_overlap,
+    noise_table,
+    skipgram_pairs,
+    token_counts,
+    train_word2vec,
+)
 
 SETTINGS = dict(dim=32, epochs=3, lr=0.025, batch_size=1024)
 
@@ -189,7 +197,7 @@ def test_from_gpt_wraps_the_input_embedding():
 
 
 def test_tables_and_pca_on_hand_made_vectors():
-    from lmlab.vectors import analogy_table, loss_curve_plot, neighbour_table, pca_2d, pca_plot
+    from lmlab.tasks.vectors import analogy_table, loss_curve_plot, neighbour_table, pca_2d, pca_plot
 
     s = 1 / math.sqrt(3)
     wv = toy(("a", "b", "c", "d", "e"), [[1, 0, 0, 0]] * 3 + [[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0],
@@ -213,7 +221,7 @@ def test_tables_and_pca_on_hand_made_vectors():
 
 
 def test_overlap_standard_error():
-    from lmlab.vectors import Overlap
+    from lmlab.tasks.vectors import Overlap
 
     o = Overlap(0.5, {"x": 0.4, "y": 0.6}, 0.01)
     assert o.se == pytest.approx(0.1)  # sample sd 0.1414 / sqrt(2)
@@ -221,7 +229,7 @@ def test_overlap_standard_error():
 
 
 def test_cooccurrence_counts_with_glove_weights():
-    from lmlab.vectors import cooccurrence
+    from lmlab.tasks.vectors import cooccurrence
 
     x = cooccurrence([np.array([3, 4, 0, 5]), np.array([4, 3])], window=2, vocab_size=6).toarray()
     # <unk> (0) is dropped, so 3 4 5 are adjacent: 3-4 at distance 1 (twice, two documents), 4-5 at 1, 3-5 at 2.
@@ -233,7 +241,7 @@ def test_cooccurrence_counts_with_glove_weights():
 
 
 def test_glove_loss_matches_a_direct_loop():
-    from lmlab.vectors import glove_loss
+    from lmlab.tasks.vectors import glove_loss
 
     rng = np.random.default_rng(0)
     counts = np.array([[0, 3, 250], [3, 1, 0], [250, 0, 40]], dtype=float)

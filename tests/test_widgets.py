@@ -1,8 +1,8 @@
 import pytest
 
-from lmlab.corpora import tokenize
-from lmlab.ngram import NGramModel
-from lmlab.widgets import NextTokenPanel
+from lmlab.data.corpora import tokenize
+from lmlab.models.ngram import NGramModel
+from lmlab.notebook.widgets import NextTokenPanel
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +35,8 @@ def test_panel_rejects_bad_settings(models):
 
 
 def test_descent_panel_redraws_and_flags_divergence():
-    from lmlab.descent import linear_data
-    from lmlab.widgets import DescentPanel
+    from lmlab.notebook.widgets import DescentPanel
+    from lmlab.train.descent import linear_data
 
     x, y = linear_data(64, seed=0)
     panel = DescentPanel(x, y, lr=0.1, batch_size=64)
@@ -53,11 +53,11 @@ def test_descent_panel_redraws_and_flags_divergence():
 def test_compression_panel_scores_settings_and_shows_refusals(names_data):
     import torch
 
-    from lmlab.experiment import METHODS, Method
-    from lmlab.lm import evaluate
-    from lmlab.neural import build_model
-    from lmlab.quantize import model_bytes, quantize_model
-    from lmlab.widgets import CompressionPanel
+    from lmlab.compress.methods import METHODS, Method
+    from lmlab.compress.quantize import model_bytes, quantize_model
+    from lmlab.models.kinds import build_model
+    from lmlab.models.lm import evaluate
+    from lmlab.notebook.widgets import CompressionPanel
 
     torch.manual_seed(0)
     mlp = build_model("mlp", names_data.vocab, context_size=3, embed_dim=4, hidden_dim=16).eval()
@@ -91,9 +91,9 @@ def test_compression_panel_scores_settings_and_shows_refusals(names_data):
 
 
 def test_decode_panel_streams_a_reply_and_times_it():
-    from lmlab.checkpoints import load_checkpoint
-    from lmlab.decode import as_causal_lm
-    from lmlab.widgets import DecodePanel
+    from lmlab.inference.decode import as_causal_lm
+    from lmlab.models.checkpoints import load_checkpoint
+    from lmlab.notebook.widgets import DecodePanel
 
     panel = DecodePanel({"gpt-small": as_causal_lm(load_checkpoint("data/gpt-small"))}, prompt="and god said",
                         max_new_tokens=8)
@@ -108,8 +108,8 @@ def test_decode_panel_streams_a_reply_and_times_it():
 
 
 def test_classify_panel_shows_each_classifiers_probabilities_and_refuses_an_empty_text():
-    from lmlab.classify import names_by_sex, train_classifier
-    from lmlab.widgets import ClassifyPanel
+    from lmlab.notebook.widgets import ClassifyPanel
+    from lmlab.tasks.classify import names_by_sex, train_classifier
 
     train = names_by_sex().split(seed=0)["train"]
     panel = ClassifyPanel({kind: train_classifier(kind, train, steps=5) for kind in ("linear", "cnn")}, text="mary")
@@ -126,8 +126,8 @@ def test_classify_panel_shows_each_classifiers_probabilities_and_refuses_an_empt
 
 
 def test_classify_panel_needs_one_tasks_fitted_classifiers():
-    from lmlab.classify import make_classifier
-    from lmlab.widgets import ClassifyPanel
+    from lmlab.notebook.widgets import ClassifyPanel
+    from lmlab.tasks.classify import make_classifier
 
     with pytest.raises(ValueError, match="classifiers is empty"):
         ClassifyPanel({})

@@ -30,7 +30,7 @@ VERSES, ORDER = 3000, 3
 
 def kenlm_data():
     """The corpus the reference is built on: lmlab's first 3,000 KJV verses, every word kept (min_count=1)."""
-    from lmlab.corpora import Corpus, load_kjv, tokenize_corpus
+    from lmlab.data.corpora import Corpus, load_kjv, tokenize_corpus
 
     kjv = load_kjv()
     return tokenize_corpus(Corpus("kjv-3000", "word", kjv.documents[:VERSES]), min_count=1)
@@ -48,7 +48,7 @@ def main() -> int:
     parser.add_argument("--bin", required=True, type=Path, help="folder holding KenLM's lmplz and query")
     args = parser.parse_args()
     sys.path.insert(0, str(HERE.parent.parent))
-    from lmlab.ngram import NGramModel
+    from lmlab.models.ngram import NGramModel
 
     data = kenlm_data()
     with tempfile.TemporaryDirectory() as folder:

@@ -1,0 +1,49 @@
+"""Inference: prefill and decode, the KV cache, sampling, generation and streaming.
+
+Modules, each importing only those above it in the course:
+- ``decode``: How a language model answers: prefill the prompt, then decode one token at a time, with or without a
+  KV cache.
+- ``position_cost``: Cost of one token against its position: a recurrent step, a GPT with and without its KV cache.
+"""
+
+from lmlab.inference.decode import (
+    BACKENDS,
+    CausalLM,
+    Generation,
+    StreamedToken,
+    TorchStep,
+    as_causal_lm,
+    break_even,
+    compare_steps,
+    generate,
+    kv_cache_bytes,
+    make_step,
+    past_bytes,
+    sampling_probs,
+    score_ids,
+    stream,
+    stream_speed,
+)
+from lmlab.inference.position_cost import cost_by_position, position_cost_plot, position_ratios
+
+__all__ = [
+    "BACKENDS",
+    "CausalLM",
+    "as_causal_lm",
+    "TorchStep",
+    "make_step",
+    "Generation",
+    "StreamedToken",
+    "generate",
+    "stream",
+    "stream_speed",
+    "sampling_probs",
+    "kv_cache_bytes",
+    "past_bytes",
+    "break_even",
+    "compare_steps",
+    "score_ids",
+    "cost_by_position",
+    "position_cost_plot",
+    "position_ratios",
+]

@@ -1,0 +1,507 @@
+"""How a language model answers: prefill the prompt, then decode one token at a time, with or without a KV cache.
+
+Introduced in notebooks/06_acceleration.ipynb.
+
+A causal LM gives, for every position t, the logits of the token at t + 1. To answer it
+
+1. **prefills**: one pass over the whole prompt; the LAST position's logits give the first new token
+   (time to first token, TTFT);
+2. **decodes**: appends that token and runs again for the next one, until an end-of-sequence token or
+   ``max_new_tokens``.
+
+Without a cache, every decode step recomputes the keys and values of the whole prefix: step t costs a pass
+over t tokens. With a **KV cache** each layer keeps the keys and values it already computed and a step
+computes only the new token's (one row of every matrix product). The cache holds
+2 · layers · kv_heads · head_dim · positions · bytes_per_value bytes per sequence (``kv_cache_bytes``).
+
+The loop runs any step function with the signature
+``step(input_ids, attention_mask, position_ids, past) -> (logits (batch, new, vocab), past)``:
+``TorchStep`` (eager PyTorch, optionally ``torch.compile``d) or ``lmlab.compress.export.onnx_decoder`` (ONNX Runtime,
+float32 or int8). Several prompts decode together in one batch: they are padded on the LEFT, with an
+attention mask that hides the padding and positions that count from each prompt's first real token, so
+every row computes what it would alone.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from lmlab.compress.export import onnx_decoder
+from lmlab.data.corpora import tokenize
+from lmlab.measure.results import Result
+from lmlab.measure.runtime import check_int, default_threads, pick_device, synchronize, torch_threads
+from lmlab.measure.timing import Timing
+from lmlab.models.neural import GPTLanguageModel
+
+BACKENDS = ("eager", "compile", "onnx", "onnx-int8")
+
+
+@dataclass(frozen=True)
+class CausalLM:
+    """A causal LM as the decode loop sees it: the transformers module, text <-> ids, its limits.
+
+    ``core(input_ids=..., attention_mask=..., position_ids=..., past_key_values=..., use_cache=...)`` returns
+    an object with ``.logits`` (batch, time, vocab) and ``.past_key_values``.
+    """
+
+    name: str
+    core: nn.Module
+    encode: Callable[[str], list[int]]
+    decode: Callable[[Sequence[int]], str]
+    eos_id: int | None
+    pad_id: int
+    window: int  # the most positions the model can attend to (prompt + new tokens)
+    source: nn.Module  # what was wrapped: lmlab's GPT, or the transformers model itself
+
+
+def as_causal_lm(model: nn.Module, tokenizer=None, name: str | None = None, level: str = "word") -> CausalLM:
+    """Wrap lmlab's GPT (``level``: how its corpus was tokenized) or a transformers causal LM with its tokenizer.
+
+    lmlab's GPT reads <s> w1 w2 ... and ends a document with </s>; its window is ``n_positions`` (128 for the
+    shipped GPTs), <s> included. Raises ValueError for another kind of model, or a transformers model
+    without its tokenizer.
+    """
+    if isinstance(model, GPTLanguageModel):
+        vocab = model.vocab
+        joiner = "" if level == "char" else " "
+
+        def encode(text: str) -> list[int]:
+            return [vocab.bos_id] + vocab.encode(tokenize(text, level)).tolist()
+
+        def decode(ids: Sequence[int]) -> str:  # a continuation: words start with their space, as sub-words do
+            return "".join(joiner + tok for tok in vocab.decode(ids) if tok not in ("<s>", "</s>"))
+
+        return CausalLM(name or f"gpt-{model.config.n_layer}x{model.config.n_embd}", model.gpt, encode, decode,
+                        vocab.eos_id, vocab.eos_id, model.config.n_positions, model)
+    if hasattr(model, "config") and hasattr(model, "generate"):
+        if tokenizer is None:
+            raise ValueError(f"tokenizer=None: a {type(model).__name__} needs its tokenizer to turn text into ids")
+        eos = tokenizer.eos_token_id
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos if eos is not None else 0)
+        return CausalLM(name or getattr(model.config, "name_or_path", "") or type(model).__name__, model,
+                        lambda text: tokenizer(text).input_ids,
+                        lambda ids: tokenizer.decode(list(ids), skip_special_tokens=True),
+                        eos, pad, model.config.max_position_embeddings, model)
+    raise ValueError(f"model of type {type(model).__name__} is not a causal LM lmlab can decode; use lmlab's GPT "
+                     f"or a transformers causal LM with its tokenizer")
+
+
+class TorchStep:
+    """One forward pass of a transformers causal LM in PyTorch: the step function the decode loop calls.
+
+    ``compile=True`` runs the decode steps (one new token per row) through ``torch.compile(core)``: the first
+    such call traces and compiles the model (seconds to a minute), later ones run the compiled code, for any
+    cache length. The prefill, run once per reply, stays eager.
+    """
+
+    def __init__(self, core: nn.Module, compile: bool = False):
+        import inspect
+
+        self.core = core
+        self.forward = torch.compile(core, dynamic=True) if compile else core
+        self.backend = "compile" if compile else "eager"
+        accepts = inspect.signature(core.forward).parameters
+        # transformers 5 names the cache argument `cache` (older releases: `past_key_values`).
+        self.cache_arg = "cache" if "cache" in accepts else "past_key_values"
+        # Only the last position's logits pick the next token: skip the output layer for the rest of a prompt.
+        self.last_only = {"logits_to_keep": 1} if "logits_to_keep" in accepts else {}
+
+    @torch.no_grad()
+    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
+                 past=None) -> tuple[torch.Tensor, object]:
+        """Run the model on the new ids; ``past`` is the cache so far (None: empty; False: no cache at all)."""
+        use_cache = past is not False
+        if use_cache and past is None:
+            from transformers import DynamicCache
+
+            past = DynamicCache(config=self.core.config)
+        forward = self.forward if input_ids.shape[1] == 1 else self.core
+        out = forward(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                           use_cache=use_cache, **{self.cache_arg: past if use_cache else None}, **self.last_only)
+        if not use_cache:
+            return out.logits, False
+        return out.logits, getattr(out, "cache", None) or out.past_key_values
+
+
+def make_step(lm: CausalLM, backend: str = "eager", threads: int | None = None):
+    """Return the step function for ``backend``: "eager", "compile" (torch.compile), "onnx" (ONNX Runtime
+    float32) or "onnx-int8" (ONNX Runtime, lmlab's blockwise int8). Raises ValueError for another backend."""
+    if backend == "eager":
+        return TorchStep(lm.core)
+    if backend == "compile":
+        return TorchStep(lm.core, compile=True)
+    if backend in ("onnx", "onnx-int8"):
+        return onnx_decoder(lm.source, quantization=None if backend == "onnx" else "blockwise", threads=threads)
+    raise ValueError(f"backend={backend!r} is unknown; use one of {BACKENDS}")
+
+
+@dataclass(frozen=True)
+class Generation:
+    """What one call of ``generate`` produced, and how long each part took.
+
+    ``tokens[i]`` are prompt i's new token ids (its end-of-sequence token included if it stopped on one).
+    ``ttft_ms`` is the prefill and the pick of the first token; ``step_ms[j]`` the j-th decode step after it
+    (one new token for every row of the batch).
+    """
+
+    tokens: tuple[tuple[int, ...], ...]
+    texts: tuple[str, ...]
+    prompt_tokens: tuple[int, ...]
+    ttft_ms: float
+    step_ms: tuple[float, ...]
+    cache: bool
+    backend: str
+    cache_bytes: int = 0
+    threads: int = 0
+    logits: tuple[torch.Tensor, ...] = field(default=(), repr=False)  # (batch, vocab) per step, if kept
+
+    @property
+    def text(self) -> str:
+        """The reply of a single prompt. Raises ValueError for a batch."""
+        if len(self.texts) != 1:
+            raise ValueError(f"this generation has {len(self.texts)} replies; read .texts")
+        return self.texts[0]
+
+    @property
+    def batch_size(self) -> int:
+        return len(self.tokens)
+
+    @property
+    def new_tokens(self) -> int:
+        """Tokens generated in the longest row: 1 from the prefill plus one per decode step."""
+        return 1 + len(self.step_ms)
+
+    @property
+    def total_ms(self) -> float:
+        return self.ttft_ms + sum(self.step_ms)
+
+    @property
+    def decode_ms_per_token(self) -> float:
+        """Median decode step: the time between two tokens of one reply (nan if there was no step)."""
+        return float(torch.tensor(self.step_ms).median()) if self.step_ms else math.nan
+
+    @property
+    def timing(self):
+        """The decode steps as a ``lmlab.measure.timing.Timing`` (median, p90), for a results row."""
+        return Timing(samples_ms=self.step_ms, threads=self.threads or default_threads(), warmup=0, first_ms=None)
+
+    def to_result(self, name: str, technique: str, accuracy: float, setting: str = "", **values):
+        """One results row: ``median_ms``/``p90_ms`` are the decode steps' (the ms between two tokens of a reply)."""
+        return Result.from_timing(self.timing, name=name, technique=technique, setting=setting, accuracy=accuracy,
+                                  batch_size=self.batch_size, **values)
+
+    @property
+    def tokens_per_s(self) -> float:
+        """Throughput: tokens produced by the whole batch per second of decoding, TTFT excluded."""
+        return 1e3 * self.batch_size * len(self.step_ms) / sum(self.step_ms) if self.step_ms else math.nan
+
+
+@dataclass(frozen=True)
+class StreamedToken:
+    """One token as ``stream`` yields it: its id, its text, and the ms since the call began."""
+
+    token: int
+    text: str
+    elapsed_ms: float
+
+
+def generate(lm: CausalLM, prompts: str | Sequence[int] | Sequence[str] | Sequence[Sequence[int]],
+             max_new_tokens: int = 32, *, cache: bool = True, sample: bool = False, temperature: float = 1.0,
+             top_k: int | None = None, top_p: float | None = None, seed: int = 0, stop_at_eos: bool = True,
+             backend: str = "eager", step=None, device: str = "auto", threads: int | None = None,
+             keep_logits: bool = False) -> Generation:
+    """Prefill each prompt, then decode up to ``max_new_tokens`` tokens: greedy, or seeded sampling.
+
+    ``prompts``: a text, a list of token ids, or a list of either (a batch). Greedy picks argmax_v logits[-1, v]
+    of the last position; sampling draws from softmax(logits / temperature), restricted to the ``top_k`` most
+    likely tokens and to the smallest set whose probability reaches ``top_p``. ``cache=False`` recomputes the
+    whole prefix every step. ``stop_at_eos=False`` always produces ``max_new_tokens`` (for timing).
+    ``step`` reuses a step function from ``make_step`` (otherwise one is made for ``backend``).
+    Raises ValueError for an empty prompt, max_new_tokens < 1, a prompt plus max_new_tokens beyond the model's
+    window, temperature <= 0 / top_k < 1 / top_p outside (0, 1] when sampling, an unknown device or backend.
+    """
+    events = _decode_loop(lm, prompts, max_new_tokens, cache=cache, sample=sample, temperature=temperature,
+                          top_k=top_k, top_p=top_p, seed=seed, stop_at_eos=stop_at_eos, backend=backend, step=step,
+                          device=device, threads=threads, keep_logits=keep_logits)
+    for result in events:
+        if isinstance(result, Generation):
+            return result
+    raise AssertionError("the decode loop ended without a result")  # pragma: no cover
+
+
+def stream(lm: CausalLM, prompt: str | Sequence[int], max_new_tokens: int = 32, **options) -> Iterator[StreamedToken]:
+    """Yield each new token of one prompt as soon as it exists, with its text and the ms since the call.
+
+    Takes ``generate``'s options; yields exactly the tokens ``generate`` returns. The text of a token is what
+    it adds to the decoded reply (a sub-word token can complete a character that earlier ones began).
+    """
+    if not isinstance(prompt, str) and len(prompt) and isinstance(prompt[0], (str, list, tuple)):
+        raise ValueError("prompt is a batch; stream takes one prompt (a text or a list of token ids)")
+    shown = ""
+    ids: list[int] = []
+    for event in _decode_loop(lm, prompt, max_new_tokens, **options):
+        if isinstance(event, Generation):
+            return
+        token, elapsed_ms = event
+        ids.append(token)
+        text = lm.decode(ids)
+        piece, shown = text[len(shown):] if text.startswith(shown) else text, text
+        yield StreamedToken(token, piece, elapsed_ms)
+
+
+def stream_speed(pieces: Sequence[StreamedToken]) -> tuple[float, float]:
+    """Return (time to first token in ms, tokens per second after it) of a streamed reply.
+
+    tokens/s = 1000 · (n − 1) / (elapsed at the last token − elapsed at the first); nan with fewer than two tokens.
+    Raises ValueError for an empty reply.
+    """
+    if not pieces:
+        raise ValueError("pieces is empty: a reply needs at least one token to be timed")
+    decode_ms = pieces[-1].elapsed_ms - pieces[0].elapsed_ms
+    rate = 1e3 * (len(pieces) - 1) / decode_ms if len(pieces) > 1 and decode_ms > 0 else math.nan
+    return pieces[0].elapsed_ms, rate
+
+
+def _decode_loop(lm: CausalLM, prompts, max_new_tokens: int, *, cache: bool = True, sample: bool = False,
+                 temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None, seed: int = 0,
+                 stop_at_eos: bool = True, backend: str = "eager", step=None, device: str = "auto",
+                 threads: int | None = None, keep_logits: bool = False):
+    """Yield (token, elapsed_ms) for row 0 as each token appears, then the Generation."""
+    check_int("max_new_tokens", max_new_tokens, 1)
+    if sample:
+        _check_sampling(temperature, top_k, top_p)
+    rows = _prompt_ids(lm, prompts)
+    longest = max(len(r) for r in rows)
+    if longest + max_new_tokens > lm.window:
+        raise ValueError(f"max_new_tokens={max_new_tokens} with a {longest}-token prompt needs "
+                         f"{longest + max_new_tokens} positions; {lm.name}'s window is {lm.window}: use "
+                         f"max_new_tokens <= {lm.window - longest}")
+    chosen = pick_device(device)
+    if step is None:
+        if backend not in BACKENDS:
+            raise ValueError(f"backend={backend!r} is unknown; use one of {BACKENDS}")
+        if backend.startswith("onnx") and chosen.type != "cpu":
+            raise ValueError(f"backend={backend!r} runs on the CPU only; use device='cpu'")
+        step = make_step(lm, backend, threads)
+    if isinstance(step, TorchStep) and next(lm.core.parameters()).device != chosen:
+        lm.core.to(chosen)
+    on = chosen if isinstance(step, TorchStep) else torch.device("cpu")
+
+    batch = len(rows)
+    ids = torch.full((batch, longest), lm.pad_id, dtype=torch.long)  # left-padded prompts
+    mask = torch.zeros((batch, longest), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, longest - len(row):] = torch.tensor(row)
+        mask[i, longest - len(row):] = 1
+    ids, mask = ids.to(on), mask.to(on)
+    generator = torch.Generator(device=on).manual_seed(seed) if sample else None
+    new = torch.empty((batch, 0), dtype=torch.long, device=on)
+    done = torch.zeros(batch, dtype=torch.bool, device=on)
+    lengths = torch.zeros(batch, dtype=torch.long)
+    kept, times_ms = [], []
+    past = None
+
+    with torch_threads(threads) as used_threads:
+        synchronize(chosen)
+        start = time.perf_counter()
+        for t in range(max_new_tokens):
+            before = time.perf_counter()
+            if cache and t > 0:  # only the newest token; the cache holds the rest
+                feed, feed_mask = new[:, -1:], torch.cat([mask, torch.ones_like(new)], dim=1)
+                positions = feed_mask.sum(1, keepdim=True) - 1  # (batch, 1)
+            else:  # the prefill, or every step without a cache: the whole sequence so far
+                feed, feed_mask = torch.cat([ids, new], dim=1), torch.cat([mask, torch.ones_like(new)], dim=1)
+                positions = (feed_mask.cumsum(1) - 1).clamp(min=0)  # (batch, time): 0 at each first real token
+            logits, out_past = step(feed, feed_mask, positions, past if cache else _no_cache(step))
+            past = out_past if cache else None
+            last = logits[:, -1, :].float()  # (batch, vocab): only the last position predicts the next token
+            alive = ~done  # rows still answering
+            token = torch.where(alive, _pick(last, sample, temperature, top_k, top_p, generator), lm.pad_id)
+            new = torch.cat([new, token[:, None]], dim=1)
+            synchronize(chosen)
+            now = time.perf_counter()
+            times_ms.append((now - before) * 1e3)
+            if keep_logits:
+                kept.append(last.cpu())
+            lengths += alive.cpu().long()
+            if lm.eos_id is not None and stop_at_eos:
+                done = done | (alive & (token == lm.eos_id))
+            if bool(alive[0]):
+                yield int(token[0]), (now - start) * 1e3
+            if bool(done.all()):
+                break
+
+    tokens = tuple(tuple(new[i, :int(lengths[i])].tolist()) for i in range(batch))
+    texts = tuple(lm.decode([tok for tok in row if tok != lm.eos_id]) for row in tokens)
+    yield Generation(tokens=tokens, texts=texts, prompt_tokens=tuple(len(r) for r in rows), ttft_ms=times_ms[0],
+                     step_ms=tuple(times_ms[1:]), cache=cache, backend=getattr(step, "backend", backend),
+                     cache_bytes=past_bytes(past) if cache else 0, threads=used_threads, logits=tuple(kept))
+
+
+def _no_cache(step):
+    """What a step function takes as ``past`` to skip the cache: False for PyTorch, None (empty) for ONNX."""
+    return False if isinstance(step, TorchStep) else None
+
+
+def _prompt_ids(lm: CausalLM, prompts) -> list[list[int]]:
+    if isinstance(prompts, torch.Tensor):  # (tokens,) or (batch, tokens) ids
+        prompts = prompts.tolist() if prompts.dim() == 2 else [prompts.tolist()]
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    elif len(prompts) and not isinstance(prompts[0], (str, list, tuple, torch.Tensor)):
+        prompts = [prompts]  # one list of ids
+    if len(prompts) == 0:
+        raise ValueError("prompts is empty; give a text, a list of token ids, or a list of those")
+    rows = []
+    for i, prompt in enumerate(prompts):
+        if (isinstance(prompt, str) and not prompt.strip()) or len(prompt) == 0:
+            raise ValueError(f"prompt {i} is empty; give at least one token of text")
+        row = lm.encode(prompt) if isinstance(prompt, str) else [int(t) for t in prompt]
+        vocab_size = lm.core.config.vocab_size
+        if min(row) < 0 or max(row) >= vocab_size:
+            raise ValueError(f"prompt {i} holds a token id outside [0, {vocab_size - 1}]")
+        rows.append(row)
+    return rows
+
+
+def _check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:
+    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"temperature={temperature!r} is out of range; sampling needs a number > 0 "
+                         f"(for greedy decoding use sample=False)")
+    if top_k is not None:
+        check_int("top_k", top_k, 1)
+    if top_p is not None and not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
+        raise ValueError(f"top_p={top_p!r} is out of range; use a number in (0, 1]")
+
+
+def _pick(logits: torch.Tensor, sample: bool, temperature: float, top_k: int | None, top_p: float | None,
+          generator: torch.Generator | None) -> torch.Tensor:
+    """Choose each row's next token from its (batch, vocab) logits: argmax, or a seeded draw."""
+    if not sample:
+        return logits.argmax(dim=-1)
+    probs = sampling_probs(logits, temperature, top_k, top_p)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+
+
+def sampling_probs(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
+                   top_p: float | None = None) -> torch.Tensor:
+    """Return the distribution a sampler draws from: softmax(logits / T), cut to top-k and top-p, renormalized.
+
+    top-k keeps the k largest logits; top-p (nucleus) keeps the most likely tokens until their probability
+    reaches p (the token that crosses p included). Raises ValueError for T <= 0, k < 1 or p outside (0, 1].
+    """
+    _check_sampling(temperature, top_k, top_p)
+    scaled = logits.float() / temperature  # (batch, vocab)
+    if top_k is not None and top_k < scaled.shape[-1]:
+        kth = scaled.topk(top_k, dim=-1).values[:, -1:]  # (batch, 1)
+        scaled = scaled.masked_fill(scaled < kth, -math.inf)
+    probs = torch.softmax(scaled, dim=-1)
+    if top_p is not None and top_p < 1:
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        before = sorted_probs.cumsum(-1) - sorted_probs  # probability of the tokens ranked above each one
+        drop = torch.zeros_like(probs, dtype=torch.bool).scatter(-1, order, before >= top_p)
+        probs = probs.masked_fill(drop, 0.0)
+        probs = probs / probs.sum(-1, keepdim=True)
+    return probs
+
+
+def kv_cache_bytes(config, positions: int, batch_size: int = 1, bytes_per_value: int = 4) -> int:
+    """Return the KV cache's size by formula: 2 · layers · kv_heads · head_dim · positions · bytes · batch.
+
+    ``config`` is a transformers config (GPT-2's or Llama's field names). The 2 counts keys and values.
+    """
+    check_int("positions", positions, 0)
+    check_int("batch_size", batch_size, 1)
+    layers = getattr(config, "num_hidden_layers", None) or config.n_layer
+    heads = getattr(config, "num_attention_heads", None) or config.n_head
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    hidden = getattr(config, "hidden_size", None) or config.n_embd
+    head_dim = getattr(config, "head_dim", None) or hidden // heads
+    return 2 * layers * kv_heads * head_dim * positions * bytes_per_value * batch_size
+
+
+def past_bytes(past) -> int:
+    """Return the bytes a KV cache really holds: a transformers cache, or an ONNX decoder's past."""
+    if past is None or past is False:
+        return 0
+    if hasattr(past, "layers"):  # transformers' DynamicCache
+        return sum(t.numel() * t.element_size() for layer in past.layers
+                   for t in (getattr(layer, "keys", None), getattr(layer, "values", None)) if t is not None)
+    if hasattr(past, "nbytes"):
+        return int(past.nbytes)
+    return sum(past_bytes(p) if not hasattr(p, "nbytes") else int(p.nbytes) for p in past)
+
+
+def break_even(one_off_ms: float, reference_ms: float, faster_ms: float) -> float:
+    """Return how many calls repay a one-off cost: one_off_ms / (reference_ms - faster_ms); inf if not faster.
+
+    Raises ValueError for a negative or non-finite time.
+    """
+    for name, value in (("one_off_ms", one_off_ms), ("reference_ms", reference_ms), ("faster_ms", faster_ms)):
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+            raise ValueError(f"{name}={value!r} is out of range; use a finite time >= 0 ms")
+    return one_off_ms / (reference_ms - faster_ms) if faster_ms < reference_ms else math.inf
+
+
+def compare_steps(lm: CausalLM, prompt, makers: dict[str, Callable[[], object]], new_tokens: int = 40,
+                  reference: str = "eager") -> list[dict]:
+    """Time the decode step of each path against ``reference``: one dict per path, in the order given.
+
+    ``makers`` maps a path's name to a function that builds its step (``make_step``, ``onnx_decoder``...). The
+    one-off cost is building the step plus a 2-token warm-up generation (``torch.compile`` compiles on its first
+    decode step); then ``new_tokens`` greedy tokens are timed, with their logits kept. Each dict holds
+    ``step_ms``/``p90_ms`` (decode steps), ``speed_up`` (reference median / this median), ``max_logit_diff``
+    against the reference, ``one_off_ms`` (nan for the reference), ``break_even`` (calls that repay the one-off
+    cost, inf if never) and the ``run`` itself. Introduced in notebooks/06_acceleration.ipynb.
+    Raises ValueError if ``reference`` is not among ``makers``.
+    """
+    if reference not in makers:
+        raise ValueError(f"reference={reference!r} is not among the paths {tuple(makers)}")
+    runs, one_off = {}, {}
+    for name, make in makers.items():
+        start = time.perf_counter()
+        step = make()
+        generate(lm, prompt, 2, stop_at_eos=False, step=step)  # the first decode step compiles, if anything does
+        one_off[name] = (time.perf_counter() - start) * 1e3
+        runs[name] = generate(lm, prompt, new_tokens, stop_at_eos=False, step=step, keep_logits=True)
+    base = runs[reference]
+    rows = []
+    for name, run in runs.items():
+        diff = max(float((a - b).abs().max()) for a, b in zip(run.logits, base.logits))
+        rows.append({"path": name, "step_ms": run.decode_ms_per_token, "p90_ms": run.timing.p90_ms,
+                     "speed_up": base.decode_ms_per_token / run.decode_ms_per_token, "max_logit_diff": diff,
+                     "one_off_ms": math.nan if name == reference else one_off[name],
+                     "break_even": math.nan if name == reference else
+                     break_even(one_off[name], base.decode_ms_per_token, run.decode_ms_per_token), "run": run})
+    return rows
+
+
+@torch.no_grad()
+def score_ids(lm: CausalLM, ids: Sequence[int], step=None) -> dict[str, float]:
+    """Score a token sequence teacher-forced through a path: next-token accuracy with its standard error, perplexity.
+
+    accuracy = mean_i [argmax_v logits_i(v) = x_{i+1}], se = √(acc (1 − acc) / n), PP = exp(−mean ln p(x_{i+1})),
+    over the n = len(ids) − 1 predictions, from one prefill of ``step`` (default: the eager model). The same ids
+    through two paths (float32 and int8) compare their quality on one slice. Introduced in
+    notebooks/07_realtime_pipeline.ipynb. Raises ValueError for fewer than 2 ids or more than the window.
+    """
+    ids = [int(t) for t in ids]
+    if not 2 <= len(ids) <= lm.window:
+        raise ValueError(f"ids has {len(ids)} tokens; scoring needs between 2 and the window ({lm.window})")
+    feed = torch.tensor([ids])  # (1, n + 1)
+    if step is None or isinstance(step, TorchStep):
+        logits = lm.core(input_ids=feed).logits
+    else:
+        logits, _ = step(feed, torch.ones_like(feed), torch.arange(len(ids))[None], None)
+    logp = torch.log_softmax(logits[0, :-1].float(), dim=-1)  # (n, vocab)
+    targets = feed[0, 1:]
+    accuracy = float((logp.argmax(-1) == targets).float().mean())
+    n = len(targets)
+    return {"accuracy": accuracy, "accuracy_se": math.sqrt(accuracy * (1 - accuracy) / n),
+            "perplexity": math.exp(-float(logp.gather(1, targets[:, None]).mean())), "tokens": n}

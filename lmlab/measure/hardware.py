@@ -1,0 +1,359 @@
+"""The machine's limits, measured: memory bandwidth, matmul throughput, the decode floor and the roofline.
+
+Introduced in notebooks/06_acceleration.ipynb.
+
+Generating one token reads every weight of the model once and does about two FLOPs with each: far too
+little arithmetic per byte to keep the multipliers busy. So a decode step cannot be faster than
+
+    floor_ms = (weight bytes + kv-cache bytes) / bandwidth
+
+whatever the kernels do. The roofline draws the same argument for any operation: attainable
+GFLOP/s = min(peak GFLOP/s, arithmetic intensity × bandwidth). GB here is 10^9 bytes, MB 10^6.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+from dataclasses import dataclass
+from numbers import Real
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import torch
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.transforms import blended_transform_factory
+from torch import nn
+
+from lmlab.measure.plots import FONT_SIZE, finish_axes, place_labels
+from lmlab.measure.results import Result
+from lmlab.measure.runtime import check_int, check_threads, default_threads, device_name
+from lmlab.measure.timing import time_ms
+
+FORMATS = ("float32", "bfloat16", "int8")
+FORMAT_BYTES = {"float32": 4, "bfloat16": 2, "int8": 1}  # bytes per weight of a 2-D matrix
+INT8_BLOCK = 128  # int8 stores one float32 step per block of this many weights
+MATMUL_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+# Published peak memory bandwidth in GB/s, from the vendors' data sheets. They are NOT measured by lmlab
+# and serve only for PREDICTIONS of the decode floor on hardware the notebook does not run on.
+GPU_SPECS = {
+    "NVIDIA T4": 320.0,
+    "NVIDIA RTX 4090": 1008.0,
+    "NVIDIA A100 80GB SXM": 2039.0,
+    "NVIDIA H100 SXM": 3350.0,
+    "NVIDIA H200 SXM": 4800.0,
+    "Apple M2": 100.0,  # unified memory, shared by CPU and GPU
+}
+
+# Published dense peaks of the SXM parts, by the name torch.cuda.get_device_name gives (the data sheets also quote
+# twice the tensor-core figures, for 2:4 sparsity; PCIe and NVL parts have lower ones): TFLOP/s per matmul format
+# and memory bandwidth in GB/s. NOT measured by lmlab: the ceilings that measured GPU rows are compared against.
+GPU_PEAKS = {
+    "NVIDIA H200": {"float32": 67.0, "tf32": 494.7, "bfloat16": 989.4, "bandwidth_gbs": 4800.0},
+    "NVIDIA H100 80GB HBM3": {"float32": 67.0, "tf32": 494.7, "bfloat16": 989.4, "bandwidth_gbs": 3350.0},
+}
+
+
+def _check_real(name: str, value: float, low: float = 0.0, high: float = math.inf,
+                low_inclusive: bool = False) -> float:
+    """Return ``value`` as a float if it is a finite number in the range, else raise ValueError naming ``name``."""
+    if (isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value)
+            or value > high or value < low or (value == low and not low_inclusive)):
+        bound = f"{'>=' if low_inclusive else '>'} {low:g}" + (f" and <= {high:g}" if high < math.inf else "")
+        raise ValueError(f"{name}={value!r} is out of range; use a finite number {bound}")
+    return float(value)
+
+
+def _threads_word(threads: int) -> str:
+    return f"{threads} thread{'' if threads == 1 else 's'}"
+
+
+@dataclass(frozen=True)
+class Bandwidth:
+    """Measured memory bandwidth: reading a buffer once, and copying it (read + write), in GB/s."""
+
+    read_gbs: float
+    copy_gbs: float
+    threads: int
+    buffer_mb: float
+    repeat: int
+
+    def __str__(self) -> str:
+        return (f"read {self.read_gbs:.1f} GB/s, copy {self.copy_gbs:.1f} GB/s "
+                f"(buffer {self.buffer_mb:g} MB, {_threads_word(self.threads)}, median of {self.repeat})")
+
+
+def memory_bandwidth(threads: int | None = None, buffer_mb: float = 512, repeat: int = 5) -> Bandwidth:
+    """Measure how fast torch streams a float32 buffer far larger than the caches through the CPU.
+
+    read_gbs = bytes / t(sum(x)); copy_gbs = 2 · bytes / t(y.copy_(x)), t the median of ``repeat`` runs
+    after one warm-up, on ``threads`` torch threads (default ``default_threads()``).
+    Raises ValueError for threads < 1, buffer_mb outside [16, 8192] or repeat < 1.
+    """
+    threads = default_threads() if threads is None else check_threads(threads)
+    buffer_mb = _check_real("buffer_mb", buffer_mb, 16, 8192, low_inclusive=True)
+    check_int("repeat", repeat, 1)
+    src = torch.ones(int(buffer_mb * 1e6) // 4)  # float32; ones, so no page is left untouched
+    dst = torch.empty_like(src)
+    nbytes = src.numel() * src.element_size()
+    # The read kernel is torch.sum. On a Zen 4 EPYC (one thread) sum, max, dot(x, x) and an int64 view's
+    # sum all stream a 512 MB buffer at 26-29 GB/s, but on an 8 MB buffer that fits in cache sum runs at
+    # ~85 GB/s and max at only ~35: sum has three times the headroom, so what it shows is memory, not
+    # arithmetic. (torch has no bitwise-or reduction to try.)
+    read = time_ms(torch.sum, src, warmup=1, repeat=repeat, threads=threads)
+    # Copy counts read + write, as STREAM does; the CPU may also read each destination line before
+    # writing it (write-allocate), so the wires carry up to 3 · bytes and this figure is a lower bound.
+    copy = time_ms(dst.copy_, src, warmup=1, repeat=repeat, threads=threads)
+    return Bandwidth(read_gbs=nbytes / read.median_ms / 1e6, copy_gbs=2 * nbytes / copy.median_ms / 1e6,
+                     threads=threads, buffer_mb=float(buffer_mb), repeat=repeat)
+
+
+@dataclass(frozen=True)
+class Throughput:
+    """Measured matrix-multiply throughput: 2 · n³ FLOPs over the median time of an n×n @ n×n product."""
+
+    gflops: float
+    n: int
+    dtype: str
+    threads: int
+    median_ms: float
+
+    def __str__(self) -> str:
+        return (f"{self.gflops:.1f} GFLOP/s ({self.n}x{self.n} @ {self.n}x{self.n} {self.dtype} matmul, "
+                f"median {self.median_ms:.4g} ms, {_threads_word(self.threads)})")
+
+
+def matmul_gflops(n: int = 1024, dtype: torch.dtype = torch.float32, threads: int | None = None,
+                  repeat: int = 5) -> Throughput:
+    """Measure the GFLOP/s of one n×n @ n×n matrix product, timed with ``lmlab.measure.timing.time_ms``.
+
+    gflops = 2 · n³ / t / 10⁹, t the median of ``repeat`` runs after two warm-ups, on ``threads`` threads.
+    Raises ValueError for n outside [16, 8192], a dtype other than float32 or bfloat16, threads < 1 or
+    repeat < 1.
+    """
+    check_int("n", n, 16, 8192)
+    names = {v: k for k, v in MATMUL_DTYPES.items()}
+    if dtype not in names:
+        raise ValueError(f"dtype={dtype!r} is not supported; use one of {tuple(MATMUL_DTYPES)}")
+    threads = default_threads() if threads is None else check_threads(threads)
+    check_int("repeat", repeat, 1)
+    generator = torch.Generator().manual_seed(0)  # its own generator: leaves the global seed alone
+    a = torch.randn(n, n, generator=generator).to(dtype)  # (n, n)
+    b = torch.randn(n, n, generator=generator).to(dtype)  # (n, n)
+    out = torch.empty(n, n, dtype=dtype)  # written in place, so no allocation is timed
+    timing = time_ms(torch.matmul, a, b, out=out, warmup=2, repeat=repeat, threads=threads)
+    return Throughput(gflops=2 * n**3 / timing.median_ms / 1e6, n=n, dtype=names[dtype], threads=threads,
+                      median_ms=timing.median_ms)
+
+
+def weight_bytes(model: nn.Module, fmt: str = "float32") -> int:
+    """Count the bytes of weights one decode step reads per token, every distinct parameter once.
+
+    float32: 4 · N; bfloat16: 2 · N; int8: each 2-D weight matrix W takes |W| + 4 · ⌈|W| / 128⌉ bytes
+    (one float32 step per block of 128 weights), and 1-D parameters (norms, biases) stay float32.
+    A tied output layer reads the whole embedding matrix at every token, so tied weights count once and
+    fully. (An untied input embedding or a position table is only read one row per token; counting it
+    whole makes the figure an upper bound by its size.) Raises ValueError for fmt not in FORMATS.
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"fmt={fmt!r} is not a format; use one of {FORMATS}")
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model={type(model).__name__} is not a torch nn.Module")
+    total = 0
+    for p in {id(p): p for p in model.parameters()}.values():
+        if fmt == "int8" and p.dim() < 2:
+            total += 4 * p.numel()  # norms and biases stay float32
+        elif fmt == "int8":
+            total += p.numel() + 4 * math.ceil(p.numel() / INT8_BLOCK)
+        else:
+            total += FORMAT_BYTES[fmt] * p.numel()
+    return total
+
+
+def decode_floor_ms(weight_bytes: int, bandwidth_gbs: float, kv_cache_bytes: int = 0, batch_size: int = 1) -> float:
+    """Return the memory-bandwidth floor of one decode step, in milliseconds.
+
+    floor_ms = (weight_bytes + kv_cache_bytes) / (bandwidth_gbs · 10⁹) · 10³. The weights are read once per
+    step for the whole batch and ``kv_cache_bytes`` is the cache of the whole batch, so ``batch_size`` does
+    not change the step's floor; the floor per token is floor_ms / batch_size.
+    Raises ValueError for negative byte counts, bandwidth_gbs <= 0 or not finite, or batch_size < 1.
+    """
+    weight_bytes = _check_real("weight_bytes", weight_bytes, low_inclusive=True)
+    bandwidth_gbs = _check_real("bandwidth_gbs", bandwidth_gbs)
+    kv_cache_bytes = _check_real("kv_cache_bytes", kv_cache_bytes, low_inclusive=True)
+    check_int("batch_size", batch_size, 1)
+    return (weight_bytes + kv_cache_bytes) / (bandwidth_gbs * 1e6)
+
+
+def predicted_decode_ms(weight_bytes: int, gpu: str) -> float:
+    """Predict the decode floor on a GPU from its data-sheet bandwidth: weight_bytes / GPU_SPECS[gpu].
+
+    A prediction from published figures, not a measurement. Raises ValueError for a gpu not in GPU_SPECS.
+    """
+    if gpu not in GPU_SPECS:
+        raise ValueError(f"gpu={gpu!r} is not known; use one of {tuple(GPU_SPECS)}")
+    return decode_floor_ms(weight_bytes, GPU_SPECS[gpu])
+
+
+def arithmetic_intensity(flops: float, bytes_moved: float) -> float:
+    """Return FLOPs per byte moved: I = flops / bytes_moved.
+
+    Raises ValueError for flops < 0 or bytes_moved <= 0 (or either not finite).
+    """
+    return _check_real("flops", flops, low_inclusive=True) / _check_real("bytes_moved", bytes_moved)
+
+
+REGIMES = ("compute-bound", "memory-bound", "overhead-bound")
+
+
+def regime(intensity: float, achieved_gflops: float, peak_gflops: float, bandwidth_gbs: float,
+           reached: float = 0.5) -> str:
+    """Name what limits an operation: "compute-bound" right of the ridge (I > peak / bandwidth), else
+    "memory-bound" if it reaches at least ``reached`` of its roof I · bandwidth, else "overhead-bound"
+    (neither the arithmetic nor the memory traffic explains its time: Python, dispatch, small kernels).
+
+    Raises ValueError for non-positive or non-finite numbers, or ``reached`` outside (0, 1].
+    """
+    for name, value in (("intensity", intensity), ("achieved_gflops", achieved_gflops),
+                        ("peak_gflops", peak_gflops), ("bandwidth_gbs", bandwidth_gbs)):
+        _check_real(name, value)
+    _check_real("reached", reached, high=1.0)
+    if intensity > peak_gflops / bandwidth_gbs:
+        return "compute-bound"
+    return "memory-bound" if achieved_gflops >= reached * intensity * bandwidth_gbs else "overhead-bound"
+
+
+def roofline_plot(peak_gflops: float, bandwidth_gbs: float, points: list[tuple[str, float, float]],
+                  title: str = "Roofline", hardware: str | None = None, ax: Axes | None = None) -> Figure:
+    """Draw the roofline, attainable GFLOP/s = min(peak, I · bandwidth), on log-log axes, with measured points.
+
+    The ridge I* = peak_gflops / bandwidth_gbs (FLOP/byte) divides memory-bound (left) from compute-bound
+    (right). Each point is (name, intensity in FLOP/byte, measured GFLOP/s); an empty list draws the roof
+    alone. The hardware (default: this machine's CPU) is named in the title.
+    Raises ValueError for peak or bandwidth <= 0, or a point with intensity or GFLOP/s <= 0.
+    """
+    peak_gflops = _check_real("peak_gflops", peak_gflops)
+    bandwidth_gbs = _check_real("bandwidth_gbs", bandwidth_gbs)
+    for i, point in enumerate(points):
+        if not isinstance(point, (tuple, list)) or len(point) != 3:
+            raise ValueError(f"points[{i}]={point!r} is not a (name, intensity, gflops) triple")
+        name, intensity, gflops = point
+        _check_real(f"points[{i}] ({name}) intensity", intensity)
+        _check_real(f"points[{i}] ({name}) gflops", gflops)
+    ridge = peak_gflops / bandwidth_gbs  # FLOP/byte
+    xs = [ridge] + [p[1] for p in points]
+    lo, hi = min(xs) / 10, max(xs) * 10
+    grid = np.geomspace(lo, hi, 200)
+    roof = np.minimum(peak_gflops, grid * bandwidth_gbs)
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(11, 6.5))
+    else:
+        fig = ax.figure
+    ax.loglog(grid, roof, color="black", lw=2.5,
+              label=f"roof: min({peak_gflops:.4g} GFLOP/s, I × {bandwidth_gbs:.4g} GB/s)")
+    ax.axvspan(lo, ridge, color="tab:blue", alpha=0.07)
+    ax.axvspan(ridge, hi, color="tab:orange", alpha=0.07)
+    ax.axvline(ridge, color="gray", ls="--", lw=1)
+    ax.plot([ridge], [peak_gflops], "D", color="black", ms=9)
+    ax.annotate(f"ridge: {ridge:.3g} FLOP/byte", (ridge, peak_gflops), textcoords="offset points",
+                xytext=(10, -22), fontsize=FONT_SIZE - 2)
+    colors = plt.get_cmap("tab10")
+    for i, (name, intensity, gflops) in enumerate(points):
+        ax.plot([intensity], [gflops], "o", ms=10, color=colors(i % 10))
+    low_y = min([bandwidth_gbs * lo] + [p[2] for p in points]) / 3
+    ax.set_xlim(lo, hi)
+    ax.set_ylim(low_y, peak_gflops * 4)
+    place_labels(ax, points)
+    top = blended_transform_factory(ax.transData, ax.transAxes)  # x in data, y in axes fraction
+    ax.text(math.sqrt(lo * ridge), 0.94, "memory-bound", transform=top, ha="center", va="top",
+            fontsize=FONT_SIZE, color="tab:blue")
+    ax.text(math.sqrt(ridge * hi), 0.94, "compute-bound", transform=top, ha="center", va="top",
+            fontsize=FONT_SIZE, color="tab:orange")
+    finish_axes(ax, "arithmetic intensity (FLOP/byte), log scale", "attainable throughput (GFLOP/s), log scale",
+                f"{title}\n{device_name('cpu') if hardware is None else hardware}", legend_loc="lower right")
+    return fig
+
+
+# Figures measured on real GPUs by benchmarks/bench_gpu.py, one JSON file per run: the only GPU figures the
+# chapters show as measurements. Every row carries the hardware, the date and the command that measured it.
+GPU_DATA_DIR = Path(__file__).resolve().parents[2] / "data" / "gpu"  # data/gpu beside lmlab/ (as lmlab.data.shipped.DATA_DIR)
+GPU_ROW_STAMP = ("gpu", "driver", "cuda", "torch", "date", "command")
+GPU_ROW_KINDS = ("matmul", "read", "copy", "sync", "forward", "training", "decode")
+
+
+def gpu_rows(kind: str | None = None, folder: str | Path | None = None) -> pd.DataFrame:
+    """Return the rows measured on real GPUs (``data/gpu/*.json``), optionally of one ``kind``, as a table.
+
+    Each row has the GPU's name, driver, CUDA and torch versions, the date and the exact command, a
+    ``hardware`` column ("NVIDIA H200, 2026-11-30") to label it with, and ``measured_by``: the command without the
+    GPU machine's output path, and the file it is shipped as. CPU rows measured in the same run, on
+    the GPU machine's processor, are included with ``device == "cpu"``. An empty table if no file is shipped.
+    Raises ValueError for a kind not in GPU_ROW_KINDS, or a row without its hardware, date or command.
+    """
+    table = pd.DataFrame(_gpu_records(kind, folder))
+    return table.dropna(axis=1, how="all") if kind is not None else table
+
+
+def _gpu_records(kind: str | None, folder: str | Path | None) -> list[dict]:
+    if kind is not None and kind not in GPU_ROW_KINDS:
+        raise ValueError(f"kind={kind!r} is not a kind of GPU row; use one of {GPU_ROW_KINDS}")
+    folder = GPU_DATA_DIR if folder is None else Path(folder)
+    rows = []
+    for path in sorted(folder.glob("*.json")):
+        for i, row in enumerate(json.loads(path.read_text())["rows"]):
+            missing = [key for key in GPU_ROW_STAMP if not row.get(key)]
+            if missing:
+                raise ValueError(f"{path.name}: row {i} lacks {missing}: a GPU figure needs its hardware, date "
+                                 "and command")
+            if kind is None or row.get("kind") == kind:
+                rows.append({**row, "file": path.name, "hardware": f"{row['gpu']}, {row['date'][:10]}",
+                             "measured_by": _shipped_command(row["command"], path.name)})
+    return rows
+
+
+def _shipped_command(command: str, file: str) -> str:
+    """The command without the GPU machine's own output path, and the file it is shipped as."""
+    return re.sub(r" --out \S+", "", command) + f" (shipped as data/gpu/{file})"
+
+
+def gpu_results(folder: str | Path | None = None) -> list[Result]:
+    """The shipped GPU runs' forward rows (the GPTs on their slice, GPU and its machine's CPU) as results rows,
+    named with where they ran ("gpt-large, NVIDIA H200 bfloat16"), ready for ``lmlab.measure.plots.tradeoff_plot``."""
+    names = {f.name for f in dataclasses.fields(Result)}
+    results = []
+    for row in _gpu_records("forward", folder):
+        where = row["gpu"] if row["device"] == "cuda" else f"its CPU, {row['threads']} thr"
+        values = {k: v for k, v in row.items() if k in names}
+        results.append(Result(**{**values, "name": f"{row['name']}, {where} {row['dtype']}"}))
+    return results
+
+
+def gpu_decode_summary(folder: str | Path | None = None) -> pd.DataFrame:
+    """The shipped decode rows run with PyTorch's defaults, one line per model, device, threads, path and dtype.
+
+    Columns: ``ms_min`` and ``ms_max`` of the ms per token over the runs (the spread between runs), ``runs``,
+    ``step_ms`` (the forward alone, timed on the GPU's clock, where a run measured it), ``floor_ms`` (weights and
+    cache over the measured read bandwidth) and ``floor_share`` = floor_ms / step_ms (or / ms_min without step_ms).
+    Rows measured with cuDNN attention turned off are left out (``gpu_rows("decode")`` has them).
+    """
+    table = gpu_rows("decode", folder)
+    if table.empty:
+        return table
+    if "cudnn_sdp" in table:
+        table = table[table["cudnn_sdp"].ne(False)]  # True, or a run from before the column: the defaults
+    if "step_only_ms" not in table:
+        table = table.assign(step_only_ms=math.nan)
+    keys = ["model", "device", "threads", "path", "dtype"]
+    summary = (table.assign(threads=table.get("threads", math.nan))
+               .groupby(keys, dropna=False, sort=False)
+               .agg(ms_min=("decode_ms_per_token", "min"), ms_max=("decode_ms_per_token", "max"),
+                    runs=("decode_ms_per_token", "size"), step_ms=("step_only_ms", "median"),
+                    floor_ms=("floor_ms", "median")).reset_index())
+    summary["floor_share"] = summary["floor_ms"] / summary["step_ms"].fillna(summary["ms_min"])
+    return summary

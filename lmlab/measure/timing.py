@@ -1,0 +1,151 @@
+"""Time a function properly: warm up, repeat, synchronize, report the median and p90.
+
+Introduced in notebooks/00_measuring_milliseconds.ipynb.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from lmlab.measure.runtime import check_int, synchronize, torch_threads
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Wall-clock samples of one function, in milliseconds, and the torch threads they ran on."""
+
+    samples_ms: tuple[float, ...]
+    threads: int
+    warmup: int
+    first_ms: float | None  # the cold first call (the first warm-up), if there was a warm-up
+
+    @property
+    def median_ms(self) -> float:
+        return float(np.median(self.samples_ms))
+
+    @property
+    def p90_ms(self) -> float:
+        return float(np.percentile(self.samples_ms, 90))
+
+    @property
+    def mean_ms(self) -> float:
+        return float(np.mean(self.samples_ms))
+
+    @property
+    def min_ms(self) -> float:
+        return float(np.min(self.samples_ms))
+
+    @property
+    def max_ms(self) -> float:
+        return float(np.max(self.samples_ms))
+
+    @property
+    def repeat(self) -> int:
+        return len(self.samples_ms)
+
+    def __str__(self) -> str:
+        thread_word = "thread" if self.threads == 1 else "threads"
+        return (
+            f"median {format_ms(self.median_ms).strip()} (p90 {format_ms(self.p90_ms).strip()}, "
+            f"{self.repeat} runs, {self.threads} {thread_word})"
+        )
+
+
+def format_ms(value_ms: float, width: int = 9) -> str:
+    """Format milliseconds with their unit at a fixed width: ``format_ms(0.01234) == '  0.01234 ms'``.
+
+    Fixed width keeps table columns aligned identically whatever the value, so nbval's sanitizer
+    (tests/sanitize.cfg) can replace the number without changing the rest of the line.
+    """
+    return f"{value_ms:>{width}.4g} ms"
+
+
+def time_ms(
+    fn: Callable[..., Any],
+    *args: Any,
+    warmup: int = 3,
+    repeat: int = 20,
+    threads: int | None = None,
+    sync: bool = True,
+    **kwargs: Any,
+) -> Timing:
+    """Call ``fn(*args, **kwargs)`` ``warmup`` times untimed, then ``repeat`` times timed, one call per sample.
+
+    Each sample is ``time.perf_counter()`` after minus before, with the GPU synchronized
+    (CUDA or MPS) before each clock read when ``sync`` is true. torch runs on ``threads``
+    threads (default ``lmlab.measure.runtime.default_threads()``, i.e. 1 unless ``$LMLAB_THREADS``
+    says otherwise); the previous count is restored afterwards.
+
+    Raises ValueError if ``repeat < 1``, ``warmup < 0``, ``threads < 1`` or ``fn`` is not callable.
+    """
+    if not callable(fn):
+        raise ValueError(f"fn={fn!r} is not callable; pass the function to time, then its arguments")
+    check_int("repeat", repeat, 1)
+    check_int("warmup", warmup, 0)
+
+    with torch_threads(threads) as used_threads:
+        first_ms = None
+        for i in range(warmup):
+            elapsed = _timed_call(fn, args, kwargs, sync)
+            if i == 0:
+                first_ms = elapsed
+        samples = tuple(_timed_call(fn, args, kwargs, sync) for _ in range(repeat))
+    return Timing(samples_ms=samples, threads=used_threads, warmup=warmup, first_ms=first_ms)
+
+
+def _timed_call(fn: Callable[..., Any], args: tuple, kwargs: dict, sync: bool) -> float:
+    if sync:
+        synchronize()
+    start = time.perf_counter()
+    fn(*args, **kwargs)
+    if sync:
+        synchronize()
+    return (time.perf_counter() - start) * 1e3
+
+
+@contextmanager
+def background_load(processes: int = 1) -> Iterator[int]:
+    """Keep ``processes`` other processes busy with torch matrix products for the duration of the body.
+
+    Each neighbour runs torch at its default thread count, as a second notebook training a model
+    would. It shows what a neighbour on a shared machine does to your timings: run the same
+    ``time_ms`` inside and outside. The processes are stopped on exit, also on error. Yields the
+    number started.
+    """
+    check_int("processes", processes, 1, 64)
+    busy = "import torch\na = torch.randn(512, 512)\nwhile True:\n    a @ a"
+    spinners = [subprocess.Popen([sys.executable, "-c", busy]) for _ in range(processes)]
+    try:
+        time.sleep(2.0)  # let them import torch and start working
+        yield len(spinners)
+    finally:
+        for spinner in spinners:
+            spinner.kill()
+        for spinner in spinners:
+            spinner.wait()
+
+
+def medians_under_load(fn: Callable[..., Any], *args: Any, threads: Sequence[int] = (1, 2), rounds: int = 3,
+                       repeat: int = 15, **kwargs: Any) -> dict[tuple[str, int], list[float]]:
+    """Time ``fn`` on each thread count, ``rounds`` times, on a quiet machine and beside one busy neighbour.
+
+    Returns ``{(situation, threads): [median ms of each round]}`` with situation "quiet" or "one busy neighbour"
+    (``background_load(1)``): how much a neighbour slows a timing, and how far rounds of one timing spread.
+    Raises ValueError for rounds < 1 or a thread count < 1.
+    """
+    check_int("rounds", rounds, 1)
+    medians = {}
+    for situation in ("quiet", "one busy neighbour"):
+        with background_load(1) if situation != "quiet" else nullcontext():
+            for count in threads:
+                medians[situation, count] = [time_ms(fn, *args, warmup=3, repeat=repeat, threads=count,
+                                                     **kwargs).median_ms for _ in range(rounds)]
+    return medians

@@ -1,0 +1,568 @@
+"""Continuous batching: many replies share one model, each joining and leaving the batch at any decode step.
+
+Introduced in notebooks/07_realtime_pipeline.ipynb; ``lmlab.serving.server`` puts an ``Engine`` behind HTTP.
+
+A decode step costs about the same for one row as for eight (it reads every weight once either way, chapter 06),
+so a server that answers several people at once should run their steps together. The ``Engine`` keeps one
+running batch and, at every step,
+
+1. drops the rows whose reply ended or whose client went away (their slot and KV cache are freed at once);
+2. admits waiting requests (``policy``): "continuous" admits whenever a slot is free, "static" only when the
+   whole batch has finished (request-level batching), "sequential" one request at a time;
+3. prefills the admitted prompts in one left-padded pass (their first tokens: the time to first token; a prompt
+   whose prefix is cached runs alone after it) and merges their KV caches into the batch: rows are left-padded
+   to a common length L, with an attention mask that hides the padding;
+4. runs ONE decode step for every row: ids (B, 1), mask (B, L + 1), positions (B, 1) = each row's own length.
+
+Every row computes exactly what it would alone, so a greedy reply's tokens do not depend on its neighbours.
+A ``prefix_cache`` keeps the KV state of a shared prompt prefix (a system prompt and FAQ); a request that
+starts with it prefills only the rest.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import queue
+import threading
+import time
+from collections import Counter, OrderedDict, deque
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from lmlab.inference.decode import CausalLM, TorchStep, _check_sampling, _pick, make_step
+from lmlab.measure.runtime import check_int, torch_threads
+
+POLICIES = ("continuous", "static", "sequential")
+
+
+class QueueFull(RuntimeError):
+    """The engine's waiting queue is at ``max_queue``: the request was refused, try again later."""
+
+
+@dataclass(frozen=True)
+class Event:
+    """What a request hears from the engine: a token (``kind="token"``) or its end (``kind="done"``).
+
+    A token event has the token's id and text (what it adds to the decoded reply). The done event has
+    ``finish_reason`` ("stop": end-of-sequence, "length": max_new_tokens, "cancelled", "error"), the error's
+    message if any, and ``timing`` (ms): queue, prefill, ttft (arrival to first token), decode per token, total.
+    """
+
+    kind: str
+    token: int | None = None
+    text: str = ""
+    finish_reason: str | None = None
+    error: str | None = None
+    completion_tokens: int = 0
+    prompt_tokens: int = 0
+    timing: dict = field(default_factory=dict)
+
+
+class Ticket:
+    """One submitted request: read its events with ``events()`` (or a callback), stop it with ``cancel()``."""
+
+    def __init__(self, request_id: int, callback: Callable[[Event], None] | None):
+        self.id = request_id
+        self._callback = callback
+        self._events: queue.Queue[Event] = queue.Queue()
+        self.cancelled = threading.Event()
+
+    def cancel(self) -> None:
+        """Ask the engine to drop this request at its next step, freeing its slot and KV cache."""
+        self.cancelled.set()
+
+    def _emit(self, event: Event) -> None:
+        if self._callback is not None:
+            self._callback(event)
+        else:
+            self._events.put(event)
+
+    def events(self, timeout_s: float = 120.0) -> Iterator[Event]:
+        """Yield the request's events until its done event (only without a callback). Raises TimeoutError."""
+        while True:
+            try:
+                event = self._events.get(timeout=timeout_s)
+            except queue.Empty:
+                raise TimeoutError(f"no event for {timeout_s} s from request {self.id}") from None
+            yield event
+            if event.kind == "done":
+                return
+
+    def result(self, timeout_s: float = 120.0) -> tuple[list[int], Event]:
+        """Wait for the end; return (the reply's token ids, the done event)."""
+        tokens = []
+        for event in self.events(timeout_s):
+            if event.kind == "token":
+                tokens.append(event.token)
+            else:
+                return tokens, event
+        raise AssertionError("unreachable")  # pragma: no cover
+
+
+class LRU:
+    """A dictionary that keeps at most ``max_entries`` items, evicting the least recently used; counts hits."""
+
+    def __init__(self, max_entries: int):
+        self.max_entries = check_int("max_entries", max_entries, 0)
+        self._items: OrderedDict = OrderedDict()
+        self.hits = self.misses = 0
+        self._lock = threading.Lock()
+
+    def get(self, key):
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                self.hits += 1
+                return self._items[key]
+            self.misses += 1
+            return None
+
+    def peek(self, key):
+        """The value for ``key`` (None if absent), without counting a hit or a miss or refreshing its place."""
+        with self._lock:
+            return self._items.get(key)
+
+    def put(self, key, value) -> None:
+        if self.max_entries == 0:
+            return
+        with self._lock:
+            self._items[key] = value
+            self._items.move_to_end(key)
+            while len(self._items) > self.max_entries:
+                self._items.popitem(last=False)
+
+    def keys(self) -> list:
+        with self._lock:
+            return list(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+            self.hits = self.misses = 0
+
+
+@dataclass
+class _Request:
+    ticket: Ticket
+    ids: list[int]
+    max_new_tokens: int
+    sample: bool
+    temperature: float
+    top_k: int | None
+    top_p: float | None
+    seed: int
+    stop_at_eos: bool
+    prefix_len: int
+    arrived: float
+    admitted: float = 0.0
+    first: float = 0.0
+    prefill_ms: float = 0.0
+    prefix_hit: bool = False
+    new: list[int] = field(default_factory=list)
+    shown: str = ""
+    generator: torch.Generator | None = None
+
+
+class Engine:
+    """Run one model for many requests at once: a thread that prefills, batches and decodes.
+
+    ``lm`` is a ``decode.CausalLM``; ``backend`` one of ``decode.BACKENDS`` (or pass a ready ``step``).
+    ``max_batch`` bounds the rows decoded together, ``max_queue`` the requests waiting for a slot
+    (``submit`` raises ``QueueFull`` beyond it). ``prefix_cache`` is how many prompt prefixes keep their KV
+    state (0: off). ``threads``: torch's (and ONNX Runtime's) thread count for the engine.
+    Raises ValueError for an unknown policy or an out-of-range bound.
+    """
+
+    def __init__(self, lm: CausalLM, *, backend: str = "eager", step=None, max_batch: int = 8,
+                 max_queue: int = 64, policy: str = "continuous", prefix_cache: int = 0, threads: int | None = None):
+        if policy not in POLICIES:
+            raise ValueError(f"policy={policy!r} is unknown; use one of {POLICIES}")
+        self.lm = lm
+        self.threads = threads
+        self.step = step if step is not None else make_step(lm, backend, threads)
+        self.backend = getattr(self.step, "backend", backend)
+        self.max_batch = check_int("max_batch", max_batch, 1, 256)
+        self.max_queue = check_int("max_queue", max_queue, 0)
+        self.policy = policy
+        self.prefixes = LRU(prefix_cache)
+        self.steps = 0  # decode steps run
+        self.rows_stepped = 0  # sum over steps of the batch size
+        self.finished: Counter[str] = Counter()  # requests ended, by finish reason
+        self._ids = itertools.count()
+        self._waiting: deque[_Request] = deque()
+        self._rows: list[_Request] = []
+        self._prefilling = 0  # admitted, being prefilled, not yet in the batch
+        self._counts = threading.Lock()  # `active` reads the batch and the prefilling count together
+        self._past = None  # the batch's KV cache, in the step's own format
+        self._mask: torch.Tensor | None = None  # (B, L) 1 for real positions, 0 for left padding
+        self._wake = threading.Condition()
+        self._stop = False
+        self._thread: threading.Thread | None = None
+
+    # -- the public side -------------------------------------------------------------------------------------
+
+    def start(self) -> Engine:
+        """Start the engine's thread (idempotent); return the engine."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="lmlab-engine", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Cancel what is running or waiting, and end the thread."""
+        with self._wake:
+            self._stop = True
+            self._wake.notify()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+            self._thread = None
+
+    def __enter__(self) -> Engine:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    @property
+    def active(self) -> int:
+        """Requests admitted: in the running batch, or being prefilled to join it."""
+        with self._counts:
+            return len(self._rows) + self._prefilling
+
+    @property
+    def waiting(self) -> int:
+        """Requests waiting for a slot."""
+        return len(self._waiting)
+
+    @property
+    def mean_batch(self) -> float:
+        """Mean rows per decode step so far (nan before the first step)."""
+        return self.rows_stepped / self.steps if self.steps else math.nan
+
+    def configure(self, *, policy: str | None = None, max_batch: int | None = None,
+                  prefix_cache: int | None = None) -> None:
+        """Change the policy, the batch bound or the prefix cache's size (clearing it). Raises ValueError."""
+        if policy is not None and policy not in POLICIES:
+            raise ValueError(f"policy={policy!r} is unknown; use one of {POLICIES}")
+        if max_batch is not None:
+            check_int("max_batch", max_batch, 1, 256)
+        if prefix_cache is not None:
+            check_int("prefix_cache", prefix_cache, 0)
+        with self._wake:
+            self.policy = policy or self.policy
+            self.max_batch = max_batch or self.max_batch
+            if prefix_cache is not None:
+                self.prefixes = LRU(prefix_cache)
+            self.steps = self.rows_stepped = 0
+            self.finished.clear()
+
+    def check(self, ids: Sequence[int], max_new_tokens: int) -> None:
+        """Raise ValueError if the prompt is empty, holds an unknown id, or does not fit the window."""
+        if len(ids) == 0:
+            raise ValueError("prompt is empty; give at least one token")
+        vocab = self.lm.core.config.vocab_size
+        if min(ids) < 0 or max(ids) >= vocab:
+            raise ValueError(f"prompt holds a token id outside [0, {vocab - 1}]")
+        check_int("max_new_tokens", max_new_tokens, 1, self.lm.window)
+        if len(ids) + max_new_tokens > self.lm.window:
+            raise ValueError(f"max_new_tokens={max_new_tokens} with a {len(ids)}-token prompt needs "
+                             f"{len(ids) + max_new_tokens} positions; {self.lm.name}'s window is "
+                             f"{self.lm.window}: use max_new_tokens <= {self.lm.window - len(ids)}")
+
+    def submit(self, ids: Sequence[int], max_new_tokens: int = 32, *, sample: bool = False,
+               temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None, seed: int = 0,
+               stop_at_eos: bool = True, prefix_len: int = 0,
+               callback: Callable[[Event], None] | None = None) -> Ticket:
+        """Queue a prompt (token ids); return its ``Ticket``. Greedy unless ``sample`` (seeded per request).
+
+        ``prefix_len``: how many leading tokens are a shared prefix worth caching (the system prompt).
+        ``callback`` receives each event in the engine's thread instead of the ticket's queue.
+        Raises ValueError for a prompt or settings out of range, QueueFull when ``max_queue`` requests wait.
+        """
+        ids = [int(t) for t in ids]
+        self.check(ids, max_new_tokens)
+        if sample:
+            _check_sampling(temperature, top_k, top_p)
+        check_int("prefix_len", prefix_len, 0, len(ids))
+        ticket = Ticket(next(self._ids), callback)
+        request = _Request(ticket, ids, max_new_tokens, sample, temperature, top_k, top_p, seed, stop_at_eos,
+                           prefix_len, time.perf_counter())
+        with self._wake:
+            if self._stop:
+                raise QueueFull("the engine is stopping")
+            if len(self._waiting) >= self.max_queue:
+                raise QueueFull(f"{len(self._waiting)} requests are waiting (max_queue={self.max_queue})")
+            self._waiting.append(request)
+            self._wake.notify()
+        return ticket
+
+    def generate(self, ids: Sequence[int], max_new_tokens: int = 32, **options) -> list[int]:
+        """Submit one prompt and wait for its token ids (for tests and notebooks)."""
+        tokens, done = self.submit(ids, max_new_tokens, **options).result()
+        if done.finish_reason == "error":
+            raise RuntimeError(done.error)
+        return tokens
+
+    # -- the engine's thread ---------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        with torch_threads(self.threads), torch.inference_mode():
+            while True:
+                with self._wake:
+                    while not self._stop and not self._rows and not self._waiting:
+                        self._wake.wait(0.5)
+                    if self._stop:
+                        break
+                    admitted = self._admit()
+                    self._prefilling = len(admitted)
+                try:
+                    self._drop_cancelled()
+                    self._prefill_all(admitted)
+                    self._prefilling = 0
+                    if self._rows:
+                        self._decode()
+                except Exception as error:  # a fault in the scheduler itself: end what runs, keep serving
+                    for request in self._rows:
+                        self._finish(request, "error", f"{type(error).__name__}: {error}")
+                    self._rows, self._past, self._mask, self._prefilling = [], None, None, 0
+            for request in list(self._rows) + list(self._waiting):
+                self._finish(request, "cancelled")
+            self._rows, self._waiting = [], deque()
+            self._past = self._mask = None
+
+    def _admit(self) -> list[_Request]:
+        """Take the waiting requests the policy lets in now (called with the lock held)."""
+        slots = 1 if self.policy == "sequential" else self.max_batch
+        if self.policy == "static" and self._rows:
+            return []
+        admitted = []
+        while self._waiting and len(self._rows) + len(admitted) < slots:
+            request = self._waiting.popleft()
+            if request.ticket.cancelled.is_set():
+                self._finish(request, "cancelled")
+                continue
+            admitted.append(request)
+        return admitted
+
+    def _drop_cancelled(self) -> None:
+        keep = [i for i, r in enumerate(self._rows) if not r.ticket.cancelled.is_set()]
+        if len(keep) < len(self._rows):
+            for i, request in enumerate(self._rows):
+                if i not in keep:
+                    self._finish(request, "cancelled")
+            self._keep_rows(keep)
+
+    def _prefill_all(self, requests: list[_Request]) -> None:
+        """Prefill the admitted requests: those with a cached prefix one by one, the others in one left-padded
+        batch (one pass for all their prompts, as the decode steps share one pass)."""
+        plain = [r for r in requests if self._cached_prefix(r.ids, r.prefix_len, count=False)[0] is None]
+        for request in requests:
+            if request not in plain:
+                self._prefill(request)
+        if len(plain) == 1:
+            self._prefill(plain[0])
+        elif plain:
+            self._prefill_batch(plain)
+
+    def _prefill_batch(self, requests: list[_Request]) -> None:
+        """One pass over several prompts, left-padded: ids and mask (k, L), positions from each first real token."""
+        start = time.perf_counter()
+        longest = max(len(r.ids) for r in requests)
+        ids = torch.full((len(requests), longest), self.lm.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(requests), longest), dtype=torch.long)
+        for i, request in enumerate(requests):
+            request.admitted = start
+            ids[i, longest - len(request.ids):] = torch.tensor(request.ids)
+            mask[i, longest - len(request.ids):] = 1
+        try:
+            logits, past = self.step(ids, mask, (mask.cumsum(1) - 1).clamp(min=0), None)
+            pairs = _to_pairs(past)
+            last = logits[:, -1, :].float()  # (k, vocab): each row's last position is its last real token
+            tokens = []
+            for i, request in enumerate(requests):
+                pad = longest - len(request.ids)
+                if request.prefix_len and request.prefix_len < len(request.ids) and self.prefixes.max_entries:
+                    self.prefixes.put(tuple(request.ids[:request.prefix_len]),
+                                      [(k[i:i + 1, :, pad:pad + request.prefix_len].clone(),
+                                        v[i:i + 1, :, pad:pad + request.prefix_len].clone()) for k, v in pairs])
+                if request.sample:
+                    request.generator = torch.Generator().manual_seed(request.seed)
+                tokens.append(int(self._pick(request, last[i:i + 1])) if request.sample else int(last[i].argmax()))
+        except Exception as error:  # these requests fail; the running batch goes on
+            for request in requests:
+                self._finish(request, "error", f"{type(error).__name__}: {error}")
+            return
+        now = time.perf_counter()
+        keep = []
+        for i, (request, token) in enumerate(zip(requests, tokens)):
+            request.first, request.prefill_ms = now, (now - start) * 1e3
+            if self._emit_token(request, token):
+                keep.append(i)
+        if keep:
+            index = torch.tensor(keep)
+            self._join([requests[i] for i in keep], [(k.index_select(0, index), v.index_select(0, index))
+                                                     for k, v in pairs], mask.index_select(0, index))
+
+    def _prefill(self, request: _Request) -> None:
+        """Run the prompt alone (after its cached prefix, if any), pick its first token, join the batch."""
+        request.admitted = time.perf_counter()
+        ids = request.ids
+        try:
+            cached, start = self._cached_prefix(ids, request.prefix_len)
+            feed = torch.tensor([ids[start:]])  # (1, new)
+            mask = torch.ones((1, len(ids)), dtype=torch.long)
+            positions = torch.arange(start, len(ids))[None]  # (1, new)
+            past = _from_pairs(cached, self.step, self.lm) if cached is not None else None
+            logits, past = self.step(feed, mask, positions, past)
+            pairs = _to_pairs(past)
+            if request.prefix_len and cached is None and request.prefix_len < len(ids):
+                self.prefixes.put(tuple(ids[:request.prefix_len]),
+                                  [(k[:, :, :request.prefix_len].clone(), v[:, :, :request.prefix_len].clone())
+                                   for k, v in pairs])
+            request.prefix_hit = cached is not None
+            if request.sample:
+                request.generator = torch.Generator().manual_seed(request.seed)
+            token = int(self._pick(request, logits[:, -1, :].float()))
+        except Exception as error:  # this request fails; the batch goes on
+            self._finish(request, "error", f"{type(error).__name__}: {error}")
+            return
+        request.first = time.perf_counter()
+        request.prefill_ms = (request.first - request.admitted) * 1e3
+        if self._emit_token(request, token):
+            self._join([request], pairs, torch.ones((1, len(ids)), dtype=torch.long))
+
+    def _cached_prefix(self, ids: list[int], prefix_len: int, count: bool = True):
+        if self.prefixes.max_entries == 0 or not 0 < prefix_len < len(ids):
+            return None, 0
+        key = tuple(ids[:prefix_len])
+        cached = self.prefixes.get(key) if count else self.prefixes.peek(key)
+        return (cached, prefix_len) if cached is not None else (None, 0)
+
+    def _join(self, requests: list[_Request], pairs: list[tuple[torch.Tensor, torch.Tensor]],
+              mask: torch.Tensor) -> None:
+        """Merge new rows' caches (k, heads, l, dim per layer) and mask (k, l) into the batch's, left-padding
+        both to a common length."""
+        if not self._rows:
+            self._mask, self._past = mask, _from_pairs(pairs, self.step, self.lm)
+        else:
+            batch_pairs = _to_pairs(self._past)
+            length = max(mask.shape[1], self._mask.shape[1])
+            merged = [(torch.cat([_left_pad(bk, length), _left_pad(k, length)]),
+                       torch.cat([_left_pad(bv, length), _left_pad(v, length)]))
+                      for (bk, bv), (k, v) in zip(batch_pairs, pairs)]
+            self._mask = torch.cat([_left_pad(self._mask, length), _left_pad(mask, length)])
+            self._past = _from_pairs(merged, self.step, self.lm)
+        with self._counts:  # they move from prefilling to the batch in one step, as `active` sees it
+            self._rows = self._rows + list(requests)
+            self._prefilling = max(0, self._prefilling - len(requests))
+
+    def _keep_rows(self, keep: list[int]) -> None:
+        """Keep only the rows ``keep`` (the others' caches are freed), and trim padding no row needs."""
+        if not keep:
+            self._rows, self._past, self._mask = [], None, None
+            return
+        index = torch.tensor(keep)
+        mask = self._mask.index_select(0, index)
+        first = int(mask.any(0).nonzero()[0])  # the first column some row still uses
+        self._mask = mask[:, first:]
+        self._past = _from_pairs([(k.index_select(0, index)[:, :, first:], v.index_select(0, index)[:, :, first:])
+                                  for k, v in _to_pairs(self._past)], self.step, self.lm)
+        self._rows = [self._rows[i] for i in keep]
+
+    def _decode(self) -> None:
+        """One decode step for every row of the batch."""
+        rows = self._rows
+        feed = torch.tensor([[r.new[-1]] for r in rows])  # (B, 1): each row's newest token
+        mask = torch.cat([self._mask, torch.ones((len(rows), 1), dtype=torch.long)], dim=1)  # (B, L + 1)
+        positions = torch.tensor([[len(r.ids) + len(r.new) - 1] for r in rows])  # (B, 1)
+        try:
+            logits, past = self.step(feed, mask, positions, self._past)
+        except Exception as error:  # a failed step ends the rows it ran; the engine goes on
+            for request in rows:
+                self._finish(request, "error", f"{type(error).__name__}: {error}")
+            self._rows, self._past, self._mask = [], None, None
+            return
+        self.steps += 1
+        self.rows_stepped += len(rows)
+        self._past, self._mask = past, mask
+        last = logits[:, -1, :].float()  # (B, vocab)
+        greedy = last.argmax(dim=-1)
+        keep = []
+        for i, request in enumerate(rows):
+            token = int(self._pick(request, last[i:i + 1])) if request.sample else int(greedy[i])
+            if self._emit_token(request, token):
+                keep.append(i)
+        if len(keep) < len(rows):
+            self._keep_rows(keep)
+
+    def _pick(self, request: _Request, logits: torch.Tensor) -> torch.Tensor:
+        return _pick(logits, request.sample, request.temperature, request.top_k, request.top_p,
+                     request.generator)[0]
+
+    def _emit_token(self, request: _Request, token: int) -> bool:
+        """Send one token to its request; return whether the request goes on."""
+        request.new.append(token)
+        eos = self.lm.eos_id is not None and token == self.lm.eos_id
+        if not eos or not request.stop_at_eos:  # an end-of-sequence token is a token like any other when ignored
+            text = self.lm.decode([t for t in request.new if t != self.lm.eos_id])
+            piece = text[len(request.shown):] if text.startswith(request.shown) else text
+            request.shown = text
+            request.ticket._emit(Event("token", token=token, text=piece))
+        if request.ticket.cancelled.is_set():
+            self._finish(request, "cancelled")
+            return False
+        if eos and request.stop_at_eos:
+            self._finish(request, "stop")
+            return False
+        if len(request.new) >= request.max_new_tokens:
+            self._finish(request, "length")
+            return False
+        return True
+
+    def _finish(self, request: _Request, reason: str, error: str | None = None) -> None:
+        now = time.perf_counter()
+        self.finished[reason] += 1
+        n = len(request.new)
+        timing = {"queue_ms": ((request.admitted or now) - request.arrived) * 1e3,
+                  "prefill_ms": request.prefill_ms,
+                  "ttft_ms": (request.first - request.arrived) * 1e3 if request.first else math.nan,
+                  "decode_ms_per_token": (now - request.first) * 1e3 / (n - 1) if n > 1 else math.nan,
+                  "total_ms": (now - request.arrived) * 1e3,
+                  "prefix_cache_hit": request.prefix_hit}
+        request.ticket._emit(Event("done", finish_reason=reason, error=error, completion_tokens=n,
+                                   prompt_tokens=len(request.ids), timing=timing))
+
+
+def _left_pad(tensor: torch.Tensor, length: int) -> torch.Tensor:
+    """Pad a (batch, ...) mask along dim 1 or a (batch, heads, time, dim) cache along dim 2, on the left."""
+    dim = 1 if tensor.dim() == 2 else 2
+    missing = length - tensor.shape[dim]
+    if missing == 0:
+        return tensor
+    shape = list(tensor.shape)
+    shape[dim] = missing
+    return torch.cat([tensor.new_zeros(shape), tensor], dim=dim)
+
+
+def _to_pairs(past) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """A step's KV cache as [(keys, values)] per layer, each (batch, kv_heads, time, head_dim) torch tensors."""
+    if hasattr(past, "layers"):  # transformers' DynamicCache
+        return [(layer.keys, layer.values) for layer in past.layers]
+    arrays = past.numpy() if hasattr(past, "numpy") else past  # an ONNX decoder's past, or its arrays
+    tensors = [torch.as_tensor(a) for a in arrays]
+    return list(zip(tensors[0::2], tensors[1::2]))
+
+
+def _from_pairs(pairs, step, lm: CausalLM):
+    """The step's own KV cache format from [(keys, values)] per layer."""
+    if isinstance(step, TorchStep):
+        from transformers import DynamicCache
+
+        return DynamicCache(ddp_cache_data=pairs, config=lm.core.config)
+    return [t.numpy() for pair in pairs for t in pair]

@@ -1,0 +1,185 @@
+"""Training curves over several seeds: a band per setting, the time to reach a target loss, and an honest verdict.
+
+Introduced in notebooks/03_gradient_descent.ipynb. One seed's curve is one draw: another seed (other initial
+weights, another batch order) gives another curve. So a setting is run under several seeds, drawn as a band
+(min–max over the seeds), and a difference between two settings counts only when their ranges do not overlap.
+
+The time to target of one run is the first evaluated step whose validation loss is at or below the target,
+and the training milliseconds (evaluations excluded) up to that step; a run that never gets there is
+"not reached" (None), which ranks after every number.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from lmlab.measure.plots import FONT_SIZE, finish_axes
+from lmlab.measure.timing import format_ms
+from lmlab.train.loop import History
+
+
+@dataclass(frozen=True)
+class TargetTime:
+    """How long one setting took to bring its validation loss to ``target_nats``, one entry per seed."""
+
+    label: str
+    target_nats: float
+    steps: tuple[int | None, ...]  # the first evaluated step at or below the target; None: not reached
+    train_ms: tuple[float | None, ...]  # training milliseconds (evaluations excluded) up to that step
+    ms_per_step: tuple[float, ...]  # training milliseconds per step over the whole run
+
+    @property
+    def reached(self) -> int:
+        """How many seeds reached the target."""
+        return sum(s is not None for s in self.steps)
+
+
+def first_at_or_below(history: History, target_nats: float) -> int | None:
+    """Return the index of the first evaluation whose validation loss is <= ``target_nats``, or None."""
+    return next((i for i, loss in enumerate(history.valid_loss) if loss <= target_nats), None)
+
+
+def time_to_target(runs: dict[str, Sequence[History]], target_nats: float) -> list[TargetTime]:
+    """Return each setting's time to reach a validation loss of ``target_nats``, per seed (see the module's note).
+
+    ``runs`` maps a label to one History per seed (``lmlab.train.loop.compare_optimizers``). Raises ValueError for a
+    target that is not a finite number > 0, or a setting without histories or with an empty history.
+    """
+    if isinstance(target_nats, bool) or not isinstance(target_nats, (int, float)) or not math.isfinite(target_nats) \
+            or target_nats <= 0:
+        raise ValueError(f"target_nats={target_nats!r} is out of range; use a finite cross-entropy > 0")
+    times = []
+    for label, histories in runs.items():
+        if not histories or any(not h.step for h in histories):
+            raise ValueError(f"runs[{label!r}] has no evaluations; train with at least one evaluation per seed")
+        found = [first_at_or_below(h, target_nats) for h in histories]
+        times.append(TargetTime(
+            label, float(target_nats),
+            tuple(None if i is None else h.step[i] for h, i in zip(histories, found)),
+            tuple(None if i is None else h.train_ms[i] for h, i in zip(histories, found)),
+            tuple(h.train_ms[-1] / h.step[-1] for h in histories)))
+    return times
+
+
+def _rank_key(values: Sequence[float | None]) -> tuple[float, float]:
+    """Median, then worst, with None (not reached) as infinity: what 'first' means over seeds."""
+    numbers = [math.inf if v is None else v for v in values]
+    return statistics.median(numbers), max(numbers)
+
+
+def spread_verdict(values: dict[str, Sequence[float | None]], what: str,
+                   show: Callable[[float], str] = "{:.4g}".format) -> str:
+    """Name the setting with the lowest median ``what`` over seeds, and say against which others that is real.
+
+    A difference counts as beyond the seed spread only when the best setting's worst seed is below the other
+    setting's best seed (the min–max ranges do not overlap); otherwise it is within the spread, i.e. not shown.
+    None stands for "not reached" and ranks after every number. Raises ValueError for fewer than two settings
+    or a setting without values.
+    """
+    if len(values) < 2:
+        raise ValueError(f"values has {len(values)} setting(s); a verdict compares at least two")
+    if any(len(v) == 0 for v in values.values()):
+        raise ValueError("every setting needs at least one value (one per seed)")
+    order = sorted(values, key=lambda label: _rank_key(values[label]))
+    best, others = order[0], order[1:]
+    if math.isinf(_rank_key(values[best])[0]):
+        return f"no setting reached it on most seeds, so none is first for {what}"
+
+    def summary(label: str) -> str:
+        numbers = [v for v in values[label] if v is not None]
+        missed, median = len(values[label]) - len(numbers), _rank_key(values[label])[0]
+        if math.isinf(median):
+            return f"{label}: not reached on {missed} of {len(values[label])} seeds"
+        text = f"{label}: {show(median)} (seeds {show(min(numbers))} to {show(max(numbers))}"
+        return text + (f", not reached on {missed})" if missed else ")")
+
+    worst_of_best = _rank_key(values[best])[1]
+    beyond = [o for o in others if worst_of_best < min(math.inf if v is None else v for v in values[o])]
+    within = [o for o in others if o not in beyond]
+    lines = [f"lowest median {what}: {summary(best)}"] + [f"  against {summary(o)}" for o in others]
+    if beyond:
+        lines.append(f"  beyond the seed spread against {', '.join(beyond)} (the ranges do not overlap)")
+    if within:
+        lines.append(f"  within the seed spread against {', '.join(within)} (the ranges overlap: no winner shown)")
+    return "\n".join(lines)
+
+
+def format_target_table(times: Sequence[TargetTime]) -> str:
+    """Format time-to-target rows: steps and training milliseconds per seed, and milliseconds per step.
+
+    Times are printed with their unit at a fixed width (``lmlab.measure.timing.format_ms``) so nbval's sanitizer can
+    mask them. Raises ValueError for no rows.
+    """
+    if not times:
+        raise ValueError("times is empty; pass time_to_target's rows")
+    width = max(len("setting"), *(len(t.label) for t in times))
+    steps = [", ".join("not reached" if s is None else str(s) for s in t.steps) for t in times]
+    steps_width = max(len("steps per seed"), *(len(s) for s in steps))
+    ms = [", ".join(f"{'not reached' if m is None else format_ms(m, 8):>11}" for m in t.train_ms) for t in times]
+    ms_width = max(len("training time per seed"), *(len(m) for m in ms))
+    lines = [f"target: validation cross-entropy <= {times[0].target_nats:.3g} nats, {len(times[0].steps)} seeds",
+             f"{'setting':>{width}}  reached  {'steps per seed':<{steps_width}}  "
+             f"{'training time per seed':<{ms_width}}  {'per step':>8}"]
+    for t, seed_steps, seed_ms in zip(times, steps, ms):
+        lines.append(f"{t.label:>{width}}  {f'{t.reached} of {len(t.steps)}':<7}  {seed_steps:<{steps_width}}  "
+                     f"{seed_ms:<{ms_width}}  {format_ms(statistics.median(t.ms_per_step), 5)}")
+    return "\n".join(lines)
+
+
+def target_verdict(times: Sequence[TargetTime], by: str = "steps") -> str:
+    """Say which setting reaches the target first, counted in ``by`` ("steps" or "ms"), and whether that is real.
+
+    Steps depend only on the seeds; training milliseconds also on the machine and its load, so a verdict in
+    milliseconds can change from one execution to the next. Raises ValueError for another ``by``.
+    """
+    target = f"{times[0].target_nats:.3g} nats"
+    if by == "steps":
+        return spread_verdict({t.label: t.steps for t in times}, f"steps to {target}", "{:.0f} steps".format)
+    if by == "ms":
+        return spread_verdict({t.label: t.train_ms for t in times}, f"training milliseconds to {target}",
+                              lambda ms: format_ms(ms, 6).strip())
+    raise ValueError(f"by={by!r} is not a unit of time to target; use 'steps' or 'ms'")
+
+
+def loss_bands(runs: dict[str, Sequence[History]], title: str, target_nats: float | None = None):
+    """Draw validation loss over seeds against steps (left) and training milliseconds (right); return the Figure.
+
+    Each setting is a line (the mean over seeds) inside a band (min to max over seeds); against milliseconds each
+    evaluation sits at its median time over the seeds. A dashed line marks ``target_nats``. Raises ValueError
+    for no runs or seeds evaluated at different steps.
+    """
+    import matplotlib.pyplot as plt
+
+
+    if not runs:
+        raise ValueError("runs is empty; pass compare_optimizers' result")
+    fig, axes = plt.subplots(1, 2, figsize=(16, 6.5), sharey=True)
+    handles, labels = [], []
+    for label, histories in runs.items():
+        if len({tuple(h.step) for h in histories}) != 1:
+            raise ValueError(f"runs[{label!r}]: the seeds were evaluated at different steps; use one eval_every")
+        losses = list(zip(*(h.valid_loss for h in histories)))  # (evaluations, seeds)
+        mean = [statistics.fmean(row) for row in losses]
+        low, high = [min(row) for row in losses], [max(row) for row in losses]
+        ms = [statistics.median(row) for row in zip(*(h.train_ms for h in histories))]
+        labels.append(f"{label} (mean; band: min to max of {len(histories)} seeds)")
+        for ax, x in zip(axes, (histories[0].step, ms)):
+            (line,) = ax.plot(x, mean, lw=2.5, label=labels[-1])
+            band = ax.fill_between(x, low, high, color=line.get_color(), alpha=0.2)
+        handles.append((line, band))
+    if target_nats is not None:
+        for ax in axes:
+            target = ax.axhline(target_nats, color="black", ls="--", lw=1.5)
+        handles.append(target)
+        labels.append(f"target: {target_nats:.3g} nats")
+    finish_axes(axes[0], "training step", "validation cross-entropy (nats)", "against steps")
+    finish_axes(axes[1], "training milliseconds (evaluations excluded; median over seeds)", "",
+                "against milliseconds of training")
+    axes[0].legend_.remove()
+    axes[1].legend(handles, labels, fontsize=FONT_SIZE - 3, loc="upper right")
+    fig.suptitle(title, fontsize=FONT_SIZE + 1)
+    fig.tight_layout()
+    return fig
