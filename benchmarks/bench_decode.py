@@ -3,8 +3,9 @@ and two peers that decode the same model (llama.cpp, onnxruntime-genai).
 
 Run: .venv/bin/python benchmarks/bench_decode.py [--skip-smollm2] [--quick]   (about 10 minutes; --quick: a smoke test)
 
-On SmolLM2-135M and the largest shipped GPT (data/gpt-large), greedy decoding through lmlab.inference.decode.generate, one
-torch thread (two threads beside), medians and p90 of the decode steps, ratios measured in this run:
+On SmolLM2-135M and the largest shipped GPT (data/gpt-large), greedy decoding through
+lmlab.inference.decode.generate, one torch thread (two threads beside), medians and p90 of the decode steps, ratios
+measured in this run:
 1. KV cache: 256 new tokens after a 32-token prompt (the GPT: as many as its 128 positions allow), with the cache
    against recomputing the whole prefix at every step (measured once: it is slow). The tokens must be identical.
 2. Batching: 32 new tokens at batch 1 to 32 (prompts of 16-32 tokens, left-padded): tokens/s and the step's p90.
@@ -187,7 +188,8 @@ def graph_section(lm, prompt: list[int], settings: dict, eager, text_ids: list[i
         r["speedup"] = base["median"] / r["median"]
         r["gap"], r["same"] = same_prefix_logit_gap(r["gen"], base["gen"]), r["gen"].tokens == base["gen"].tokens
         r["break_even"] = None if r is base else break_even(r["one_off_ms"], base["median"], r["median"])
-        even = "—" if r is base else (f"{math.ceil(r['break_even'])} tok" if math.isfinite(r["break_even"]) else "never")
+        even = "—" if r is base else (
+            f"{math.ceil(r['break_even'])} tok" if math.isfinite(r["break_even"]) else "never")
         one_off = "—" if r is base else f"{r['one_off_ms'] / 1e3:.1f} s"
         ppl = "—" if r["ppl"] is None else f"{r['ppl']:.3f}"
         two = "—" if r["two"] is None else format_ms(r["two"]).strip()

@@ -173,7 +173,8 @@ def main() -> int:
         (fit, nltk_fit), (score, nltk_score) = r["fit_ms"], r["score_ms"]
         (us, nltk_us), (ppl_sub, nltk_ppl_sub) = r["us_per_token"], r["ppl_subset"]
         lines = [
-            ("fit (train set)", format_ms(fit), cell(nltk_fit, format_ms(nltk_fit)), cell(nltk_fit, f"{nltk_fit / fit:.1f}×")),
+            ("fit (train set)", format_ms(fit), cell(nltk_fit, format_ms(nltk_fit)),
+             cell(nltk_fit, f"{nltk_fit / fit:.1f}×")),
             ("score (test set)", format_ms(score), cell(nltk_score, format_ms(nltk_score) + "*"),
              cell(nltk_score, f"{nltk_score / score:.1f}×")),
             ("time per token", f"{us:.3f} µs", cell(nltk_us, f"{nltk_us:,.1f} µs*"), ""),

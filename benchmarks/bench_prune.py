@@ -150,7 +150,8 @@ def report(name: str, variants: dict, inputs, hidden) -> dict:
               f"{row['ppl']:>11.2f}  {row['note']}")
     unstructured = rows["50% unstructured"]
     ratio_u = dense[1]["model"].median_ms / unstructured[1]["model"].median_ms
-    print(f"target: 50% unstructured within 0.9-1.1x of dense: {ratio_u:.2f}x {'yes' if 0.9 <= ratio_u <= 1.1 else 'NO'}")
+    print(f"target: 50% unstructured within 0.9-1.1x of dense: {ratio_u:.2f}x "
+          f"{'yes' if 0.9 <= ratio_u <= 1.1 else 'NO'}")
     for label, row in rows.items():
         if label.startswith("50% MLP units,"):
             ratio_s = dense[1]["mlp"].median_ms / row[1]["mlp"].median_ms

@@ -10,8 +10,9 @@ exactly --tokens tokens (`ignore_eos`), prompts of customer questions in its cha
    sends about 20 s of arrivals (8 to 32 requests). The best rate met (a lower bound within a factor of 2).
    Target: continuous >= 3x sequential. The p90 time per output token is reported beside it.
 2. Throughput against the reference: all prompts at once (i) through transformers' continuous batching
-   (lmlab.serving.reference, paged KV cache, CPU), (ii) through lmlab's engine in this process, both with every prompt in
-   one batch, (iii) through the server over HTTP (max batch --max-batch). Generated tokens/s, and whether the greedy tokens agree. Target: lmlab >= transformers.
+   (lmlab.serving.reference, paged KV cache, CPU), (ii) through lmlab's engine in this process, both with every
+   prompt in one batch, (iii) through the server over HTTP (max batch --max-batch). Generated tokens/s, and whether
+   the greedy tokens agree. Target: lmlab >= transformers.
 --quick: fewer requests and tokens, a smoke test of the script.
 """
 
@@ -99,7 +100,8 @@ def main() -> None:
         print(f"| {fmt} | {seq:g} req/s | {cont:g} req/s | {ratio:.1f}x | {'met' if ratio >= 3 else 'NOT met'} |")
     print("rates are powers of two apart: each best rate is a lower bound within a factor of 2; 0 means below "
           "1/16 req/s")
-    print("\n| path (all prompts at once) | tokens/s | wall s | greedy tokens equal to transformers' |\n|---|---|---|---|")
+    print("\n| path (all prompts at once) | tokens/s | wall s | greedy tokens equal to transformers' |\n"
+          "|---|---|---|---|")
     for name, row in rows.items():
         print(f"| {name} | {row['tokens_per_s']:.1f} | {row['wall_s']:.2f} | {row.get('agree', '-')} |")
     reference = rows["transformers continuous batching (reference)"]["tokens_per_s"]

@@ -84,12 +84,14 @@ def main(argv: list[str] | None = None) -> int:
     classify = commands.add_parser("classify", help="train and measure a text classifier (lmlab.tasks.classify)")
     classify.add_argument("task", help="names-sex, kjv-testament or kjv-books")
     classify.add_argument("--model", default="linear", help="linear, bilstm, cnn or transformer")
-    classify.add_argument("--steps", type=int, default=None, help="training steps (default: lmlab.tasks.classify.DEFAULTS)")
+    classify.add_argument("--steps", type=int, default=None,
+                          help="training steps (default: lmlab.tasks.classify.DEFAULTS)")
     classify.add_argument("--seed", type=int, default=0)
     classify.add_argument("--repeat", type=int, default=30, help="timed repeats")
     classify.add_argument("--threads", type=int, default=None, help="torch threads (default: $LMLAB_THREADS or 1)")
     classify.add_argument("--save", default=None, help="JSON file of results rows to add the rows to")
-    vectors = commands.add_parser("vectors", help="train word2vec on the KJV and print neighbours (lmlab.tasks.vectors)")
+    vectors = commands.add_parser("vectors",
+                                  help="train word2vec on the KJV and print neighbours (lmlab.tasks.vectors)")
     vectors.add_argument("words", help="comma-separated words, e.g. king,gold,seven")
     vectors.add_argument("--k", type=int, default=5, help="neighbours per word")
     vectors.add_argument("--dim", type=int, default=50)
@@ -101,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     vectors.add_argument("--gensim", action="store_true", help="also train gensim's Word2Vec with the same settings")
     vectors.add_argument("--gpt", action="store_true", help="also ask the shipped gpt-large's input embedding")
     vectors.add_argument("--threads", type=int, default=None, help="torch threads (default: $LMLAB_THREADS or 1)")
-    generate = commands.add_parser("generate", help="stream a reply, then its TTFT and tokens/s (lmlab.inference.decode)")
+    generate = commands.add_parser("generate",
+                                   help="stream a reply, then its TTFT and tokens/s (lmlab.inference.decode)")
     generate.add_argument("model", help="smollm2, or a shipped GPT: gpt-small, gpt-medium or gpt-large")
     generate.add_argument("prompt")
     generate.add_argument("--max-new-tokens", type=int, default=32)

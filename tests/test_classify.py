@@ -1,4 +1,4 @@
-"""Text classifiers (lmlab.tasks.classify): labels, splits, metrics against scikit-learn, the four models, ONNX export."""
+"""Text classifiers (lmlab.tasks.classify): labels, splits, metrics against scikit-learn, four models, ONNX export."""
 
 import json
 import random
@@ -297,7 +297,8 @@ def test_onnx_steps_refuses_another_model():
 
 def test_classify_command_prints_and_saves_its_rows(tmp_path, capsys):
     out = tmp_path / "rows.json"
-    assert main(["classify", "names-sex", "--model", "linear", "--steps", "20", "--repeat", "2", "--save", str(out)]) == 0
+    argv = ["classify", "names-sex", "--model", "linear", "--steps", "20", "--repeat", "2", "--save", str(out)]
+    assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "names-sex linear: accuracy" in printed and "macro precision" in printed
     rows = json.loads(out.read_text())

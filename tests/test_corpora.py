@@ -132,7 +132,8 @@ def test_vocab_comes_from_train_only(kjv_corpus):
 
 def test_examples_pad_each_document_with_bos_and_end_with_eos():
     corpus = Corpus("tiny", "char", ("ab", "c"))
-    with pytest.warns(UserWarning, match="valid and test split"):  # with two documents a 98/1/1 split puts both in train
+    # with two documents a 98/1/1 split puts both in train
+    with pytest.warns(UserWarning, match="valid and test split"):
         data = tokenize_corpus(corpus, fractions=(0.98, 0.01, 0.01))
     contexts, targets = data.examples("train", 2)
     v = data.vocab
@@ -179,5 +180,6 @@ def test_bad_batch_size_is_a_clear_error(names_data, bad):
 def test_a_text_too_small_to_split_warns_naming_the_counts(tmp_path):
     path = tmp_path / "one.txt"
     path.write_text("just one line of text\n")
-    with pytest.warns(UserWarning, match=r"1 document\(s\).*valid and test split\(s\) are empty \(train 1, valid 0, test 0\)"):
+    with pytest.warns(UserWarning,
+                      match=r"1 document\(s\).*valid and test split\(s\) are empty \(train 1, valid 0, test 0\)"):
         tokenize_corpus(load_text_file(path))

@@ -83,7 +83,8 @@ def test_gpu_decode_summary_spans_runs_and_leaves_out_cudnn_off(tmp_path):
 
     stamp = {"gpu": "NVIDIA H200", "driver": "580", "cuda": "13.0", "torch": "2.11", "date": "2026-11-30 17:00 UTC",
              "command": "PYTHONPATH=. python benchmarks/bench_gpu.py"}
-    step = {"kind": "decode", "model": "m", "device": "cuda", "path": "p", "dtype": "bfloat16", "floor_ms": 0.5, **stamp}
+    step = {"kind": "decode", "model": "m", "device": "cuda", "path": "p", "dtype": "bfloat16", "floor_ms": 0.5,
+            **stamp}
     (tmp_path / "a.json").write_text(json.dumps({"rows": [{**step, "decode_ms_per_token": 3.0}]}))
     (tmp_path / "b.json").write_text(json.dumps({"rows": [
         {**step, "decode_ms_per_token": 4.0, "step_only_ms": 2.0, "cudnn_sdp": True},

@@ -106,7 +106,8 @@ def test_pruning_nothing_changes_nothing(gpt, contexts):
 def test_heads_shrink_and_the_model_still_runs(gpt, contexts):
     pruned = prune_heads(gpt, 0.5)
     attention = pruned.model.gpt.transformer.h[0].attn
-    assert attention.num_heads == 2 and attention.c_attn.weight.shape == (32, 48) and attention.c_proj.weight.shape == (16, 32)
+    assert attention.num_heads == 2 and attention.c_attn.weight.shape == (32, 48)
+    assert attention.c_proj.weight.shape == (16, 32)
     logp = pruned.model.next_token_logprobs(contexts)
     assert torch.allclose(logp.exp().sum(-1), torch.ones(len(contexts)), atol=1e-5)
 

@@ -211,7 +211,8 @@ def test_default_values_lie_in_each_methods_range():
 
 def test_an_ngram_gets_its_baseline_only_and_a_slice_is_part_of_the_key():
     grid = sw.make_grid(["ngram-5", "gpt-small"], ["quantize-channel"], [4], documents=30)
-    assert [s.key for s in grid] == ["ngram-5/uncompressed/batch=1/test[:30]", "gpt-small/uncompressed/batch=1/test[:30]",
+    assert [s.key for s in grid] == ["ngram-5/uncompressed/batch=1/test[:30]",
+                                     "gpt-small/uncompressed/batch=1/test[:30]",
                                      "gpt-small/quantize-channel=4/batch=1/test[:30]"]
     with pytest.raises(ValueError, match="model='ngram-5' is an n-gram and takes none"):
         sw.check_setting(sw.Setting("ngram-5", "heads", 0.5))

@@ -1,4 +1,4 @@
-"""Skip-gram word2vec by hand (lmlab.tasks.vectors): pairs, training, neighbours, analogies, and agreement with gensim."""
+"""Skip-gram word2vec by hand (lmlab.tasks.vectors): pairs, training, neighbours, analogies, agreement with gensim."""
 
 import math
 

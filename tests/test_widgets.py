@@ -83,7 +83,8 @@ def test_compression_panel_scores_settings_and_shows_refusals(names_data):
     panel.method_choice.value = "per channel"
     assert ", within noise" in panel.info.value or ", beyond noise" in panel.info.value  # evaluate reports tokens
     grouped = CompressionPanel({"mlp": (mlp, lambda m: evaluate(m, *pairs))},
-                               {"per group of 32": METHODS["quantize-group32"], "per channel": METHODS["quantize-channel"]})
+                               {"per group of 32": METHODS["quantize-group32"],
+                                "per channel": METHODS["quantize-channel"]})
     assert list(grouped.method_choice.options) == ["per channel"]  # groups of 32 cannot split 4- and 16-wide rows
     assert "not offered here: per group of 32 (groups of 32 do not divide the 4 weights per row" in grouped.info.value
     with pytest.raises(ValueError, match="at least one"):

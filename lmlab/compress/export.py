@@ -109,7 +109,8 @@ def onnx_model(model: nn.Module, quantization: str | None = "blockwise", threads
         core, inputs, example = model.gpt, ("input_ids", "attention_mask", "position_ids"), _gpt_example(model)
         max_length = model.config.n_positions
     elif isinstance(model, MLPLanguageModel):
-        core, inputs, example = _MLPLogits(model), ("input_ids",), (torch.zeros(2, model.context_size, dtype=torch.long),)
+        core, inputs = _MLPLogits(model), ("input_ids",)
+        example = (torch.zeros(2, model.context_size, dtype=torch.long),)
         max_length = None  # a fixed context: only the batch varies
     elif hasattr(model, "config") and hasattr(model, "generate"):
         core, inputs, example = model, ("input_ids",), (torch.arange(16)[None].clamp(max=model.config.vocab_size - 1),)
@@ -627,7 +628,8 @@ def graph_op_counts(decoder_or_path: OnnxDecoder | OnnxLogits | str | Path,
 
 def _graph_path(decoder_or_path) -> Path:
     if getattr(decoder_or_path, "path", "") is None:
-        raise ValueError("decoder_or_path was made with cache=False, so its graph file is gone; make it with cache=True")
+        raise ValueError("decoder_or_path was made with cache=False, so its graph file is gone; "
+                         "make it with cache=True")
     path = Path(decoder_or_path.path) if hasattr(decoder_or_path, "path") else Path(decoder_or_path)
     if not path.is_file():
         raise ValueError(f"decoder_or_path={str(path)!r} is not an ONNX graph file; pass an OnnxDecoder, an "
@@ -662,8 +664,9 @@ def profile_step(decoder: OnnxDecoder, input_ids: torch.Tensor, attention_mask: 
     Latency D = Σ dᵢ over the nodes run, plus what runs between them (the runtime's own work). Returns
     {"total_ms": median wall time of one run, "node_sum_ms": the median run's sum of its node kernels' times,
     "by_op": {op_type: kernel ms in that run}, "runs": runs}: the median run by node sum (the lower of the two
-    middle runs for an even count), so by_op adds up to node_sum_ms whatever the other runs did. The profiling session is separate from the
-    decoder's (same graph, threads and optimization level), so profiling never slows the decoder itself.
+    middle runs for an even count), so by_op adds up to node_sum_ms whatever the other runs did. The profiling
+    session is separate from the decoder's (same graph, threads and optimization level), so profiling never slows
+    the decoder itself.
     Raises ValueError for a decoder that is not an OnnxDecoder, runs < 1, or inputs that do not fit.
     """
     if not isinstance(decoder, OnnxDecoder):
@@ -675,7 +678,7 @@ def profile_step(decoder: OnnxDecoder, input_ids: torch.Tensor, attention_mask: 
         session = _session(decoder.path, decoder.threads, decoder.optimization,
                            profile_prefix=str(Path(folder) / "step"))
         wall_ms = []
-        for i in range(warmup + runs):
+        for _ in range(warmup + runs):
             start = time.perf_counter()
             session.run_with_ort_values(decoder.output_names, feeds)
             wall_ms.append((time.perf_counter() - start) * 1e3)

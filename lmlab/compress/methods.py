@@ -49,7 +49,8 @@ class Method:
     def check(self, value: float) -> float:
         """Return ``value`` if it lies in the method's range, else raise ValueError naming it."""
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not self.minimum <= value <= self.maximum:
-            raise ValueError(f"value={value!r} is out of range for {self.label}; use {self.minimum:g} to {self.maximum:g}")
+            raise ValueError(f"value={value!r} is out of range for {self.label}; "
+                             f"use {self.minimum:g} to {self.maximum:g}")
         if self.integer and value != int(value):
             raise ValueError(f"value={value!r} must be a whole number of {self.label}")
         if self.choices is not None and value not in self.choices:
@@ -78,7 +79,8 @@ def _methods() -> dict[str, Method]:
         "quantize-group32": bits("group", 32),
         "quantize-step": Method("step Q", lambda m, q: quantize_model(m, step_Q=q), 1e-3, 0.5, 0.1, 0.02, log=True,
                                 simulated=True),
-        "magnitude-global": Method("sparsity", lambda m, s: magnitude_prune(m, s, "global"), simulated=True, **fraction),
+        "magnitude-global": Method("sparsity", lambda m, s: magnitude_prune(m, s, "global"), simulated=True,
+                                   **fraction),
         "magnitude-layer": Method("sparsity", lambda m, s: magnitude_prune(m, s, "layer"), simulated=True, **fraction),
         "mlp-units": Method("fraction removed", lambda m, s: prune_mlp(m, s), **fraction),
         "heads": Method("fraction removed", lambda m, s: prune_heads(m, s), **fraction),

@@ -501,7 +501,7 @@ def removal_plot(results: pd.DataFrame, title: str = ""):
 
 
 def timing_verdict(reference, other) -> str:
-    """Say whether ``other`` (a ``lmlab.measure.timing.Timing``) ran faster or slower than ``reference`` beyond the noise.
+    """Say whether ``other`` ran faster or slower than ``reference`` beyond the noise (both ``lmlab.measure.Timing``).
 
     "within noise" when their p10–p90 ranges overlap; else "faster" or "slower" by the ratio of medians.
     """

@@ -12,8 +12,8 @@ The teaching layer is plain torch arithmetic, small enough to read in one sittin
 - ``model_bytes(model, bits, ...)``: what a model takes stored at a precision, scales and zero points included.
 
 Fake quantization shows what the rounding costs in accuracy; it saves no time, because the rounded
-numbers are still float32. ``lmlab.compress.export.onnx_model`` runs int8 kernels for real; ``lmlab.compress.quantize_study``
-holds chapter 04's sweeps, rows and plots built on these functions.
+numbers are still float32. ``lmlab.compress.export.onnx_model`` runs int8 kernels for real;
+``lmlab.compress.quantize_study`` holds chapter 04's sweeps, rows and plots built on these functions.
 """
 
 from __future__ import annotations

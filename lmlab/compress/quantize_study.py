@@ -1,4 +1,4 @@
-"""Chapter 04's measurements, tables and plots, built on ``lmlab.compress.quantize``: what rounding costs, model by model.
+"""Chapter 04's measurements, tables and plots on ``lmlab.compress.quantize``: what rounding costs, model by model.
 
 Introduced in notebooks/04_quantization.ipynb. The notebook's cells call these; each returns a table or a figure:
 
@@ -455,8 +455,11 @@ def model_rows(real: Mapping[tuple[str, str], Result], sweep: pd.DataFrame, name
 
 
 def frontier_takeaway(rows: Sequence[Result], label: str) -> str:
-    """Name the Pareto frontier's rows, fastest first (``lmlab.measure.plots.pareto_frontier``: simulated rows never on it),
-    with each step's accuracy gain over the previous one, called within noise when under two standard errors."""
+    """Name the Pareto frontier's rows, fastest first, with each step's accuracy gain over the previous one.
+
+    The frontier is ``lmlab.measure.plots.pareto_frontier``'s (simulated rows never on it); a gain under two
+    standard errors is called within noise.
+    """
     frontier = pareto_frontier(rows)
     if not frontier:
         raise ValueError("rows has no row with a measured speed: the frontier is empty")
@@ -472,7 +475,9 @@ def frontier_takeaway(rows: Sequence[Result], label: str) -> str:
 
 
 def tradeoff_figure(panels: Sequence[tuple]) -> Figure:
-    """Draw trade-off plots (``lmlab.measure.plots.tradeoff_plot``), one per (rows, title, unit[, x label]), naming every point.
+    """Draw trade-off plots (``lmlab.measure.plots.tradeoff_plot``), one per (rows, title, unit[, x label]).
+
+    Every point is named.
 
     The first panel spans the top row, the others share the row below. Each accuracy axis is labelled in its panel's
     unit (word, letter or sub-word token: different units never share an axis); a technique has one colour in every

@@ -169,7 +169,8 @@ def load_names(lists: Sequence[str] = ("male", "female", "last")) -> Corpus:
     """Load US census names (the ``names`` package), lowercase, character level, one document per name.
 
     Each distinct name appears once: the corpus is NOT weighted by how common a name is (the census
-    frequency column is ignored; ``name_frequencies`` reads it). ``lists`` picks from "male" and "female" first names and "last" names.
+    frequency column is ignored; ``name_frequencies`` reads it). ``lists`` picks from "male" and "female" first names
+    and "last" names.
     """
     unknown = [name for name in lists if name not in NAME_LISTS]
     if unknown or not lists:
@@ -178,7 +179,8 @@ def load_names(lists: Sequence[str] = ("male", "female", "last")) -> Corpus:
     for name in lists:
         for first in name_frequencies(name):
             seen.setdefault(first, None)
-    return Corpus("names", "char", tuple(seen), source=f"US census names ({', '.join(lists)}), each name once, unweighted")
+    return Corpus("names", "char", tuple(seen),
+                  source=f"US census names ({', '.join(lists)}), each name once, unweighted")
 
 
 def name_frequencies(which: str) -> dict[str, float]:

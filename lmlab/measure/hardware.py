@@ -264,7 +264,7 @@ def roofline_plot(peak_gflops: float, bandwidth_gbs: float, points: list[tuple[s
     ax.annotate(f"ridge: {ridge:.3g} FLOP/byte", (ridge, peak_gflops), textcoords="offset points",
                 xytext=(10, -22), fontsize=FONT_SIZE - 2)
     colors = plt.get_cmap("tab10")
-    for i, (name, intensity, gflops) in enumerate(points):
+    for i, (_name, intensity, gflops) in enumerate(points):
         ax.plot([intensity], [gflops], "o", ms=10, color=colors(i % 10))
     low_y = min([bandwidth_gbs * lo] + [p[2] for p in points]) / 3
     ax.set_xlim(lo, hi)
@@ -282,7 +282,8 @@ def roofline_plot(peak_gflops: float, bandwidth_gbs: float, points: list[tuple[s
 
 # Figures measured on real GPUs by benchmarks/bench_gpu.py, one JSON file per run: the only GPU figures the
 # chapters show as measurements. Every row carries the hardware, the date and the command that measured it.
-GPU_DATA_DIR = Path(__file__).resolve().parents[2] / "data" / "gpu"  # data/gpu beside lmlab/ (as lmlab.data.shipped.DATA_DIR)
+# data/gpu beside lmlab/ (as lmlab.data.shipped.DATA_DIR)
+GPU_DATA_DIR = Path(__file__).resolve().parents[2] / "data" / "gpu"
 GPU_ROW_STAMP = ("gpu", "driver", "cuda", "torch", "date", "command")
 GPU_ROW_KINDS = ("matmul", "read", "copy", "sync", "forward", "training", "decode")
 

@@ -55,8 +55,9 @@ def tradeoff_plot(
     """Plot accuracy (y) against median ms (x, log scale by default), p90 as an error bar, frontier labelled.
 
     An accuracy carries a vertical bar of ± ``se_multiple`` standard errors (default one) where the row knows how
-    many predictions it was scored on; ``xlabel`` and ``ylabel`` replace the axes' default names. Rows with simulated speed are drawn hollow, with "(speed simulated)" in the legend, and are
-    never on the frontier. Frontier points are labelled with their names (every point with ``label_all``).
+    many predictions it was scored on; ``xlabel`` and ``ylabel`` replace the axes' default names. Rows with
+    simulated speed are drawn hollow, with "(speed simulated)" in the legend, and are never on the frontier.
+    Frontier points are labelled with their names (every point with ``label_all``).
     ``x="size_mb"`` plots against model size instead; ``y="perplexity"`` plots perplexity (log scale,
     lower is better; rows with infinite perplexity are left out). The hardware (default: this
     machine's device name and the thread count of the rows) is named in the title. Raises ValueError
@@ -111,7 +112,8 @@ def tradeoff_plot(
         plain_log_ticks(ax.yaxis)
         _at_least_three_ticks(ax)
     _label(ax, results if label_all else frontier, x, y)
-    finish_axes(ax, (xlabel or X_AXES[x]) + (", log scale" if log_x else ""), ylabel or Y_AXES[y], f"{title}\n{hardware}")
+    finish_axes(ax, (xlabel or X_AXES[x]) + (", log scale" if log_x else ""), ylabel or Y_AXES[y],
+                f"{title}\n{hardware}")
     return fig
 
 

@@ -120,7 +120,8 @@ def check_results_path(path: str | Path) -> Path:
     """
     path = Path(path)
     if path.is_dir():
-        raise ValueError(f"path={str(path)!r} is a folder; give a file name for the rows, e.g. {str(path / 'rows.json')!r}")
+        raise ValueError(f"path={str(path)!r} is a folder; give a file name for the rows, "
+                         f"e.g. {str(path / 'rows.json')!r}")
     if not path.parent.is_dir():
         raise ValueError(f"path={str(path)!r}: the folder {str(path.parent)!r} does not exist; create it first")
     if path.exists():

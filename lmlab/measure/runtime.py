@@ -185,7 +185,10 @@ def environment(device: str | torch.device = "auto", threads: int | None = None)
 
 
 def describe_environment(device: str | torch.device = "auto", threads: int | None = None) -> str:
-    """Return the environment as one line, e.g. ``CPU: ... | cores: 2 | torch threads: 1 | torch 2.13.0 | device: cpu``."""
+    """Return the environment as one line.
+
+    E.g. ``CPU: ... | cores: 2 | torch threads: 1 | torch 2.13.0 | device: cpu``.
+    """
     env = environment(device, threads)
     return (
         f"CPU: {env['cpu']} | cores: {env['cores']} | torch threads: {env['torch_threads']} | "

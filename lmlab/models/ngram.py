@@ -382,7 +382,7 @@ class NGramModel:
         return np.where(pos >= 0, (level.counts if values is None else values)[pos], 0.0)
 
     def _kn_targets(self, ids: list[np.ndarray], found: list[np.ndarray], targets: np.ndarray, upto: int) -> np.ndarray:
-        """P_{upto+1}(target | context): Kneser-Ney interpolated from the unigram level up to context length ``upto``."""
+        """P_{upto+1}(target | context): Kneser-Ney interpolated from the unigram level up to context ``upto``."""
         probs = self._base[targets]
         for j in range(1, upto + 1):
             rows = np.flatnonzero(found[j])
@@ -437,7 +437,7 @@ class ArpaModel:
                                   for h, pairs in grouped.items()}
 
     def _history(self, row: Sequence[int]) -> tuple:
-        """The part of an <s>-padded context an ARPA reader sees: from its last <s> on, tokens it does not know as <unk>."""
+        """The part of an <s>-padded context an ARPA reader sees: from its last <s> on, unknown tokens as <unk>."""
         bos = self.vocab.bos_id
         starts = [i for i, t in enumerate(row) if t == bos]
         h = row[starts[-1]:] if starts else row

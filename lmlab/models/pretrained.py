@@ -180,7 +180,8 @@ def next_word_scores(model, tokenizer, text: str) -> dict[str, float]:
     encoded = tokenizer(text, return_offsets_mapping=True, return_tensors="pt")
     ids, offsets = encoded.input_ids, encoded.offset_mapping[0].tolist()  # ids (1, tokens)
     if ids.shape[1] > model.config.max_position_embeddings:
-        raise ValueError(f"text has {ids.shape[1]} tokens; the model's window is {model.config.max_position_embeddings}")
+        raise ValueError(f"text has {ids.shape[1]} tokens; "
+                         f"the model's window is {model.config.max_position_embeddings}")
     logits = model(input_ids=ids).logits.float()[0]  # (tokens, vocab)
     logp = torch.log_softmax(logits, -1)
     best = logp.argmax(-1)  # (tokens,): top choice for the NEXT token
@@ -212,7 +213,8 @@ def measure_llm(model, tokenizer, text: str, *, name: str, technique: str, setti
     position's logits (the prefill a reply starts with). ``scores`` gives "accuracy" and "perplexity"
     (e.g. from ``next_word_scores``, to compare with word models); without it they are per-token
     figures from ``perplexity(model, tokenizer, text)``. ``size_bytes`` defaults to the parameters'
-    bytes at their current precision (an exported graph's stored weights for ``lmlab.compress.export``). Introduced in notebooks/02_neural_language_models.ipynb.
+    bytes at their current precision (an exported graph's stored weights for ``lmlab.compress.export``).
+    Introduced in notebooks/02_neural_language_models.ipynb.
     Raises ValueError if ``text`` has fewer than batch_size · tokens tokens.
     """
     check_int("batch_size", batch_size, 1)

@@ -245,9 +245,10 @@ def by_family(rows: list) -> list:
 def ladder_takeaways(scores: dict[str, dict], reference: str, level: float = 0.95) -> list[str]:
     """Say where ``reference`` sits against each other model, in perplexity, on the same documents.
 
-    ``scores`` maps a model's name to its ``lmlab.models.scoring.document_scores`` on one slice. For each other model, the
-    paired bootstrap interval (``lmlab.measure.stats.paired_nll_interval``) of Δ = loss(reference) − loss(other), nats per
-    prediction: "lower" or "higher" when the interval excludes 0, "within noise" when it holds 0.
+    ``scores`` maps a model's name to its ``lmlab.models.scoring.document_scores`` on one slice. For each other
+    model, the paired bootstrap interval (``lmlab.measure.stats.paired_nll_interval``) of
+    Δ = loss(reference) − loss(other), nats per prediction: "lower" or "higher" when the interval excludes 0,
+    "within noise" when it holds 0.
     Raises ValueError for an unknown ``reference`` or slices of different lengths.
     """
     import math

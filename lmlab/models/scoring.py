@@ -19,7 +19,8 @@ def document_scores(model: NeuralLM, data: TokenizedCorpus, split: str, batch_si
 
     For a GPT or a recurrent model, the same predictions as ``model.evaluate_documents`` (every token and each </s>,
     one causal pass per document, cut at the model's ``n_positions``); for any other lmlab LM (an n-gram, the MLP),
-    those of ``lmlab.models.lm.evaluate`` on ``data.examples(split, model.context_size)``, ties counted as it counts them.
+    those of ``lmlab.models.lm.evaluate`` on ``data.examples(split, model.context_size)``, ties counted as it counts
+    them.
     Kept per document in the split's order, so that intervals can resample whole documents
     (``lmlab.measure.stats.perplexity_interval``) and two models can be compared document by document.
     Returns {"nll_nats", "correct", "tokens"}, three float64 arrays of one entry per document.
@@ -59,7 +60,7 @@ def document_scores(model: NeuralLM, data: TokenizedCorpus, split: str, batch_si
 
 
 def _windowed_document_scores(model, data: TokenizedCorpus, split: str, docs) -> dict[str, np.ndarray]:
-    """``document_scores`` for a model that reads fixed windows: ``lmlab.models.lm.evaluate``'s predictions, per document."""
+    """``document_scores`` for a fixed-window model: ``lmlab.models.lm.evaluate``'s predictions, per document."""
     contexts, targets = data.examples(split, model.context_size)
     tokens = np.array([len(doc) + 1 for doc in docs], dtype=np.float64)  # each document's words and its </s>
     bounds = np.r_[0, np.cumsum(tokens)].astype(int)

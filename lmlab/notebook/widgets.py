@@ -247,7 +247,8 @@ class CompressionPanel:
                    else ", beyond noise")
         hidden = "".join(f"; not offered here: {name} ({why})" for name, why in self.hidden.items())
         self.info.value = (f"<b>{model_name}</b>, {method_name} at {value:g}: accuracy {result['accuracy']:.4f} "
-                           f"(uncompressed {reference['accuracy']:.4f}{verdict}), perplexity {result['perplexity']:.2f} "
+                           f"(uncompressed {reference['accuracy']:.4f}{verdict}), "
+                           f"perplexity {result['perplexity']:.2f} "
                            f"(uncompressed {reference['perplexity']:.2f}), {result['size_bytes'] / 1e6:.3f} MB; "
                            f"compressed and scored in {result['seconds'] * 1e3:.0f} ms{html.escape(hidden)}")
 
@@ -325,8 +326,8 @@ class ClassifyPanel:
     """Type a text, see every classifier's probability for each class, and how long each took to answer.
 
     Introduced in notebooks/09_recurrent_vectors_classifiers.ipynb. ``classifiers`` maps a name to a fitted
-    ``lmlab.tasks.classify.TextClassifier``; all must share one set of classes. A text a classifier refuses (an empty one)
-    is shown as the error's message, with no chart.
+    ``lmlab.tasks.classify.TextClassifier``; all must share one set of classes. A text a classifier refuses (an
+    empty one) is shown as the error's message, with no chart.
     """
 
     def __init__(self, classifiers: Mapping[str, TextClassifier], text: str = ""):
@@ -336,8 +337,8 @@ class ClassifyPanel:
             raise ValueError("classifiers is empty: the panel needs at least one fitted classifier")
         classes = {tuple(c.classes) for c in classifiers.values()}
         if len(classes) != 1 or not next(iter(classes)):
-            raise ValueError(f"classifiers answer different class lists {sorted(classes)}; give one task's classifiers, "
-                             "each fitted")
+            raise ValueError(f"classifiers answer different class lists {sorted(classes)}; "
+                             "give one task's classifiers, each fitted")
         self.classifiers, self.classes = dict(classifiers), next(iter(classes))
         self.text = widgets.Text(value=text, description="text", layout=widgets.Layout(width="70%"))
         self.chart = widgets.Image(format="png")  # redrawing changes widget state only, never the cell's output

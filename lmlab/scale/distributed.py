@@ -5,7 +5,8 @@ work, shard it (documents, weight slices or layers), assign each shard to a rank
 collective (all_reduce) or point-to-point messages (send/recv). Run it under torchrun, one process per rank
 (gloo on CPU, NCCL when CUDA is present):
 
-    python -m torch.distributed.run --standalone --nproc-per-node 2 -m lmlab.scale.distributed --scheme data --model gpt-large
+    python -m torch.distributed.run --standalone --nproc-per-node 2 -m lmlab.scale.distributed \
+        --scheme data --model gpt-large
     python -m lmlab parallel --scheme tensor --model gpt-large --nproc-per-node 2      # the same, through lmlab's CLI
 
 Each run returns one row: the scheme's wall ms on N ranks, split into compute and communication ms, the
@@ -323,7 +324,7 @@ def allreduce_ms(sizes_bytes=ALLREDUCE_BYTES, repeat: int = 20) -> list[dict]:
         check_int("sizes_bytes", size, 4)
         message = torch.ones(size // 4, device=device)
         times = []
-        for i in range(repeat + 2):  # two warm-up calls
+        for _ in range(repeat + 2):  # two warm-up calls
             dist.barrier()
             clock = Clock()
             clock.all_reduce(message)
@@ -394,17 +395,19 @@ def run_scheme(scheme: str, model_name: str = "gpt-small", *, batch_size: int = 
     first = data.head("test", min(batch_size, len(data.ids["test"])))
     inputs, _, mask = next(document_batches(first, "test", batch_size, max_len=model.config.n_positions))
 
-    if scheme == "data":
-        work = lambda clock: data_parallel_evaluate(model, data, "test", batch_size, clock)  # noqa: E731
-        single = lambda: scores(score_shard(model, data, "test", batch_size))  # noqa: E731
-    elif scheme == "tensor":
-        tp = shard_gpt(model, rank, world, Clock())
-        work = lambda clock: _tensor_forward(tp, clock, inputs, mask)  # noqa: E731
-        single = lambda: model.gpt(input_ids=inputs.to(model.device), attention_mask=mask.to(model.device)).logits
-    else:
-        work = lambda clock: pipeline_forward(model, inputs, mask, micro_batches, clock)  # noqa: E731
-        single = lambda: model.gpt(input_ids=inputs.to(model.device), attention_mask=mask.to(model.device)).logits
+    tp = shard_gpt(model, rank, world, Clock()) if scheme == "tensor" else None
 
+    def work(clock):
+        if scheme == "data":
+            return data_parallel_evaluate(model, data, "test", batch_size, clock)
+        if scheme == "tensor":
+            return _tensor_forward(tp, clock, inputs, mask)
+        return pipeline_forward(model, inputs, mask, micro_batches, clock)
+
+    def single():
+        if scheme == "data":
+            return scores(score_shard(model, data, "test", batch_size))
+        return model.gpt(input_ids=inputs.to(model.device), attention_mask=mask.to(model.device)).logits
     return _row(scheme, model_name, batch_size, work, single, repeat)
 
 

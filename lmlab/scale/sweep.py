@@ -127,8 +127,9 @@ def make_grid(models: Sequence[str], methods: Sequence[str] = (),
 
     ``values`` is one list for every method, or a dict ``{method: [values]}``; a method missing from it
     takes ``default_values(method)``. An n-gram or recurrent model gets its baseline only (the methods compress
-    the MLP's and the GPT's layers). Every setting is scored on the first ``documents`` test documents (None: the whole test split). Raises ValueError naming an unknown model or method, a value outside
-    its method's range, a batch size below 1, or an empty grid. Nothing is loaded or run.
+    the MLP's and the GPT's layers). Every setting is scored on the first ``documents`` test documents (None: the
+    whole test split). Raises ValueError naming an unknown model or method, a value outside its method's range, a
+    batch size below 1, or an empty grid. Nothing is loaded or run.
     """
     models, methods, batch_sizes = list(models), list(methods), list(batch_sizes)
     for method in methods:
@@ -224,8 +225,8 @@ def sweep(models: Sequence[str] = (), methods: Sequence[str] = (),
           repeat: int = 30, progress: bool = True) -> list[dict]:
     """Run every setting of a grid and return its rows, in grid order (see the module docstring for a row).
 
-    The grid is ``grid``, or ``make_grid(models, methods, values, batch_sizes, baseline, documents)``. With ``out``, rows
-    are written atomically as they finish and settings already finished there are skipped. ``engine`` is
+    The grid is ``grid``, or ``make_grid(models, methods, values, batch_sizes, baseline, documents)``. With
+    ``out``, rows are written atomically as they finish and settings already finished there are skipped. ``engine`` is
     "local" (``workers`` processes) or "ray" (a local Ray instance with ``workers`` task slots, or the
     cluster at ``address``); each task uses ``threads`` torch threads and ``repeat`` timed calls.
     Raises ValueError, before anything runs, for a bad grid or argument, or an ``out`` that is not a

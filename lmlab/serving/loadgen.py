@@ -392,13 +392,13 @@ def load_plot(reports: Sequence[LoadReport], title: str = "Serving under open-lo
     """Draw p50/p90 TTFT and e2e latency (ms, log) and throughput against the arrival rate, with y = x.
 
     The x axis is each run's arrival rate as sent (``arrival_rate_per_s``): a short Poisson run sends faster or
-    slower than its offered rate by chance. A server that keeps up has throughput = arrival rate (y = x); where its throughput falls
-    below the line, queues grow and latency climbs. Throughput n / T carries the Poisson count's
+    slower than its offered rate by chance. A server that keeps up has throughput = arrival rate (y = x); where
+    its throughput falls below the line, queues grow and latency climbs. Throughput n / T carries the Poisson count's
     standard error √n / T as its error bar. Reports at an infinite rate are left out. Raises
     ValueError if no report has a finite offered rate.
     """
-    reports = sorted((r for r in reports if math.isfinite(r.offered_rate_per_s) and math.isfinite(r.arrival_rate_per_s)),
-                     key=lambda r: r.offered_rate_per_s)
+    finite = (r for r in reports if math.isfinite(r.offered_rate_per_s) and math.isfinite(r.arrival_rate_per_s))
+    reports = sorted(finite, key=lambda r: r.offered_rate_per_s)
     if not reports:
         raise ValueError("reports has no report at a finite offered rate: nothing to plot")
     rates = [r.arrival_rate_per_s for r in reports]  # the load really sent, which a short run draws off the offered

@@ -95,7 +95,8 @@ class LabelledTexts:
         for i, text in enumerate(self.texts):
             if not isinstance(text, str) or not text.strip():
                 raise ValueError(f"texts[{i}]={text!r} is empty; every text needs at least one character")
-        bad = [label for label in self.labels if not (isinstance(label, (int, np.integer)) and 0 <= label < len(self.classes))]
+        bad = [label for label in self.labels
+               if not (isinstance(label, (int, np.integer)) and 0 <= label < len(self.classes))]
         if bad:
             raise ValueError(f"label={bad[0]!r} is unknown; labels are class indices in [0, {len(self.classes) - 1}]")
 
@@ -145,7 +146,8 @@ def names_by_sex() -> LabelledTexts:
             texts.append(name)
             labels.append("male" if m > f else "female")
     info = {"on both lists": len(both), "both -> female": sum(female[n] > male[n] for n in both),
-            "both -> male": sum(male[n] > female[n] for n in both), "ties dropped": sum(male[n] == female[n] for n in both)}
+            "both -> male": sum(male[n] > female[n] for n in both),
+            "ties dropped": sum(male[n] == female[n] for n in both)}
     return LabelledTexts.from_names("names", "char", texts, labels, ("female", "male"), info)
 
 
@@ -727,7 +729,8 @@ def _export_onnx(module: nn.Module, example: tuple[torch.Tensor, ...], outputs: 
     dynamic = {name: {0: "batch", 1: "length"} for name in ("ids", "mask")}
     dynamic.update({name: {0: "batch"} for name in outputs})
     quiet = io.StringIO()
-    with warnings.catch_warnings(), contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet), torch.no_grad():
+    with (warnings.catch_warnings(), contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet),
+          torch.no_grad()):
         warnings.simplefilter("ignore")
         torch.onnx.export(module.eval(), example, str(path), dynamo=False, input_names=["ids", "mask"],
                           output_names=outputs, dynamic_axes=dynamic, opset_version=17)
@@ -783,7 +786,8 @@ def onnx_steps(clf: TransformerClassifier, texts: Sequence[str], batch_sizes: Se
             feeds = lambda b: {"ids": ids[:b].numpy(), "mask": mask[:b].numpy()}  # noqa: E731
             logits = session.run(["logits"], feeds(len(texts)))[0]
             lines.append(_step_line(label, _node_count(path), _initializer_bytes(path) / 1e6,
-                                    lambda b: time_ms(session.run, ["logits"], feeds(b), repeat=repeat, threads=threads),
+                                    lambda b: time_ms(session.run, ["logits"], feeds(b), repeat=repeat,
+                                                      threads=threads),
                                     batch_sizes, float(np.abs(logits - reference).max())))
     return pd.DataFrame(lines)
 

@@ -21,7 +21,7 @@ import time
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -32,6 +32,9 @@ from matplotlib.figure import Figure
 from lmlab.data.corpora import SPECIALS, TokenizedCorpus, Vocab
 from lmlab.measure.plots import finish_axes, place_labels
 from lmlab.measure.runtime import check_int
+
+if TYPE_CHECKING:  # scipy is imported where it is used; the annotation only names its type
+    import scipy.sparse
 
 
 def _documents(data_or_ids: TokenizedCorpus | Sequence[np.ndarray]) -> tuple[np.ndarray, ...]:

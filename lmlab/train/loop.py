@@ -202,7 +202,8 @@ def _endless(train_batches: Callable[[int], Iterable]) -> Iterator:
 
 
 def training_data(model: NeuralLM, data: TokenizedCorpus, batch_size: int, seed: int = 0,
-                  valid_documents: int | None = None) -> tuple[Callable[[int], Iterable], Callable[[NeuralLM], dict], int]:
+                  valid_documents: int | None = None
+                  ) -> tuple[Callable[[int], Iterable], Callable[[NeuralLM], dict], int]:
     """Return (train_batches, evaluate_fn, batches per epoch) for training ``model`` on ``data``, for train_model.
 
     A GPT or a recurrent model reads whole documents (verses, names); an MLP reads (context, next token) pairs.
@@ -267,8 +268,8 @@ def distillation_loss(teacher: NeuralLM, temperature: float = 2.0, alpha: float 
         with torch.no_grad():
             teacher_logits, _ = teacher.batch_logits(batch)
         real = targets != IGNORE
-        soft = F.kl_div(F.log_softmax(logits[real] / temperature, -1), F.log_softmax(teacher_logits[real] / temperature, -1),
-                        log_target=True, reduction="batchmean")
+        soft = F.kl_div(F.log_softmax(logits[real] / temperature, -1),
+                        F.log_softmax(teacher_logits[real] / temperature, -1), log_target=True, reduction="batchmean")
         return alpha * temperature**2 * soft + (1 - alpha) * F.cross_entropy(logits, targets, ignore_index=IGNORE)
 
     return loss_fn
