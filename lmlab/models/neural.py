@@ -15,7 +15,9 @@ Both take (batch, context_size) int64 contexts, <s>-padded on the left as
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -26,6 +28,9 @@ from lmlab.data.corpora import TokenizedCorpus, Vocab, document_batches
 from lmlab.measure.runtime import check_int
 from lmlab.models.lm import check_contexts
 
+if TYPE_CHECKING:  # transformers is imported where a GPT is built; the annotations only name its types
+    from transformers import GPT2LMHeadModel
+
 IGNORE = -100  # target id that the loss skips (padding)
 
 
@@ -34,6 +39,9 @@ class NeuralLM(nn.Module):
 
     vocab: Vocab
     context_size: int
+    config: Any  # the kind's config: MLPConfig, GPTConfig or lmlab.models.recurrent.RecurrentConfig
+    # GPT and recurrent models only (lmlab.models.scoring asks hasattr): (batch, time) ids, mask -> (batch, time, vocab)
+    document_logits: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
     def next_token_logprobs(self, contexts: np.ndarray | torch.Tensor) -> torch.Tensor:
         """Return ln P(next token | context) for each row: (batch, context_size) ids -> (batch, vocab)."""
@@ -128,7 +136,7 @@ class MLPLanguageModel(NeuralLM):
         e = self.embed(contexts).flatten(1)  # (batch, context * embed)
         return self.out(torch.tanh(self.hidden(e)))  # (batch, vocab)
 
-    def batch_logits(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def batch_logits(self, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
         """A (contexts, targets) batch -> (logits (batch, vocab), targets (batch,))."""
         contexts, targets = (t.to(self.device) for t in batch)
         return self.last_logits(contexts), targets
@@ -148,6 +156,7 @@ class GPTLanguageModel(NeuralLM):
     """A small GPT-2 reading one document prefix: <s> w1 ... w_{t-1} -> P(w_t | prefix)."""
 
     kind = "gpt"
+    gpt: GPT2LMHeadModel
 
     def __init__(self, vocab: Vocab, config: GPTConfig):
         super().__init__()
@@ -180,7 +189,7 @@ class GPTLanguageModel(NeuralLM):
         out = self.gpt(input_ids=contexts, attention_mask=mask, position_ids=positions.clamp(min=0))
         return out.logits[:, -1, :]  # (batch, vocab): the last position predicts the next token
 
-    def batch_logits(self, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def batch_logits(self, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
         """A batch of documents -> (logits, targets) at every position: (batch · time, vocab), (batch · time,)."""
         inputs, targets, mask = (t.to(self.device) for t in batch)
         return self.document_logits(inputs, mask).flatten(0, 1), targets.flatten()
@@ -221,7 +230,7 @@ class WeightLayer:
     def set_matrix(self, matrix: torch.Tensor) -> None:
         """Overwrite the weight in place with an (out, in) matrix of the same shape."""
         with torch.no_grad():
-            self.module.weight.copy_(matrix.T if self.transposed else matrix)
+            cast(torch.Tensor, self.module.weight).copy_(matrix.T if self.transposed else matrix)
 
 
 def is_conv1d(module: nn.Module) -> bool:
@@ -233,7 +242,8 @@ def is_conv1d(module: nn.Module) -> bool:
 
 def as_matrix(module: nn.Module) -> torch.Tensor:
     """Return a layer's weight as a matrix product sees it, (out, in): Conv1D's transposed, others as stored."""
-    return module.weight.T if is_conv1d(module) else module.weight
+    weight = cast(torch.Tensor, module.weight)  # nn.Module types an attribute as Tensor | Module
+    return weight.T if is_conv1d(module) else weight
 
 
 def weight_layers(model: nn.Module, embeddings: bool = True) -> list[WeightLayer]:
@@ -267,5 +277,6 @@ def decode_flops(model: nn.Module, tokens: int = 1) -> float:
     Raises ValueError for tokens < 1.
     """
     check_int("tokens", tokens, 1)
-    weights = sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear) or is_conv1d(m))
+    weights = sum(cast(torch.Tensor, m.weight).numel() for m in model.modules()
+                  if isinstance(m, nn.Linear) or is_conv1d(m))
     return 2.0 * weights * tokens

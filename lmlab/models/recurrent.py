@@ -103,6 +103,7 @@ class RecurrentLanguageModel(NeuralLM):
         self.embed = nn.Embedding(config.vocab_size, config.embed_dim)
         self.drop = nn.Dropout(config.dropout)
         layer_dropout = config.dropout if config.n_layer > 1 else 0.0
+        self.rnn: nn.RNNBase
         if config.cell == "lstm":
             self.rnn = nn.LSTM(config.embed_dim, config.hidden_dim, config.n_layer, batch_first=True,
                                dropout=layer_dropout)
@@ -161,7 +162,7 @@ class RecurrentLanguageModel(NeuralLM):
         output, _ = self.rnn(self.drop(self.embed(inputs)))  # (batch, time, hidden)
         return self.logits_from(output)
 
-    def batch_logits(self, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def batch_logits(self, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
         """A batch of documents -> (logits, targets) at every position: (batch · time, vocab), (batch · time,)."""
         inputs, targets, mask = (t.to(self.device) for t in batch)
         return self.document_logits(inputs, mask).flatten(0, 1), targets.flatten()
