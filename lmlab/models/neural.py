@@ -40,6 +40,7 @@ class NeuralLM(nn.Module):
     vocab: Vocab
     context_size: int
     config: Any  # the kind's config: MLPConfig, GPTConfig or lmlab.models.recurrent.RecurrentConfig
+    card: dict[str, Any]  # a loaded checkpoint's card (lmlab.models.checkpoints.load_checkpoint sets it)
     # GPT and recurrent models only (lmlab.models.scoring asks hasattr): (batch, time) ids, mask -> (batch, time, vocab)
     document_logits: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 

@@ -40,6 +40,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from numbers import Real
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import pandas as pd
@@ -88,7 +89,7 @@ class NGramModel:
     ``discount`` as fitted. Build one with ``NGramModel.fit`` or ``NGramModel.from_examples``.
     """
 
-    def __init__(self, vocab: Vocab, n: int, smoothing: str, k: float, discounts: list[np.ndarray],
+    def __init__(self, vocab: Vocab, n: int, smoothing: str, k: float, discounts: Sequence[Sequence[float]],
                  levels: list[_Level], estimated: list[bool] | None = None):
         self.vocab, self.n, self.smoothing, self.k = vocab, n, smoothing, k
         self.context_size = n - 1
@@ -97,7 +98,7 @@ class NGramModel:
         self.discounts = [tuple(float(d) for d in ds) for ds in discounts]
         self.discount = self.discounts[0][0] if smoothing == "kneser-ney" else None
         self.discounts_estimated = estimated or [False] * len(discounts)
-        self._base = None  # Kneser-Ney: P_1, the same for every context, computed once
+        self._base = np.empty(0)  # Kneser-Ney: P_1, the same for every context, computed once
         if smoothing in KNESER_NEY:
             self._discounted, self._mass = [], []  # per level: c − D(c) per n-gram, Σ_w D(c(h w)) per context
             for level, ds in zip(levels, discounts):
@@ -150,9 +151,9 @@ class NGramModel:
             raise ValueError(f"contexts has shape {contexts.shape} and targets {targets.shape}; "
                              f"n={n} needs ({len(targets)}, {n - 1}) and ({len(targets)},)")
         V = len(vocab)
-        for name, ids in (("contexts", contexts), ("targets", targets)):
-            if ids.size and (ids.min() < 0 or ids.max() >= V):
-                raise ValueError(f"{name} holds token id {ids.min() if ids.min() < 0 else ids.max()}, "
+        for name, given in (("contexts", contexts), ("targets", targets)):
+            if given.size and (given.min() < 0 or given.max() >= V):
+                raise ValueError(f"{name} holds token id {given.min() if given.min() < 0 else given.max()}, "
                                  f"outside [0, {V - 1}] for this vocabulary")
         kneser_ney = smoothing in KNESER_NEY
         # The longest context suffix each row may use: all of it, or (Kneser-Ney) up to its single <s>.
@@ -177,6 +178,7 @@ class NGramModel:
         for j in range(n - 2, -1, -1):
             if kneser_ney:
                 above = levels[j + 1]
+                assert above is not None  # set by the previous iteration (or before the loop)
                 above_context = np.repeat(np.arange(len(above.totals)), np.diff(above.starts))
                 keys = above.context_parent[above_context] * V + above.keys % V  # N1+(• h' w): one per distinct h w
                 start = usable == j  # rows whose usable context begins with <s> (j >= 1): raw counts
@@ -185,12 +187,13 @@ class NGramModel:
             else:
                 level_keys, level_counts = np.unique(ids[j] * V + targets, return_counts=True)
             levels[j] = _make_level(context_keys[j], parents[j], level_keys, level_counts, V)
+        filled = cast(list[_Level], levels)  # every level was set above
         if smoothing == "modified-kneser-ney" and fixed is None:
-            estimated = [estimate_discounts(level.counts) for level in levels]
+            estimated = [estimate_discounts(level.counts) for level in filled]
             discounts, ok = [d for d, _ in estimated], [good for _, good in estimated]
         else:
             discounts, ok = [fixed or (0.0, 0.0, 0.0)] * n, [False] * n
-        return cls(vocab, n, smoothing, float(k), discounts, levels, ok)
+        return cls(vocab, n, smoothing, float(k), discounts, filled, ok)
 
     # ----- the language-model interface ----------------------------------------------------------
     def next_token_logprobs(self, contexts: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -330,8 +333,8 @@ class NGramModel:
         for j in range(1, self.n):  # backoff weights γ(h), stored on the j-gram h itself
             level = self._levels[j]
             gammas = np.log10(self._mass[j] / level.totals)
-            for gram, gamma in zip(tokens[j].tolist(), gammas.tolist()):
-                entries[j - 1].setdefault(tuple(gram), [-99.0, 0.0])[1] = gamma
+            for context, gamma in zip(tokens[j].tolist(), gammas.tolist()):
+                entries[j - 1].setdefault(tuple(context), [-99.0, 0.0])[1] = gamma
         lines = ["", "\\data\\"] + [f"ngram {m + 1}={len(e)}" for m, e in enumerate(entries)]
         for m, table in enumerate(entries):
             lines += ["", f"\\{m + 1}-grams:"]
@@ -557,7 +560,8 @@ def estimate_discounts(counts: np.ndarray) -> tuple[tuple[float, float, float], 
     if min(n[1:]) == 0:
         return FALLBACK_DISCOUNTS, False
     y = n[1] / (n[1] + 2 * n[2])
-    d = tuple(k - (k + 1) * y * n[k + 1] / n[k] for k in (1, 2, 3))
+    d1, d2, d3 = (k - (k + 1) * y * n[k + 1] / n[k] for k in (1, 2, 3))
+    d = (d1, d2, d3)
     if not all(0 < dk < k for k, dk in zip((1, 2, 3), d)):
         return FALLBACK_DISCOUNTS, False
     return d, True
@@ -575,7 +579,8 @@ def _check_discount(smoothing: str, discount) -> tuple[float, float, float] | No
         if len(values) != 3 or not all(_is_real(d) and 0 < d < k for k, d in zip((1, 2, 3), values)):
             raise ValueError(f"discount={discount!r} is out of range; modified Kneser-Ney takes None (estimate "
                              "them) or three numbers (D1, D2, D3+) with 0 < D1 < 1, 0 < D2 < 2, 0 < D3+ < 3")
-        return tuple(float(d) for d in values)
+        d1, d2, d3 = (float(d) for d in values)
+        return d1, d2, d3
     return None
 
 
