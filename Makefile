@@ -10,12 +10,13 @@ LAB_STAMP  := $(VENV)/.lab-installed
 TEST_STAMP := $(VENV)/.test-installed
 PIP := $(BIN)/python -m pip --disable-pip-version-check
 
-.PHONY: lab test quick setup setup-test bench clean-venv help
+.PHONY: lab test quick lint setup setup-test bench clean-venv help
 
 help:
 	@echo "make lab    set up .venv and open JupyterLab on notebooks/"
 	@echo "make test   set up .venv and run the unit tests and every notebook (strict nbval)"
 	@echo "make quick  the same tests, skipping those marked slow"
+	@echo "make lint   ruff, mypy and import-linter only (make test runs them too, in tests/test_guardrails.py)"
 	@echo "make bench  run the speed comparisons in benchmarks/"
 
 $(BIN)/python:
@@ -56,6 +57,12 @@ test: setup-test
 quick: setup-test
 	$(BIN)/python -m pytest tests -n $(WORKERS) --dist loadfile -m "not slow"
 	$(BIN)/python -m pytest notebooks -m "not slow"
+
+# The guardrails alone, for contributors: lint and import order, types of lmlab/, the layers and no cycles.
+lint: setup-test
+	$(BIN)/ruff check lmlab tests benchmarks
+	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 bench: setup-test
 	@for script in benchmarks/bench_*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done

@@ -1,0 +1,95 @@
+"""Guardrails that `make test` runs: ruff (lint, import order), mypy (types of lmlab/), import-linter (the layers).
+
+Also: lmlab's docstrings name every package and module, and a deliberate upward import is caught.
+`make lint` runs the three tools directly.
+"""
+
+import ast
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+LMLAB = ROOT / "lmlab"
+BIN = Path(sys.executable).parent  # the virtual environment's bin: ruff, mypy and lint-imports live beside python
+
+
+def run_tool(*args: str, cwd: Path = ROOT, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run one of the venv's tools with this checkout's lmlab first on the path; return what it printed."""
+    executable = BIN / args[0]
+    if not executable.exists():
+        pytest.fail(f"{executable} is missing; `make setup-test` installs it from requirements-dev.txt")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(cwd), os.environ.get("PYTHONPATH")]))}
+    return subprocess.run([str(executable), *args[1:]], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def assert_clean(result: subprocess.CompletedProcess) -> None:
+    command = " ".join(Path(result.args[0]).name if i == 0 else a for i, a in enumerate(result.args))
+    assert result.returncode == 0, f"{command} exited {result.returncode}:\n{result.stdout}{result.stderr}"
+
+
+def test_ruff_finds_nothing():
+    assert_clean(run_tool("ruff", "check", "lmlab", "tests", "benchmarks"))
+
+
+def test_mypy_finds_nothing_in_lmlab():
+    # The files and settings are pyproject.toml's [tool.mypy]; .mypy_cache makes a second run take seconds.
+    assert_clean(run_tool("mypy"))
+
+
+def test_import_linter_keeps_every_contract():
+    result = run_tool("lint-imports")
+    assert_clean(result)
+    assert "0 broken" in result.stdout
+
+
+def packages() -> list[Path]:
+    return sorted(p.parent for p in LMLAB.glob("*/__init__.py"))
+
+
+def modules(folder: Path) -> list[str]:
+    return sorted(p.stem for p in folder.glob("*.py") if not p.stem.startswith("__"))
+
+
+def package_lines(docstring: str, package: str) -> str:
+    """The lines of lmlab's docstring about ``package``: from its ``lmlab.package`` entry to the next entry."""
+    lines = docstring.splitlines()
+    start = next((i for i, line in enumerate(lines) if f"``lmlab.{package}``" in line), None)
+    assert start is not None, f"lmlab/__init__.py's docstring does not name ``lmlab.{package}``"
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].lstrip().startswith("- ``lmlab.")), len(lines))
+    return "\n".join(lines[start:end])
+
+
+def test_lmlab_docstring_names_every_package_and_module():
+    docstring = ast.get_docstring(ast.parse((LMLAB / "__init__.py").read_text(encoding="utf-8"))) or ""
+    assert packages(), "lmlab/ has no packages"
+    for module in modules(LMLAB):  # top-level modules such as the command line
+        assert f"``lmlab.{module}``" in docstring, f"lmlab/__init__.py's docstring does not name lmlab.{module}"
+    for folder in packages():
+        lines = package_lines(docstring, folder.name)
+        missing = [m for m in modules(folder) if m not in lines]
+        assert not missing, f"lmlab/__init__.py's entry for lmlab.{folder.name} does not name {missing}:\n{lines}"
+
+
+@pytest.mark.parametrize("folder", packages(), ids=lambda p: p.name)
+def test_each_package_docstring_lists_its_modules(folder):
+    docstring = ast.get_docstring(ast.parse((folder / "__init__.py").read_text(encoding="utf-8"))) or ""
+    missing = [m for m in modules(folder) if f"``{m}``" not in docstring]
+    assert not missing, f"lmlab/{folder.name}/__init__.py's docstring does not list {missing}"
+
+
+def test_an_upward_import_breaks_a_contract(tmp_path):
+    # A throwaway copy of lmlab with one upward import: measuring (the bottom layer) importing the models.
+    shutil.copytree(LMLAB, tmp_path / "lmlab", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
+    timing = tmp_path / "lmlab" / "measure" / "timing.py"
+    timing.write_text(timing.read_text(encoding="utf-8") + "\nimport lmlab.models  # noqa: E402\n",
+                      encoding="utf-8")
+    result = run_tool("lint-imports", "--no-cache", cwd=tmp_path)
+    assert result.returncode != 0, f"lint-imports missed lmlab.measure.timing -> lmlab.models:\n{result.stdout}"
+    assert "BROKEN" in result.stdout and "lmlab.measure.timing -> lmlab.models" in result.stdout, result.stdout
