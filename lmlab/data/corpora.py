@@ -133,7 +133,7 @@ def kjv_verses() -> list[tuple[int, str]]:
     """
     with sqlite3.connect(f"file:{_kjv_db()}?mode=ro", uri=True) as conn:
         rows = conn.execute("SELECT TestamentID, BookID, Passage1, Passage2 FROM Bible ORDER BY rowid").fetchall()
-    verses = []
+    verses: list[tuple[int, str]] = []
     for testament, book, first, second in rows:
         number = int(book) + (39 if int(testament) == 2 else 0)
         text = f"{first or ''} {second or ''}"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import cast
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -85,7 +86,7 @@ def tradeoff_plot(
     if ax is None:
         fig, ax = plt.subplots(figsize=(11, 6.5))
     else:
-        fig = ax.figure
+        fig = cast(Figure, ax.figure)  # an Axes of a subfigure is not drawn here
     techniques = list(dict.fromkeys(r.technique for r in results))
     colors = plt.get_cmap("tab10")
     for i, technique in enumerate(techniques):
@@ -190,7 +191,7 @@ def finish_axes(ax: Axes, xlabel: str, ylabel: str, title: str, legend_loc: str 
     ax.tick_params(labelsize=FONT_SIZE - 2)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=FONT_SIZE - 3, loc=legend_loc)
-    ax.figure.tight_layout()
+    cast(Figure, ax.figure).tight_layout()
 
 
 # Where a label may go relative to its point, in points, tried in this order until one overlaps no other label.

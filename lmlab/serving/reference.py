@@ -74,7 +74,7 @@ def transformers_continuous_batching(model, tokenizer, prompts_ids: list[list[in
 def _run(manager, prompts_ids: list[list[int]], max_new_tokens: int) -> list:
     """Submit the prompts to a running manager and wait for all of them; return their outputs in order."""
     request_ids = manager.add_requests(inputs=prompts_ids, max_new_tokens=max_new_tokens)
-    done = {}
+    done: dict[str, object] = {}  # request id -> its finished output
     while len(done) < len(request_ids):
         result = manager.get_result(timeout=1)
         if result is not None and result.is_finished():

@@ -60,8 +60,9 @@ class Momentum(SGD):
             if p.grad is None:
                 continue
             v = self.velocity[i]
-            self.velocity[i] = p.grad.clone() if v is None else self.momentum * v + p.grad
-            p -= self.lr * self.velocity[i]
+            v = p.grad.clone() if v is None else self.momentum * v + p.grad
+            self.velocity[i] = v
+            p -= self.lr * v
 
 
 class Adam(SGD):
