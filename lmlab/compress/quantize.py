@@ -188,7 +188,7 @@ def quantize_model(model: nn.Module, bits: int | None = None, *, step_Q: float |
     if bits is not None:
         check_bits(bits)
         _grouped(torch.zeros(1, 1), granularity, 1)  # an unknown granularity fails before any copying
-    else:
+    elif step_Q is not None:  # always, as exactly one of the two is given
         _check_step(step_Q)
     sources = weight_layers(model, embeddings=embeddings)
     copied = copy.deepcopy(model) if out is None else out
@@ -199,8 +199,11 @@ def quantize_model(model: nn.Module, bits: int | None = None, *, step_Q: float |
     for source, target in zip(sources, targets):
         matrix = source.matrix.detach()  # (out, in)
         try:
-            new = quantize(matrix, step_Q) if bits is None else fake_quantize(matrix, bits, symmetric, granularity,
-                                                                              group_size)
+            if bits is not None:
+                new = fake_quantize(matrix, bits, symmetric, granularity, group_size)
+            else:
+                assert step_Q is not None  # exactly one of bits and step_Q is given (checked above)
+                new = quantize(matrix, step_Q)
         except ValueError as err:
             raise ValueError(f"layer {source.name!r}: {err}") from None
         target.set_matrix(new)

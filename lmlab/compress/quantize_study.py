@@ -22,12 +22,15 @@ import dataclasses
 import functools
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, cast
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
 from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.container import ErrorbarContainer
 from matplotlib.figure import Figure
 from matplotlib.font_manager import FontProperties
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter, NullLocator
@@ -49,6 +52,9 @@ from lmlab.measure.runtime import check_int
 from lmlab.models.lm import deep_contexts, evaluate, measure
 from lmlab.models.neural import GPTLanguageModel, weight_layers
 from lmlab.models.pretrained import measure_llm, perplexity
+
+if TYPE_CHECKING:  # matplotlib.typing names what a colour may be; the annotation only names its type
+    from matplotlib.typing import ColorType
 
 UNITS = ("word", "letter", "sub-word token")
 
@@ -104,7 +110,7 @@ def granularity_errors(model: nn.Module, widths: Iterable[int], group_size: int)
     per granularity (per tensor, per channel, per group of ``group_size``)."""
     layers = [layer.matrix.detach() for layer in weight_layers(model)]
     count = sum(m.numel() for m in layers)
-    table = {}
+    table: dict[str, dict[str, float]] = {}
     for bits in widths:
         for granularity in GRANULARITIES:
             error = sum(((fake_quantize(m, bits, granularity=granularity, group_size=group_size) - m) ** 2).sum()
@@ -506,7 +512,9 @@ def tradeoff_figure(panels: Sequence[tuple]) -> Figure:
         ax.set_xlim(low, high)
         ax.set_ylabel(f"next-{unit} accuracy", fontsize=FONT_SIZE)
         handles, labels = ax.get_legend_handles_labels()
-        ax.get_legend().remove()
+        legend = ax.get_legend()
+        assert legend is not None  # tradeoff_plot draws one; it is redrawn below the axes
+        legend.remove()
         ax.legend(handles, labels, fontsize=FONT_SIZE - 3, loc="upper center", bbox_to_anchor=(0.5, -0.12),
                   ncol=3 if ax is axes[0] else 2)
     fig.tight_layout(h_pad=2)
@@ -515,10 +523,11 @@ def tradeoff_figure(panels: Sequence[tuple]) -> Figure:
     return fig
 
 
-def _recolour(ax: Axes, palette: Mapping[str, object]) -> None:
+def _recolour(ax: Axes, palette: Mapping[str, ColorType]) -> None:
     """Give every error-bar series on ``ax`` its technique's colour from ``palette`` (hollow markers stay hollow)."""
     for container in ax.containers:
         label = container.get_label()
+        assert isinstance(container, ErrorbarContainer) and label is not None  # tradeoff_plot's labelled series
         technique = label.removesuffix(" (speed simulated)")
         if technique not in palette:
             continue
@@ -550,7 +559,7 @@ def label_points(ax: Axes, rows: Sequence[Result], x: str = "median_ms", y: str 
     fig = ax.figure
     ax.autoscale_view()
     fig.canvas.draw()  # fixes the layout and limits, so pixel positions hold
-    renderer = fig.canvas.get_renderer()
+    renderer = cast(FigureCanvasAgg, fig.canvas).get_renderer()  # Agg's canvas (inline too) has a renderer
     to_pixels = ax.transData.transform
     scale = fig.dpi / 72  # points to pixels
     box = ax.get_window_extent()
@@ -576,7 +585,7 @@ def label_points(ax: Axes, rows: Sequence[Result], x: str = "median_ms", y: str 
     for r in sorted(rows, key=lambda r: (getattr(r, x), getattr(r, y))):
         px, py = to_pixels((getattr(r, x), getattr(r, y)))
         width, height, _ = renderer.get_text_width_height_descent(r.name, font, ismath=False)
-        best = None
+        best: tuple[float, tuple[float, float, float, float], int] | None = None  # (cost, box, ring)
         for ring in _RINGS:
             for dx, dy in _DIRECTIONS:
                 ox, oy = dx * ring * scale, dy * ring * scale
@@ -591,8 +600,10 @@ def label_points(ax: Axes, rows: Sequence[Result], x: str = "median_ms", y: str 
                     best = (cost, candidate, ring)
                 if cost == 0:
                     break
+            assert best is not None  # _DIRECTIONS is not empty
             if best[0] == 0:
                 break
+        assert best is not None  # _RINGS is not empty
         _, candidate, ring = best
         placed.append(candidate)
         offset = ((candidate[0] - px) / scale, (candidate[1] - py) / scale)  # points from the point

@@ -28,6 +28,7 @@ import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, cast
 
 import torch
 from torch import nn
@@ -38,6 +39,9 @@ from lmlab.measure.results import Result
 from lmlab.measure.runtime import check_int, default_threads, pick_device, synchronize, torch_threads
 from lmlab.measure.timing import Timing
 from lmlab.models.neural import GPTLanguageModel
+
+if TYPE_CHECKING:  # transformers is imported where a cache is built; the annotations only name its types
+    from transformers import PretrainedConfig
 
 BACKENDS = ("eager", "compile", "onnx", "onnx-int8")
 
@@ -58,6 +62,11 @@ class CausalLM:
     pad_id: int
     window: int  # the most positions the model can attend to (prompt + new tokens)
     source: nn.Module  # what was wrapped: lmlab's GPT, or the transformers model itself
+
+    @property
+    def config(self) -> PretrainedConfig:
+        """Return ``core``'s transformers config (vocabulary size, window, layers)."""
+        return cast("PretrainedConfig", self.core.config)  # nn.Module types an attribute as Tensor | Module
 
 
 def as_causal_lm(model: nn.Module, tokenizer=None, name: str | None = None, level: str = "word") -> CausalLM:
@@ -87,7 +96,7 @@ def as_causal_lm(model: nn.Module, tokenizer=None, name: str | None = None, leve
         return CausalLM(name or getattr(model.config, "name_or_path", "") or type(model).__name__, model,
                         lambda text: tokenizer(text).input_ids,
                         lambda ids: tokenizer.decode(list(ids), skip_special_tokens=True),
-                        eos, pad, model.config.max_position_embeddings, model)
+                        eos, pad, cast("PretrainedConfig", model.config).max_position_embeddings, model)
     raise ValueError(f"model of type {type(model).__name__} is not a causal LM lmlab can decode; use lmlab's GPT "
                      f"or a transformers causal LM with its tokenizer")
 
@@ -120,7 +129,7 @@ class TorchStep:
         if use_cache and past is None:
             from transformers import DynamicCache
 
-            past = DynamicCache(config=self.core.config)
+            past = DynamicCache(config=cast("PretrainedConfig", self.core.config))  # a transformers model's config
         forward = self.forward if input_ids.shape[1] == 1 else self.core
         out = forward(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                            use_cache=use_cache, **{self.cache_arg: past if use_cache else None}, **self.last_only)
@@ -363,7 +372,7 @@ def _prompt_ids(lm: CausalLM, prompts) -> list[list[int]]:
         if (isinstance(prompt, str) and not prompt.strip()) or len(prompt) == 0:
             raise ValueError(f"prompt {i} is empty; give at least one token of text")
         row = lm.encode(prompt) if isinstance(prompt, str) else [int(t) for t in prompt]
-        vocab_size = lm.core.config.vocab_size
+        vocab_size = lm.config.vocab_size
         if min(row) < 0 or max(row) >= vocab_size:
             raise ValueError(f"prompt {i} holds a token id outside [0, {vocab_size - 1}]")
         rows.append(row)

@@ -20,6 +20,7 @@ import re
 from dataclasses import dataclass
 from numbers import Real
 from pathlib import Path
+from typing import cast
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -184,11 +185,11 @@ def decode_floor_ms(weight_bytes: int, bandwidth_gbs: float, kv_cache_bytes: int
     not change the step's floor; the floor per token is floor_ms / batch_size.
     Raises ValueError for negative byte counts, bandwidth_gbs <= 0 or not finite, or batch_size < 1.
     """
-    weight_bytes = _check_real("weight_bytes", weight_bytes, low_inclusive=True)
+    weights = _check_real("weight_bytes", weight_bytes, low_inclusive=True)  # bytes, as a float
     bandwidth_gbs = _check_real("bandwidth_gbs", bandwidth_gbs)
-    kv_cache_bytes = _check_real("kv_cache_bytes", kv_cache_bytes, low_inclusive=True)
+    kv_cache = _check_real("kv_cache_bytes", kv_cache_bytes, low_inclusive=True)  # bytes, as a float
     check_int("batch_size", batch_size, 1)
-    return (weight_bytes + kv_cache_bytes) / (bandwidth_gbs * 1e6)
+    return (weights + kv_cache) / (bandwidth_gbs * 1e6)
 
 
 def predicted_decode_ms(weight_bytes: int, gpu: str) -> float:
@@ -254,7 +255,7 @@ def roofline_plot(peak_gflops: float, bandwidth_gbs: float, points: list[tuple[s
     if ax is None:
         fig, ax = plt.subplots(figsize=(11, 6.5))
     else:
-        fig = ax.figure
+        fig = cast(Figure, ax.figure)  # an Axes of a subfigure is not drawn here
     ax.loglog(grid, roof, color="black", lw=2.5,
               label=f"roof: min({peak_gflops:.4g} GFLOP/s, I × {bandwidth_gbs:.4g} GB/s)")
     ax.axvspan(lo, ridge, color="tab:blue", alpha=0.07)

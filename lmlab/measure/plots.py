@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -17,6 +17,9 @@ from matplotlib.ticker import FixedLocator, FuncFormatter, LogFormatter, NullFor
 
 from lmlab.measure.results import Result
 from lmlab.measure.runtime import device_name
+
+if TYPE_CHECKING:  # matplotlib.typing names the legend positions; the annotation only names its type
+    from matplotlib.typing import LegendLocType
 
 FONT_SIZE = 14  # readable on a projector
 
@@ -75,7 +78,7 @@ def tradeoff_plot(
         if any(getattr(r, axis) is None for r in results):
             raise ValueError(f"{axis!r} is missing from some rows; every row needs it for this plot")
     if y == "perplexity":
-        results = [r for r in results if math.isfinite(r.perplexity)]
+        results = [r for r in results if r.perplexity is not None and math.isfinite(r.perplexity)]
         if not results:
             raise ValueError("every row has an infinite perplexity: nothing to plot")
     if hardware is None:
@@ -183,7 +186,7 @@ def log_ticks(low: float, high: float, at_least: int = 3) -> list[float]:
     return ticks
 
 
-def finish_axes(ax: Axes, xlabel: str, ylabel: str, title: str, legend_loc: str = "best") -> None:
+def finish_axes(ax: Axes, xlabel: str, ylabel: str, title: str, legend_loc: LegendLocType = "best") -> None:
     """Label, title, grid and legend a plot in the workbook's projector-sized fonts; tighten its figure."""
     ax.set_xlabel(xlabel, fontsize=FONT_SIZE)
     ax.set_ylabel(ylabel, fontsize=FONT_SIZE)

@@ -16,7 +16,7 @@ import torch
 from matplotlib.figure import Figure
 from torch import nn
 
-from lmlab.inference.decode import generate, make_step, stream, stream_speed
+from lmlab.inference.decode import CausalLM, generate, make_step, stream, stream_speed
 from lmlab.measure.runtime import check_int
 from lmlab.measure.timing import Timing, time_ms
 from lmlab.models.lm import LanguageModel, make_context
@@ -195,6 +195,7 @@ class CompressionPanel:
         start = time.perf_counter()
         compressed = knob.apply(model, value)
         compressed = getattr(compressed, "model", compressed)
+        assert isinstance(compressed, nn.Module)  # Method.apply returns a model, or a Compressed holding one
         with torch.no_grad():
             scores = evaluate_fn(compressed)
         params = {id(p): p for p in compressed.parameters()}.values()
@@ -269,7 +270,7 @@ class DecodePanel:
 
     PATHS = {"float32, PyTorch eager": "eager", "int8, ONNX Runtime": "onnx-int8"}
 
-    def __init__(self, models: Mapping[str, object], prompt: str = "", max_new_tokens: int = 24):
+    def __init__(self, models: Mapping[str, CausalLM], prompt: str = "", max_new_tokens: int = 24):
         import ipywidgets as widgets
 
 

@@ -93,9 +93,10 @@ class Ticket:
 
     def result(self, timeout_s: float = 120.0) -> tuple[list[int], Event]:
         """Wait for the end; return (the reply's token ids, the done event)."""
-        tokens = []
+        tokens: list[int] = []
         for event in self.events(timeout_s):
             if event.kind == "token":
+                assert event.token is not None  # a token event carries its id
                 tokens.append(event.token)
             else:
                 return tokens, event
@@ -266,7 +267,7 @@ class Engine:
         """Raise ValueError if the prompt is empty, holds an unknown id, or does not fit the window."""
         if len(ids) == 0:
             raise ValueError("prompt is empty; give at least one token")
-        vocab = self.lm.core.config.vocab_size
+        vocab = self.lm.config.vocab_size
         if min(ids) < 0 or max(ids) >= vocab:
             raise ValueError(f"prompt holds a token id outside [0, {vocab - 1}]")
         check_int("max_new_tokens", max_new_tokens, 1, self.lm.window)
@@ -341,7 +342,7 @@ class Engine:
         slots = 1 if self.policy == "sequential" else self.max_batch
         if self.policy == "static" and self._rows:
             return []
-        admitted = []
+        admitted: list[_Request] = []
         while self._waiting and len(self._rows) + len(admitted) < slots:
             request = self._waiting.popleft()
             if request.ticket.cancelled.is_set():
@@ -451,6 +452,7 @@ class Engine:
         if not self._rows:
             self._mask, self._past = mask, _from_pairs(pairs, self.step, self.lm)
         else:
+            assert self._mask is not None  # a batch with rows has a mask
             batch_pairs = _to_pairs(self._past)
             length = max(mask.shape[1], self._mask.shape[1])
             merged = [(torch.cat([_left_pad(bk, length), _left_pad(k, length)]),
@@ -467,6 +469,7 @@ class Engine:
         if not keep:
             self._rows, self._past, self._mask = [], None, None
             return
+        assert self._mask is not None  # a batch with rows has a mask
         index = torch.tensor(keep)
         mask = self._mask.index_select(0, index)
         first = int(mask.any(0).nonzero()[0])  # the first column some row still uses
@@ -478,6 +481,7 @@ class Engine:
     def _decode(self) -> None:
         """One decode step for every row of the batch."""
         rows = self._rows
+        assert self._mask is not None  # a batch with rows has a mask
         feed = torch.tensor([[r.new[-1]] for r in rows])  # (B, 1): each row's newest token
         mask = torch.cat([self._mask, torch.ones((len(rows), 1), dtype=torch.long)], dim=1)  # (B, L + 1)
         positions = torch.tensor([[len(r.ids) + len(r.new) - 1] for r in rows])  # (B, 1)
@@ -564,5 +568,5 @@ def _from_pairs(pairs, step, lm: CausalLM):
     if isinstance(step, TorchStep):
         from transformers import DynamicCache
 
-        return DynamicCache(ddp_cache_data=pairs, config=lm.core.config)
+        return DynamicCache(ddp_cache_data=pairs, config=lm.config)
     return [t.numpy() for pair in pairs for t in pair]

@@ -524,7 +524,8 @@ class TransformerClassifier(TextClassifier):
         config = BertConfig(vocab_size=vocab_size, hidden_size=self.dim, num_hidden_layers=self.layers,
                             num_attention_heads=self.heads, intermediate_size=2 * self.dim,
                             max_position_embeddings=self.max_length + 1, pad_token_id=PAD,
-                            attn_implementation="eager")
+                            attn_implementation="eager")  # type: ignore[call-arg]  # transformers 5's typed
+        # BertConfig signature omits the keyword arguments every config accepts at run time (attn_implementation)
         self.bert = BertModel(config, add_pooling_layer=True)
         self.mlm = BertOnlyMLMHead(config)
         self.head = nn.Linear(self.dim, n_classes)

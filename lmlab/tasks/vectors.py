@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, NamedTuple
 
+import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -404,7 +405,7 @@ def pca_plot(vector_sets: dict[str, WordVectors], groups: dict[str, Sequence[str
     for ax, (name, wv) in zip(axes[0], vector_sets.items()):
         xy, share = pca_2d(wv._unit[[wv._id(w, "groups") for w in words]])
         start = 0
-        for colour, (group, members) in zip(plt.cm.tab10.colors, groups.items()):
+        for colour, (group, members) in zip(matplotlib.color_sequences["tab10"], groups.items()):
             part = xy[start:start + len(members)]
             ax.scatter(part[:, 0], part[:, 1], s=60, color=colour, label=group)
             start += len(members)
