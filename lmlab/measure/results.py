@@ -57,7 +57,7 @@ class Result:
 
     @property
     def accuracy_se(self) -> float | None:
-        """The binomial standard error of the accuracy, sqrt(p (1 - p) / n) (``binomial_se``); None when n is unknown."""
+        """The binomial standard error of the accuracy, sqrt(p (1 - p) / n) (``binomial_se``); None if n is unknown."""
         if not self.predictions:
             return None
         return binomial_se(self.accuracy, self.predictions)

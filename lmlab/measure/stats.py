@@ -145,7 +145,7 @@ def paired_nll_interval(first_nll, second_nll, tokens, level: float = 0.95, resa
 
 def paired_accuracy_interval(first_correct, second_correct, tokens, level: float = 0.95, resamples: int = 2000,
                              seed: int = 0) -> tuple[float, float, float]:
-    """Compare two models' accuracies on the same documents: Δ = Σ correct_first / Σ tokens − Σ correct_second / Σ tokens.
+    """Compare two models' accuracies on the same documents: Δ = (Σ correct_first − Σ correct_second) / Σ tokens.
 
     The paired bootstrap of ``paired_nll_interval``, on right guesses per document. Returns (Δ, low, high) as a
     fraction of predictions; Δ > 0: ``first`` is more accurate. Raises ValueError as ``paired_nll_interval`` does.
