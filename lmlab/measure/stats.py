@@ -173,7 +173,7 @@ class Comparison:
         """"within noise", or "higher, beyond noise" (first above second) or "lower, beyond noise"."""
         if self.within_noise:
             return "within noise"
-        return ("higher" if self.delta > 0 else "lower") + ", beyond noise"
+        return ("higher" if self.low > 0 else "lower") + ", beyond noise"
 
     @property
     def how(self) -> str:
