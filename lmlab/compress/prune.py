@@ -490,13 +490,13 @@ def removal_plot(results: pd.DataFrame, title: str = ""):
                         color=colors(i % 10), label=method)
     for ax in axes:
         ax.axhline(dense.perplexity, color="black", ls="--", lw=1.2, label=f"dense: {dense.perplexity:.2f}")
-        ax.axhspan(dense.low, dense.high, color="gray", alpha=0.15)
+        ax.axhspan(dense.low, dense.high, color="gray", alpha=0.15, label="dense: 95% bootstrap interval")
         ax.set_yscale("log")
         plain_log_ticks(ax.yaxis)
     finish_axes(axes[0], "share of the dense model's non-zero parameters removed", "perplexity, log scale "
                 "(lower is better)", f"{title}\nparameters removed (bars: 95% bootstrap over documents)")
     finish_axes(axes[1], "MB the copy needs as it runs (float32; sharing: codebook + b-bit indices)",
-                "perplexity, log scale (lower is better)", f"{title}\nbytes stored")
+                "perplexity, log scale (lower is better)", f"{title}\nbytes stored (bars: 95% bootstrap over documents)")
     return fig
 
 

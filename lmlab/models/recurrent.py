@@ -216,7 +216,8 @@ def gradient_plot(curves: dict[str, np.ndarray], title: str = "How far back the 
     for label, values in curves.items():
         values = np.atleast_2d(np.asarray(values, dtype=np.float64))  # (rows, K)
         k = np.arange(1, values.shape[1] + 1)
-        line, = ax.plot(k, np.exp(np.log(values).mean(0)), lw=2.5, label=label)
+        band = f" (band: {len(values)} rows' 10th to 90th percentile)" if len(values) > 1 else ""
+        line, = ax.plot(k, np.exp(np.log(values).mean(0)), lw=2.5, label=label + band)
         if len(values) > 1:
             low, high = np.percentile(values, [10, 90], axis=0)
             ax.fill_between(k, low, high, color=line.get_color(), alpha=0.2)
