@@ -496,7 +496,8 @@ def removal_plot(results: pd.DataFrame, title: str = ""):
     finish_axes(axes[0], "share of the dense model's non-zero parameters removed", "perplexity, log scale "
                 "(lower is better)", f"{title}\nparameters removed (bars: 95% bootstrap over documents)")
     finish_axes(axes[1], "MB the copy needs as it runs (float32; sharing: codebook + b-bit indices)",
-                "perplexity, log scale (lower is better)", f"{title}\nbytes stored (bars: 95% bootstrap over documents)")
+                "perplexity, log scale (lower is better)",
+                f"{title}\nbytes stored (bars: 95% bootstrap over documents)")
     return fig
 
 

@@ -201,12 +201,12 @@ def compare(first, second, tokens=None, *, se: tuple[float, float] | None = None
     Raises ValueError when neither or both of ``tokens`` and ``se`` are given, for a negative or non-finite SE or
     se_multiple <= 0, and as ``paired_nll_interval`` does for per-document arrays.
     """
-    if (tokens is None) == (se is None):
-        raise ValueError("give tokens (per-document scores on shared documents: paired) or se=(se_first, se_second) "
-                         f"(unpaired), exactly one; got tokens={'None' if tokens is None else 'arrays'}, se={se!r}")
-    if tokens is not None:
+    if tokens is not None and se is None:
         gap, count = _paired("first", first, second, tokens)
         return Comparison(*_ratio_interval(gap, count, level, resamples, seed), paired=True)
+    if se is None or tokens is not None:
+        raise ValueError("give tokens (per-document scores on shared documents: paired) or se=(se_first, se_second) "
+                         f"(unpaired), exactly one; got tokens={'None' if tokens is None else 'arrays'}, se={se!r}")
     if not (math.isfinite(se_multiple) and se_multiple > 0):
         raise ValueError(f"se_multiple={se_multiple!r} is out of range; use a number of standard errors > 0, e.g. 2")
     if len(se) != 2 or not all(math.isfinite(s) and s >= 0 for s in se):
@@ -218,7 +218,8 @@ def compare(first, second, tokens=None, *, se: tuple[float, float] | None = None
 class Scored(Protocol):
     """What ``within_noise`` reads from a row (``lmlab.measure.results.Result``): its accuracy and standard error."""
 
-    accuracy: float
+    @property
+    def accuracy(self) -> float: ...
 
     @property
     def accuracy_se(self) -> float | None: ...
