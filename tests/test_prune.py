@@ -318,5 +318,7 @@ def test_beaten_by_separates_clear_wins_from_noise():
 
     target = row("target", 0.30, 10.0)
     rows = [target, row("clear", 0.40, 5.0), row("close", 0.31, 5.0), row("slower", 0.50, 20.0),
-            row("masked", 0.50, 1.0, simulated=True), row("worse", 0.20, 1.0), row("near in time", 0.45, 9.5)]
-    assert beaten_by(rows, target) == {"clearly": ["clear"], "within noise": ["close"]}  # 9.5 · 1.1 > 10: not faster
+            row("masked", 0.50, 1.0, simulated=True), row("worse", 0.20, 1.0), row("near in time", 0.45, 9.5),
+            row("apart by 1 SE bars", 0.335, 5.0)]
+    # 9.5 · 1.1 > 10: not faster. 0.335 − 0.30 = 0.035: beyond se₁ + se₂ = 0.029, within 2·√(se₁² + se₂²) = 0.042.
+    assert beaten_by(rows, target) == {"clearly": ["clear"], "within noise": ["close", "apart by 1 SE bars"]}

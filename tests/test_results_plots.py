@@ -1,5 +1,6 @@
 import json
 
+import matplotlib.pyplot as plt
 import pytest
 
 from lmlab.measure.plots import pareto_frontier, tradeoff_plot
@@ -37,6 +38,17 @@ def test_accuracy_carries_its_binomial_standard_error():
     bars = [c for c in ax.collections if c.get_segments() and c.get_segments()[0][0][0] == c.get_segments()[0][1][0]]
     (low, high), = [(seg[0][1], seg[1][1]) for c in bars for seg in c.get_segments()]
     assert high - low == pytest.approx(2 * scored.accuracy_se)
+
+
+def test_every_axis_says_what_its_bars_are():
+    scored = [Result("a", "t", "", 0.25, 1.0, 1.2, predictions=1200), Result("b", "t", "", 0.3, 2.0, 2.5)]
+    ax = tradeoff_plot(scored, hardware="Test CPU").axes[0]
+    assert ax.get_ylabel().endswith("(bars: ±1 SE)") and ax.get_xlabel().endswith("; bar to p90")
+    ax = tradeoff_plot(scored, hardware="Test CPU", se_multiple=2.0, ylabel="accuracy").axes[0]
+    assert ax.get_ylabel() == "accuracy (bars: ±2 SE)"
+    ax = tradeoff_plot([row("c", 0.3, 1.0)], hardware="Test CPU", ylabel="accuracy (± 2 SE)").axes[0]
+    assert ax.get_ylabel() == "accuracy (± 2 SE)"  # the caller's label already says it; no bars drawn here anyway
+    plt.close("all")
 
 
 def test_tradeoff_pair_draws_perplexity_and_accuracy_with_one_legend():
@@ -219,12 +231,12 @@ def test_a_perplexity_axis_shows_three_plain_labels_in_view(perplexities):
     assert low < min(perplexities) and high > max(perplexities)  # every point still in view
 
 
-def test_two_accuracies_are_noise_while_their_two_standard_error_intervals_overlap():
+def test_two_accuracies_are_noise_within_two_standard_errors_of_their_difference():
     from lmlab.measure.stats import accuracy_noise, within_noise
 
     a = Result("a", "t", "", 0.30, 1.0, 1.1, predictions=1000)  # se = sqrt(0.3 · 0.7 / 1000) = 0.01449
-    b = Result("b", "t", "", 0.35, 1.0, 1.1, predictions=1000)  # se = 0.01508
-    assert accuracy_noise(a, b) == pytest.approx(2 * (0.014491 + 0.015083), rel=1e-4)
+    b = Result("b", "t", "", 0.33, 1.0, 1.1, predictions=1000)  # se = 0.01487
+    assert accuracy_noise(a, b) == pytest.approx(2 * (0.014491 ** 2 + 0.014869 ** 2) ** 0.5, rel=1e-4)
     assert within_noise(a, b) and not within_noise(a, b, se_multiple=1.0)
-    assert not within_noise(a, Result("c", "t", "", 0.40, 1.0, 1.1, predictions=1000))
+    assert not within_noise(a, Result("c", "t", "", 0.35, 1.0, 1.1, predictions=1000))  # 0.05 > 2 · 0.0209
     assert accuracy_noise(a, row("no count", 0.5, 1.0)) == pytest.approx(2 * 0.014491, rel=1e-4)

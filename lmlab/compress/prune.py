@@ -34,7 +34,7 @@ from torch.nn.utils import prune as torch_prune
 
 from lmlab.measure.plots import finish_axes, plain_log_ticks
 from lmlab.measure.runtime import check_int
-from lmlab.measure.stats import paired_nll_interval, perplexity_interval
+from lmlab.measure.stats import binomial_se, paired_nll_interval, perplexity_interval, within_noise
 from lmlab.measure.timing import format_ms, time_ms
 from lmlab.models.lm import measure
 from lmlab.models.neural import WeightLayer, as_matrix, is_conv1d, weight_layers
@@ -431,7 +431,7 @@ def sweep_methods(model: nn.Module, sweeps: dict[str, tuple[Callable[[nn.Module,
                      "MB stored": round(compressed.size_bytes / 1e6, 2),
                      "perplexity": round(math.exp(scores["nll_nats"].sum() / n), 2), "low": round(low, 2),
                      "high": round(high, 2), "accuracy": round(accuracy, 4),
-                     "± se": round(math.sqrt(accuracy * (1 - accuracy) / n), 4),
+                     "± se": round(binomial_se(accuracy, int(n)), 4),
                      **dict(zip(("Δ nats", "Δ low", "Δ high"), (round(v, 3) + 0.0 for v in gap)))})
     return pd.DataFrame(rows)
 
@@ -490,13 +490,14 @@ def removal_plot(results: pd.DataFrame, title: str = ""):
                         color=colors(i % 10), label=method)
     for ax in axes:
         ax.axhline(dense.perplexity, color="black", ls="--", lw=1.2, label=f"dense: {dense.perplexity:.2f}")
-        ax.axhspan(dense.low, dense.high, color="gray", alpha=0.15)
+        ax.axhspan(dense.low, dense.high, color="gray", alpha=0.15, label="dense: 95% bootstrap interval")
         ax.set_yscale("log")
         plain_log_ticks(ax.yaxis)
     finish_axes(axes[0], "share of the dense model's non-zero parameters removed", "perplexity, log scale "
                 "(lower is better)", f"{title}\nparameters removed (bars: 95% bootstrap over documents)")
     finish_axes(axes[1], "MB the copy needs as it runs (float32; sharing: codebook + b-bit indices)",
-                "perplexity, log scale (lower is better)", f"{title}\nbytes stored")
+                "perplexity, log scale (lower is better)",
+                f"{title}\nbytes stored (bars: 95% bootstrap over documents)")
     return fig
 
 
@@ -571,14 +572,13 @@ def beaten_by(rows: Sequence, row) -> dict[str, list[str]]:
     """Name the rows that beat ``row`` (a ``lmlab.measure.results.Result``) on both counts, and how clearly.
 
     Another row with real (not simulated) speed is faster when its p90 is below ``row``'s median, and more
-    accurate when its accuracy is higher. "clearly": the accuracies' ± one-standard-error intervals do not
-    overlap; "within noise": they do (higher, but not beyond the noise). Returns {"clearly": [...],
-    "within noise": [...]}, names in the rows' order.
+    accurate when its accuracy is higher. "clearly": higher beyond noise by the one rule for rows
+    (``lmlab.measure.stats.within_noise``: the gap exceeds 2·√(se₁² + se₂²)); "within noise": higher, but not
+    beyond it. Returns {"clearly": [...], "within noise": [...]}, names in the rows' order.
     """
     found = {"clearly": [], "within noise": []}
     for other in rows:
         if other is row or other.simulated or not (other.p90_ms < row.median_ms and other.accuracy > row.accuracy):
             continue
-        gap = (other.accuracy_se or 0.0) + (row.accuracy_se or 0.0)
-        found["clearly" if other.accuracy - row.accuracy > gap else "within noise"].append(other.name)
+        found["within noise" if within_noise(other, row) else "clearly"].append(other.name)
     return found

@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, cast
 
@@ -49,6 +48,7 @@ from lmlab.compress.quantize import (
 from lmlab.measure.plots import FONT_SIZE, log_ticks, pareto_frontier, tradeoff_plot
 from lmlab.measure.results import Result, results_table
 from lmlab.measure.runtime import check_int
+from lmlab.measure.stats import binomial_se, compare, within_noise
 from lmlab.models.lm import deep_contexts, evaluate, measure
 from lmlab.models.neural import GPTLanguageModel, weight_layers
 from lmlab.models.pretrained import measure_llm, perplexity
@@ -237,7 +237,7 @@ def bits_sweep(subject: Subject, widths: Iterable[int] = range(MIN_BITS, MAX_BIT
 def _sweep_row(subject: Subject, weights: str, bits: int, scores: dict, size_bytes: int) -> dict:
     p, n = scores["accuracy"], scores["tokens"]
     return {"model": subject.name, "unit": subject.unit, "corpus": subject.corpus, "weights": weights, "bits": bits,
-            "accuracy": p, "accuracy_se": math.sqrt(p * (1 - p) / n), "perplexity": scores["perplexity"],
+            "accuracy": p, "accuracy_se": binomial_se(p, n), "perplexity": scores["perplexity"],
             "predictions": n, "MB": size_bytes / 1e6}
 
 
@@ -279,7 +279,7 @@ def bits_plot(sweep: pd.DataFrame) -> Figure:
         for weights, line in quantized.groupby("weights", sort=False):
             color = "tab:orange" if weights.startswith("per group") else "tab:blue"  # one colour per granularity
             top.errorbar(line["bits"], line["accuracy"], yerr=line["accuracy_se"], fmt="o-", lw=2.5, ms=7, capsize=4,
-                         color=color, label=weights)
+                         color=color, label=f"{weights} (bars: ±1 SE)")
             bottom.plot(line["bits"], line["perplexity"], "o-", lw=2.5, ms=7, color=color, label=weights)
         band = 2 * reference["accuracy_se"]
         top.axhspan(reference["accuracy"] - band, reference["accuracy"] + band, color="gray", alpha=0.2,
@@ -303,11 +303,6 @@ def bits_plot(sweep: pd.DataFrame) -> Figure:
     return fig
 
 
-def _noise(a_se: float, b_se: float) -> float:
-    """Two standard errors of a difference of two accuracies: 2 · sqrt(se_a² + se_b²)."""
-    return 2 * math.hypot(a_se, b_se)
-
-
 def bits_takeaway(sweep: pd.DataFrame) -> list[str]:
     """For each model and granularity, the fewest bits whose accuracy, and every wider setting's, stays within two
     standard errors of float32's; and what the next width down costs. One printed line each."""
@@ -316,7 +311,7 @@ def bits_takeaway(sweep: pd.DataFrame) -> list[str]:
         reference = part[part["bits"] == 32].iloc[0]
         for weights, line in part[part["bits"] < 32].groupby("weights", sort=False):
             line = line.sort_values("bits", ascending=False)
-            inside = [abs(r.accuracy - reference.accuracy) < _noise(r.accuracy_se, reference.accuracy_se)
+            inside = [compare(r.accuracy, reference.accuracy, se=(r.accuracy_se, reference.accuracy_se)).within_noise
                       for r in line.itertuples()]
             held = 0
             while held < len(inside) and inside[held]:
@@ -426,9 +421,8 @@ def speed_takeaway(rows: Mapping[tuple[str, str], Result], baseline: str) -> lis
         ratio = base.median_ms / row.median_ms
         speed = ("within noise of" if _spread_overlaps(row, base) else
                  f"{ratio:.1f}× faster than" if ratio > 1 else f"{1 / ratio:.1f}× slower than")
-        noise = _noise(row.accuracy_se or 0.0, base.accuracy_se or 0.0)
         change = row.accuracy - base.accuracy
-        accuracy = "within noise" if abs(change) < noise else f"{change:+.4f}, beyond noise"
+        accuracy = "within noise" if within_noise(row, base) else f"{change:+.4f}, beyond noise"
         lines.append(f"{name}: {technique} {speed} {baseline} at batch 1 (median {row.median_ms:.3g} ms against "
                      f"{base.median_ms:.3g} ms); accuracy {row.accuracy:.4f} against {base.accuracy:.4f} ({accuracy}); "
                      f"{row.size_mb:.3f} MB against {base.size_mb:.3f} MB")
@@ -472,8 +466,8 @@ def frontier_takeaway(rows: Sequence[Result], label: str) -> str:
     steps = [frontier[0].name]
     for slower, faster in zip(frontier[1:], frontier):
         gain = slower.accuracy - faster.accuracy
-        noise = _noise(slower.accuracy_se or 0.0, faster.accuracy_se or 0.0)
-        steps.append(f"{slower.name} ({gain:+.4f}, {'within noise' if gain < noise else 'beyond noise'})")
+        noise = "within noise" if within_noise(slower, faster) else "beyond noise"
+        steps.append(f"{slower.name} ({gain:+.4f}, {noise})")
     return f"{label}: on the frontier, fastest first: " + ", then ".join(steps)
 
 
@@ -501,7 +495,7 @@ def tradeoff_figure(panels: Sequence[tuple]) -> Figure:
     grid = fig.add_gridspec(1 if len(panels) == 1 else 2, max(len(panels) - 1, 1))
     axes = [fig.add_subplot(grid[0, :])] + [fig.add_subplot(grid[1, i]) for i in range(len(panels) - 1)]
     for ax, (rows, title, unit, *xlabel) in zip(axes, panels):
-        tradeoff_plot(rows, ax=ax, title=title, xlabel=xlabel[0] if xlabel else None)
+        tradeoff_plot(rows, ax=ax, title=title, xlabel=xlabel[0] if xlabel else None, ylabel=f"next-{unit} accuracy")
         for text in list(ax.texts):  # the frontier's names: label_points names every point instead
             text.remove()
         _recolour(ax, palette)
@@ -510,7 +504,6 @@ def tradeoff_figure(panels: Sequence[tuple]) -> Figure:
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlim(low, high)
-        ax.set_ylabel(f"next-{unit} accuracy", fontsize=FONT_SIZE)
         handles, labels = ax.get_legend_handles_labels()
         legend = ax.get_legend()
         assert legend is not None  # tradeoff_plot draws one; it is redrawn below the axes

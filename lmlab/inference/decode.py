@@ -37,6 +37,7 @@ from lmlab.compress.export import onnx_decoder
 from lmlab.data.corpora import tokenize
 from lmlab.measure.results import Result
 from lmlab.measure.runtime import check_int, default_threads, pick_device, synchronize, torch_threads
+from lmlab.measure.stats import binomial_se
 from lmlab.measure.timing import Timing
 from lmlab.models.neural import GPTLanguageModel
 
@@ -512,5 +513,5 @@ def score_ids(lm: CausalLM, ids: Sequence[int], step=None) -> dict[str, float]:
     targets = feed[0, 1:]
     accuracy = float((logp.argmax(-1) == targets).float().mean())
     n = len(targets)
-    return {"accuracy": accuracy, "accuracy_se": math.sqrt(accuracy * (1 - accuracy) / n),
+    return {"accuracy": accuracy, "accuracy_se": binomial_se(accuracy, n),
             "perplexity": math.exp(-float(logp.gather(1, targets[:, None]).mean())), "tokens": n}

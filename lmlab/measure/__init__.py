@@ -3,11 +3,11 @@
 Modules, each importing only those above it in the course:
 - ``runtime``: Threads, devices and seeds: the settings every measurement in lmlab depends on.
 - ``timing``: Time a function properly: warm up, repeat, synchronize, report the median and p90.
+- ``stats``: Uncertainty: standard errors, bootstrap intervals over documents, and the one rule for "within noise".
 - ``results``: One results row for every measurement in the workbook, and one table format for any list of them.
 - ``plots``: The trade-off plot: accuracy against milliseconds, with the Pareto frontier.
 - ``hardware``: The machine's limits, measured: memory bandwidth, matmul throughput, the decode floor and the
   roofline.
-- ``stats``: Uncertainty: standard errors, bootstrap intervals over documents, and the one rule for "within noise".
 """
 
 from lmlab.measure.hardware import (
@@ -75,7 +75,21 @@ from lmlab.measure.runtime import (
     torch_threads,
     use_threads,
 )
-from lmlab.measure.stats import accuracy_noise, check_bootstrap, paired_nll_interval, perplexity_interval, within_noise
+from lmlab.measure.stats import (
+    SE_MULTIPLE,
+    Comparison,
+    accuracy_interval,
+    accuracy_noise,
+    binomial_se,
+    check_bootstrap,
+    compare,
+    compare_rows,
+    document_picks,
+    paired_accuracy_interval,
+    paired_nll_interval,
+    perplexity_interval,
+    within_noise,
+)
 from lmlab.measure.timing import Timing, background_load, format_ms, medians_under_load, time_ms
 
 __all__ = [
@@ -141,6 +155,14 @@ __all__ = [
     "gpu_rows",
     "gpu_results",
     "gpu_decode_summary",
+    "SE_MULTIPLE",
+    "binomial_se",
+    "document_picks",
+    "accuracy_interval",
+    "paired_accuracy_interval",
+    "Comparison",
+    "compare",
+    "compare_rows",
     "paired_nll_interval",
     "accuracy_noise",
     "within_noise",

@@ -59,9 +59,12 @@ def tradeoff_plot(
     """Plot accuracy (y) against median ms (x, log scale by default), p90 as an error bar, frontier labelled.
 
     An accuracy carries a vertical bar of ± ``se_multiple`` standard errors (default one) where the row knows how
-    many predictions it was scored on; ``xlabel`` and ``ylabel`` replace the axes' default names. Rows with
-    simulated speed are drawn hollow, with "(speed simulated)" in the legend, and are never on the frontier.
-    Frontier points are labelled with their names (every point with ``label_all``).
+    many predictions it was scored on; ``xlabel`` and ``ylabel`` replace the axes' default names, and each axis
+    label says what its bars are ("bar to p90", "bars: ±1 SE") unless the label given already does. A bar of
+    ±1 SE per row is not the noise rule: two rows differ beyond noise when their gap exceeds 2·√(se₁² + se₂²)
+    (``lmlab.measure.stats.compare``). Rows with simulated speed are drawn hollow, with "(speed simulated)" in the
+    legend, and are never on the frontier. Frontier points are labelled with their names (every point with
+    ``label_all``).
     ``x="size_mb"`` plots against model size instead; ``y="perplexity"`` plots perplexity (log scale,
     lower is better; rows with infinite perplexity are left out). The hardware (default: this
     machine's device name and the thread count of the rows) is named in the title. Raises ValueError
@@ -116,8 +119,13 @@ def tradeoff_plot(
         plain_log_ticks(ax.yaxis)
         _at_least_three_ticks(ax)
     _label(ax, results if label_all else frontier, x, y)
-    finish_axes(ax, (xlabel or X_AXES[x]) + (", log scale" if log_x else ""), ylabel or Y_AXES[y],
-                f"{title}\n{hardware}")
+    xlabel = (xlabel or X_AXES[x]) + (", log scale" if log_x else "")
+    if x == "median_ms" and "p90" not in xlabel and any(r.p90_ms > r.median_ms for r in results):
+        xlabel += "; bar to p90"
+    ylabel = ylabel or Y_AXES[y]
+    if y == "accuracy" and "SE" not in ylabel and any(r.accuracy_se for r in results):
+        ylabel += f" (bars: ±{se_multiple:g} SE)"
+    finish_axes(ax, xlabel, ylabel, f"{title}\n{hardware}")
     return fig
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from lmlab.measure.stats import binomial_se
 from lmlab.measure.timing import Timing, format_ms
 
 
@@ -56,10 +57,10 @@ class Result:
 
     @property
     def accuracy_se(self) -> float | None:
-        """The binomial standard error of the accuracy, sqrt(p (1 - p) / n); None when n is unknown."""
+        """The binomial standard error of the accuracy, sqrt(p (1 - p) / n) (``binomial_se``); None if n is unknown."""
         if not self.predictions:
             return None
-        return math.sqrt(self.accuracy * (1.0 - self.accuracy) / self.predictions)
+        return binomial_se(self.accuracy, self.predictions)
 
     def per_context(self) -> Result:
         """The row with its times divided by its batch size: what each context of a batched call costs."""

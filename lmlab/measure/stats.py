@@ -1,77 +1,42 @@
 """Uncertainty: standard errors, bootstrap intervals over documents, and the one rule for "within noise".
 
-Introduced in notebooks/02_neural_language_models.ipynb.
+Introduced in notebooks/02_neural_language_models.ipynb. Every chapter that calls a difference "noise" calls
+``compare`` (or ``within_noise``, its entry point for two results rows); nothing else in lmlab decides it.
+
+What the rule assumes:
+- Predictions are not independent: the words of one verse share its topic, names and style, so a model that misses
+  one word of a hard verse tends to miss the next. The document (a verse, a name) is the independent unit, and the
+  bootstrap intervals here resample whole documents (``document_picks``), never single predictions.
+- The binomial standard error √(p(1 − p)/n) (``binomial_se``) treats the n predictions as independent, so it is
+  optimistic (too small) when they cluster in documents; it is what a row that kept only its accuracy and n can say.
+- Two models scored on the same documents share their hard and easy documents; a **paired** bootstrap of the
+  difference (one resample of documents, both models rescored on it) cancels what they share and gives a narrower,
+  honest interval. Rows that share no items can only be compared **unpaired**: their estimates are independent,
+  so the standard error of the difference is √(se₁² + se₂²).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
-from lmlab.measure.results import Result
+SE_MULTIPLE = 2.0  # the unpaired rule's width: ±2 standard errors of a difference, about a 95% normal interval
 
 
-def paired_nll_interval(first_nll, second_nll, tokens, level: float = 0.95, resamples: int = 2000,
-                        seed: int = 0) -> tuple[float, float, float]:
-    """Compare two models scored on the same documents: Δ = Σ nll_first / Σ tokens − Σ nll_second / Σ tokens.
+def binomial_se(accuracy: float, n: int) -> float:
+    """Return the binomial standard error of an accuracy measured on ``n`` predictions: se = √(p (1 − p) / n).
 
-    ``first_nll[d]`` and ``second_nll[d]`` are document d's summed −ln P under each model over its ``tokens[d]``
-    predictions (``document_scores``). Returns (Δ, low, high) in nats per prediction, the interval a paired
-    bootstrap over documents at ``level``: each resample draws documents with replacement and recomputes Δ on
-    them, so what the two models share (hard verses, easy verses) cancels. Δ < 0: ``first`` has the lower loss.
-    Raises ValueError for arrays of different lengths or fewer than two documents, a level outside (0, 1) or
-    resamples < 100.
+    It treats the predictions as independent, so it is optimistic when they come in documents (see the module).
+    Raises ValueError for an accuracy outside [0, 1] or n < 1.
     """
-    first_nll, second_nll = np.asarray(first_nll, dtype=np.float64), np.asarray(second_nll, dtype=np.float64)
-    count = np.asarray(tokens, dtype=np.float64)
-    if not first_nll.shape == second_nll.shape == count.shape or first_nll.ndim != 1 or len(count) < 2:
-        raise ValueError(f"first_nll {first_nll.shape}, second_nll {second_nll.shape} and tokens {count.shape} must "
-                         "hold one entry per document, for the same documents, at least two")
-    check_bootstrap(level, resamples)
-    gap = first_nll - second_nll  # (docs,)
-    picks = np.random.default_rng(seed).integers(0, len(gap), size=(resamples, len(gap)))  # (resamples, docs)
-    tail = (1 - level) / 2 * 100
-    low, high = np.percentile(gap[picks].sum(1) / count[picks].sum(1), [tail, 100 - tail])
-    return float(gap.sum() / count.sum()), float(low), float(high)
-
-
-
-def accuracy_noise(a: Result, b: Result, se_multiple: float = 2.0) -> float:
-    """The gap two rows' accuracies must exceed to be called different: ``se_multiple`` · (se_a + se_b), where their
-    ± ``se_multiple`` standard-error intervals stop overlapping (a row without its count of predictions adds 0)."""
-    return se_multiple * ((a.accuracy_se or 0.0) + (b.accuracy_se or 0.0))
-
-
-
-def within_noise(a: Result, b: Result, se_multiple: float = 2.0) -> bool:
-    """True when the two rows' accuracy intervals (± ``se_multiple`` SE) overlap: their difference is called noise."""
-    return abs(a.accuracy - b.accuracy) <= accuracy_noise(a, b, se_multiple)
-
-
-
-def perplexity_interval(nll_nats: Sequence[float], tokens: Sequence[int], level: float = 0.95, resamples: int = 2000,
-                        seed: int = 0) -> tuple[float, float]:
-    """A bootstrap confidence interval for a perplexity, resampling whole documents.
-
-    ``nll_nats[d]`` is document d's summed −ln P over its ``tokens[d]`` predictions; the perplexity is
-    exp(Σ nll / Σ tokens). Documents, not tokens, are the independent units (words in a verse depend on each
-    other), so each resample draws documents with replacement. Returns the (low, high) percentiles at ``level``.
-    Raises ValueError for fewer than two documents, lengths that differ, a level outside (0, 1) or resamples < 100.
-    """
-    import numpy as np
-
-    nll, count = np.asarray(nll_nats, dtype=np.float64), np.asarray(tokens, dtype=np.float64)
-    if nll.shape != count.shape or nll.ndim != 1 or len(nll) < 2:
-        raise ValueError(f"nll_nats has shape {nll.shape} and tokens {count.shape}; give one entry per document, "
-                         "at least two documents")
-    check_bootstrap(level, resamples)
-    picks = np.random.default_rng(seed).integers(0, len(nll), size=(resamples, len(nll)))  # (resamples, docs)
-    values = np.exp(nll[picks].sum(1) / count[picks].sum(1))
-    tail = (1 - level) / 2 * 100
-    low, high = np.percentile(values, [tail, 100 - tail])
-    return float(low), float(high)
-
+    if not 0.0 <= accuracy <= 1.0:
+        raise ValueError(f"accuracy={accuracy!r} is out of range; use a fraction in [0, 1]")
+    if isinstance(n, bool) or int(n) != n or n < 1:
+        raise ValueError(f"n={n!r} is out of range; use a whole number of predictions >= 1")
+    return math.sqrt(accuracy * (1.0 - accuracy) / n)
 
 
 def check_bootstrap(level: float, resamples: int) -> None:
@@ -80,3 +45,212 @@ def check_bootstrap(level: float, resamples: int) -> None:
         raise ValueError(f"level={level!r} is out of range; use a fraction in (0, 1), e.g. 0.95")
     if resamples < 100:
         raise ValueError(f"resamples={resamples!r} is out of range; use at least 100")
+
+
+def document_picks(documents: int, resamples: int = 2000, seed: int = 0) -> np.ndarray:
+    """Draw ``resamples`` bootstrap samples of ``documents`` document indices, with replacement, seeded.
+
+    The one resampler every interval here uses: row r of the (resamples, documents) int array is one resample of the
+    slice. Two models rescored on the same row is the paired bootstrap. Raises ValueError for documents < 2 or
+    resamples < 100.
+    """
+    if documents < 2:
+        raise ValueError(f"documents={documents!r} is out of range; a bootstrap needs at least two documents")
+    check_bootstrap(0.5, resamples)
+    return np.random.default_rng(seed).integers(0, documents, size=(resamples, documents))  # (resamples, docs)
+
+
+def _per_document(name: str, values, tokens) -> tuple[np.ndarray, np.ndarray]:
+    """Check ``values`` (per document) against ``tokens`` (per document) and return both as float64 arrays."""
+    values, count = np.asarray(values, dtype=np.float64), np.asarray(tokens, dtype=np.float64)
+    if values.shape != count.shape or values.ndim != 1 or len(values) < 2:
+        raise ValueError(f"{name} has shape {values.shape} and tokens {count.shape}; give one entry per document, "
+                         "at least two documents")
+    if (count <= 0).any():
+        raise ValueError(f"tokens holds {count.min():g}; every document needs at least one prediction")
+    return values, count
+
+
+def _ratio_interval(values: np.ndarray, count: np.ndarray, level: float, resamples: int, seed: int,
+                    transform=None) -> tuple[float, float, float]:
+    """f(Σ values / Σ tokens) and its bootstrap percentile interval over ``document_picks``: (point, low, high).
+
+    ``transform`` f (e.g. np.exp for a perplexity) is applied to every resample before the percentiles are taken.
+    """
+    check_bootstrap(level, resamples)
+    picks = document_picks(len(values), resamples, seed)  # (resamples, docs)
+    ratios = values[picks].sum(1) / count[picks].sum(1)  # (resamples,)
+    point = values.sum() / count.sum()
+    if transform is not None:
+        ratios, point = transform(ratios), transform(point)
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(ratios, [tail, 100 - tail])
+    return float(point), float(low), float(high)
+
+
+def perplexity_interval(nll_nats, tokens, level: float = 0.95, resamples: int = 2000,
+                        seed: int = 0) -> tuple[float, float]:
+    """Return a bootstrap interval over documents for a perplexity: PP = exp(Σ_d nll_d / Σ_d n_d).
+
+    ``nll_nats[d]`` is document d's summed −ln P over its ``tokens[d]`` predictions (``document_scores``). Each
+    resample draws documents with replacement (``document_picks``); returns the (low, high) percentiles at
+    ``level``. Raises ValueError for fewer than two documents, lengths that differ, a level outside (0, 1) or
+    resamples < 100.
+    """
+    nll, count = _per_document("nll_nats", nll_nats, tokens)
+    _, low, high = _ratio_interval(nll, count, level, resamples, seed, transform=np.exp)
+    return low, high
+
+
+def accuracy_interval(correct, tokens, level: float = 0.95, resamples: int = 2000,
+                      seed: int = 0) -> tuple[float, float]:
+    """Return a bootstrap interval over documents for an accuracy: p = Σ_d correct_d / Σ_d n_d.
+
+    ``correct[d]`` is how many of document d's ``tokens[d]`` predictions were right (``document_scores``). Unlike
+    ``binomial_se`` it lets the predictions of one document depend on each other. Returns the (low, high)
+    percentiles at ``level``. Raises ValueError as ``perplexity_interval`` does.
+    """
+    right, count = _per_document("correct", correct, tokens)
+    _, low, high = _ratio_interval(right, count, level, resamples, seed)
+    return low, high
+
+
+def _paired(first_name: str, first, second, tokens) -> tuple[np.ndarray, np.ndarray]:
+    """Check two models' per-document values on the same documents; return first − second and the counts."""
+    first, second = np.asarray(first, dtype=np.float64), np.asarray(second, dtype=np.float64)
+    count = np.asarray(tokens, dtype=np.float64)
+    if not first.shape == second.shape == count.shape or first.ndim != 1 or len(count) < 2:
+        second_name = first_name.replace("first", "second")
+        raise ValueError(f"{first_name} {first.shape}, {second_name} {second.shape} and tokens {count.shape} must "
+                         "hold one entry per document, for the same documents, at least two")
+    if (count <= 0).any():
+        raise ValueError(f"tokens holds {count.min():g}; every document needs at least one prediction")
+    return first - second, count
+
+
+def paired_nll_interval(first_nll, second_nll, tokens, level: float = 0.95, resamples: int = 2000,
+                        seed: int = 0) -> tuple[float, float, float]:
+    """Compare two models scored on the same documents: Δ = Σ nll_first / Σ tokens − Σ nll_second / Σ tokens.
+
+    ``first_nll[d]`` and ``second_nll[d]`` are document d's summed −ln P under each model over its ``tokens[d]``
+    predictions (``document_scores``). Returns (Δ, low, high) in nats per prediction, the interval a paired
+    bootstrap over documents at ``level``: each resample (``document_picks``) draws documents with replacement and
+    recomputes Δ on them, so what the two models share (hard verses, easy verses) cancels. Δ < 0: ``first`` has the
+    lower loss. Raises ValueError for arrays of different lengths or fewer than two documents, a level outside
+    (0, 1) or resamples < 100.
+    """
+    gap, count = _paired("first_nll", first_nll, second_nll, tokens)
+    return _ratio_interval(gap, count, level, resamples, seed)
+
+
+def paired_accuracy_interval(first_correct, second_correct, tokens, level: float = 0.95, resamples: int = 2000,
+                             seed: int = 0) -> tuple[float, float, float]:
+    """Compare two models' accuracies on the same documents: Δ = (Σ correct_first − Σ correct_second) / Σ tokens.
+
+    The paired bootstrap of ``paired_nll_interval``, on right guesses per document. Returns (Δ, low, high) as a
+    fraction of predictions; Δ > 0: ``first`` is more accurate. Raises ValueError as ``paired_nll_interval`` does.
+    """
+    gap, count = _paired("first_correct", first_correct, second_correct, tokens)
+    return _ratio_interval(gap, count, level, resamples, seed)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """The difference Δ = first − second with its interval (low, high), and whether that interval holds 0."""
+
+    delta: float
+    low: float
+    high: float
+    paired: bool
+
+    @property
+    def within_noise(self) -> bool:
+        """True when the interval of the difference holds 0: the data cannot tell the two apart."""
+        return self.low <= 0.0 <= self.high
+
+    @property
+    def verdict(self) -> str:
+        """"within noise", or "higher, beyond noise" (first above second) or "lower, beyond noise"."""
+        if self.within_noise:
+            return "within noise"
+        return ("higher" if self.low > 0 else "lower") + ", beyond noise"
+
+    @property
+    def how(self) -> str:
+        """What the interval is, for a printed line: a paired bootstrap or ±2 SE of the difference."""
+        return "paired bootstrap over documents" if self.paired else "±2 SE of the difference"
+
+
+def compare(first, second, tokens=None, *, se: tuple[float, float] | None = None, se_multiple: float = SE_MULTIPLE,
+            level: float = 0.95, resamples: int = 2000, seed: int = 0) -> Comparison:
+    """Compare two measurements of one quantity with the one rule for "within noise": the interval of Δ holds 0.
+
+    Paired, when both were scored on the same documents: give ``first`` and ``second`` per document (right guesses,
+    or summed −ln P) and ``tokens`` per document; Δ = Σ first / Σ tokens − Σ second / Σ tokens and its interval the
+    paired bootstrap over documents at ``level`` (``paired_accuracy_interval``, which is the same computation as
+    ``paired_nll_interval``). Use this whenever the items are shared: it is narrower, and it does not assume that
+    predictions inside a document are independent.
+
+    Unpaired, for rows that share no items (or kept only their summary): give ``first`` and ``second`` as numbers and
+    ``se`` = (se₁, se₂), their standard errors; Δ = first − second and the interval Δ ± k·√(se₁² + se₂²), k =
+    ``se_multiple`` (2: about 95% for a normal Δ). For independent estimates Var(Δ) = se₁² + se₂², so this is two
+    standard errors *of the difference*; the older rule |Δ| ≤ 2·(se₁ + se₂) (the two ±2 SE bars overlap) is a
+    test at about 2.8 standard errors of Δ when se₁ ≈ se₂, and misses real gaps. With binomial SEs it inherits their
+    optimism (predictions treated as independent).
+
+    Raises ValueError when neither or both of ``tokens`` and ``se`` are given, for a negative or non-finite SE or
+    se_multiple <= 0, and as ``paired_nll_interval`` does for per-document arrays.
+    """
+    if tokens is not None and se is None:
+        gap, count = _paired("first", first, second, tokens)
+        return Comparison(*_ratio_interval(gap, count, level, resamples, seed), paired=True)
+    if se is None or tokens is not None:
+        raise ValueError("give tokens (per-document scores on shared documents: paired) or se=(se_first, se_second) "
+                         f"(unpaired), exactly one; got tokens={'None' if tokens is None else 'arrays'}, se={se!r}")
+    if not (math.isfinite(se_multiple) and se_multiple > 0):
+        raise ValueError(f"se_multiple={se_multiple!r} is out of range; use a number of standard errors > 0, e.g. 2")
+    if len(se) != 2 or not all(math.isfinite(s) and s >= 0 for s in se):
+        raise ValueError(f"se={se!r} is out of range; give two finite standard errors >= 0")
+    delta, half = float(first) - float(second), se_multiple * math.hypot(*se)
+    return Comparison(delta, delta - half, delta + half, paired=False)
+
+
+class Scored(Protocol):
+    """What ``within_noise`` reads from a row (``lmlab.measure.results.Result``): its accuracy and standard error."""
+
+    @property
+    def accuracy(self) -> float: ...
+
+    @property
+    def accuracy_se(self) -> float | None: ...
+
+
+def _row_se(row: Scored) -> float:
+    return row.accuracy_se or 0.0  # a row without its count of predictions claims no uncertainty of its own
+
+
+def compare_rows(a: Scored, b: Scored, se_multiple: float = SE_MULTIPLE) -> Comparison:
+    """Compare two results rows' accuracies, Δ = a − b, by ``compare``'s unpaired rule: Δ ± k·√(se_a² + se_b²).
+
+    A row keeps only its accuracy and its count of predictions, not per-document scores, so this is the rule for
+    rows; where both models' ``document_scores`` on the same documents are at hand, call ``compare`` with them
+    (paired). A row without its count (accuracy_se None) adds no uncertainty. Raises ValueError for se_multiple <= 0.
+    """
+    return compare(a.accuracy, b.accuracy, se=(_row_se(a), _row_se(b)), se_multiple=se_multiple)
+
+
+def accuracy_noise(a: Scored, b: Scored, se_multiple: float = SE_MULTIPLE) -> float:
+    """Return the gap two rows' accuracies must exceed to be called different: k · √(se_a² + se_b²), k = se_multiple.
+
+    Raises ValueError for se_multiple <= 0.
+    """
+    found = compare_rows(a, b, se_multiple)
+    return (found.high - found.low) / 2
+
+
+def within_noise(a: Scored, b: Scored, se_multiple: float = SE_MULTIPLE) -> bool:
+    """Return True when two rows' accuracies differ by at most k · √(se_a² + se_b²) (``compare_rows``): noise.
+
+    Raises ValueError for se_multiple <= 0.
+    """
+    return compare_rows(a, b, se_multiple).within_noise

@@ -16,6 +16,7 @@ documents for training and ``evaluate_documents``; and ``step`` for decoding at 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,7 +26,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 
 from lmlab.data.corpora import Vocab
 from lmlab.measure.plots import finish_axes, plain_log_ticks
-from lmlab.measure.stats import paired_nll_interval, perplexity_interval
+from lmlab.measure.stats import compare, perplexity_interval
 from lmlab.models.neural import NeuralLM
 
 CELLS = ("lstm", "rnn")
@@ -215,7 +216,8 @@ def gradient_plot(curves: dict[str, np.ndarray], title: str = "How far back the 
     for label, values in curves.items():
         values = np.atleast_2d(np.asarray(values, dtype=np.float64))  # (rows, K)
         k = np.arange(1, values.shape[1] + 1)
-        line, = ax.plot(k, np.exp(np.log(values).mean(0)), lw=2.5, label=label)
+        band = f" (band: {len(values)} rows' 10th to 90th percentile)" if len(values) > 1 else ""
+        line, = ax.plot(k, np.exp(np.log(values).mean(0)), lw=2.5, label=label + band)
         if len(values) > 1:
             low, high = np.percentile(values, [10, 90], axis=0)
             ax.fill_between(k, low, high, color=line.get_color(), alpha=0.2)
@@ -247,14 +249,11 @@ def ladder_takeaways(scores: dict[str, dict], reference: str, level: float = 0.9
     """Say where ``reference`` sits against each other model, in perplexity, on the same documents.
 
     ``scores`` maps a model's name to its ``lmlab.models.scoring.document_scores`` on one slice. For each other
-    model, the paired bootstrap interval (``lmlab.measure.stats.paired_nll_interval``) of
+    model, the paired bootstrap interval (``lmlab.measure.stats.compare`` on the same documents) of
     Δ = loss(reference) − loss(other), nats per prediction: "lower" or "higher" when the interval excludes 0,
     "within noise" when it holds 0.
     Raises ValueError for an unknown ``reference`` or slices of different lengths.
     """
-    import math
-
-
     if reference not in scores:
         raise ValueError(f"reference={reference!r} is not among the scored models {tuple(scores)}")
     mine = scores[reference]
@@ -267,9 +266,7 @@ def ladder_takeaways(scores: dict[str, dict], reference: str, level: float = 0.9
     for name, other in scores.items():
         if name == reference:
             continue
-        delta, low, high = paired_nll_interval(mine["nll_nats"], other["nll_nats"], mine["tokens"], level=level)
-        verdict = ("within noise" if low <= 0 <= high
-                   else "lower, beyond noise" if high < 0 else "higher, beyond noise")
-        lines.append(f"  vs {name:<11} {ppl(other)}: Δ {delta:+.3f} nats [{low:+.3f}, {high:+.3f}] -> {reference}'s "
-                     f"perplexity is {verdict}")
+        found = compare(mine["nll_nats"], other["nll_nats"], mine["tokens"], level=level)
+        lines.append(f"  vs {name:<11} {ppl(other)}: Δ {found.delta:+.3f} nats [{found.low:+.3f}, "
+                     f"{found.high:+.3f}] -> {reference}'s perplexity is {found.verdict}")
     return lines

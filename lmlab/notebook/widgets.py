@@ -18,6 +18,7 @@ from torch import nn
 
 from lmlab.inference.decode import CausalLM, generate, make_step, stream, stream_speed
 from lmlab.measure.runtime import check_int
+from lmlab.measure.stats import binomial_se, compare
 from lmlab.measure.timing import Timing, time_ms
 from lmlab.models.lm import LanguageModel, make_context
 from lmlab.train.descent import check_lr, descend, squared_error
@@ -243,9 +244,9 @@ class CompressionPanel:
         buffer = io.BytesIO()
         fig.savefig(buffer, format="png", dpi=72)
         self.chart.value = buffer.getvalue()
-        both = math.hypot(_two_standard_errors(reference), _two_standard_errors(result))
-        verdict = ("" if not both else ", within noise" if abs(result["accuracy"] - reference["accuracy"]) < both
-                   else ", beyond noise")
+        se = (_two_standard_errors(result) / 2, _two_standard_errors(reference) / 2)
+        verdict = ("" if not any(se) else ", within noise"
+                   if compare(result["accuracy"], reference["accuracy"], se=se).within_noise else ", beyond noise")
         hidden = "".join(f"; not offered here: {name} ({why})" for name, why in self.hidden.items())
         self.info.value = (f"<b>{model_name}</b>, {method_name} at {value:g}: accuracy {result['accuracy']:.4f} "
                            f"(uncompressed {reference['accuracy']:.4f}{verdict}), "
@@ -255,9 +256,10 @@ class CompressionPanel:
 
 
 def _two_standard_errors(scores: dict) -> float:
-    """2 · sqrt(p (1 − p) / n) for an evaluation that reports its prediction count as "tokens"; 0 otherwise."""
+    """2 · sqrt(p (1 − p) / n) (``binomial_se``) for an evaluation that reports its prediction count as "tokens";
+    0 otherwise."""
     n = scores.get("tokens")
-    return 2 * math.sqrt(scores["accuracy"] * (1 - scores["accuracy"]) / n) if n else 0.0
+    return 2 * binomial_se(scores["accuracy"], int(n)) if n else 0.0
 
 
 class DecodePanel:

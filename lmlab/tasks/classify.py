@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
-import math
 import tempfile
 import time
 import warnings
@@ -40,9 +39,9 @@ from torch import nn
 from lmlab.compress.export import _initializer_bytes, _optimization_level, _session
 from lmlab.data.corpora import kjv_books, kjv_verses, name_frequencies, split_indices, tokenize
 from lmlab.measure.plots import FONT_SIZE, tradeoff_plot
-from lmlab.measure.results import Result  # within_noise: the ±2 SE rule every chapter uses
+from lmlab.measure.results import Result
 from lmlab.measure.runtime import check_int, seed_everything, torch_threads
-from lmlab.measure.stats import within_noise
+from lmlab.measure.stats import binomial_se, within_noise  # within_noise: the one rule every chapter uses
 from lmlab.measure.timing import Timing, format_ms, time_ms
 from lmlab.train.loop import _step
 
@@ -237,7 +236,7 @@ def classification_metrics(y_true, y_pred, classes: Sequence[str]) -> ClassMetri
     recall = np.divide(tp, actual, out=np.zeros(k), where=actual > 0)
     f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros(k), where=precision + recall > 0)
     accuracy = float(tp.sum() / len(truth))
-    return ClassMetrics(classes, accuracy, math.sqrt(accuracy * (1 - accuracy) / len(truth)), float(precision.mean()),
+    return ClassMetrics(classes, accuracy, binomial_se(accuracy, len(truth)), float(precision.mean()),
                         float(recall.mean()), float(f1.mean()), confusion, len(truth))
 
 

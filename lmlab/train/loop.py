@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from lmlab.data.corpora import TokenizedCorpus, batches, document_batches, load_corpus, tokenize_corpus
 from lmlab.measure.plots import finish_axes
 from lmlab.measure.runtime import check_int, device_name, seed_everything, torch_threads
-from lmlab.measure.stats import paired_nll_interval, perplexity_interval
+from lmlab.measure.stats import Comparison, paired_nll_interval, perplexity_interval
 from lmlab.models.checkpoints import save_checkpoint
 from lmlab.models.kinds import build_model
 from lmlab.models.lm import evaluate
@@ -503,7 +503,8 @@ def describe_race(first: TimedHistory, second: TimedHistory, level: float = 0.95
     """
     gap = nll_difference(first, second, level=level)
     ahead, behind = (second, first) if gap["difference"] > 0 else (first, second)
-    noise = "beyond the noise of the slice" if gap["low"] > 0 or gap["high"] < 0 else "within the noise of the slice"
+    found = Comparison(gap["difference"], gap["low"], gap["high"], paired=True)  # the one rule: the interval holds 0
+    noise = "within the noise of the slice" if found.within_noise else "beyond the noise of the slice"
     return (f"after {gap['first_ms']:.0f} and {gap['second_ms']:.0f} ms of training ({gap['first_step']} and "
             f"{gap['second_step']} steps): {ahead.label} is ahead of {behind.label} by {abs(gap['difference']):.3f} "
             f"nats per prediction ({level:.0%} interval of {first.label} minus {second.label}: {gap['low']:+.3f} to "
