@@ -108,13 +108,25 @@ def test_paired_interval_is_narrower_than_unpaired_on_correlated_models():
 def test_identical_models_are_within_noise_and_a_big_gap_is_not():
     first, second, tokens = clustered_slice()
     same = compare(first, first, tokens)
-    assert same == Comparison(0.0, 0.0, 0.0, paired=True) and same.within_noise and same.verdict == "within noise"
+    assert same == Comparison(0.0, 0.0, 0.0, paired=True, documents=300) and same.within_noise and same.verdict == "within noise"
     row = Result("a", "t", "", 0.30, 1.0, 1.1, predictions=1000)
     assert within_noise(row, row) and compare_rows(row, row).delta == 0.0
     far = compare(tokens * 0.9, first, tokens)
     assert far.low > 0 and far.verdict == "higher, beyond noise"
     assert compare(first, tokens * 0.9, tokens).verdict == "lower, beyond noise"
     assert compare(0.2, 0.6, se=(0.01, 0.01)).verdict == "lower, beyond noise"
+
+
+def test_too_few_shared_documents_are_not_called_beyond_noise():
+    # Ten binary questions, four right only for the first model and none only for the second: the percentile
+    # bootstrap's interval clears 0, but an exact sign test gives p = 2 * 0.5**4 = 0.125. Too few to call.
+    first, second, ones = np.array([1.0] * 6 + [0] * 4), np.array([1.0] * 2 + [0] * 8), np.ones(10)
+    small = compare(first, second, ones)
+    assert small.low > 0 and small.too_few and small.within_noise
+    assert small.verdict == "within noise (too few documents to call: 10 < 20)"
+    assert scipy_stats.binomtest(4, 4).pvalue == pytest.approx(0.125)
+    doubled = compare(np.tile(first, 2), np.tile(second, 2), np.ones(20))
+    assert not doubled.too_few and doubled.verdict == "higher, beyond noise"
 
 
 def test_unpaired_rule_is_two_standard_errors_of_the_difference():

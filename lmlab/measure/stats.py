@@ -24,6 +24,9 @@ from typing import Protocol
 import numpy as np
 
 SE_MULTIPLE = 2.0  # the unpaired rule's width: ±2 standard errors of a difference, about a 95% normal interval
+# Below this many shared documents a percentile bootstrap's interval is too narrow to trust (with 10 binary items a
+# 4-to-0 split gets a bootstrap interval clear of 0, where an exact sign test gives p = 0.125): too few to call.
+MIN_DOCUMENTS = 20
 
 
 def binomial_se(accuracy: float, n: int) -> float:
@@ -162,15 +165,24 @@ class Comparison:
     low: float
     high: float
     paired: bool
+    documents: int | None = None  # how many shared documents a paired comparison resampled
+
+    @property
+    def too_few(self) -> bool:
+        """True for a paired comparison on fewer than ``MIN_DOCUMENTS`` documents: its bootstrap is not trusted."""
+        return self.paired and self.documents is not None and self.documents < MIN_DOCUMENTS
 
     @property
     def within_noise(self) -> bool:
-        """True when the interval of the difference holds 0: the data cannot tell the two apart."""
-        return self.low <= 0.0 <= self.high
+        """True when the interval of the difference holds 0 (the data cannot tell the two apart), or when too few
+        documents were shared to trust the interval."""
+        return self.too_few or self.low <= 0.0 <= self.high
 
     @property
     def verdict(self) -> str:
         """"within noise", or "higher, beyond noise" (first above second) or "lower, beyond noise"."""
+        if self.too_few:
+            return f"within noise (too few documents to call: {self.documents} < {MIN_DOCUMENTS})"
         if self.within_noise:
             return "within noise"
         return ("higher" if self.low > 0 else "lower") + ", beyond noise"
@@ -189,7 +201,8 @@ def compare(first, second, tokens=None, *, se: tuple[float, float] | None = None
     or summed −ln P) and ``tokens`` per document; Δ = Σ first / Σ tokens − Σ second / Σ tokens and its interval the
     paired bootstrap over documents at ``level`` (``paired_accuracy_interval``, which is the same computation as
     ``paired_nll_interval``). Use this whenever the items are shared: it is narrower, and it does not assume that
-    predictions inside a document are independent.
+    predictions inside a document are independent. With fewer than ``MIN_DOCUMENTS`` shared documents the
+    bootstrap interval is too narrow to trust, and the comparison says so and counts as within noise.
 
     Unpaired, for rows that share no items (or kept only their summary): give ``first`` and ``second`` as numbers and
     ``se`` = (se₁, se₂), their standard errors; Δ = first − second and the interval Δ ± k·√(se₁² + se₂²), k =
@@ -203,7 +216,7 @@ def compare(first, second, tokens=None, *, se: tuple[float, float] | None = None
     """
     if tokens is not None and se is None:
         gap, count = _paired("first", first, second, tokens)
-        return Comparison(*_ratio_interval(gap, count, level, resamples, seed), paired=True)
+        return Comparison(*_ratio_interval(gap, count, level, resamples, seed), paired=True, documents=len(gap))
     if se is None or tokens is not None:
         raise ValueError("give tokens (per-document scores on shared documents: paired) or se=(se_first, se_second) "
                          f"(unpaired), exactly one; got tokens={'None' if tokens is None else 'arrays'}, se={se!r}")
