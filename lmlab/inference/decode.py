@@ -38,6 +38,7 @@ from lmlab.measure.results import Result
 from lmlab.measure.runtime import check_int, default_threads, pick_device, synchronize, torch_threads
 from lmlab.measure.timing import Timing
 from lmlab.models.neural import GPTLanguageModel
+from lmlab.models.scoring import score_tokens
 
 BACKENDS = ("eager", "compile", "onnx", "onnx-int8")
 
@@ -487,7 +488,8 @@ def score_ids(lm: CausalLM, ids: Sequence[int], step=None) -> dict[str, float]:
     """Score a token sequence teacher-forced through a path: next-token accuracy with its standard error, perplexity.
 
     accuracy = mean_i [argmax_v logits_i(v) = x_{i+1}], se = √(acc (1 − acc) / n), PP = exp(−mean ln p(x_{i+1})),
-    over the n = len(ids) − 1 predictions, from one prefill of ``step`` (default: the eager model). The same ids
+    over the n = len(ids) − 1 predictions, from one prefill of ``step`` (default: the eager model), scored by
+    ``lmlab.models.scoring.score_tokens``. The same ids
     through two paths (float32 and int8) compare their quality on one slice. Introduced in
     notebooks/07_realtime_pipeline.ipynb. Raises ValueError for fewer than 2 ids or more than the window.
     """
@@ -499,9 +501,7 @@ def score_ids(lm: CausalLM, ids: Sequence[int], step=None) -> dict[str, float]:
         logits = lm.core(input_ids=feed).logits
     else:
         logits, _ = step(feed, torch.ones_like(feed), torch.arange(len(ids))[None], None)
-    logp = torch.log_softmax(logits[0, :-1].float(), dim=-1)  # (n, vocab)
-    targets = feed[0, 1:]
-    accuracy = float((logp.argmax(-1) == targets).float().mean())
-    n = len(targets)
+    scores = score_tokens(logits[0, :-1], feed[0, 1:]).summary()  # (n, vocab) against (n,)
+    accuracy, n = scores["accuracy"], scores["tokens"]
     return {"accuracy": accuracy, "accuracy_se": math.sqrt(accuracy * (1 - accuracy) / n),
-            "perplexity": math.exp(-float(logp.gather(1, targets[:, None]).mean())), "tokens": n}
+            "perplexity": scores["perplexity"], "tokens": n}
