@@ -21,7 +21,7 @@ from lmlab.models.lm import UniformModel, evaluate
 from lmlab.models.ngram import NGramModel
 from lmlab.models.pretrained import load_smollm2, next_word_scores, perplexity
 from lmlab.models.registry import load_model
-from lmlab.models.scoring import IGNORE, TokenScores, document_scores, score_tokens, summary
+from lmlab.models.scoring import IGNORE, TokenScores, document_scores, score_summary, score_tokens
 from lmlab.scale.distributed import score_shard, score_windows, scores
 
 REL = 1e-9  # float64 sums of the same float32 log-probabilities, in another order
@@ -53,7 +53,7 @@ def test_score_tokens_sums_minus_ln_p_counts_argmax_and_skips_padding():
     assert s.guesses.tolist() == [[0, 1, 2]]
     one_row = score_tokens(logits[0], targets[0])  # (time, vocab) with (time,): one row
     assert torch.equal(one_row.nll_nats, s.nll_nats) and torch.equal(one_row.correct, s.correct)
-    assert summary(float(s.nll_nats.sum()), 1.0, 2.0)["perplexity"] == pytest.approx(math.sqrt(1 / (0.5 * 0.3)))
+    assert score_summary(float(s.nll_nats.sum()), 1.0, 2.0)["perplexity"] == pytest.approx(math.sqrt(1 / (0.5 * 0.3)))
 
 
 def test_ties_first_takes_the_first_best_and_fair_shares_the_credit():
@@ -79,7 +79,7 @@ def test_mask_and_bad_input():
     with pytest.raises(ValueError, match="mask has shape"):
         score_tokens(logits, torch.zeros(2, 3, dtype=torch.long), mask=torch.ones(3, 2))
     with pytest.raises(ValueError, match="tokens=0"):
-        summary(0.0, 0.0, 0.0)
+        score_summary(0.0, 0.0, 0.0)
     with pytest.raises(ValueError, match="parts is empty"):
         TokenScores.cat([])
 

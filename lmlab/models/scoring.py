@@ -47,11 +47,11 @@ class TokenScores:
                            torch.cat([p.guesses.reshape(-1) for p in parts])[None])
 
     def summary(self) -> dict[str, float]:
-        """Return {"accuracy", "nll_nats", "perplexity", "tokens"} over all rows (``summary``)."""
-        return summary(float(self.nll_nats.sum()), float(self.correct.sum()), float(self.tokens.sum()))
+        """Return {"accuracy", "nll_nats", "perplexity", "tokens"} over all rows (``score_summary``)."""
+        return score_summary(float(self.nll_nats.sum()), float(self.correct.sum()), float(self.tokens.sum()))
 
 
-def summary(nll_nats: float, correct: float, tokens: float) -> dict[str, float]:
+def score_summary(nll_nats: float, correct: float, tokens: float) -> dict[str, float]:
     """Turn the sums Σ −ln P, Σ correct, n into accuracy = Σ correct / n, mean nll and perplexity = exp(Σ −ln P / n).
 
     The perplexity is infinite when the mean nll exceeds 700 nats (a target with probability 0).

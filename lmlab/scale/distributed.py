@@ -39,7 +39,7 @@ from lmlab.measure.runtime import check_int, describe_environment, synchronize, 
 from lmlab.models.neural import GPTLanguageModel
 from lmlab.models.pretrained import load_smollm2
 from lmlab.models.registry import MODELS, load_model
-from lmlab.models.scoring import score_tokens, summary
+from lmlab.models.scoring import score_summary, score_tokens
 
 SCHEMES = ("data", "tensor", "pipeline", "allreduce")
 GPT_MODELS = tuple(m for m in MODELS if m.startswith("gpt"))
@@ -151,9 +151,9 @@ def score_windows(model: nn.Module, windows: torch.Tensor, batch_size: int = 8, 
 def scores(sums: torch.Tensor) -> dict[str, float]:
     """Turn [Σ nll, Σ correct, Σ tokens] into accuracy, mean nll and perplexity = exp(Σ nll / Σ tokens).
 
-    ``lmlab.models.scoring.summary`` of the three sums. Raises ValueError for Σ tokens = 0.
+    ``lmlab.models.scoring.score_summary`` of the three sums. Raises ValueError for Σ tokens = 0.
     """
-    return summary(*(float(x) for x in sums))
+    return score_summary(*(float(x) for x in sums))
 
 
 def data_parallel_evaluate(model: GPTLanguageModel, data: TokenizedCorpus, split: str = "test",
