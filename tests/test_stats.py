@@ -108,7 +108,8 @@ def test_paired_interval_is_narrower_than_unpaired_on_correlated_models():
 def test_identical_models_are_within_noise_and_a_big_gap_is_not():
     first, second, tokens = clustered_slice()
     same = compare(first, first, tokens)
-    assert same == Comparison(0.0, 0.0, 0.0, paired=True, documents=300) and same.within_noise and same.verdict == "within noise"
+    assert same == Comparison(0.0, 0.0, 0.0, paired=True, documents=300)
+    assert same.within_noise and same.verdict == "within noise"
     row = Result("a", "t", "", 0.30, 1.0, 1.1, predictions=1000)
     assert within_noise(row, row) and compare_rows(row, row).delta == 0.0
     far = compare(tokens * 0.9, first, tokens)

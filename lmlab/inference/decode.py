@@ -40,6 +40,7 @@ from lmlab.measure.runtime import check_int, default_threads, pick_device, synch
 from lmlab.measure.stats import binomial_se
 from lmlab.measure.timing import Timing
 from lmlab.models.neural import GPTLanguageModel
+from lmlab.models.scoring import score_tokens
 
 if TYPE_CHECKING:  # transformers is imported where a cache is built; the annotations only name its types
     from transformers import PretrainedConfig
@@ -497,7 +498,8 @@ def score_ids(lm: CausalLM, ids: Sequence[int], step=None) -> dict[str, float]:
     """Score a token sequence teacher-forced through a path: next-token accuracy with its standard error, perplexity.
 
     accuracy = mean_i [argmax_v logits_i(v) = x_{i+1}], se = √(acc (1 − acc) / n), PP = exp(−mean ln p(x_{i+1})),
-    over the n = len(ids) − 1 predictions, from one prefill of ``step`` (default: the eager model). The same ids
+    over the n = len(ids) − 1 predictions, from one prefill of ``step`` (default: the eager model), scored by
+    ``lmlab.models.scoring.score_tokens``. The same ids
     through two paths (float32 and int8) compare their quality on one slice. Introduced in
     notebooks/07_realtime_pipeline.ipynb. Raises ValueError for fewer than 2 ids or more than the window.
     """
@@ -509,9 +511,7 @@ def score_ids(lm: CausalLM, ids: Sequence[int], step=None) -> dict[str, float]:
         logits = lm.core(input_ids=feed).logits
     else:
         logits, _ = step(feed, torch.ones_like(feed), torch.arange(len(ids))[None], None)
-    logp = torch.log_softmax(logits[0, :-1].float(), dim=-1)  # (n, vocab)
-    targets = feed[0, 1:]
-    accuracy = float((logp.argmax(-1) == targets).float().mean())
-    n = len(targets)
+    scores = score_tokens(logits[0, :-1], feed[0, 1:]).summary()  # (n, vocab) against (n,)
+    accuracy, n = scores["accuracy"], int(scores["tokens"])
     return {"accuracy": accuracy, "accuracy_se": binomial_se(accuracy, n),
-            "perplexity": math.exp(-float(logp.gather(1, targets[:, None]).mean())), "tokens": n}
+            "perplexity": scores["perplexity"], "tokens": n}

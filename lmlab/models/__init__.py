@@ -1,6 +1,8 @@
 """Models: the language-model interface, n-grams, neural and recurrent LMs, SmolLM2, checkpoints, the registry.
 
 Modules, each importing only those above it in the course:
+- ``scoring``: The one teacher-forced scorer: summed −ln P, right guesses and predictions, for every model and
+  chapter; and per-document scores.
 - ``lm``: What every lmlab language model answers, and the one evaluation that serves them all.
 - ``neural``: Neural language models that answer the same questions as the n-gram model.
 - ``ngram``: N-gram language models: probability by counting, with smoothing, vectorized with NumPy.
@@ -9,8 +11,6 @@ Modules, each importing only those above it in the course:
 - ``kinds``: The kinds of neural language model lmlab builds ("mlp", "gpt", "rnn") and their configurations.
 - ``checkpoints``: Save and load lmlab's neural models as safetensors plus a small JSON card.
 - ``registry``: The shipped models by name: what each is, and how to load it with its tokenized corpus.
-- ``scoring``: Score a language model document by document: summed -ln P, right guesses and predictions per
-  document.
 """
 
 from lmlab.models.checkpoints import checkpoint_paths, load_checkpoint, save_checkpoint
@@ -82,7 +82,7 @@ from lmlab.models.recurrent import (
     rnn_cell,
 )
 from lmlab.models.registry import CHARACTER_MODELS, MODELS, NGRAM_MODELS, RECURRENT_MODELS, load_model
-from lmlab.models.scoring import document_scores
+from lmlab.models.scoring import TokenScores, document_scores, score_summary, score_tokens
 
 __all__ = [
     "LanguageModel",
@@ -153,4 +153,7 @@ __all__ = [
     "NGRAM_MODELS",
     "load_model",
     "document_scores",
+    "score_tokens",
+    "TokenScores",
+    "score_summary",
 ]

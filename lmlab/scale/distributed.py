@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import math
 import os
 import statistics
 import sys
@@ -38,9 +37,10 @@ from lmlab.data.corpora import TokenizedCorpus, document_batches, load_kjv, toke
 from lmlab.data.shipped import DATA_DIR
 from lmlab.measure.results import atomic_write_text
 from lmlab.measure.runtime import check_int, describe_environment, synchronize, use_threads
-from lmlab.models.neural import IGNORE, GPTLanguageModel
+from lmlab.models.neural import GPTLanguageModel
 from lmlab.models.pretrained import load_smollm2
 from lmlab.models.registry import MODELS, load_model
+from lmlab.models.scoring import score_summary, score_tokens
 
 SCHEMES = ("data", "tensor", "pipeline", "allreduce")
 GPT_MODELS = tuple(m for m in MODELS if m.startswith("gpt"))
@@ -101,6 +101,8 @@ def score_shard(model: GPTLanguageModel, data: TokenizedCorpus, split: str = "te
                 rank: int = 0, world: int = 1) -> torch.Tensor:
     """Return float64 [Σ −ln P(target), Σ correct, Σ tokens] over batches rank, rank + world, ... of ``split``.
 
+    Each batch is scored by ``lmlab.models.scoring.score_tokens`` (the argmax is the guess).
+
     The batches are ``document_batches(data, split, batch_size)`` in their fixed order, so each document is scored
     in the same batch whatever the world size, and only the order of the float64 sums changes.
     Raises ValueError for a rank outside [0, world).
@@ -115,12 +117,8 @@ def score_shard(model: GPTLanguageModel, data: TokenizedCorpus, split: str = "te
             if i % world != rank:
                 continue
             inputs, targets, mask = inputs.to(device), targets.to(device), mask.to(device)
-            logp = torch.log_softmax(model.gpt(input_ids=inputs, attention_mask=mask).logits.float(), -1)
-            real = targets != IGNORE  # (batch, time)
-            picked = logp.gather(-1, targets.clamp(min=0)[..., None]).squeeze(-1)  # (batch, time)
-            sums[0] -= picked[real].double().sum()
-            sums[1] += (logp.argmax(-1) == targets)[real].double().sum()
-            sums[2] += real.sum()
+            scored = score_tokens(model.gpt(input_ids=inputs, attention_mask=mask).logits, targets)
+            sums += torch.stack([scored.nll_nats.sum(), scored.correct.sum(), scored.tokens.sum()]).to(sums.device)
     return sums
 
 
@@ -136,7 +134,8 @@ def smollm2_windows(tokenizer, documents: int | None = None, window: int = SMOLL
 def score_windows(model: nn.Module, windows: torch.Tensor, batch_size: int = 8, rank: int = 0,
                   world: int = 1) -> torch.Tensor:
     """float64 [Σ −ln P, Σ correct, Σ tokens] of a causal LM (SmolLM2) predicting each window's tokens 2..T, over
-    batches rank, rank + world, ... of ``batch_size`` windows. Raises ValueError for a rank outside [0, world)."""
+    batches rank, rank + world, ... of ``batch_size`` windows, each scored by ``lmlab.models.scoring.score_tokens``.
+    Raises ValueError for a rank outside [0, world)."""
     check_int("world", world, 1)
     check_int("rank", rank, 0, world - 1)
     sums = torch.zeros(3, dtype=torch.float64)
@@ -145,19 +144,17 @@ def score_windows(model: nn.Module, windows: torch.Tensor, batch_size: int = 8, 
             if i % world != rank:
                 continue
             batch = windows[start:start + batch_size]
-            logp = torch.log_softmax(model(input_ids=batch).logits[:, :-1].float(), -1)  # (batch, T-1, vocab)
-            targets = batch[:, 1:]
-            sums[0] -= logp.gather(-1, targets[..., None]).double().sum()
-            sums[1] += (logp.argmax(-1) == targets).double().sum()
-            sums[2] += targets.numel()
+            scored = score_tokens(model(input_ids=batch).logits[:, :-1], batch[:, 1:])  # predict tokens 2..T
+            sums += torch.stack([scored.nll_nats.sum(), scored.correct.sum(), scored.tokens.sum()]).to(sums.device)
     return sums
 
 
 def scores(sums: torch.Tensor) -> dict[str, float]:
-    """Turn [Σ nll, Σ correct, Σ tokens] into accuracy, mean nll and perplexity = exp(Σ nll / Σ tokens)."""
-    nll, correct, count = (float(x) for x in sums)
-    return {"accuracy": correct / count, "nll_nats": nll / count, "perplexity": math.exp(nll / count),
-            "tokens": int(count)}
+    """Turn [Σ nll, Σ correct, Σ tokens] into accuracy, mean nll and perplexity = exp(Σ nll / Σ tokens).
+
+    ``lmlab.models.scoring.score_summary`` of the three sums. Raises ValueError for Σ tokens = 0.
+    """
+    return score_summary(*(float(x) for x in sums))
 
 
 def data_parallel_evaluate(model: GPTLanguageModel, data: TokenizedCorpus, split: str = "test",
