@@ -58,6 +58,7 @@ from lmlab.measure.results import (
     load_results,
     results_table,
     save_results,
+    with_dense_speed,
 )
 from lmlab.measure.runtime import (
     DEVICE_CHOICES,
@@ -114,6 +115,7 @@ __all__ = [
     "medians_under_load",
     "Result",
     "results_table",
+    "with_dense_speed",
     "save_results",
     "check_results_path",
     "add_results",
