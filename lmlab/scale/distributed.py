@@ -436,6 +436,23 @@ def _smollm2_work(scheme: str, batch_size: int, documents: int | None):
     return tensor, lambda: model(input_ids=batch).logits
 
 
+def slowest_rank(shares: Sequence[tuple[float, float]]) -> tuple[float, float, float]:
+    """Split the slowest rank's time into computing and communicating: (wall_ms, compute_ms, communication_ms).
+
+    ``shares`` holds each rank's (wall ms, communication ms). The slowest rank r = argmax wallᵣ sets the scheme's
+    time; compute = wallᵣ − commᵣ, its own communication, not the ranks' mean (which would mix in a rank that
+    waited less or more). Introduced in notebooks/08_parallel_and_distributed.ipynb (where the time goes).
+    Raises ValueError for no ranks or a rank whose communication is negative or exceeds its wall time.
+    """
+    if not shares:
+        raise ValueError("shares is empty: give each rank's (wall ms, communication ms)")
+    for rank, (wall, comm) in enumerate(shares):
+        if not 0 <= comm <= wall:
+            raise ValueError(f"shares[{rank}]=({wall!r}, {comm!r}): communication must lie in [0, wall ms]")
+    wall_ms, comm_ms = max(shares, key=lambda share: share[0])
+    return wall_ms, wall_ms - comm_ms, comm_ms
+
+
 def _row(scheme: str, model_name: str, batch_size: int, work, single, repeat: int) -> dict:
     """Time ``work`` on every rank and ``single`` on the rank that holds the answer; return the scheme's row."""
     rank, world = rank_and_world()
@@ -455,11 +472,10 @@ def _row(scheme: str, model_name: str, batch_size: int, work, single, repeat: in
     shares = [(wall_ms, comm_ms, single_ms, diff)] * world  # every rank's, gathered when there is a group
     if dist.is_initialized():
         dist.all_gather_object(shares, shares[rank])
-    wall_ms = max(s[0] for s in shares)
-    comm_ms = statistics.mean(s[1] for s in shares)
+    wall_ms, compute_ms, comm_ms = slowest_rank([(s[0], s[1]) for s in shares])
     single_ms, diff = shares[judge][2], shares[judge][3]
     row = {"scheme": scheme, "model": model_name, "world_size": world, "wall_ms": wall_ms,
-           "compute_ms": wall_ms - comm_ms, "communication_ms": comm_ms,
+           "compute_ms": compute_ms, "communication_ms": comm_ms,
            "communication_share": comm_ms / wall_ms, "single_ms": single_ms, "speedup": single_ms / wall_ms,
            "amdahl_model_speedup": amdahl_speedup(min(1.0, max(0.0, 1 - comm_ms / single_ms)), world),
            "max_diff": diff, "diff_kind": "relative" if scheme == "data" else "absolute logits",
