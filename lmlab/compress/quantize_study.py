@@ -432,7 +432,8 @@ def speed_takeaway(rows: Mapping[tuple[str, str], Result], baseline: str) -> lis
 def simulated_rows(sweep: pd.DataFrame, dense: Result, weights: str, widths: Iterable[int]) -> list[Result]:
     """Rows for fake-quantized settings of ``sweep``: their accuracy and perplexity, their stored size at that width,
     and ``dense``'s latency (``lmlab.measure.results.with_dense_speed``), marked ``simulated`` (they run the dense
-    float32 arithmetic; plots draw them hollow and keep them off the frontier). Raises ValueError for a setting the sweep did not measure."""
+    float32 arithmetic; plots draw them hollow and keep them off the frontier). Raises ValueError for a setting the
+    sweep did not measure."""
     rows = []
     for bits in widths:
         match = sweep[(sweep["model"] == dense.name) & (sweep["weights"] == weights) & (sweep["bits"] == bits)]

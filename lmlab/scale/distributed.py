@@ -24,9 +24,7 @@ import copy
 import json
 import math
 import os
-import statistics
 import sys
-import time
 from collections.abc import Sequence
 from contextlib import contextmanager
 
@@ -37,7 +35,8 @@ from torch import nn
 from lmlab.data.corpora import TokenizedCorpus, document_batches, load_kjv, tokenize_corpus
 from lmlab.data.shipped import DATA_DIR
 from lmlab.measure.results import atomic_write_text
-from lmlab.measure.runtime import check_int, describe_environment, synchronize, use_threads
+from lmlab.measure.runtime import check_int, describe_environment, use_threads
+from lmlab.measure.timing import Stopwatch, Timing
 from lmlab.models.neural import IGNORE, GPTLanguageModel
 from lmlab.models.pretrained import load_smollm2
 from lmlab.models.registry import MODELS, load_model
@@ -57,11 +56,9 @@ class Clock:
 
     @contextmanager
     def comm(self):
-        synchronize()  # on a GPU, finish the compute queued before so it is not counted here
-        start = time.perf_counter()
-        yield
-        synchronize()
-        self.comm_ms += (time.perf_counter() - start) * 1e3
+        with Stopwatch() as watch:  # on a GPU, it first finishes the compute queued before: not counted here
+            yield
+        self.comm_ms += watch.ms
 
     def all_reduce(self, tensor: torch.Tensor) -> torch.Tensor:
         """Sum ``tensor`` over all ranks in place (timed); a no-op on one process."""
@@ -329,9 +326,9 @@ def allreduce_ms(sizes_bytes=ALLREDUCE_BYTES, repeat: int = 20) -> list[dict]:
             clock = Clock()
             clock.all_reduce(message)
             times.append(clock.comm_ms)
-        times = sorted(times[2:])
-        rows.append({"scheme": "allreduce", "bytes": size, "world_size": world, "median_ms": statistics.median(times),
-                     "p90_ms": times[min(len(times) - 1, int(0.9 * len(times)))]})
+        timing = Timing.of(times[2:], warmup=2)
+        rows.append({"scheme": "allreduce", "bytes": size, "world_size": world, "median_ms": timing.median_ms,
+                     "p90_ms": timing.p90_ms})
     return rows
 
 
@@ -359,12 +356,11 @@ def _timed(work, repeat: int, together: bool = True, warm_up: bool = True) -> tu
         clock = Clock()
         if together and dist.is_initialized():
             dist.barrier()
-        start = time.perf_counter()
-        out = work(clock)
-        synchronize()
-        walls.append((time.perf_counter() - start) * 1e3)
+        with Stopwatch() as watch:
+            out = work(clock)
+        walls.append(watch.ms)
         comms.append(clock.comm_ms)
-    return statistics.median(walls), statistics.median(comms), out
+    return Timing.of(walls).median_ms, Timing.of(comms).median_ms, out
 
 
 def run_scheme(scheme: str, model_name: str = "gpt-small", *, batch_size: int = 32, documents: int | None = None,
