@@ -91,7 +91,7 @@ from lmlab.measure.stats import (
     perplexity_interval,
     within_noise,
 )
-from lmlab.measure.timing import Timing, background_load, format_ms, medians_under_load, time_ms
+from lmlab.measure.timing import Stopwatch, Timing, background_load, format_ms, medians_under_load, time_ms
 
 __all__ = [
     "THREADS_ENV",
@@ -109,6 +109,7 @@ __all__ = [
     "environment",
     "describe_environment",
     "Timing",
+    "Stopwatch",
     "format_ms",
     "time_ms",
     "background_load",
