@@ -228,3 +228,26 @@ def test_stream_speed_is_ttft_then_tokens_per_second():
     assert math.isnan(stream_speed(pieces[:1])[1])
     with pytest.raises(ValueError, match="pieces"):
         stream_speed([])
+
+
+def test_littles_law_counts_in_flight_and_times_with_two_clocks():
+    from lmlab.inference.decode import Generation, littles_law
+
+    # two replies: 3 and 2 new tokens; the prefill (10 ms) makes 2 tokens, step 0 (4 ms) 2, step 1 (6 ms) only 1
+    run = Generation(tokens=((1, 2, 3), (4, 5)), texts=("a", "b"), prompt_tokens=(3, 3), ttft_ms=10.0,
+                     step_ms=(4.0, 6.0), cache=True, backend="eager")
+    law = littles_law(run, wall_ms=25.0)  # the clock around the call saw 5 ms the loop did not
+    assert law["in_flight"] == pytest.approx((2 * 10 + 2 * 4 + 1 * 6) / 20)  # 1.7, not the batch of 2
+    assert law["throughput_per_s"] == pytest.approx(5 / 0.025) and law["time_in_system_s"] == pytest.approx(0.0068)
+    assert law["ratio"] == pytest.approx(25 / 20) and law["predicted"] == pytest.approx(1.36)
+    assert littles_law(run, wall_ms=20.0)["ratio"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match=r"wall_ms=19\.0 is out of range"):
+        littles_law(run, wall_ms=19.0)
+
+
+def test_batch_littles_law_times_the_whole_call_around_the_loop(lm):
+    from lmlab.inference.decode import batch_littles_law
+
+    law = batch_littles_law(lm, [[5, 6, 7], [8, 9, 10]], 4, stop_at_eos=False, device="cpu")
+    assert law["tokens"] == 8 and law["in_flight"] == pytest.approx(2.0)  # every row makes a token in every step
+    assert law["wall_ms"] >= law["loop_ms"] > 0 and law["ratio"] >= 1.0

@@ -225,3 +225,14 @@ def test_smollm2_windows_shard_exactly_and_its_mlp_split_gives_its_logits():
         D.torchrun_command("pipeline", "smollm2")
     with pytest.raises(ValueError, match="1536 MLP units"):
         D.torchrun_command("tensor", "smollm2", 5)
+
+
+def test_the_slowest_ranks_compute_is_its_wall_minus_its_own_communication():
+    # rank 0 waited 40 ms for rank 1 (slowest: 100 ms, 10 ms of it communicating); the mean, 25 ms, is neither's
+    wall_ms, compute_ms, communication_ms = D.slowest_rank([(90.0, 40.0), (100.0, 10.0)])
+    assert (wall_ms, compute_ms, communication_ms) == (100.0, 90.0, 10.0)
+    assert D.slowest_rank([(5.0, 1.0)]) == (5.0, 4.0, 1.0)
+    with pytest.raises(ValueError, match="shares is empty"):
+        D.slowest_rank([])
+    with pytest.raises(ValueError, match=r"shares\[1\]=\(2.0, 3.0\)"):
+        D.slowest_rank([(5.0, 1.0), (2.0, 3.0)])

@@ -58,6 +58,28 @@ def test_fake_quantization_and_masks_are_marked_simulated_and_real_formats_are_n
         METHODS["onnx"].check(16)
 
 
+@pytest.mark.parametrize("method, value", [("magnitude-global", 0.5), ("quantize-channel", 2)])
+def test_a_simulated_row_carries_the_dense_models_time_exactly(monkeypatch, method, value):
+    import lmlab.compress.experiment as experiment
+
+    measured = []  # (distinct weight values of the model timed, its row)
+
+    def spy(model, *args, **kwargs):
+        row = real(model, *args, **kwargs)
+        measured.append((len(torch.unique(torch.cat([p.detach().flatten() for p in model.parameters()]))), row))
+        return row
+
+    real = experiment.measure
+    monkeypatch.setattr(experiment, "measure", spy)
+    row = run("mlp-names", method, value, repeat=5)
+    dense_model, _ = load_model("mlp-names")
+    dense_weights = torch.cat([p.detach().flatten() for p in dense_model.parameters()])
+    dense = [r for distinct, r in measured if distinct == len(torch.unique(dense_weights))]
+    assert len(dense) == 1, "the uncompressed model is timed once, on the same contexts"
+    assert row.median_ms == dense[0].median_ms and row.p90_ms == dense[0].p90_ms and row.simulated
+    assert row.threads == dense[0].threads and row.batch_size == dense[0].batch_size
+
+
 def test_a_compressed_row_names_its_setting_and_stored_size():
     row = run("mlp-names", "quantize-channel", 4, repeat=3)
     model = load_checkpoint(DATA_DIR / "mlp-names")

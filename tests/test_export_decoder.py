@@ -140,9 +140,31 @@ def test_graph_optimizer_fuses_nodes_and_the_profile_adds_up(gpt, gpt_decoder):
     step = (ids[:, :1], torch.ones(1, 9, dtype=torch.long), torch.tensor([[8]]), past)
     profile = profile_step(gpt_decoder, *step, runs=5)
     assert profile["total_ms"] > 0 and profile["node_sum_ms"] > 0
-    assert profile["node_sum_ms"] <= profile["total_ms"] * 1.05  # D = Σ dᵢ plus the runtime's own work
+    assert profile["profiled_ms"] > 0
+    assert profile["profiler_overhead_ms"] == profile["profiled_ms"] - profile["total_ms"]
     assert "MatMul" in profile["by_op"] and all(ms >= 0 for ms in profile["by_op"].values())
     assert sum(profile["by_op"].values()) == pytest.approx(profile["node_sum_ms"], rel=1e-9)  # the same run
+
+
+def test_profile_step_reports_the_unprofiled_step_timed_by_time_ms(gpt, gpt_decoder, monkeypatch):
+    timed = []  # (whether the session timed was profiling, its Timing)
+
+    def spy(fn, *args, **kwargs):
+        timing = real(fn, *args, **kwargs)
+        timed.append((fn.__self__.get_session_options().enable_profiling, timing))
+        return timing
+
+    real = export.time_ms
+    monkeypatch.setattr(export, "time_ms", spy)
+    ids = ids_for(gpt, 1, 8)
+    _, past = gpt_decoder(ids, torch.ones_like(ids), positions(torch.ones_like(ids)))
+    profile = profile_step(gpt_decoder, ids[:, :1], torch.ones(1, 9, dtype=torch.long), torch.tensor([[8]]), past,
+                           runs=5)
+    plain = [timing for profiling, timing in timed if not profiling]
+    profiled = [timing for profiling, timing in timed if profiling]
+    assert len(plain) == 1 and len(profiled) == 1 and plain[0].repeat == 5
+    assert profile["total_ms"] == plain[0].median_ms and profile["profiled_ms"] == profiled[0].median_ms
+    assert profile["profiler_overhead_ms"] == profiled[0].median_ms - plain[0].median_ms
 
 
 def test_bad_arguments_are_clear_errors(gpt, gpt_decoder, names_data):

@@ -316,6 +316,25 @@ def test_measure_ngrams_gives_one_row_per_order(names_data):
     assert rows[1].params > rows[0].params and rows[0].size_mb > 0 and rows[0].corpus == "names"
 
 
+def test_measure_ngrams_times_contexts_without_padding(names_data, monkeypatch):
+    import lmlab.models.ngram as ngram
+
+    timed = {}  # order -> the contexts measure() times (its first batch_size rows)
+
+    def spy(model, contexts, targets, **kwargs):
+        timed[model.n] = contexts[:kwargs.get("batch_size", 1)]
+        return real(model, contexts, targets, **kwargs)
+
+    real = ngram.measure
+    monkeypatch.setattr(ngram, "measure", spy)
+    ngram.measure_ngrams(names_data, orders=(2, 3, 4), accuracy_tokens=200, repeat=2)
+    bos = names_data.vocab.bos_id
+    for n, contexts in timed.items():
+        first = names_data.examples("test", n - 1)[0][:1]
+        assert contexts.shape == (1, n - 1) and not (contexts == bos).any(), f"order {n} timed <s> padding"
+        assert not np.array_equal(contexts, first)  # the first test context is all <s>
+
+
 def test_measure_ngrams_scores_on_a_given_slice(names_data):
     from lmlab.models.lm import evaluate
     from lmlab.models.ngram import measure_ngrams

@@ -299,7 +299,7 @@ def test_measure_variants_names_the_slice_and_marks_masks_simulated(gpt, names_s
     score = lambda m: m.evaluate_documents(names_slice, "test")  # noqa: E731
     rows = measure_variants({"dense": (gpt, "dense"), "masked": (magnitude_prune(gpt, 0.5), "unstructured")},
                             contexts[:8], targets[:8], score, "names test[:30]", simulated=("unstructured",),
-                            repeat=3, alongside=[elsewhere])
+                            repeat=3, alongside=[elsewhere], dense="dense")
     assert [r.name for r in rows] == ["3-gram", "dense", "masked"]
     assert [r.simulated for r in rows] == [False, False, True]
     assert {r.corpus for r in rows} == {"names test[:30]"}
@@ -307,6 +307,26 @@ def test_measure_variants_names_the_slice_and_marks_masks_simulated(gpt, names_s
     table = results_table(rows)
     assert table["± se"].tolist() == [round(r.accuracy_se, 4) for r in rows]
     assert table.columns.get_loc("± se") == table.columns.get_loc("accuracy") + 1 and "slice" in table
+
+
+def test_measure_variants_gives_a_masked_row_the_dense_rows_time_exactly(gpt, names_slice):
+    from lmlab.compress.prune import measure_variants
+    from lmlab.measure.results import results_table
+
+    contexts, targets = names_slice.examples("test", gpt.context_size)
+    score = lambda m: m.evaluate_documents(names_slice, "test")  # noqa: E731
+    masked = magnitude_prune(gpt, 0.9)
+    rows = measure_variants({"masked": (masked, "unstructured"), "dense": (gpt, "dense")}, contexts[:8], targets[:8],
+                            score, "names test[:30]", simulated=("unstructured",), repeat=5, dense="dense")
+    by_name = {r.name: r for r in rows}
+    assert [r.name for r in rows] == ["masked", "dense"]  # the models' order, whichever was timed first
+    assert by_name["masked"].median_ms == by_name["dense"].median_ms  # the same timing, not a second one
+    assert by_name["masked"].p90_ms == by_name["dense"].p90_ms and by_name["masked"].simulated
+    assert by_name["masked"].accuracy == pytest.approx(score(masked.model)["accuracy"])
+    assert results_table(rows)["median"].str.endswith("(simulated)").tolist() == [True, False]
+    with pytest.raises(ValueError, match="dense=None"):
+        measure_variants({"masked": (masked, "unstructured")}, contexts[:8], targets[:8], score, "names",
+                         simulated=("unstructured",), repeat=1)
 
 
 def test_beaten_by_separates_clear_wins_from_noise():

@@ -97,3 +97,17 @@ def test_use_threads_sets_torch_globally(monkeypatch):
             use_threads(0)
     finally:
         torch.set_num_threads(before)
+
+
+def test_stopwatch_times_one_interval_and_timing_of_gathers_samples():
+    import time
+
+    from lmlab.measure.timing import Stopwatch, Timing
+
+    with Stopwatch() as watch:
+        time.sleep(0.02)
+    assert 20.0 <= watch.ms < 2000.0
+    timing = Timing.of([3.0, 1.0, 2.0, 10.0], warmup=1, threads=2)
+    assert timing.median_ms == 2.5 and timing.p90_ms == pytest.approx(7.9) and timing.threads == 2
+    with pytest.raises(ValueError, match="samples_ms is empty"):
+        Timing.of([])

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from lmlab.compress.methods import CPU_ONLY_METHODS, METHODS
 from lmlab.data.shipped import DATA_DIR, check_documents, slice_name
-from lmlab.measure.results import Result
+from lmlab.measure.results import Result, with_dense_speed
 from lmlab.measure.runtime import check_int, pick_device
 from lmlab.models.lm import deep_contexts, evaluate, measure
 from lmlab.models.registry import CHARACTER_MODELS, NGRAM_MODELS, RECURRENT_MODELS, load_model
@@ -32,7 +32,9 @@ def run(model_name: str, method: str | None = None, value: float | None = None, 
 
     Accuracy and perplexity are on the test split, or its first ``documents`` documents (the slice is named in
     the row's ``corpus``, e.g. ``"kjv test[:30]"``); latency is one prediction call on ``batch_size`` contexts
-    from the middle of held-out documents. A method whose speed is simulated gives a row marked ``simulated``.
+    from the middle of held-out documents. A method whose speed is simulated gives a row marked ``simulated``
+    that carries the uncompressed model's time, measured on the same contexts
+    (``lmlab.measure.results.with_dense_speed``).
     Raises ValueError for an unknown model or method, a method on an n-gram, or a value outside the method's
     range. ``device`` ("cpu", "cuda", "auto"...) is where a neural model is scored and timed, on ``threads`` torch
     threads for the CPU's share of the work (default ``lmlab.measure.runtime.default_threads()``).
@@ -66,10 +68,15 @@ def run(model_name: str, method: str | None = None, value: float | None = None, 
     if model_name not in CHARACTER_MODELS:  # word models are timed on contexts with a dozen words or more before them
         middle = deep_contexts(contexts, data.vocab.bos_id, words=min(12, model.context_size))
         contexts, targets = contexts[middle], targets[middle]
+    timed = dict(batch_size=batch_size, repeat=repeat, corpus=slice_name(data.corpus.name, documents), device=on.type,
+                 threads=threads)
     row = measure(compressed, contexts[:max(batch_size, 8)], targets[:max(batch_size, 8)], name=model_name,
                   technique=method or "uncompressed", setting=f"{chosen.label} {setting:g}" if chosen else "",
-                  batch_size=batch_size, repeat=repeat, corpus=slice_name(data.corpus.name, documents), scores=scores,
-                  device=on.type, threads=threads)
+                  scores=scores, **timed)
     if chosen and chosen.size_bytes:
         row = Result(**{**row.to_dict(), "size_mb": chosen.size_bytes(model, setting) / 1e6})
-    return Result(**{**row.to_dict(), "simulated": bool(chosen and chosen.simulated)})
+    if chosen and chosen.simulated:  # the copy runs the dense arithmetic: its time is the dense model's
+        dense = measure(model.to(on), contexts[:max(batch_size, 8)], targets[:max(batch_size, 8)], name=model_name,
+                        technique="uncompressed", scores=scores, **timed)
+        row = with_dense_speed(row, dense)
+    return row

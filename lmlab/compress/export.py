@@ -35,7 +35,6 @@ import logging
 import os
 import shutil
 import tempfile
-import time
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -45,6 +44,7 @@ import torch
 from torch import nn
 
 from lmlab.measure.runtime import check_int, check_threads, default_threads
+from lmlab.measure.timing import time_ms
 from lmlab.models.neural import GPTLanguageModel, MLPLanguageModel
 from lmlab.models.pretrained import cache_dir, cache_lock
 
@@ -659,29 +659,29 @@ def _optimized_op_counts(path: Path, optimization: str) -> dict[str, int]:
 
 def profile_step(decoder: OnnxDecoder, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                  position_ids: torch.Tensor, past: OnnxPast | Sequence | None = None, runs: int = 20) -> dict:
-    """Run one decode step ``runs`` times under ONNX Runtime's profiler: where does a step's time go?
+    """Time one decode step without the profiler, then profile it: where does a step's time go?
 
-    Latency D = Σ dᵢ over the nodes run, plus what runs between them (the runtime's own work). Returns
-    {"total_ms": median wall time of one run, "node_sum_ms": the median run's sum of its node kernels' times,
-    "by_op": {op_type: kernel ms in that run}, "runs": runs}: the median run by node sum (the lower of the two
-    middle runs for an even count), so by_op adds up to node_sum_ms whatever the other runs did. The profiling
-    session is separate from the decoder's (same graph, threads and optimization level), so profiling never slows
-    the decoder itself.
+    Latency D = Σ dᵢ over the nodes run, plus what runs between them (the runtime's own work). The step is timed
+    by ``lmlab.measure.timing.time_ms`` twice on sessions of the same graph, threads and optimization level: once
+    without profiling (the step's real time) and once under ONNX Runtime's profiler, which records each node.
+    Returns {"total_ms": median of the unprofiled step, "node_sum_ms": D = Σ dᵢ of the median profiled run (by
+    node sum; the lower middle run for an even count), "profiled_ms": median of the profiled step,
+    "profiler_overhead_ms": profiled_ms − total_ms, "by_op": {op_type: kernel ms in that run}, adding up to
+    node_sum_ms, "runs": runs}. D is recorded under the profiler, which adds its own cost to each node: only
+    when D < total_ms is total_ms − D an upper bound on the runtime's own work between nodes. Neither session
+    is the decoder's, so profiling never slows the decoder itself.
     Raises ValueError for a decoder that is not an OnnxDecoder, runs < 1, or inputs that do not fit.
     """
     if not isinstance(decoder, OnnxDecoder):
         raise ValueError(f"decoder of type {type(decoder).__name__} is not an OnnxDecoder; make one with onnx_decoder")
     check_int("runs", runs, 1)
     feeds, _, _ = decoder._feeds(input_ids, attention_mask, position_ids, past)
-    warmup = 2
+    plain = _session(decoder.path, decoder.threads, decoder.optimization)
+    unprofiled = time_ms(plain.run_with_ort_values, decoder.output_names, feeds, warmup=2, repeat=runs)
     with tempfile.TemporaryDirectory() as folder:
         session = _session(decoder.path, decoder.threads, decoder.optimization,
                            profile_prefix=str(Path(folder) / "step"))
-        wall_ms = []
-        for _ in range(warmup + runs):
-            start = time.perf_counter()
-            session.run_with_ort_values(decoder.output_names, feeds)
-            wall_ms.append((time.perf_counter() - start) * 1e3)
+        profiled = time_ms(session.run_with_ort_values, decoder.output_names, feeds, warmup=2, repeat=runs)
         events = json.loads(Path(session.end_profiling()).read_text())
     events = events["traceEvents"] if isinstance(events, dict) else events
     run_spans = sorted((e["ts"], e["ts"] + e["dur"]) for e in events if e.get("name") == "model_run")[-runs:]
@@ -698,5 +698,5 @@ def profile_step(decoder: OnnxDecoder, input_ids: torch.Tensor, attention_mask: 
     node_sums = [sum(ops.values()) for ops in per_run]
     middle = int(np.argsort(node_sums)[(len(node_sums) - 1) // 2])
     by_op = dict(sorted(per_run[middle].items(), key=lambda item: -item[1]))
-    return {"total_ms": float(np.median(wall_ms[warmup:])), "node_sum_ms": node_sums[middle], "by_op": by_op,
-            "runs": runs}
+    return {"total_ms": unprofiled.median_ms, "node_sum_ms": node_sums[middle], "profiled_ms": profiled.median_ms,
+            "profiler_overhead_ms": profiled.median_ms - unprofiled.median_ms, "by_op": by_op, "runs": runs}

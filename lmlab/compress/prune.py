@@ -33,6 +33,7 @@ from torch import nn
 from torch.nn.utils import prune as torch_prune
 
 from lmlab.measure.plots import finish_axes, plain_log_ticks
+from lmlab.measure.results import with_dense_speed
 from lmlab.measure.runtime import check_int
 from lmlab.measure.stats import binomial_se, paired_nll_interval, perplexity_interval, within_noise
 from lmlab.measure.timing import format_ms, time_ms
@@ -550,22 +551,41 @@ def time_variants(variants: dict[str, nn.Module], ids: torch.Tensor, hidden: tor
 
 def measure_variants(models: dict[str, tuple[nn.Module, str]], contexts: np.ndarray, targets: np.ndarray,
                      score: Callable[[nn.Module], dict], corpus: str, simulated: Sequence[str] = (),
-                     repeat: int = 30, alongside: Sequence = ()) -> list:
+                     repeat: int = 30, alongside: Sequence = (), dense: str | None = None) -> list:
     """Measure each (model, technique) as one results row: ``score(model)`` for accuracy and perplexity, and one
     prediction call timed on ``contexts`` at batch 1 (``lmlab.models.lm.measure``).
 
-    ``corpus`` names the slice ``score`` reads (e.g. "kjv test[:40]"); rows whose technique is in ``simulated``
-    (masks, fake quantization) are marked so: their time is the dense model's. A model may be a ``Compressed``.
-    ``alongside`` are rows measured elsewhere in the same run on the same slice (e.g. chapter 01's n-grams from
+    ``corpus`` names the slice ``score`` reads (e.g. "kjv test[:40]"). Rows whose technique is in ``simulated``
+    (masks, fake quantization) run the dense arithmetic of model ``dense`` (a key of ``models``), so they are not
+    timed: they carry the ``dense`` row's time exactly and are marked simulated
+    (``lmlab.measure.results.with_dense_speed``). A model may be a ``Compressed``. ``alongside`` are rows measured
+    elsewhere in the same run on the same slice (e.g. chapter 01's n-grams from
     ``lmlab.models.ngram.measure_ngrams``): they come first, their ``corpus`` set to ``corpus``.
+    Raises ValueError when a technique is simulated and ``dense`` is not a key of ``models`` with a real technique.
     """
+    if any(technique in simulated for _, technique in models.values()):
+        if dense not in models or models[dense][1] in simulated:
+            real = [name for name, (_, technique) in models.items() if technique not in simulated]
+            raise ValueError(f"dense={dense!r}: simulated rows carry a dense model's time; name one of {real}")
     rows = [dataclasses.replace(row, corpus=corpus) for row in alongside]
+    measured = {}
     for name, (model, technique) in models.items():
         model = getattr(model, "model", model) if isinstance(model, Compressed) else model
-        row = measure(model, contexts, targets, name=name, technique=technique, setting="batch 1", repeat=repeat,
-                      corpus=corpus, scores=score(model))
-        rows.append(dataclasses.replace(row, simulated=technique in simulated))
-    return rows
+        if technique in simulated:
+            continue
+        measured[name] = measure(model, contexts, targets, name=name, technique=technique, setting="batch 1",
+                                 repeat=repeat, corpus=corpus, scores=score(model))
+    for name, (model, technique) in models.items():
+        if technique in simulated:
+            model = getattr(model, "model", model) if isinstance(model, Compressed) else model
+            scores = score(model)
+            size_bytes = model.size_bytes() if hasattr(model, "size_bytes") else None  # as lm.measure finds them
+            row = dataclasses.replace(measured[dense], name=name, technique=technique, accuracy=scores["accuracy"],
+                                      perplexity=scores["perplexity"], predictions=scores.get("tokens"),
+                                      size_mb=None if size_bytes is None else size_bytes / 1e6,
+                                      params=model.num_parameters() if hasattr(model, "num_parameters") else None)
+            measured[name] = with_dense_speed(row, measured[dense])
+    return rows + [measured[name] for name in models]
 
 
 def beaten_by(rows: Sequence, row) -> dict[str, list[str]]:

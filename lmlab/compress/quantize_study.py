@@ -46,7 +46,7 @@ from lmlab.compress.quantize import (
     quantize_model,
 )
 from lmlab.measure.plots import FONT_SIZE, log_ticks, pareto_frontier, tradeoff_plot
-from lmlab.measure.results import Result, results_table
+from lmlab.measure.results import Result, results_table, with_dense_speed
 from lmlab.measure.runtime import check_int
 from lmlab.measure.stats import binomial_se, compare, within_noise
 from lmlab.models.lm import deep_contexts, evaluate, measure
@@ -431,18 +431,20 @@ def speed_takeaway(rows: Mapping[tuple[str, str], Result], baseline: str) -> lis
 
 def simulated_rows(sweep: pd.DataFrame, dense: Result, weights: str, widths: Iterable[int]) -> list[Result]:
     """Rows for fake-quantized settings of ``sweep``: their accuracy and perplexity, their stored size at that width,
-    and ``dense``'s latency, marked ``simulated`` (they run the dense float32 arithmetic; plots draw them hollow and
-    keep them off the frontier). Raises ValueError for a setting the sweep did not measure."""
+    and ``dense``'s latency (``lmlab.measure.results.with_dense_speed``), marked ``simulated`` (they run the dense
+    float32 arithmetic; plots draw them hollow and keep them off the frontier). Raises ValueError for a setting the
+    sweep did not measure."""
     rows = []
     for bits in widths:
         match = sweep[(sweep["model"] == dense.name) & (sweep["weights"] == weights) & (sweep["bits"] == bits)]
         if match.empty:
             raise ValueError(f"weights={weights!r}, bits={bits!r}: the sweep has no such setting for {dense.name!r}")
         r = match.iloc[0]
-        rows.append(dataclasses.replace(dense, name=f"{dense.name} {bits}-bit", technique=f"fake-quantized, {weights}",
-                                        setting=f"{bits} bits", accuracy=float(r["accuracy"]),
-                                        perplexity=float(r["perplexity"]), predictions=int(r["predictions"]),
-                                        size_mb=float(r["MB"]), simulated=True))
+        row = dataclasses.replace(dense, name=f"{dense.name} {bits}-bit", technique=f"fake-quantized, {weights}",
+                                  setting=f"{bits} bits", accuracy=float(r["accuracy"]),
+                                  perplexity=float(r["perplexity"]), predictions=int(r["predictions"]),
+                                  size_mb=float(r["MB"]))
+        rows.append(with_dense_speed(row, dense))
     return rows
 
 

@@ -38,7 +38,7 @@ from lmlab.data.corpora import tokenize
 from lmlab.measure.results import Result
 from lmlab.measure.runtime import check_int, default_threads, pick_device, synchronize, torch_threads
 from lmlab.measure.stats import binomial_se
-from lmlab.measure.timing import Timing
+from lmlab.measure.timing import Timing, time_ms
 from lmlab.models.neural import GPTLanguageModel
 from lmlab.models.scoring import score_tokens
 
@@ -211,6 +211,44 @@ class Generation:
     def tokens_per_s(self) -> float:
         """Throughput: tokens produced by the whole batch per second of decoding, TTFT excluded."""
         return 1e3 * self.batch_size * len(self.step_ms) / sum(self.step_ms) if self.step_ms else math.nan
+
+
+def littles_law(generation: Generation, wall_ms: float) -> dict[str, float]:
+    """Check Little's law, L = λW, on one batched generation with two independent instruments.
+
+    L, the tokens in production, is counted from the replies: every row makes a token in the prefill, and n_j
+    rows make one in decode step j (those whose reply is longer), weighted by the loop's own step times d_j:
+    L = Σ n_j d_j / Σ d_j. λ = tokens made / ``wall_ms``, the clock around the whole call; W = Σ n_j d_j / Σ n_j,
+    the mean time a token spends being made, by the loop's clock. L / λW = wall_ms / Σ d_j: 1 when the loop's
+    clock sees the whole call, above 1 by the share it does not see (tokenizing, setting up). Introduced in
+    notebooks/06_acceleration.ipynb. Raises ValueError for a ``wall_ms`` shorter than the loop's own time.
+    """
+    phases = (generation.ttft_ms, *generation.step_ms)  # d_j: the prefill, then each decode step
+    lengths = [len(reply) for reply in generation.tokens]
+    making = [generation.batch_size] + [sum(k > j + 1 for k in lengths) for j in range(len(generation.step_ms))]
+    loop_ms = sum(phases)
+    if not (math.isfinite(wall_ms) and wall_ms >= loop_ms):
+        raise ValueError(f"wall_ms={wall_ms!r} is out of range; use the time around the whole call, at least the "
+                         f"loop's own {loop_ms:.4g} ms")
+    token_ms = sum(n * d for n, d in zip(making, phases))  # Σ n_j d_j: each token's time in the system, summed
+    in_flight, tokens = token_ms / loop_ms, sum(making)
+    rate_per_s, time_in_system_s = tokens / (wall_ms / 1e3), token_ms / tokens / 1e3
+    predicted = rate_per_s * time_in_system_s
+    return {"in_flight": in_flight, "tokens": tokens, "throughput_per_s": rate_per_s,
+            "time_in_system_s": time_in_system_s, "predicted": predicted, "ratio": in_flight / predicted,
+            "wall_ms": wall_ms, "loop_ms": loop_ms}
+
+
+def batch_littles_law(lm: CausalLM, prompts: Sequence, max_new_tokens: int, warmup: int = 1,
+                      **options) -> dict[str, float]:
+    """Generate once for ``prompts`` inside ``lmlab.measure.timing.time_ms`` (after ``warmup`` untimed calls) and
+    check Little's law on it with ``littles_law``: L counted from the replies, λ from the clock around the call,
+    W from the decode loop's clock. ``options`` are ``generate``'s. Introduced in notebooks/06_acceleration.ipynb.
+    Raises ValueError for what ``generate`` refuses, or warmup < 0.
+    """
+    made: list[Generation] = []
+    wall = time_ms(lambda: made.append(generate(lm, prompts, max_new_tokens, **options)), warmup=warmup, repeat=1)
+    return littles_law(made[-1], wall.median_ms)
 
 
 @dataclass(frozen=True)

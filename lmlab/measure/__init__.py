@@ -58,6 +58,7 @@ from lmlab.measure.results import (
     load_results,
     results_table,
     save_results,
+    with_dense_speed,
 )
 from lmlab.measure.runtime import (
     DEVICE_CHOICES,
@@ -90,7 +91,7 @@ from lmlab.measure.stats import (
     perplexity_interval,
     within_noise,
 )
-from lmlab.measure.timing import Timing, background_load, format_ms, medians_under_load, time_ms
+from lmlab.measure.timing import Stopwatch, Timing, background_load, format_ms, medians_under_load, time_ms
 
 __all__ = [
     "THREADS_ENV",
@@ -108,12 +109,14 @@ __all__ = [
     "environment",
     "describe_environment",
     "Timing",
+    "Stopwatch",
     "format_ms",
     "time_ms",
     "background_load",
     "medians_under_load",
     "Result",
     "results_table",
+    "with_dense_speed",
     "save_results",
     "check_results_path",
     "add_results",

@@ -76,8 +76,22 @@ class Result:
         return asdict(self)
 
 
+def with_dense_speed(row: Result, dense: Result) -> Result:
+    """Return ``row`` carrying ``dense``'s speed, marked ``simulated``: its time is the dense model's.
+
+    A fake-quantized or mask-pruned copy runs the dense float32 arithmetic of its original, so timing the copy
+    measures the dense model again, with its noise; its row takes the dense row's median_ms, p90_ms, device,
+    threads and batch size exactly. Introduced in notebooks/04_quantization.ipynb (its fake-quantized rows), also
+    used by chapter 05's masked rows and ``lmlab.compress.experiment.run``.
+    """
+    return dataclasses.replace(row, median_ms=dense.median_ms, p90_ms=dense.p90_ms, device=dense.device,
+                               threads=dense.threads, batch_size=dense.batch_size, simulated=True)
+
+
 def results_table(results: Sequence[Result]) -> pd.DataFrame:
     """Return the rows as a pandas table, times shown with their unit (``'    1.234 ms'``).
+
+    A simulated row's times read ``'    1.234 ms (simulated)'``: they are its dense model's (``with_dense_speed``).
 
     Accuracy is rounded to 4 places, with its binomial standard error beside it (``± se``, empty when the row does
     not know its number of predictions), and perplexity to 2, so a re-run with the same seed prints the same.
@@ -85,6 +99,7 @@ def results_table(results: Sequence[Result]) -> pd.DataFrame:
     """
     rows = []
     for r in results:
+        mark = " (simulated)" if r.simulated else ""
         rows.append({
             "name": r.name,
             "technique": r.technique,
@@ -92,8 +107,8 @@ def results_table(results: Sequence[Result]) -> pd.DataFrame:
             "accuracy": round(r.accuracy, 4),
             "± se": None if r.accuracy_se is None else round(r.accuracy_se, 4),
             "perplexity": None if r.perplexity is None else round(r.perplexity, 2),
-            "median": format_ms(r.median_ms),
-            "p90": format_ms(r.p90_ms),
+            "median": format_ms(r.median_ms) + mark,
+            "p90": format_ms(r.p90_ms) + mark,
             "size_mb": None if r.size_mb is None else round(r.size_mb, 3),
             "params": r.params,
             "batch": r.batch_size,

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 
 from lmlab.measure.runtime import check_int, synchronize, torch_threads
 
@@ -50,6 +51,15 @@ class Timing:
     @property
     def repeat(self) -> int:
         return len(self.samples_ms)
+
+    @classmethod
+    def of(cls, samples_ms: Sequence[float], warmup: int = 0, threads: int | None = None) -> Timing:
+        """Make a Timing of samples measured one at a time (``Stopwatch``), on ``threads`` torch threads (default:
+        the current count). Raises ValueError for no samples."""
+        if not len(samples_ms):
+            raise ValueError("samples_ms is empty: give at least one measured interval")
+        return cls(samples_ms=tuple(float(ms) for ms in samples_ms), warmup=warmup, first_ms=None,
+                   threads=torch.get_num_threads() if threads is None else threads)
 
     def __str__(self) -> str:
         thread_word = "thread" if self.threads == 1 else "threads"
@@ -102,13 +112,33 @@ def time_ms(
 
 
 def _timed_call(fn: Callable[..., Any], args: tuple, kwargs: dict, sync: bool) -> float:
-    if sync:
-        synchronize()
-    start = time.perf_counter()
-    fn(*args, **kwargs)
-    if sync:
-        synchronize()
-    return (time.perf_counter() - start) * 1e3
+    with Stopwatch(sync) as watch:
+        fn(*args, **kwargs)
+    return watch.ms
+
+
+class Stopwatch:
+    """Time one interval with the clock ``time_ms`` uses: ``with Stopwatch() as watch: ...``, then ``watch.ms``.
+
+    ms = ``time.perf_counter()`` at exit minus at entry, × 1000, with the GPU synchronized (CUDA or MPS) before
+    each clock read when ``sync`` is true. For intervals a repeated call cannot time (a barrier before each sample,
+    a clock that sums several intervals); gather such samples into a ``Timing`` with ``Timing.of``.
+    """
+
+    def __init__(self, sync: bool = True) -> None:
+        self.sync = sync
+        self.ms = float("nan")  # until the interval ends
+
+    def __enter__(self) -> Stopwatch:
+        if self.sync:
+            synchronize()
+        self._start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.sync:
+            synchronize()
+        self.ms = (time.perf_counter() - self._start) * 1e3
 
 
 @contextmanager

@@ -49,7 +49,7 @@ import torch
 from lmlab.data.corpora import SPECIALS, TokenizedCorpus, Vocab
 from lmlab.measure.results import atomic_write_text
 from lmlab.measure.runtime import check_int
-from lmlab.models.lm import check_contexts, evaluate, measure
+from lmlab.models.lm import check_contexts, deep_contexts, evaluate, measure
 
 SMOOTHINGS = ("none", "add-k", "kneser-ney", "modified-kneser-ney")
 KNESER_NEY = ("kneser-ney", "modified-kneser-ney")
@@ -623,7 +623,9 @@ def measure_ngrams(
     """Fit an n-gram model for each n and return one results row per model (chapter 01's baseline).
 
     Perplexity is over the whole ``split`` (the fast per-target path); accuracy over its first
-    ``accuracy_tokens`` predictions; latency is one prediction at batch 1. Later chapters call this to
+    ``accuracy_tokens`` predictions; latency is one prediction at batch 1 on the first context whose n − 1 words
+    are all real (``lmlab.models.lm.deep_contexts``, as chapter 02 times its models): the lookup an order really
+    does, not a context of <s> padding that no order stores. Later chapters call this to
     put the n-gram rows beside their own, measured on the same machine in the same run: models are fitted
     on ``data``'s training split and scored on ``evaluation`` (e.g. ``data.head("test", 30)``, the slice a
     chapter scores its other models on) if given, else on ``data`` itself. ``technique`` labels the rows;
@@ -638,7 +640,10 @@ def measure_ngrams(
         scored = evaluate(model, contexts[:accuracy_tokens], targets[:accuracy_tokens])
         scores = {"accuracy": scored["accuracy"], "tokens": scored["tokens"],
                   "perplexity": model.perplexity(contexts, targets)}
-        rows.append(measure(model, contexts, targets, name=f"{n}-gram", technique=technique or f"n-gram, {smoothing}",
-                            setting=f"n={n}", corpus=corpus or data.corpus.name, repeat=repeat, threads=threads,
-                            scores=scores))
+        deep = deep_contexts(contexts, scored_on.vocab.bos_id, words=n - 1)  # all n - 1 words real, no <s> padding
+        if not len(deep):
+            raise ValueError(f"orders={orders!r}: no {split} context has {n - 1} words before its target; use lower n")
+        rows.append(measure(model, contexts[deep], targets[deep], name=f"{n}-gram",
+                            technique=technique or f"n-gram, {smoothing}", setting=f"n={n}",
+                            corpus=corpus or data.corpus.name, repeat=repeat, threads=threads, scores=scores))
     return rows

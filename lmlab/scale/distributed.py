@@ -23,9 +23,7 @@ import argparse
 import copy
 import json
 import os
-import statistics
 import sys
-import time
 from collections.abc import Sequence
 from contextlib import contextmanager
 
@@ -36,7 +34,8 @@ from torch import nn
 from lmlab.data.corpora import TokenizedCorpus, document_batches, load_kjv, tokenize_corpus
 from lmlab.data.shipped import DATA_DIR
 from lmlab.measure.results import atomic_write_text
-from lmlab.measure.runtime import check_int, describe_environment, synchronize, use_threads
+from lmlab.measure.runtime import check_int, describe_environment, use_threads
+from lmlab.measure.timing import Stopwatch, Timing
 from lmlab.models.neural import GPTLanguageModel
 from lmlab.models.pretrained import load_smollm2
 from lmlab.models.registry import MODELS, load_model
@@ -57,11 +56,9 @@ class Clock:
 
     @contextmanager
     def comm(self):
-        synchronize()  # on a GPU, finish the compute queued before so it is not counted here
-        start = time.perf_counter()
-        yield
-        synchronize()
-        self.comm_ms += (time.perf_counter() - start) * 1e3
+        with Stopwatch() as watch:  # on a GPU, it first finishes the compute queued before: not counted here
+            yield
+        self.comm_ms += watch.ms
 
     def all_reduce(self, tensor: torch.Tensor) -> torch.Tensor:
         """Sum ``tensor`` over all ranks in place (timed); a no-op on one process."""
@@ -326,9 +323,9 @@ def allreduce_ms(sizes_bytes=ALLREDUCE_BYTES, repeat: int = 20) -> list[dict]:
             clock = Clock()
             clock.all_reduce(message)
             times.append(clock.comm_ms)
-        times = sorted(times[2:])
-        rows.append({"scheme": "allreduce", "bytes": size, "world_size": world, "median_ms": statistics.median(times),
-                     "p90_ms": times[min(len(times) - 1, int(0.9 * len(times)))]})
+        timing = Timing.of(times[2:], warmup=2)
+        rows.append({"scheme": "allreduce", "bytes": size, "world_size": world, "median_ms": timing.median_ms,
+                     "p90_ms": timing.p90_ms})
     return rows
 
 
@@ -356,12 +353,11 @@ def _timed(work, repeat: int, together: bool = True, warm_up: bool = True) -> tu
         clock = Clock()
         if together and dist.is_initialized():
             dist.barrier()
-        start = time.perf_counter()
-        out = work(clock)
-        synchronize()
-        walls.append((time.perf_counter() - start) * 1e3)
+        with Stopwatch() as watch:
+            out = work(clock)
+        walls.append(watch.ms)
         comms.append(clock.comm_ms)
-    return statistics.median(walls), statistics.median(comms), out
+    return Timing.of(walls).median_ms, Timing.of(comms).median_ms, out
 
 
 def run_scheme(scheme: str, model_name: str = "gpt-small", *, batch_size: int = 32, documents: int | None = None,
@@ -433,6 +429,23 @@ def _smollm2_work(scheme: str, batch_size: int, documents: int | None):
     return tensor, lambda: model(input_ids=batch).logits
 
 
+def slowest_rank(shares: Sequence[tuple[float, float]]) -> tuple[float, float, float]:
+    """Split the slowest rank's time into computing and communicating: (wall_ms, compute_ms, communication_ms).
+
+    ``shares`` holds each rank's (wall ms, communication ms). The slowest rank r = argmax wallᵣ sets the scheme's
+    time; compute = wallᵣ − commᵣ, its own communication, not the ranks' mean (which would mix in a rank that
+    waited less or more). Introduced in notebooks/08_parallel_and_distributed.ipynb (where the time goes).
+    Raises ValueError for no ranks or a rank whose communication is negative or exceeds its wall time.
+    """
+    if not shares:
+        raise ValueError("shares is empty: give each rank's (wall ms, communication ms)")
+    for rank, (wall, comm) in enumerate(shares):
+        if not 0 <= comm <= wall:
+            raise ValueError(f"shares[{rank}]=({wall!r}, {comm!r}): communication must lie in [0, wall ms]")
+    wall_ms, comm_ms = max(shares, key=lambda share: share[0])
+    return wall_ms, wall_ms - comm_ms, comm_ms
+
+
 def _row(scheme: str, model_name: str, batch_size: int, work, single, repeat: int) -> dict:
     """Time ``work`` on every rank and ``single`` on the rank that holds the answer; return the scheme's row."""
     rank, world = rank_and_world()
@@ -452,11 +465,10 @@ def _row(scheme: str, model_name: str, batch_size: int, work, single, repeat: in
     shares = [(wall_ms, comm_ms, single_ms, diff)] * world  # every rank's, gathered when there is a group
     if dist.is_initialized():
         dist.all_gather_object(shares, shares[rank])
-    wall_ms = max(s[0] for s in shares)
-    comm_ms = statistics.mean(s[1] for s in shares)
+    wall_ms, compute_ms, comm_ms = slowest_rank([(s[0], s[1]) for s in shares])
     single_ms, diff = shares[judge][2], shares[judge][3]
     row = {"scheme": scheme, "model": model_name, "world_size": world, "wall_ms": wall_ms,
-           "compute_ms": wall_ms - comm_ms, "communication_ms": comm_ms,
+           "compute_ms": compute_ms, "communication_ms": comm_ms,
            "communication_share": comm_ms / wall_ms, "single_ms": single_ms, "speedup": single_ms / wall_ms,
            "amdahl_model_speedup": amdahl_speedup(min(1.0, max(0.0, 1 - comm_ms / single_ms)), world),
            "max_diff": diff, "diff_kind": "relative" if scheme == "data" else "absolute logits",

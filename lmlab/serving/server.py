@@ -37,6 +37,7 @@ from lmlab.compress.prune import prune_mlp
 from lmlab.data.shipped import DATA_DIR
 from lmlab.inference.decode import CausalLM, as_causal_lm
 from lmlab.measure.runtime import check_int
+from lmlab.measure.timing import time_ms
 from lmlab.models.checkpoints import load_checkpoint
 from lmlab.models.pretrained import load_smollm2
 from lmlab.serving.engine import LRU, POLICIES, Engine, Event, QueueFull
@@ -603,19 +604,13 @@ def reply_stages(server: RunningServer, tokenizer, messages: list[dict], max_tok
     The server's decode includes its own detokenizing, so the stages overlap by that much.
     Raises ValueError for max_tokens < 1.
     """
-    import statistics
-
-    from openai import OpenAI
+    from openai import OpenAI  # optional: the client of the serving chapter
 
 
     check_int("max_tokens", max_tokens)
     client = OpenAI(base_url=f"{server.base_url}/v1", api_key=server.api_key or "none")
     model = model or client.models.list().data[0].id
-    tokenize = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        _template(tokenizer, messages, generation=True)
-        tokenize.append((time.perf_counter() - start) * 1e3)
+    tokenize = time_ms(_template, tokenizer, messages, generation=True, warmup=1, repeat=repeat)
     start = time.perf_counter()
     first, pieces, last = None, [], None
     for chunk in client.chat.completions.create(model=model, messages=messages, max_tokens=max_tokens, temperature=0,
@@ -627,15 +622,11 @@ def reply_stages(server: RunningServer, tokenizer, messages: list[dict], max_tok
     end = time.perf_counter()
     timing, tokens = last.model_extra["timing"], last.usage.completion_tokens
     ids = tokenizer("".join(pieces), add_special_tokens=False)["input_ids"]
-    detokenize = []
-    for _ in range(repeat):
-        begin = time.perf_counter()
-        for k in range(1, len(ids) + 1):
-            tokenizer.decode(ids[:k], skip_special_tokens=True)
-        detokenize.append((time.perf_counter() - begin) * 1e3)
+    detokenize = time_ms(lambda: [tokenizer.decode(ids[:k], skip_special_tokens=True) for k in range(1, len(ids) + 1)],
+                         warmup=1, repeat=repeat)
     client_total = (end - start) * 1e3
-    return {"tokenize": statistics.median(tokenize), "queue": timing["queue_ms"], "prefill": timing["prefill_ms"],
+    return {"tokenize": tokenize.median_ms, "queue": timing["queue_ms"], "prefill": timing["prefill_ms"],
             "decode": (timing["decode_ms_per_token"] or 0.0) * (tokens - 1),
-            "detokenize": statistics.median(detokenize), "http": client_total - timing["total_ms"],
+            "detokenize": detokenize.median_ms, "http": client_total - timing["total_ms"],
             "client_ttft": ((first or end) - start) * 1e3, "client_total": client_total, "tokens": tokens,
             "prompt_tokens": last.usage.prompt_tokens, "reply": "".join(pieces)}
