@@ -1,0 +1,60 @@
+"""What a client measures of the chat server: where one streamed reply's milliseconds go, stage by stage.
+
+Introduced in notebooks/07_realtime_pipeline.ipynb.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+from lmlab.measure.runtime import check_int
+from lmlab.serving.launcher import RunningServer
+from lmlab.serving.served import chat_template_ids
+
+
+def reply_stages(server: RunningServer, tokenizer, messages: list[dict], max_tokens: int = 32,
+                 model: str | None = None, repeat: int = 20) -> dict[str, float]:
+    """Measure where one streamed reply's milliseconds go, stage by stage (ms), with the openai client.
+
+    - tokenize: the chat template and tokenizer on the messages (median of ``repeat``, in this process);
+    - queue, prefill, decode: the server's own timing of the request (decode = ms per token × (tokens − 1));
+    - detokenize: decoding the reply one token at a time, as a streaming server does (median of ``repeat``);
+    - http: what the client waited beyond the server's total (request parsing, SSE framing, loopback);
+    - client_ttft and client_total: the first token and the end as the client saw them.
+    The server's decode includes its own detokenizing, so the stages overlap by that much.
+    Raises ValueError for max_tokens < 1.
+    """
+    from openai import OpenAI  # openai: only a client measurement needs it
+
+    check_int("max_tokens", max_tokens)
+    client = OpenAI(base_url=f"{server.base_url}/v1", api_key=server.api_key or "none")
+    model = model or client.models.list().data[0].id
+    tokenize = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        chat_template_ids(tokenizer, messages, generation=True)
+        tokenize.append((time.perf_counter() - start) * 1e3)
+    start = time.perf_counter()
+    first, pieces, last = None, [], None
+    for chunk in client.chat.completions.create(model=model, messages=messages, max_tokens=max_tokens, temperature=0,
+                                                stream=True, stream_options={"include_usage": True}):
+        if chunk.choices and chunk.choices[0].delta.content:
+            first = first or time.perf_counter()
+            pieces.append(chunk.choices[0].delta.content)
+        last = chunk
+    end = time.perf_counter()
+    timing, tokens = last.model_extra["timing"], last.usage.completion_tokens
+    ids = tokenizer("".join(pieces), add_special_tokens=False)["input_ids"]
+    detokenize = []
+    for _ in range(repeat):
+        begin = time.perf_counter()
+        for k in range(1, len(ids) + 1):
+            tokenizer.decode(ids[:k], skip_special_tokens=True)
+        detokenize.append((time.perf_counter() - begin) * 1e3)
+    client_total = (end - start) * 1e3
+    return {"tokenize": statistics.median(tokenize), "queue": timing["queue_ms"], "prefill": timing["prefill_ms"],
+            "decode": (timing["decode_ms_per_token"] or 0.0) * (tokens - 1),
+            "detokenize": statistics.median(detokenize), "http": client_total - timing["total_ms"],
+            "client_ttft": ((first or end) - start) * 1e3, "client_total": client_total, "tokens": tokens,
+            "prompt_tokens": last.usage.prompt_tokens, "reply": "".join(pieces)}
