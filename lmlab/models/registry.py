@@ -37,7 +37,7 @@ class ModelEntry:
     level: str
     window: int
     corpus: str | None
-    loader: Callable[[Path], tuple]
+    loader: Callable[[str | Path], tuple]
 
     @property
     def compressible(self) -> bool:
