@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from typing import Any
 
 from lmlab.measure.runtime import check_int
 from lmlab.serving.launcher import RunningServer
@@ -14,7 +15,7 @@ from lmlab.serving.served import chat_template_ids
 
 
 def reply_stages(server: RunningServer, tokenizer, messages: list[dict], max_tokens: int = 32,
-                 model: str | None = None, repeat: int = 20) -> dict[str, float]:
+                 model: str | None = None, repeat: int = 20) -> dict[str, Any]:
     """Measure where one streamed reply's milliseconds go, stage by stage (ms), with the openai client.
 
     - tokenize: the chat template and tokenizer on the messages (median of ``repeat``, in this process);
@@ -22,8 +23,9 @@ def reply_stages(server: RunningServer, tokenizer, messages: list[dict], max_tok
     - detokenize: decoding the reply one token at a time, as a streaming server does (median of ``repeat``);
     - http: what the client waited beyond the server's total (request parsing, SSE framing, loopback);
     - client_ttft and client_total: the first token and the end as the client saw them.
-    The server's decode includes its own detokenizing, so the stages overlap by that much.
-    Raises ValueError for max_tokens < 1.
+    The server's decode includes its own detokenizing, so the stages overlap by that much. Also: tokens and
+    prompt_tokens (counts) and the reply (text). Raises ValueError for max_tokens < 1, RuntimeError when the
+    stream ends without its usage chunk.
     """
     from openai import OpenAI  # openai: only a client measurement needs it
 
@@ -37,13 +39,16 @@ def reply_stages(server: RunningServer, tokenizer, messages: list[dict], max_tok
         tokenize.append((time.perf_counter() - start) * 1e3)
     start = time.perf_counter()
     first, pieces, last = None, [], None
-    for chunk in client.chat.completions.create(model=model, messages=messages, max_tokens=max_tokens, temperature=0,
+    sent: list[Any] = list(messages)  # OpenAI's message types are TypedDicts; these are plain dicts of the same shape
+    for chunk in client.chat.completions.create(model=model, messages=sent, max_tokens=max_tokens, temperature=0,
                                                 stream=True, stream_options={"include_usage": True}):
         if chunk.choices and chunk.choices[0].delta.content:
             first = first or time.perf_counter()
             pieces.append(chunk.choices[0].delta.content)
         last = chunk
     end = time.perf_counter()
+    if last is None or last.usage is None or not last.model_extra:
+        raise RuntimeError("the server's stream ended without its usage chunk (stream_options.include_usage)")
     timing, tokens = last.model_extra["timing"], last.usage.completion_tokens
     ids = tokenizer("".join(pieces), add_special_tokens=False)["input_ids"]
     detokenize = []
