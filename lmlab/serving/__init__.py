@@ -37,7 +37,7 @@ from lmlab.serving.loadgen import (
 from lmlab.serving.reference import transformers_continuous_batching
 from lmlab.serving.served import BACKEND_OF, FORMATS, SERVED_MODELS, ServedModel, chat_template_ids, load_served
 from lmlab.serving.protocol import ROLES, ChatRequest, RequestError, error_body, parse_request
-from lmlab.serving.app import build_app
+from lmlab.serving.app import ChatApp, build_app
 from lmlab.serving.launcher import API_KEY_ENV, RunningServer, free_port, running_server, serve, start_server
 from lmlab.serving.clients import reply_stages
 # isort: on
@@ -75,6 +75,7 @@ __all__ = [
     "error_body",
     "parse_request",
     "build_app",
+    "ChatApp",
     "serve",
     "free_port",
     "RunningServer",
