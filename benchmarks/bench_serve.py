@@ -23,8 +23,8 @@ import math
 import time
 
 from lmlab.measure.runtime import describe_environment, seed_everything
+from lmlab.serving.launcher import start_server
 from lmlab.serving.loadgen import Budget, default_bodies, run_load_sync
-from lmlab.serving.server import start_server
 
 QUESTIONS = ["Can I return shoes I have worn?", "How long does delivery take?", "Do you take cash?",
              "What size should I pick?", "When is the shop open?", "How much is shipping?",

@@ -7,12 +7,13 @@ milliseconds. The packages follow the course; each imports only the packages abo
   (standard errors, bootstrap, the one "within noise" rule), plots, hardware (bandwidth, FLOP/s, the decode floor)
 - ``lmlab.data``       corpora (King James Bible, census names, your own text), shipped (files, the notebooks' slice)
 - ``lmlab.models``     lm (the interface every model answers), ngram, neural (MLP, GPT), recurrent (RNN, LSTM),
-  kinds, checkpoints, pretrained (SmolLM2-135M offline), scoring (per-document scores), registry (shipped models)
+  kinds, checkpoints, pretrained (SmolLM2-135M offline), scoring (per-document scores), registry (every model by name)
 - ``lmlab.train``      descent (gradient descent by hand), loop (training, distillation, timed races), curves
 - ``lmlab.compress``   quantize, quantize_study, prune (pruning, low rank, sharing), export (ONNX, real int8),
   methods (every technique and its setting's range), experiment (one model, one method, one results row)
 - ``lmlab.inference``  decode (prefill, decode, the KV cache, sampling, streaming), position_cost
-- ``lmlab.serving``    engine (continuous batching), server (OpenAI-compatible HTTP), loadgen, reference
+- ``lmlab.serving``    engine (continuous batching), served, protocol, app, launcher (the OpenAI-compatible HTTP
+  server), clients, loadgen, reference
 - ``lmlab.scale``      distributed (torchrun: data, tensor, pipeline parallel), sweep (grids on Ray)
 - ``lmlab.tasks``      classify (text classifiers), vectors (word2vec, GloVe's loss)
 - ``lmlab.notebook``   widgets (the interactive panels)
@@ -40,7 +41,7 @@ MOVED = {
     "checkpoints": "lmlab.models.checkpoints", "descent": "lmlab.train.descent", "curves": "lmlab.train.curves",
     "quantize": "lmlab.compress.quantize", "prune": "lmlab.compress.prune", "export": "lmlab.compress.export",
     "quantize_study": "lmlab.compress.quantize_study", "experiment": "lmlab.compress.experiment",
-    "decode": "lmlab.inference.decode", "batching": "lmlab.serving.engine", "serve": "lmlab.serving.server",
+    "decode": "lmlab.inference.decode", "batching": "lmlab.serving.engine", "serve": "lmlab.serving.launcher",
     "loadgen": "lmlab.serving.loadgen", "reference": "lmlab.serving.reference",
     "distributed": "lmlab.scale.distributed", "sweep": "lmlab.scale.sweep", "classify": "lmlab.tasks.classify",
     "vectors": "lmlab.tasks.vectors", "widgets": "lmlab.notebook.widgets",

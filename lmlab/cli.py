@@ -14,7 +14,7 @@
                            run one parallel scheme under torchrun (lmlab.scale.distributed); rank 0 prints its row:
                            wall, compute and communication ms against the single process, speed-up, max difference
   serve [--model M --format F --port P --max-batch N --max-queue N --policy P --api-key K ...]
-                           an OpenAI-compatible chat server on 127.0.0.1 (lmlab.serving.server), until Ctrl-C or SIGTERM
+                           an OpenAI-compatible chat server on 127.0.0.1 (lmlab.serving), until Ctrl-C or SIGTERM
   classify TASK --model linear|bilstm|cnn|transformer [--steps N] [--save FILE]
                            train a text classifier (lmlab.tasks.classify: names-sex, kjv-testament, kjv-books) for N
                            steps, then its test rows at batch 1 and 32 and its macro precision / recall / F1
@@ -31,6 +31,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
 
 from lmlab.compress.experiment import run
 from lmlab.data.corpora import load_corpus, load_kjv, tokenize_corpus
@@ -39,196 +43,117 @@ from lmlab.measure.hardware import FORMATS, decode_floor_ms, matmul_gflops, memo
 from lmlab.measure.results import add_results, check_results_path, results_table
 from lmlab.measure.runtime import check_int, describe_environment, torch_threads
 from lmlab.measure.timing import format_ms, time_ms
-from lmlab.models.pretrained import load_smollm2
-from lmlab.models.registry import MODELS, load_model
+from lmlab.models.registry import load_model, model_entry, names
 from lmlab.scale.distributed import launch
 from lmlab.scale.sweep import sweep_command
-from lmlab.serving.server import serve as run_server
+from lmlab.serving.launcher import serve as run_server
 from lmlab.tasks.classify import MODELS as CLASSIFIERS
 from lmlab.tasks.classify import load_task, measure_classifier, train_classifier
 from lmlab.tasks.vectors import WordVectors, gensim_word2vec, neighbour_table, train_word2vec
 from lmlab.train.loop import train_preset
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="lmlab", description="The Millisecond LM Lab")
-    commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("env", help="print what timings are measured on")
-    stats = commands.add_parser("stats", help="corpus statistics")
-    stats.add_argument("corpus", help='"kjv", "names", or a path to a UTF-8 text file')
-    stats.add_argument("--level", choices=("word", "char"), default=None, help="token level for a text file")
-    stats.add_argument("--min-count", type=int, default=1, help="keep tokens seen this often in train")
-    matmul = commands.add_parser("time-matmul", help="time a square matmul with time_ms")
-    matmul.add_argument("size", type=int)
-    matmul.add_argument("--threads", type=int, default=None)
-    matmul.add_argument("--repeat", type=int, default=50)
-    train = commands.add_parser("train", help="train a preset from scratch and save it as safetensors + JSON")
-    train.add_argument("preset", help="one of lmlab.train.loop.PRESETS, e.g. gpt-large")
-    train.add_argument("--out", required=True, help="path without suffix, e.g. data/gpt-large")
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--threads", type=int, default=None, help="torch threads (default: $LMLAB_THREADS or 1)")
-    train.add_argument("--epochs", type=float, default=None, help="override the preset's epochs")
-    train.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint at --out")
-    measure = commands.add_parser("measure", help="score and time a shipped model, optionally compressed")
-    measure.add_argument("model", help="a shipped model (mlp-names, gpt-small, gpt-medium, gpt-large, lstm-names, "
-                         "rnn-names, lstm-kjv) or a KJV n-gram fitted here (ngram-3, ngram-5)")
-    measure.add_argument("--method", default=None, help="a compression method from lmlab.compress.methods.METHODS")
-    measure.add_argument("--value", type=float, default=None, help="the method's setting (default: its default)")
-    measure.add_argument("--batch-size", type=int, default=1)
-    measure.add_argument("--documents", type=int, default=None, help="score on the first N test documents "
-                         "(default: the whole test split)")
-    measure.add_argument("--repeat", type=int, default=30, help="timed repeats")
-    measure.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (neural models)")
-    measure.add_argument("--threads", type=int, default=None, help="torch threads (default: $LMLAB_THREADS or 1)")
-    measure.add_argument("--save", default=None, help="JSON file of results rows to add this row to")
-    classify = commands.add_parser("classify", help="train and measure a text classifier (lmlab.tasks.classify)")
-    classify.add_argument("task", help="names-sex, kjv-testament or kjv-books")
-    classify.add_argument("--model", default="linear", help="linear, bilstm, cnn or transformer")
-    classify.add_argument("--steps", type=int, default=None,
-                          help="training steps (default: lmlab.tasks.classify.DEFAULTS)")
-    classify.add_argument("--seed", type=int, default=0)
-    classify.add_argument("--repeat", type=int, default=30, help="timed repeats")
-    classify.add_argument("--threads", type=int, default=None, help="torch threads (default: $LMLAB_THREADS or 1)")
-    classify.add_argument("--save", default=None, help="JSON file of results rows to add the rows to")
-    vectors = commands.add_parser("vectors",
-                                  help="train word2vec on the KJV and print neighbours (lmlab.tasks.vectors)")
-    vectors.add_argument("words", help="comma-separated words, e.g. king,gold,seven")
-    vectors.add_argument("--k", type=int, default=5, help="neighbours per word")
-    vectors.add_argument("--dim", type=int, default=50)
-    vectors.add_argument("--epochs", type=int, default=2)
-    vectors.add_argument("--window", type=int, default=5)
-    vectors.add_argument("--negatives", type=int, default=5)
-    vectors.add_argument("--seed", type=int, default=0)
-    vectors.add_argument("--analogy", action="append", default=[], help="A,B,C: a is to b as c is to ? (repeatable)")
-    vectors.add_argument("--gensim", action="store_true", help="also train gensim's Word2Vec with the same settings")
-    vectors.add_argument("--gpt", action="store_true", help="also ask the shipped gpt-large's input embedding")
-    vectors.add_argument("--threads", type=int, default=None, help="torch threads (default: $LMLAB_THREADS or 1)")
-    generate = commands.add_parser("generate",
-                                   help="stream a reply, then its TTFT and tokens/s (lmlab.inference.decode)")
-    generate.add_argument("model", help="smollm2, or a shipped GPT: gpt-small, gpt-medium or gpt-large")
-    generate.add_argument("prompt")
-    generate.add_argument("--max-new-tokens", type=int, default=32)
-    generate.add_argument("--backend", default="eager", help="eager, compile, onnx or onnx-int8")
-    generate.add_argument("--no-cache", action="store_true", help="recompute the whole prefix every step")
-    generate.add_argument("--batch", type=int, default=1, help="decode the prompt this many times in one batch")
-    generate.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
-    generate.add_argument("--temperature", type=float, default=1.0)
-    generate.add_argument("--top-k", type=int, default=None)
-    generate.add_argument("--top-p", type=float, default=None)
-    generate.add_argument("--seed", type=int, default=0)
-    generate.add_argument("--threads", type=int, default=None, help="torch threads (default: $LMLAB_THREADS or 1)")
-    hardware = commands.add_parser("hardware", help="memory bandwidth, matmul GFLOP/s and decode floors")
-    hardware.add_argument("--threads", type=int, default=None)
-    parallel = commands.add_parser("parallel", help="data, tensor or pipeline parallel inference under torchrun")
-    parallel.add_argument("--scheme", default="data", help="data, tensor, pipeline or allreduce (latency by size)")
-    parallel.add_argument("--model", default="gpt-small",
-                          help="a shipped GPT (gpt-small, gpt-medium, gpt-large) or smollm2 (data and tensor only)")
-    parallel.add_argument("--nproc-per-node", type=int, default=2, help="ranks (processes) on each machine")
-    parallel.add_argument("--nnodes", type=int, default=1, help="machines; above 1 needs --rdzv-endpoint")
-    parallel.add_argument("--rdzv-endpoint", default=None, help="HOST:PORT of the rendezvous, as torchrun defines it")
-    parallel.add_argument("--batch-size", type=int, default=32, help="documents per batch")
-    parallel.add_argument("--documents", type=int, default=None, help="data: score the first N test documents only")
-    parallel.add_argument("--micro-batches", type=int, default=4, help="pipeline micro-batches")
-    parallel.add_argument("--repeat", type=int, default=3, help="timed repeats (median)")
-    parallel.add_argument("--threads", type=int, default=None, help="torch threads per rank (default: 1)")
-    parallel.add_argument("--save", default=None, help="rank 0 writes the row(s) to this JSON file")
-    serve = commands.add_parser("serve", help="an OpenAI-compatible chat server with continuous batching")
-    serve.add_argument("--model", default="smollm2", help="smollm2 (SmolLM2-135M-Instruct), gpt-small, gpt-medium "
-                       "or gpt-large")
-    serve.add_argument("--format", default="float32", help="float32, onnx, int8 or pruned")
-    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
-    serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--max-batch", type=int, default=8, help="most requests decoded together")
-    serve.add_argument("--max-queue", type=int, default=64, help="most requests waiting; beyond it: HTTP 429")
-    serve.add_argument("--policy", default="continuous", help="continuous, static or sequential batching")
-    serve.add_argument("--prefix-cache", type=int, default=0, help="prompt prefixes whose KV state is kept (0: off)")
-    serve.add_argument("--reply-cache", type=int, default=0, help="greedy replies kept for repeated prompts (0: off)")
-    serve.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (default: "
-                       "$LMLAB_API_KEY, else no key)")
-    serve.add_argument("--threads", type=int, default=None, help="torch threads (default: $LMLAB_THREADS or 1)")
-    serve.add_argument("--max-body-bytes", type=int, default=1_000_000)
-    serve.add_argument("--prune-fraction", type=float, default=0.3, help="MLP units removed for --format pruned")
-    sweep = commands.add_parser("sweep", help="a grid of models x methods x settings, one results row each")
-    sweep.add_argument("--models", required=True, help="comma-separated shipped models, e.g. mlp-names,gpt-small")
-    sweep.add_argument("--methods", default="", help="comma-separated methods of lmlab.compress.methods.METHODS")
-    sweep.add_argument("--values", action="append", default=None, help="settings for every method ('8,4') or one "
-                       "('quantize-channel=8,4'; repeat the flag); default: a few points of each method's range")
-    sweep.add_argument("--batch-sizes", default="1", help="comma-separated batch sizes to time (default: 1)")
-    sweep.add_argument("--no-baseline", action="store_true", help="leave out each model's uncompressed row")
-    sweep.add_argument("--documents", type=int, default=None, help="score on the first N test documents "
-                       "(default: the whole test split)")
-    sweep.add_argument("--out", required=True, help="JSON rows file; an unfinished sweep there is resumed")
-    sweep.add_argument("--engine", default="local", help="local (worker processes) or ray")
-    sweep.add_argument("--workers", type=int, default=1, help="tasks at once: local processes, or a local Ray "
-                       "instance's slots (a cluster at --address uses its own CPUs)")
-    sweep.add_argument("--address", default=None, help="an existing Ray cluster: auto or ray://HOST:10001")
-    sweep.add_argument("--threads", type=int, default=1, help="torch threads per task (default: 1)")
-    sweep.add_argument("--repeat", type=int, default=30, help="timed repeats per setting")
-    sweep.add_argument("--plot", default=None, help="save the trade-off plot as this new PNG file")
-    sweep.add_argument("--no-progress", action="store_true", help="no progress bar")
-    args = parser.parse_args(argv)
+@dataclass(frozen=True)
+class Command:
+    """One subcommand: its name and help, the function that adds its arguments, the function that runs it."""
 
-    try:
-        if args.command == "env":
-            print(describe_environment())
-        elif args.command == "stats":
-            corpus = load_corpus(args.corpus, args.level)
-            print(f"{corpus.name}: {corpus.source}")
-            for key, value in corpus.stats().items():
-                print(f"  {key:>10}: {value:,}")
-            data = tokenize_corpus(corpus, min_count=args.min_count)
-            sizes = {split: sum(len(d) for d in ids) for split, ids in data.ids.items()}
-            print(f"  vocabulary: {len(data.vocab):,} (min_count {args.min_count}, specials included)")
-            print("  tokens per split: " + ", ".join(f"{k} {v:,}" for k, v in sizes.items()))
-        elif args.command == "time-matmul":
-            import torch
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int | None]  # None: exit code 0
 
 
-            if args.size < 1:
-                raise ValueError(f"size={args.size} is out of range; use an integer >= 1")
-            a = torch.randn(args.size, args.size)
-            timing = time_ms(torch.mm, a, a, repeat=args.repeat, threads=args.threads)
-            print(describe_environment(threads=timing.threads))
-            print(f"{args.size}x{args.size} matmul: {timing}")
-        elif args.command == "train":
-            card = train_preset(args.preset, args.out, seed=args.seed, threads=args.threads, epochs=args.epochs,
-                                overwrite=args.overwrite)
-            print(f"saved {args.out}.safetensors: {card['params']:,} parameters, "
-                  f"validation perplexity {card['final_valid']['perplexity']:.2f}, "
-                  f"trained in {card['training']['train_seconds']:.0f} s")
-        elif args.command == "measure":
-            if args.save:
-                check_results_path(args.save)  # before a minute of measuring, not after
-            row = run(args.model, args.method, args.value, batch_size=args.batch_size, repeat=args.repeat,
-                      documents=args.documents, device=args.device, threads=args.threads)
-            print(describe_environment(args.device, threads=row.threads))
-            print(results_table([row]).to_string(index=False))
-            if args.save:
-                print(f"added to {add_results([row], args.save)}")
-        elif args.command == "classify":
-            _classify(args)
-        elif args.command == "vectors":
-            _vectors(args)
-        elif args.command == "generate":
-            _generate(args)
-        elif args.command == "hardware":
-            _hardware(args.threads)
-        elif args.command == "parallel":
-            return launch(args.scheme, args.model, args.nproc_per_node, nnodes=args.nnodes,
-                          rdzv_endpoint=args.rdzv_endpoint, batch_size=args.batch_size, documents=args.documents,
-                          micro_batches=args.micro_batches, repeat=args.repeat, threads=args.threads, save=args.save)
-        elif args.command == "serve":
-            run_server(args.model, args.format, host=args.host, port=args.port, max_batch=args.max_batch,
-                       max_queue=args.max_queue, policy=args.policy, prefix_cache=args.prefix_cache,
-                       reply_cache=args.reply_cache, api_key=args.api_key, threads=args.threads,
-                       max_body_bytes=args.max_body_bytes, prune_fraction=args.prune_fraction)
-        elif args.command == "sweep":
-            sweep_command(args)
-    except (ValueError, FileNotFoundError, FileExistsError) as err:
-        message = str(err).replace("pass overwrite=True", "add --overwrite") if args.command == "train" else err
-        print(f"lmlab: {message}", file=sys.stderr)
-        return 2
-    return 0
+def _no_arguments(parser: argparse.ArgumentParser) -> None:
+    pass
+
+
+def _env(args) -> None:
+    print(describe_environment())
+
+
+def _stats_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("corpus", help='"kjv", "names", or a path to a UTF-8 text file')
+    parser.add_argument("--level", choices=("word", "char"), default=None, help="token level for a text file")
+    parser.add_argument("--min-count", type=int, default=1, help="keep tokens seen this often in train")
+
+
+def _stats(args) -> None:
+    corpus = load_corpus(args.corpus, args.level)
+    print(f"{corpus.name}: {corpus.source}")
+    for key, value in corpus.stats().items():
+        print(f"  {key:>10}: {value:,}")
+    data = tokenize_corpus(corpus, min_count=args.min_count)
+    sizes = {split: sum(len(d) for d in ids) for split, ids in data.ids.items()}
+    print(f"  vocabulary: {len(data.vocab):,} (min_count {args.min_count}, specials included)")
+    print("  tokens per split: " + ", ".join(f"{k} {v:,}" for k, v in sizes.items()))
+
+
+def _matmul_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("size", type=int)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--repeat", type=int, default=50)
+
+
+def _time_matmul(args) -> None:
+    if args.size < 1:
+        raise ValueError(f"size={args.size} is out of range; use an integer >= 1")
+    a = torch.randn(args.size, args.size)
+    timing = time_ms(torch.mm, a, a, repeat=args.repeat, threads=args.threads)
+    print(describe_environment(threads=timing.threads))
+    print(f"{args.size}x{args.size} matmul: {timing}")
+
+
+def _train_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("preset", help="one of lmlab.train.loop.PRESETS, e.g. gpt-large")
+    parser.add_argument("--out", required=True, help="path without suffix, e.g. data/gpt-large")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: $LMLAB_THREADS or 1)")
+    parser.add_argument("--epochs", type=float, default=None, help="override the preset's epochs")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint at --out")
+
+
+def _train(args) -> None:
+    card = train_preset(args.preset, args.out, seed=args.seed, threads=args.threads, epochs=args.epochs,
+                        overwrite=args.overwrite)
+    print(f"saved {args.out}.safetensors: {card['params']:,} parameters, "
+          f"validation perplexity {card['final_valid']['perplexity']:.2f}, "
+          f"trained in {card['training']['train_seconds']:.0f} s")
+
+
+def _measure_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help=f"a shipped model ({', '.join(names(('mlp', 'gpt', 'rnn')))}) or a KJV n-gram "
+                        f"fitted here ({', '.join(names('ngram'))})")
+    parser.add_argument("--method", default=None, help="a compression method from lmlab.compress.methods.METHODS")
+    parser.add_argument("--value", type=float, default=None, help="the method's setting (default: its default)")
+    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--documents", type=int, default=None, help="score on the first N test documents "
+                        "(default: the whole test split)")
+    parser.add_argument("--repeat", type=int, default=30, help="timed repeats")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (neural models)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: $LMLAB_THREADS or 1)")
+    parser.add_argument("--save", default=None, help="JSON file of results rows to add this row to")
+
+
+def _measure(args) -> None:
+    if args.save:
+        check_results_path(args.save)  # before a minute of measuring, not after
+    row = run(args.model, args.method, args.value, batch_size=args.batch_size, repeat=args.repeat,
+              documents=args.documents, device=args.device, threads=args.threads)
+    print(describe_environment(args.device, threads=row.threads))
+    print(results_table([row]).to_string(index=False))
+    if args.save:
+        print(f"added to {add_results([row], args.save)}")
+
+
+def _classify_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("task", help="names-sex, kjv-testament or kjv-books")
+    parser.add_argument("--model", default="linear", help="linear, bilstm, cnn or transformer")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="training steps (default: lmlab.tasks.classify.DEFAULTS)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--repeat", type=int, default=30, help="timed repeats")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: $LMLAB_THREADS or 1)")
+    parser.add_argument("--save", default=None, help="JSON file of results rows to add the rows to")
 
 
 def _classify(args) -> None:
@@ -247,6 +172,20 @@ def _classify(args) -> None:
           f"{metrics.precision:.3f}, recall {metrics.recall:.3f}, F1 {metrics.f1:.3f} on {metrics.n:,} test texts")
     if args.save:
         print(f"added to {add_results(rows, args.save)}")
+
+
+def _vectors_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("words", help="comma-separated words, e.g. king,gold,seven")
+    parser.add_argument("--k", type=int, default=5, help="neighbours per word")
+    parser.add_argument("--dim", type=int, default=50)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--window", type=int, default=5)
+    parser.add_argument("--negatives", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--analogy", action="append", default=[], help="A,B,C: a is to b as c is to ? (repeatable)")
+    parser.add_argument("--gensim", action="store_true", help="also train gensim's Word2Vec with the same settings")
+    parser.add_argument("--gpt", action="store_true", help="also ask the shipped gpt-large's input embedding")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: $LMLAB_THREADS or 1)")
 
 
 def _vectors(args) -> None:
@@ -278,14 +217,29 @@ def _vectors(args) -> None:
 
 
 def _causal_lm(name: str):
-    """A shipped GPT by name, or "smollm2"; ValueError for anything else."""
-    if name == "smollm2":
-        return as_causal_lm(*load_smollm2(), name="SmolLM2-135M")
+    """A shipped GPT by name, or "smollm2", as a decode loop; ValueError for anything else."""
+    gpts = names("gpt")
+    if name not in names("llm") + gpts:
+        raise ValueError(f"model={name!r} cannot generate; use smollm2 or one of {gpts}")
+    model, tokenizer = load_model(name)
+    if model_entry(name).kind == "llm":
+        return as_causal_lm(model, tokenizer, name="SmolLM2-135M")
+    return as_causal_lm(model, name=name)
 
-    if name not in MODELS or not name.startswith("gpt"):
-        raise ValueError(f"model={name!r} cannot generate; use smollm2 or one of "
-                         f"{tuple(m for m in MODELS if m.startswith('gpt'))}")
-    return as_causal_lm(load_model(name)[0], name=name)
+
+def _generate_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="smollm2, or a shipped GPT: gpt-small, gpt-medium or gpt-large")
+    parser.add_argument("prompt")
+    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--backend", default="eager", help="eager, compile, onnx or onnx-int8")
+    parser.add_argument("--no-cache", action="store_true", help="recompute the whole prefix every step")
+    parser.add_argument("--batch", type=int, default=1, help="decode the prompt this many times in one batch")
+    parser.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--top-k", type=int, default=None)
+    parser.add_argument("--top-p", type=float, default=None)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: $LMLAB_THREADS or 1)")
 
 
 def _generate(args) -> None:
@@ -313,8 +267,12 @@ def _echo(pieces):
         yield piece
 
 
-def _hardware(threads: int | None) -> None:
-    bandwidth, peak = memory_bandwidth(threads), matmul_gflops(threads=threads)
+def _threads_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--threads", type=int, default=None)
+
+
+def _hardware(args) -> None:
+    bandwidth, peak = memory_bandwidth(args.threads), matmul_gflops(threads=args.threads)
     print(describe_environment("cpu", threads=bandwidth.threads))
     print(f"memory bandwidth: {bandwidth}\nmatrix multiply: {peak}")
     for name in ("gpt-large", "smollm2"):
@@ -322,6 +280,113 @@ def _hardware(threads: int | None) -> None:
         floors = ", ".join(f"{fmt} {decode_floor_ms(weight_bytes(model, fmt), bandwidth.read_gbs):.3g} ms"
                            for fmt in FORMATS)
         print(f"decode floor of {name} (weights / read bandwidth): {floors}")
+
+
+def _parallel_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--scheme", default="data", help="data, tensor, pipeline or allreduce (latency by size)")
+    parser.add_argument("--model", default="gpt-small",
+                        help="a shipped GPT (gpt-small, gpt-medium, gpt-large) or smollm2 (data and tensor only)")
+    parser.add_argument("--nproc-per-node", type=int, default=2, help="ranks (processes) on each machine")
+    parser.add_argument("--nnodes", type=int, default=1, help="machines; above 1 needs --rdzv-endpoint")
+    parser.add_argument("--rdzv-endpoint", default=None, help="HOST:PORT of the rendezvous, as torchrun defines it")
+    parser.add_argument("--batch-size", type=int, default=32, help="documents per batch")
+    parser.add_argument("--documents", type=int, default=None, help="data: score the first N test documents only")
+    parser.add_argument("--micro-batches", type=int, default=4, help="pipeline micro-batches")
+    parser.add_argument("--repeat", type=int, default=3, help="timed repeats (median)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads per rank (default: 1)")
+    parser.add_argument("--save", default=None, help="rank 0 writes the row(s) to this JSON file")
+
+
+def _parallel(args) -> int:
+    return launch(args.scheme, args.model, args.nproc_per_node, nnodes=args.nnodes, rdzv_endpoint=args.rdzv_endpoint,
+                  batch_size=args.batch_size, documents=args.documents, micro_batches=args.micro_batches,
+                  repeat=args.repeat, threads=args.threads, save=args.save)
+
+
+def _serve_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="smollm2", help="smollm2 (SmolLM2-135M-Instruct), gpt-small, gpt-medium "
+                        "or gpt-large")
+    parser.add_argument("--format", default="float32", help="float32, onnx, int8 or pruned")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--max-batch", type=int, default=8, help="most requests decoded together")
+    parser.add_argument("--max-queue", type=int, default=64, help="most requests waiting; beyond it: HTTP 429")
+    parser.add_argument("--policy", default="continuous", help="continuous, static or sequential batching")
+    parser.add_argument("--prefix-cache", type=int, default=0, help="prompt prefixes whose KV state is kept (0: off)")
+    parser.add_argument("--reply-cache", type=int, default=0, help="greedy replies kept for repeated prompts (0: off)")
+    parser.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (default: "
+                        "$LMLAB_API_KEY, else no key)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: $LMLAB_THREADS or 1)")
+    parser.add_argument("--max-body-bytes", type=int, default=1_000_000)
+    parser.add_argument("--prune-fraction", type=float, default=0.3, help="MLP units removed for --format pruned")
+
+
+def _serve(args) -> None:
+    run_server(args.model, args.format, host=args.host, port=args.port, max_batch=args.max_batch,
+               max_queue=args.max_queue, policy=args.policy, prefix_cache=args.prefix_cache,
+               reply_cache=args.reply_cache, api_key=args.api_key, threads=args.threads,
+               max_body_bytes=args.max_body_bytes, prune_fraction=args.prune_fraction)
+
+
+def _sweep_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--models", required=True, help="comma-separated shipped models, e.g. mlp-names,gpt-small")
+    parser.add_argument("--methods", default="", help="comma-separated methods of lmlab.compress.methods.METHODS")
+    parser.add_argument("--values", action="append", default=None, help="settings for every method ('8,4') or one "
+                        "('quantize-channel=8,4'; repeat the flag); default: a few points of each method's range")
+    parser.add_argument("--batch-sizes", default="1", help="comma-separated batch sizes to time (default: 1)")
+    parser.add_argument("--no-baseline", action="store_true", help="leave out each model's uncompressed row")
+    parser.add_argument("--documents", type=int, default=None, help="score on the first N test documents "
+                        "(default: the whole test split)")
+    parser.add_argument("--out", required=True, help="JSON rows file; an unfinished sweep there is resumed")
+    parser.add_argument("--engine", default="local", help="local (worker processes) or ray")
+    parser.add_argument("--workers", type=int, default=1, help="tasks at once: local processes, or a local Ray "
+                        "instance's slots (a cluster at --address uses its own CPUs)")
+    parser.add_argument("--address", default=None, help="an existing Ray cluster: auto or ray://HOST:10001")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per task (default: 1)")
+    parser.add_argument("--repeat", type=int, default=30, help="timed repeats per setting")
+    parser.add_argument("--plot", default=None, help="save the trade-off plot as this new PNG file")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+# The subcommands, in the order ``python -m lmlab --help`` lists them.
+COMMANDS = (
+    Command("env", "print what timings are measured on", _no_arguments, _env),
+    Command("stats", "corpus statistics", _stats_arguments, _stats),
+    Command("time-matmul", "time a square matmul with time_ms", _matmul_arguments, _time_matmul),
+    Command("train", "train a preset from scratch and save it as safetensors + JSON", _train_arguments, _train),
+    Command("measure", "score and time a shipped model, optionally compressed", _measure_arguments, _measure),
+    Command("classify", "train and measure a text classifier (lmlab.tasks.classify)", _classify_arguments,
+            _classify),
+    Command("vectors", "train word2vec on the KJV and print neighbours (lmlab.tasks.vectors)", _vectors_arguments,
+            _vectors),
+    Command("generate", "stream a reply, then its TTFT and tokens/s (lmlab.inference.decode)", _generate_arguments,
+            _generate),
+    Command("hardware", "memory bandwidth, matmul GFLOP/s and decode floors", _threads_argument, _hardware),
+    Command("parallel", "data, tensor or pipeline parallel inference under torchrun", _parallel_arguments,
+            _parallel),
+    Command("serve", "an OpenAI-compatible chat server with continuous batching", _serve_arguments, _serve),
+    Command("sweep", "a grid of models x methods x settings, one results row each", _sweep_arguments,
+            sweep_command),
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse ``argv`` with every subcommand of ``COMMANDS``, run the chosen one, and return its exit code.
+
+    A ValueError, FileNotFoundError or FileExistsError is printed as ``lmlab: message`` with exit code 2.
+    """
+    parser = argparse.ArgumentParser(prog="lmlab", description="The Millisecond LM Lab")
+    commands = parser.add_subparsers(dest="command", required=True)
+    for command in COMMANDS:
+        command.add_arguments(commands.add_parser(command.name, help=command.help))
+    args = parser.parse_args(argv)
+    chosen = next(command for command in COMMANDS if command.name == args.command)
+    try:
+        return chosen.run(args) or 0
+    except (ValueError, FileNotFoundError, FileExistsError) as err:
+        message = str(err).replace("pass overwrite=True", "add --overwrite") if args.command == "train" else err
+        print(f"lmlab: {message}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

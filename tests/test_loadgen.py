@@ -165,7 +165,7 @@ def test_load_plot_draws_latency_and_throughput_panels():
 
 @pytest.fixture(scope="module")
 def server():
-    from lmlab.serving.server import running_server
+    from lmlab.serving.launcher import running_server
 
     with running_server("gpt-small", max_batch=4, api_key="k") as running:
         yield running

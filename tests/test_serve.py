@@ -10,7 +10,7 @@ from openai import OpenAI
 
 from lmlab.inference.decode import as_causal_lm, generate
 from lmlab.models.checkpoints import load_checkpoint
-from lmlab.serving.server import running_server
+from lmlab.serving.launcher import running_server
 
 KEY = "test-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}

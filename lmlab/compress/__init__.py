@@ -14,7 +14,7 @@ Modules, each importing only those above it in the course:
   rounding costs, model by model.
 """
 
-from lmlab.compress.experiment import run
+from lmlab.compress.experiment import MEASURED_KINDS, run
 from lmlab.compress.export import (
     BLOCK_SIZE,
     DECODER_VERSION,
@@ -137,6 +137,7 @@ __all__ = [
     "Method",
     "METHODS",
     "CPU_ONLY_METHODS",
+    "MEASURED_KINDS",
     "run",
     "UNITS",
     "rounding_error_plot",

@@ -20,14 +20,16 @@ from lmlab.data.shipped import DATA_DIR, check_documents, slice_name
 from lmlab.measure.results import Result, with_dense_speed
 from lmlab.measure.runtime import check_int, pick_device
 from lmlab.models.lm import deep_contexts, evaluate, measure
-from lmlab.models.registry import CHARACTER_MODELS, NGRAM_MODELS, RECURRENT_MODELS, load_model
+from lmlab.models.registry import load_model, model_entry, names
 from lmlab.train.loop import DOCUMENT_KINDS
+
+MEASURED_KINDS = ("mlp", "gpt", "rnn", "ngram")  # the models scored on a shipped corpus's test split
 
 
 def run(model_name: str, method: str | None = None, value: float | None = None, *, batch_size: int = 1,
         repeat: int = 30, documents: int | None = None, data_dir: str | Path = DATA_DIR, device: str = "cpu",
         threads: int | None = None) -> Result:
-    """Load a model (``MODELS`` or ``NGRAM_MODELS``), compress it with ``METHODS[method]`` at ``value`` (or not
+    """Load a shipped model (``names(MEASURED_KINDS)``), compress it with ``METHODS[method]`` at ``value`` (or not
     at all), and measure it: one results row.
 
     Accuracy and perplexity are on the test split, or its first ``documents`` documents (the slice is named in
@@ -41,17 +43,18 @@ def run(model_name: str, method: str | None = None, value: float | None = None, 
     """
     check_int("batch_size", batch_size, 1)
     check_documents(documents)
+    entry = model_entry(model_name, names(MEASURED_KINDS))
     if method is not None and method not in METHODS:
         raise ValueError(f"method={method!r} is unknown; use one of {tuple(METHODS)}")
-    if method is not None and model_name in NGRAM_MODELS:
+    if method is not None and entry.kind == "ngram":
         raise ValueError(f"method={method!r} compresses neural models; model={model_name!r} is an n-gram and "
                          "takes no method (use method=None)")
-    if method is not None and model_name in RECURRENT_MODELS:
+    if method is not None and not entry.compressible:
         raise ValueError(f"method={method!r} compresses the MLP's and the GPT's layers; model={model_name!r} is "
                          "recurrent (its nn.LSTM/nn.RNN gate matrices would stay uncompressed): use method=None")
     chosen = METHODS[method] if method else None
     on = pick_device(device)
-    if on.type != "cpu" and (model_name in NGRAM_MODELS or method in CPU_ONLY_METHODS):
+    if on.type != "cpu" and (entry.kind == "ngram" or method in CPU_ONLY_METHODS):
         raise ValueError(f"device={device!r}: {method or model_name!r} runs on the CPU only; use device='cpu'")
     setting = chosen.check(chosen.value if value is None else value) if chosen else None
     model, data = load_model(model_name, data_dir)
@@ -65,7 +68,7 @@ def run(model_name: str, method: str | None = None, value: float | None = None, 
         scores = compressed.evaluate_documents(scored, "test")
     else:
         scores = evaluate(compressed, contexts, targets)
-    if model_name not in CHARACTER_MODELS:  # word models are timed on contexts with a dozen words or more before them
+    if entry.level != "character":  # word models are timed on contexts with a dozen words or more before them
         middle = deep_contexts(contexts, data.vocab.bos_id, words=min(12, model.context_size))
         contexts, targets = contexts[middle], targets[middle]
     timed = dict(batch_size=batch_size, repeat=repeat, corpus=slice_name(data.corpus.name, documents), device=on.type,

@@ -10,7 +10,8 @@ Modules, each importing only those above it in the course:
 - ``recurrent``: Recurrent language models: a state carried along the text, one token at a time.
 - ``kinds``: The kinds of neural language model lmlab builds ("mlp", "gpt", "rnn") and their configurations.
 - ``checkpoints``: Save and load lmlab's neural models as safetensors plus a small JSON card.
-- ``registry``: The shipped models by name: what each is, and how to load it with its tokenized corpus.
+- ``registry``: Every model lmlab ships, by name: what it is (kind, token level, window, corpus) and how to load
+  it.
 """
 
 from lmlab.models.checkpoints import checkpoint_paths, load_checkpoint, save_checkpoint
@@ -81,7 +82,7 @@ from lmlab.models.recurrent import (
     lstm_cell,
     rnn_cell,
 )
-from lmlab.models.registry import CHARACTER_MODELS, MODELS, NGRAM_MODELS, RECURRENT_MODELS, load_model
+from lmlab.models.registry import KINDS, LEVELS, REGISTRY, ModelEntry, load_model, model_entry, names
 from lmlab.models.scoring import TokenScores, document_scores, score_summary, score_tokens
 
 __all__ = [
@@ -147,10 +148,12 @@ __all__ = [
     "checkpoint_paths",
     "save_checkpoint",
     "load_checkpoint",
-    "MODELS",
-    "CHARACTER_MODELS",
-    "RECURRENT_MODELS",
-    "NGRAM_MODELS",
+    "KINDS",
+    "LEVELS",
+    "ModelEntry",
+    "REGISTRY",
+    "names",
+    "model_entry",
     "load_model",
     "document_scores",
     "score_tokens",

@@ -9,7 +9,6 @@ Modules, each importing only those above it in the course:
 
 from lmlab.scale.distributed import (
     ALLREDUCE_BYTES,
-    GPT_MODELS,
     PARALLEL_MODELS,
     SCHEMES,
     SMOLLM2_WINDOW,
@@ -40,12 +39,10 @@ from lmlab.scale.distributed import (
     torchrun_command,
 )
 from lmlab.scale.sweep import (
-    BASELINE_ONLY,
     DEFAULT_VALUES,
     ENGINES,
     LOG_ENV,
     RESULT_FIELDS,
-    SWEPT_MODELS,
     Setting,
     check_setting,
     default_values,
@@ -60,7 +57,6 @@ from lmlab.scale.sweep import (
 
 __all__ = [
     "SCHEMES",
-    "GPT_MODELS",
     "PARALLEL_MODELS",
     "SMOLLM2_WINDOW",
     "ALLREDUCE_BYTES",
@@ -93,8 +89,6 @@ __all__ = [
     "LOG_ENV",
     "RESULT_FIELDS",
     "DEFAULT_VALUES",
-    "SWEPT_MODELS",
-    "BASELINE_ONLY",
     "Setting",
     "default_values",
     "check_setting",

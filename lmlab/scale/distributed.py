@@ -37,13 +37,11 @@ from lmlab.measure.results import atomic_write_text
 from lmlab.measure.runtime import check_int, describe_environment, use_threads
 from lmlab.measure.timing import Stopwatch, Timing
 from lmlab.models.neural import GPTLanguageModel
-from lmlab.models.pretrained import load_smollm2
-from lmlab.models.registry import MODELS, load_model
+from lmlab.models.registry import load_model, model_entry, names
 from lmlab.models.scoring import score_summary, score_tokens
 
 SCHEMES = ("data", "tensor", "pipeline", "allreduce")
-GPT_MODELS = tuple(m for m in MODELS if m.startswith("gpt"))
-PARALLEL_MODELS = GPT_MODELS + ("smollm2",)  # SmolLM2: data parallel, and tensor parallel of its MLPs
+PARALLEL_MODELS = names("gpt") + names("llm")  # SmolLM2: data parallel, and tensor parallel of its MLPs
 SMOLLM2_WINDOW = 64  # SmolLM2 scores the test verses' text in windows of this many of its tokens
 ALLREDUCE_BYTES = (1_000, 16_000, 256_000, 1_000_000, 4_000_000, 16_000_000)
 
@@ -373,11 +371,10 @@ def run_scheme(scheme: str, model_name: str = "gpt-small", *, batch_size: int = 
     """
     if scheme not in SCHEMES[:3]:
         raise ValueError(f"scheme={scheme!r} is unknown; use one of {SCHEMES[:3]}")
-    if model_name not in PARALLEL_MODELS:
-        raise ValueError(f"model={model_name!r} is not one the schemes run; use one of {PARALLEL_MODELS}")
+    entry = model_entry(model_name, PARALLEL_MODELS, "is not one the schemes run")
     check_int("batch_size", batch_size, 1)
     check_int("repeat", repeat, 1)
-    if model_name == "smollm2":
+    if entry.kind == "llm":
         return _row(scheme, model_name, batch_size, *_smollm2_work(scheme, batch_size, documents), repeat)
     rank, world = rank_and_world()
     model, data = load_model(model_name)
@@ -409,7 +406,7 @@ def _smollm2_work(scheme: str, batch_size: int, documents: int | None):
     if scheme == "pipeline":
         raise ValueError("scheme='pipeline' runs on the shipped GPTs; SmolLM2 takes 'data' or 'tensor'")
     rank, world = rank_and_world()
-    model, tokenizer = load_smollm2()
+    model, tokenizer = load_model("smollm2")
     windows = smollm2_windows(tokenizer, documents)
     if scheme == "data":
         def work(clock):
@@ -500,8 +497,7 @@ def torchrun_command(scheme: str | Sequence[str], model_name: str, nproc_per_nod
     for one in schemes or [""]:
         if one not in SCHEMES:
             raise ValueError(f"scheme={one!r} is unknown; use one of {SCHEMES}")
-    if model_name not in PARALLEL_MODELS:
-        raise ValueError(f"model={model_name!r} is not one the schemes run; use one of {PARALLEL_MODELS}")
+    model_entry(model_name, PARALLEL_MODELS, "is not one the schemes run")
     if model_name == "smollm2" and "pipeline" in schemes:
         raise ValueError("scheme='pipeline' runs on the shipped GPTs; SmolLM2 takes 'data' or 'tensor'")
     for name, value in (("nproc_per_node", nproc_per_node), ("nnodes", nnodes), ("batch_size", batch_size),

@@ -42,13 +42,13 @@ from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
 
-from lmlab.compress.experiment import run
+from lmlab.compress.experiment import MEASURED_KINDS, run
 from lmlab.compress.methods import METHODS
 from lmlab.data.shipped import check_documents
 from lmlab.measure.plots import tradeoff_plot
 from lmlab.measure.results import Result, atomic_write_bytes, atomic_write_text, results_table
 from lmlab.measure.runtime import THREADS_ENV, check_int, describe_environment
-from lmlab.models.registry import MODELS, NGRAM_MODELS, RECURRENT_MODELS
+from lmlab.models.registry import model_entry, names
 
 KIND, VERSION = "lmlab-sweep", 1
 ENGINES = ("local", "ray")
@@ -61,8 +61,6 @@ DEFAULT_VALUES: dict[str, tuple[float, ...]] = {
     "magnitude-layer": (0.25, 0.5, 0.75, 0.9), "mlp-units": (0.25, 0.5, 0.75), "heads": (0.25, 0.5, 0.75),
     "low-rank": (64, 32, 16, 8), "share": (6, 4, 3, 2), "int8": (0, 1), "onnx": (32, 8),
 }
-SWEPT_MODELS = MODELS + tuple(NGRAM_MODELS)
-BASELINE_ONLY = tuple(NGRAM_MODELS) + RECURRENT_MODELS  # models the methods do not compress
 
 
 @dataclass(frozen=True)
@@ -97,18 +95,17 @@ def default_values(method: str) -> tuple[float, ...]:
 def check_setting(setting: Setting) -> Setting:
     """Return ``setting`` with its value in its method's own type, or raise ValueError naming what is wrong.
 
-    The model must be one of ``MODELS`` or ``NGRAM_MODELS`` (an n-gram takes no method), the method one of
-    ``METHODS`` (or None, with no value), the value inside the method's range, the batch size an integer >= 1,
-    ``documents`` None or an integer >= 1. Nothing is loaded.
+    The model must be one of ``names(MEASURED_KINDS)`` (an n-gram or a recurrent model takes no method), the
+    method one of ``METHODS`` (or None, with no value), the value inside the method's range, the batch size an
+    integer >= 1, ``documents`` None or an integer >= 1. Nothing is loaded.
     """
-    if setting.model not in SWEPT_MODELS:
-        raise ValueError(f"model={setting.model!r} is not a shipped model; use one of {SWEPT_MODELS}")
+    entry = model_entry(setting.model, names(MEASURED_KINDS))
     check_int("batch_size", setting.batch_size, 1)
     check_documents(setting.documents)
-    if setting.model in NGRAM_MODELS and setting.method is not None:
+    if entry.kind == "ngram" and setting.method is not None:
         raise ValueError(f"method={setting.method!r} compresses neural models; model={setting.model!r} is an n-gram "
                          "and takes none")
-    if setting.model in RECURRENT_MODELS and setting.method is not None:
+    if not entry.compressible and setting.method is not None:
         raise ValueError(f"method={setting.method!r} compresses the MLP's and the GPT's layers; "
                          f"model={setting.model!r} is recurrent and takes none")
     if setting.method is None:
@@ -142,7 +139,7 @@ def make_grid(models: Sequence[str], methods: Sequence[str] = (),
         given = values.get(method) if isinstance(values, Mapping) else values
         points += [(method, v) for v in (default_values(method) if given is None else given)]
     settings = [check_setting(Setting(m, method, v, b, documents)) for m in models for method, v in points
-                for b in batch_sizes if method is None or m not in BASELINE_ONLY]
+                for b in batch_sizes if method is None or model_entry(m, names(MEASURED_KINDS)).compressible]
     if not settings:
         raise ValueError(f"the grid is empty (models={models}, methods={methods}, batch_sizes={batch_sizes}, "
                          f"baseline={baseline}); give a model, a batch size, and a method or baseline=True")

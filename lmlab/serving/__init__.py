@@ -6,9 +6,19 @@ Modules, each importing only those above it in the course:
 - ``loadgen``: An open-loop load generator for an OpenAI-compatible chat server: Poisson arrivals, streamed replies.
 - ``reference``: transformers' own continuous batching, timed on CPU: the reference implementation that
   benchmarks/bench_serve.py compares lmlab's server against.
-- ``server``: An OpenAI-compatible chat server on lmlab's batching engine: ``python -m lmlab serve``.
+- ``served``: The models the chat server serves: a registry name and a format become a decode loop and a chat
+  prompt.
+- ``protocol``: OpenAI's chat-completions protocol at the server's edge: checking a request, and the shapes of
+  errors and usage.
+- ``app``: The chat server's HTTP app: OpenAI's chat completions on lmlab's batching engine, in Starlette.
+- ``launcher``: Starting the chat server: ``serve`` in this process (``python -m lmlab serve``), or a subprocess
+  on a free port.
+- ``clients``: What a client measures of the chat server: where one streamed reply's milliseconds go, stage by
+  stage.
 """
 
+# The modules in the order they depend on each other, as listed above.
+# isort: off
 from lmlab.serving.engine import LRU, POLICIES, Engine, Event, QueueFull, Ticket
 from lmlab.serving.loadgen import (
     DEADLINE_GRACE_S,
@@ -25,25 +35,12 @@ from lmlab.serving.loadgen import (
     table,
 )
 from lmlab.serving.reference import transformers_continuous_batching
-from lmlab.serving.server import (
-    API_KEY_ENV,
-    BACKEND_OF,
-    FORMATS,
-    ROLES,
-    SERVED_MODELS,
-    ChatRequest,
-    RequestError,
-    RunningServer,
-    ServedModel,
-    build_app,
-    free_port,
-    load_served,
-    parse_request,
-    reply_stages,
-    running_server,
-    serve,
-    start_server,
-)
+from lmlab.serving.served import BACKEND_OF, FORMATS, SERVED_MODELS, ServedModel, chat_template_ids, load_served
+from lmlab.serving.protocol import ROLES, ChatRequest, RequestError, error_body, parse_request
+from lmlab.serving.app import ChatApp, build_app
+from lmlab.serving.launcher import API_KEY_ENV, RunningServer, free_port, running_server, serve, start_server
+from lmlab.serving.clients import reply_stages
+# isort: on
 
 __all__ = [
     "POLICIES",
@@ -72,10 +69,13 @@ __all__ = [
     "ROLES",
     "ServedModel",
     "load_served",
+    "chat_template_ids",
     "RequestError",
     "ChatRequest",
+    "error_body",
     "parse_request",
     "build_app",
+    "ChatApp",
     "serve",
     "free_port",
     "RunningServer",

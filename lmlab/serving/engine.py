@@ -1,6 +1,6 @@
 """Continuous batching: many replies share one model, each joining and leaving the batch at any decode step.
 
-Introduced in notebooks/07_realtime_pipeline.ipynb; ``lmlab.serving.server`` puts an ``Engine`` behind HTTP.
+Introduced in notebooks/07_realtime_pipeline.ipynb; ``lmlab.serving.app`` puts an ``Engine`` behind HTTP.
 
 A decode step costs about the same for one row as for eight (it reads every weight once either way, chapter 06),
 so a server that answers several people at once should run their steps together. The ``Engine`` keeps one
