@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypedDict
 
 from torch import nn
 
@@ -58,21 +59,40 @@ class Method:
         return int(value) if self.integer else float(value)
 
 
+class _Range(TypedDict):
+    """The setting's range of a ``Method``: its bounds, slider step and default."""
+
+    minimum: float
+    maximum: float
+    step: float
+    value: float
+
+
+def _whole(value: float) -> int:
+    """Return ``value``, the setting of an integer method, as the int it is (``Method.check`` returns one).
+
+    Raises ValueError for a value that is not an int.
+    """
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"value={value!r} is not a whole number; this method takes an int (see Method.check)")
+    return value
+
 
 def _methods() -> dict[str, Method]:
     def bits(granularity: str, group: int | None = None) -> Method:
-        return Method("bits", lambda m, b: quantize_model(m, b, granularity=granularity, group_size=group), 2, 8, 1, 8,
-                      integer=True, size_bytes=lambda m, b: model_bytes(m, b, granularity=granularity,
-                                                                         group_size=group)["total"], simulated=True,
+        return Method("bits", lambda m, b: quantize_model(m, _whole(b), granularity=granularity, group_size=group),
+                      2, 8, 1, 8, integer=True,
+                      size_bytes=lambda m, b: model_bytes(m, _whole(b), granularity=granularity,
+                                                          group_size=group)["total"], simulated=True,
                       applies=(lambda m: _groups_fit(m, group)) if group else None)
 
-    def int8(model: nn.Module, scheme: int) -> nn.Module:
-        return onnx_model(model, ("blockwise", "dynamic")[scheme])
+    def int8(model: nn.Module, scheme: float) -> nn.Module:
+        return onnx_model(model, ("blockwise", "dynamic")[_whole(scheme)])
 
-    def onnx(model: nn.Module, bits: int) -> nn.Module:
+    def onnx(model: nn.Module, bits: float) -> nn.Module:
         return onnx_model(model, None if bits == 32 else "blockwise")
 
-    fraction = dict(minimum=0.0, maximum=0.95, step=0.05, value=0.5)
+    fraction: _Range = {"minimum": 0.0, "maximum": 0.95, "step": 0.05, "value": 0.5}
     return {
         "quantize-channel": bits("channel"),
         "quantize-tensor": bits("tensor"),
@@ -84,9 +104,9 @@ def _methods() -> dict[str, Method]:
         "magnitude-layer": Method("sparsity", lambda m, s: magnitude_prune(m, s, "layer"), simulated=True, **fraction),
         "mlp-units": Method("fraction removed", lambda m, s: prune_mlp(m, s), **fraction),
         "heads": Method("fraction removed", lambda m, s: prune_heads(m, s), **fraction),
-        "low-rank": Method("rank", lambda m, r: low_rank(m, rank=r), 1, 1024, 1, 16, integer=True),
-        "share": Method("bits", lambda m, b: share_weights(m, b), 1, 8, 1, 3, integer=True,
-                        size_bytes=lambda m, b: share_weights(m, b).size_bytes, simulated=True),
+        "low-rank": Method("rank", lambda m, r: low_rank(m, rank=_whole(r)), 1, 1024, 1, 16, integer=True),
+        "share": Method("bits", lambda m, b: share_weights(m, _whole(b)), 1, 8, 1, 3, integer=True,
+                        size_bytes=lambda m, b: share_weights(m, _whole(b)).size_bytes, simulated=True),
         "int8": Method("scheme (0 blockwise, 1 dynamic)", int8, 0, 1, 1, 0, integer=True),
         "onnx": Method("bits (32 float32, 8 int8)", onnx, 8, 32, 24, 32, integer=True, choices=(8, 32)),
     }

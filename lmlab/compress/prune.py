@@ -24,7 +24,7 @@ import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -37,7 +37,7 @@ from lmlab.measure.results import with_dense_speed
 from lmlab.measure.runtime import check_int
 from lmlab.measure.stats import binomial_se, paired_nll_interval, perplexity_interval, within_noise
 from lmlab.measure.timing import format_ms, time_ms
-from lmlab.models.lm import measure
+from lmlab.models.lm import LanguageModel, measure
 from lmlab.models.neural import WeightLayer, as_matrix, is_conv1d, weight_layers
 from lmlab.models.scoring import document_scores
 
@@ -85,8 +85,9 @@ def prunable_layers(model: nn.Module) -> list[WeightLayer]:
 def _report(model: nn.Module, method: str, setting: str, acted_on: list[nn.Module],
             per_layer: dict[str, float], size_bytes: int | None = None) -> Compressed:
     params = {id(p): p for p in model.parameters()}
-    zeros = sum(int((m.weight == 0).sum()) for m in acted_on)
-    total = sum(m.weight.numel() for m in acted_on)
+    weights = [cast(torch.Tensor, m.weight) for m in acted_on]
+    zeros = sum(int((w == 0).sum()) for w in weights)
+    total = sum(w.numel() for w in weights)
     count = sum(p.numel() for p in params.values())
     nonzero = sum(int(torch.count_nonzero(p)) for p in params.values())
     size = sum(p.numel() * p.element_size() for p in params.values()) if size_bytes is None else size_bytes
@@ -115,7 +116,8 @@ def magnitude_prune(model: nn.Module, sparsity: float, scope: str = "global") ->
             torch_prune.l1_unstructured(module, name, amount=sparsity)
     for module, name in targets:
         torch_prune.remove(module, name)
-    per_layer = {layer.name: float((layer.module.weight == 0).float().mean()) for layer in layers}
+    per_layer = {layer.name: float((cast(torch.Tensor, layer.module.weight) == 0).float().mean())
+                 for layer in layers}
     return _report(pruned, "magnitude", f"{scope}, sparsity {sparsity:g}", [m for m, _ in targets], per_layer)
 
 
@@ -184,9 +186,10 @@ def _importance(group: _Units, captured: torch.Tensor | None) -> torch.Tensor:
     return out_norm * in_norm.sqrt()
 
 
-def _capture_inputs(model: nn.Module, groups: list[_Units], calibrate: Callable[[nn.Module], Any]) -> list:
+def _capture_inputs(model: nn.Module, groups: list[_Units],
+                    calibrate: Callable[[nn.Module], Any]) -> list[torch.Tensor]:
     """Run ``calibrate(model)`` and record the mean |input| each group's output layer saw, per hidden unit."""
-    sums = [None] * len(groups)
+    sums: list[torch.Tensor | None] = [None] * len(groups)
     counts = [0] * len(groups)
     hooks = []
     for i, group in enumerate(groups):
@@ -203,14 +206,18 @@ def _capture_inputs(model: nn.Module, groups: list[_Units], calibrate: Callable[
             hook.remove()
     if any(c == 0 for c in counts):
         raise ValueError("calibrate ran the model without reaching every layer; give it some real input")
-    return [s / c for s, c in zip(sums, counts)]
+    means = []
+    for total, count in zip(sums, counts):
+        assert total is not None  # a group with inputs counted (all of them, checked above) has their sum
+        means.append(total / count)
+    return means
 
 
 def _shrink(module: nn.Module, keep: torch.Tensor, side: str) -> nn.Module:
     """Return a smaller copy of a Linear or Conv1D keeping output rows (side="out") or input columns ("in")."""
     matrix = as_matrix(module).detach()  # (out, in)
     matrix = matrix[keep] if side == "out" else matrix[:, keep]
-    bias = module.bias
+    bias = cast(torch.Tensor | None, module.bias)
     if bias is not None and side == "out":
         bias = bias[keep]
     out_features, in_features = matrix.shape
@@ -222,7 +229,7 @@ def _shrink(module: nn.Module, keep: torch.Tensor, side: str) -> nn.Module:
         new.weight = nn.Parameter(matrix.contiguous())
     if bias is not None:
         new.bias = nn.Parameter(bias.detach().clone())
-    return new.to(module.weight.dtype)
+    return new.to(cast(torch.Tensor, module.weight).dtype)
 
 
 def _structured(model: nn.Module, fraction: float, find: Callable, what: str,
@@ -323,7 +330,7 @@ def low_rank(model: nn.Module, rank: int | None = None, energy: float | None = N
     layers = [layer for layer in prunable_layers(factored) if only is None or only in layer.name]
     if not layers:
         raise ValueError(f"only={only!r} matches no prunable layer of this model")
-    per_layer = {}
+    per_layer: dict[str, float] = {}
     for layer in layers:
         matrix = layer.matrix.detach().double()  # (out, in); float64 for an exact full-rank round trip
         full = min(matrix.shape)
@@ -331,12 +338,16 @@ def low_rank(model: nn.Module, rank: int | None = None, energy: float | None = N
             raise ValueError(f"rank={rank} is above the full rank {full} of layer {layer.name!r} "
                              f"{tuple(matrix.shape)}; use 1 to {full}")
         U, S, Vh = torch.linalg.svd(matrix, full_matrices=False)
-        r = rank if rank is not None else int((S.pow(2).cumsum(0) / S.pow(2).sum() < energy - 1e-12).sum()) + 1
+        if rank is not None:
+            r = rank
+        else:
+            assert energy is not None  # exactly one of rank and energy is given (checked above)
+            r = int((S.pow(2).cumsum(0) / S.pow(2).sum() < energy - 1e-12).sum()) + 1
         r = min(r, full)
         root = S[:r].sqrt()
-        dtype = layer.module.weight.dtype
+        dtype = cast(torch.Tensor, layer.module.weight).dtype
         replacement = LowRankLinear((root[:, None] * Vh[:r]).to(dtype), (U[:, :r] * root).to(dtype),
-                                    layer.module.bias)
+                                    cast(torch.Tensor | None, layer.module.bias))
         _replace(factored, layer.name, replacement)
         per_layer[layer.name] = r
     setting = f"rank {rank}" if rank is not None else f"energy {energy:g}"
@@ -382,9 +393,10 @@ def share_weights(model: nn.Module, bits: int, iterations: int = 25) -> Compress
     check_int("bits", bits, 1, MAX_SHARING_BITS)
     shared = copy.deepcopy(model)
     layers = prunable_layers(shared)
-    per_layer, stored, acted = {}, 0, set()
+    per_layer: dict[str, float] = {}
+    stored, acted = 0, set()
     for layer in layers:
-        weight = layer.module.weight
+        weight = cast(torch.Tensor, layer.module.weight)
         centroids, index = kmeans_1d(weight.detach().flatten(), 2**bits, iterations)
         with torch.no_grad():
             weight.copy_(centroids[index].reshape(weight.shape))
@@ -414,7 +426,7 @@ def sweep_methods(model: nn.Module, sweeps: dict[str, tuple[Callable[[nn.Module,
     if not sweeps:
         raise ValueError("sweeps is empty: give at least one method and its settings")
     dense_nonzero = sum(int(torch.count_nonzero(p)) for p in {id(p): p for p in model.parameters()}.values())
-    runs = [("dense", "", _report(model, "dense", "", [], {}))]
+    runs: list[tuple[str, str | float, Compressed]] = [("dense", "", _report(model, "dense", "", [], {}))]
     for method, (make, settings) in sweeps.items():
         if not len(settings):
             raise ValueError(f"sweeps[{method!r}] has no settings; give at least one")
@@ -549,7 +561,7 @@ def time_variants(variants: dict[str, nn.Module], ids: torch.Tensor, hidden: tor
     return pd.DataFrame(rows)
 
 
-def measure_variants(models: dict[str, tuple[nn.Module, str]], contexts: np.ndarray, targets: np.ndarray,
+def measure_variants(models: dict[str, tuple[nn.Module | Compressed, str]], contexts: np.ndarray, targets: np.ndarray,
                      score: Callable[[nn.Module], dict], corpus: str, simulated: Sequence[str] = (),
                      repeat: int = 30, alongside: Sequence = (), dense: str | None = None) -> list:
     """Measure each (model, technique) as one results row: ``score(model)`` for accuracy and perplexity, and one
@@ -569,21 +581,23 @@ def measure_variants(models: dict[str, tuple[nn.Module, str]], contexts: np.ndar
             raise ValueError(f"dense={dense!r}: simulated rows carry a dense model's time; name one of {real}")
     rows = [dataclasses.replace(row, corpus=corpus) for row in alongside]
     measured = {}
-    for name, (model, technique) in models.items():
-        model = getattr(model, "model", model) if isinstance(model, Compressed) else model
+    for name, (entry, technique) in models.items():
+        model = entry.model if isinstance(entry, Compressed) else entry
         if technique in simulated:
             continue
-        measured[name] = measure(model, contexts, targets, name=name, technique=technique, setting="batch 1",
-                                 repeat=repeat, corpus=corpus, scores=score(model))
-    for name, (model, technique) in models.items():
+        measured[name] = measure(cast(LanguageModel, model), contexts, targets, name=name, technique=technique,
+                                 setting="batch 1", repeat=repeat, corpus=corpus, scores=score(model))
+    for name, (entry, technique) in models.items():
         if technique in simulated:
-            model = getattr(model, "model", model) if isinstance(model, Compressed) else model
+            assert dense is not None  # a simulated technique needs a dense key of models (checked above)
+            model = entry.model if isinstance(entry, Compressed) else entry
             scores = score(model)
-            size_bytes = model.size_bytes() if hasattr(model, "size_bytes") else None  # as lm.measure finds them
+            lm = cast(LanguageModel, model)  # a neural language model: an nn.Module that answers LanguageModel
+            size_bytes = lm.size_bytes() if hasattr(lm, "size_bytes") else None  # as lm.measure finds them
             row = dataclasses.replace(measured[dense], name=name, technique=technique, accuracy=scores["accuracy"],
                                       perplexity=scores["perplexity"], predictions=scores.get("tokens"),
                                       size_mb=None if size_bytes is None else size_bytes / 1e6,
-                                      params=model.num_parameters() if hasattr(model, "num_parameters") else None)
+                                      params=lm.num_parameters() if hasattr(lm, "num_parameters") else None)
             measured[name] = with_dense_speed(row, measured[dense])
     return rows + [measured[name] for name in models]
 
@@ -596,7 +610,7 @@ def beaten_by(rows: Sequence, row) -> dict[str, list[str]]:
     (``lmlab.measure.stats.within_noise``: the gap exceeds 2·√(se₁² + se₂²)); "within noise": higher, but not
     beyond it. Returns {"clearly": [...], "within noise": [...]}, names in the rows' order.
     """
-    found = {"clearly": [], "within noise": []}
+    found: dict[str, list[str]] = {"clearly": [], "within noise": []}
     for other in rows:
         if other is row or other.simulated or not (other.p90_ms < row.median_ms and other.accuracy > row.accuracy):
             continue

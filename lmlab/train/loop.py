@@ -12,10 +12,13 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 from tqdm.auto import tqdm
 
 from lmlab.data.corpora import TokenizedCorpus, batches, document_batches, load_corpus, tokenize_corpus
@@ -51,6 +54,15 @@ PRESETS: dict[str, dict] = {
                       batch_size=64, epochs=4, lr=3e-3, weight_decay=0.0, warmup_steps=100),
 }
 DOCUMENT_KINDS = ("gpt", "rnn")  # models that read whole documents (one causal pass each), not (context, next) pairs
+Model = TypeVar("Model", bound=nn.Module)
+
+
+class Stepper(Protocol):
+    """What training asks of an optimizer: a ``torch.optim`` one or lmlab.train.descent's hand-written ones."""
+
+    def zero_grad(self) -> None: ...
+
+    def step(self) -> object: ...
 
 
 @dataclass
@@ -72,7 +84,7 @@ def train_model(
     steps: int,
     evaluate_fn: Callable[[NeuralLM], dict],
     lr: float | None = None,
-    optimizer: torch.optim.Optimizer | None = None,
+    optimizer: Stepper | None = None,
     clip_norm: float | None = 1.0,
     loss_fn: Callable[[NeuralLM, object], torch.Tensor] | None = None,
     weight_decay: float = 0.0,
@@ -95,14 +107,15 @@ def train_model(
     Raises ValueError for ``lr`` missing, <= 0 or given with an optimizer, ``clip_norm`` <= 0, or ``steps`` < 1.
     """
     if optimizer is None:
-        check_lr(lr)
+        if lr is None:
+            raise ValueError("lr=None: give a learning rate (a finite number > 0), or an optimizer")
+        optimizer = torch.optim.AdamW(model.parameters(), lr=check_lr(lr), weight_decay=weight_decay)
     elif lr is not None:
         raise ValueError(f"lr={lr!r} is not used with a given optimizer; set the learning rate on the optimizer")
     if clip_norm is not None and not clip_norm > 0:
         raise ValueError(f"clip_norm={clip_norm!r} is out of range; use a norm > 0, or None for no clipping")
     check_int("steps", steps, 1)
     seed_everything(seed)
-    optimizer = optimizer or torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     schedule = (torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, steps, warmup_steps))
                 if isinstance(optimizer, torch.optim.Optimizer) else None)
     history = History()
@@ -112,7 +125,7 @@ def train_model(
     stream = _endless(train_batches)
     running = []
     for step in tqdm(range(1, steps + 1), disable=not progress, desc="training", mininterval=2):
-        loss = _step(model, optimizer, next(stream), loss_fn, clip_norm)
+        loss = _step(model, optimizer, next(stream), _own_loss if loss_fn is None else loss_fn, clip_norm)
         if schedule is not None:
             schedule.step()
         running.append(loss.item())
@@ -135,7 +148,7 @@ def train_model(
 
 def compare_optimizers(
     build: Callable[[], NeuralLM],
-    optimizers: dict[str, Callable[[list[torch.Tensor]], object]],
+    optimizers: dict[str, Callable[[list[torch.Tensor]], Stepper]],
     train_batches: Callable[[int, int], Iterable],
     *,
     steps: int,
@@ -164,22 +177,28 @@ def compare_optimizers(
             seed_everything(seed)
             model = build()
             runs[label].append(train_model(
-                model, lambda epoch, seed=seed: train_batches(seed, epoch), steps=steps, evaluate_fn=evaluate_fn,
+                model, partial(train_batches, seed), steps=steps, evaluate_fn=evaluate_fn,
                 optimizer=make(list(model.parameters())), clip_norm=clip_norm, eval_every=eval_every, seed=seed,
                 progress=False))
     return runs
 
 
-def _step(model: NeuralLM, optimizer, batch, loss_fn, clip_norm: float | None) -> torch.Tensor:
-    """One optimizer step on ``batch``: the loss, its gradient clipped to ``clip_norm`` (None: not clipped), the
-    update. Returns the loss."""
-    loss = model.loss(batch) if loss_fn is None else loss_fn(model, batch)
+def _step(model: Model, optimizer: Stepper, batch: Any, loss_fn: Callable[[Model, Any], torch.Tensor],
+          clip_norm: float | None) -> torch.Tensor:
+    """One optimizer step on ``batch``: the loss ``loss_fn(model, batch)``, its gradient clipped to ``clip_norm``
+    (None: not clipped), the update. Returns the loss."""
+    loss = loss_fn(model, batch)
     optimizer.zero_grad()
     loss.backward()
     if clip_norm is not None:
         torch.nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
     optimizer.step()
     return loss
+
+
+def _own_loss(model: NeuralLM, batch: Any) -> torch.Tensor:
+    """The model's own loss on ``batch``, ``model.loss(batch)``: what training minimizes without a ``loss_fn``."""
+    return model.loss(batch)
 
 
 def _lr_factor(step: int, steps: int, warmup: int) -> float:
@@ -436,11 +455,13 @@ def train_timed(model: NeuralLM, data: TokenizedCorpus, *, evaluation: Tokenized
     record(0.0, 0)
     stream = _endless(train_batches)
     elapsed_ms, last_ms, step = 0.0, 0.0, 0
-    every = (budget_ms if budget_ms is not None else steps) / evaluations
+    total = budget_ms if budget_ms is not None else steps  # the budget in ms, or the number of steps
+    assert total is not None  # exactly one of budget_ms and steps is given (checked above)
+    every = total / evaluations
     model.train()
-    while (elapsed_ms + last_ms <= budget_ms) if budget_ms is not None else step < steps:
+    while (elapsed_ms + last_ms <= budget_ms) if budget_ms is not None else step < total:
         start = time.perf_counter()
-        _step(model, optimizer, next(stream), loss_fn, clip_norm)
+        _step(model, optimizer, next(stream), _own_loss if loss_fn is None else loss_fn, clip_norm)
         last_ms = (time.perf_counter() - start) * 1e3
         elapsed_ms += last_ms
         step += 1
