@@ -17,6 +17,14 @@ def test_pareto_frontier_keeps_only_undominated_points():
     assert [r.name for r in pareto_frontier(rows)] == ["fast", "mid", "slow-best"]
 
 
+def test_rows_equal_to_float_rounding_are_one_point_on_the_frontier():
+    onnx, eager = row("onnx", 0.3, 5), row("eager", 0.3 * (1 + 3e-7), 9)  # the same model, two runtimes
+    assert [r.name for r in pareto_frontier([onnx, eager])] == ["onnx"]
+    assert [r.name for r in pareto_frontier([onnx, eager], rel_tol=0)] == ["onnx", "eager"]
+    with pytest.raises(ValueError, match="rel_tol=-1"):
+        pareto_frontier([onnx], rel_tol=-1)
+
+
 def test_simulated_speed_is_drawn_hollow_and_never_on_the_frontier():
     import dataclasses
 

@@ -20,8 +20,8 @@ from lmlab.data.shipped import DATA_DIR, check_documents, slice_name
 from lmlab.measure.results import Result, with_dense_speed
 from lmlab.measure.runtime import check_int, pick_device
 from lmlab.models.lm import deep_contexts, evaluate, measure
+from lmlab.models.protocols import DocumentModel
 from lmlab.models.registry import load_model, model_entry, names
-from lmlab.train.loop import DOCUMENT_KINDS
 
 MEASURED_KINDS = ("mlp", "gpt", "rnn", "ngram")  # the models scored on a shipped corpus's test split
 
@@ -64,7 +64,7 @@ def run(model_name: str, method: str | None = None, value: float | None = None, 
     if on.type != "cpu":
         compressed = compressed.to(on)
     contexts, targets = scored.examples("test", model.context_size)
-    if getattr(model, "kind", None) in DOCUMENT_KINDS:  # a GPT or a recurrent model: one pass per document
+    if isinstance(compressed, DocumentModel):  # a GPT or a recurrent model: one pass per document
         scores = compressed.evaluate_documents(scored, "test")
     else:
         scores = evaluate(compressed, contexts, targets)

@@ -24,17 +24,23 @@ if TYPE_CHECKING:  # matplotlib.typing names the legend positions; the annotatio
 FONT_SIZE = 14  # readable on a projector
 
 
-def pareto_frontier(results: Sequence[Result], x: str = "median_ms", y: str = "accuracy") -> list[Result]:
+def pareto_frontier(results: Sequence[Result], x: str = "median_ms", y: str = "accuracy",
+                    rel_tol: float = 1e-6) -> list[Result]:
     """Return the rows no other row beats on both counts (smaller ``x`` AND better ``y``), smallest first.
 
-    Better means higher accuracy, or lower perplexity. Rows with simulated speed (``Result.simulated``) are
-    left out: their time is not theirs.
+    Better means higher accuracy, or lower perplexity, by more than ``rel_tol`` of the value: two rows that differ
+    only by float32 rounding (the same model computed by two runtimes, e.g. eager PyTorch and ONNX Runtime) are
+    equal, and the slower one is not on the frontier. Rows with simulated speed (``Result.simulated``) are left
+    out: their time is not theirs. Raises ValueError for rel_tol < 0.
     """
+    if not rel_tol >= 0:
+        raise ValueError(f"rel_tol={rel_tol!r} is out of range; use a relative tolerance >= 0")
     sign = 1 if y == "accuracy" else -1
     frontier: list[Result] = []
     real = [r for r in results if not r.simulated]
     for r in sorted(real, key=lambda r: (getattr(r, x), -sign * getattr(r, y))):
-        if not frontier or sign * getattr(r, y) > sign * getattr(frontier[-1], y):
+        last = getattr(frontier[-1], y) if frontier else None
+        if last is None or sign * (getattr(r, y) - last) > rel_tol * abs(last):
             frontier.append(r)
     return frontier
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -23,15 +22,8 @@ from lmlab.data.corpora import Vocab
 from lmlab.measure.results import Result
 from lmlab.measure.runtime import check_int
 from lmlab.measure.timing import time_ms
+from lmlab.models.protocols import LanguageModel
 from lmlab.models.scoring import TokenScores, score_tokens
-
-
-@runtime_checkable
-class LanguageModel(Protocol):
-    vocab: Vocab
-    context_size: int
-
-    def next_token_logprobs(self, contexts: np.ndarray | torch.Tensor) -> torch.Tensor: ...
 
 
 class UniformModel:

@@ -20,6 +20,7 @@ import torch
 
 from lmlab.data.corpora import TokenizedCorpus
 from lmlab.measure.runtime import check_int
+from lmlab.models.protocols import DocumentModel
 
 IGNORE = -100  # target id that the loss and the scorer skip (padding)
 TIES = ("first", "fair")
@@ -124,7 +125,7 @@ def document_scores(model, data: TokenizedCorpus, split: str, batch_size: int = 
     docs = data.ids[split] if split in data.ids else data._split_ids(split)
     if not len(docs):
         raise ValueError(f"split={split!r} has no documents to score")
-    if not hasattr(model, "document_logits"):
+    if not isinstance(model, DocumentModel):
         return _windowed_document_scores(model, data, split, docs)
     longest = model.config.n_positions
     parts = []

@@ -30,7 +30,6 @@ from lmlab.train.descent import (
     squared_error_hessian,
 )
 from lmlab.train.loop import (
-    DOCUMENT_KINDS,
     PRESETS,
     History,
     TimedHistory,
@@ -62,7 +61,6 @@ __all__ = [
     "loss_surface",
     "draw_contours",
     "PRESETS",
-    "DOCUMENT_KINDS",
     "History",
     "train_model",
     "compare_optimizers",

@@ -29,6 +29,7 @@ from lmlab.models.checkpoints import save_checkpoint
 from lmlab.models.kinds import build_model
 from lmlab.models.lm import evaluate
 from lmlab.models.neural import IGNORE, NeuralLM
+from lmlab.models.protocols import DocumentModel
 from lmlab.models.scoring import document_scores
 from lmlab.train.descent import check_lr
 
@@ -53,7 +54,6 @@ PRESETS: dict[str, dict] = {
                       model=dict(cell="rnn", n_layer=1, embed_dim=64, hidden_dim=128, n_positions=32, dropout=0.0),
                       batch_size=64, epochs=4, lr=3e-3, weight_decay=0.0, warmup_steps=100),
 }
-DOCUMENT_KINDS = ("gpt", "rnn")  # models that read whole documents (one causal pass each), not (context, next) pairs
 Model = TypeVar("Model", bound=nn.Module)
 
 
@@ -231,7 +231,7 @@ def training_data(model: NeuralLM, data: TokenizedCorpus, batch_size: int, seed:
     """
     check_int("batch_size", batch_size, 1)
     valid = data if valid_documents is None else data.head("valid", valid_documents)
-    if model.kind in DOCUMENT_KINDS:
+    if isinstance(model, DocumentModel):  # a GPT or a recurrent model: whole documents, one causal pass each
         per_epoch = math.ceil(len(data.ids["train"]) / batch_size)
 
         def train_batches(epoch):
