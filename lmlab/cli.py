@@ -39,6 +39,7 @@ import torch
 from lmlab.compress.experiment import run
 from lmlab.data.corpora import load_corpus, load_kjv, tokenize_corpus
 from lmlab.inference.decode import as_causal_lm, generate, stream, stream_speed
+from lmlab.inference.sampling import SamplingParams
 from lmlab.measure.hardware import FORMATS, decode_floor_ms, matmul_gflops, memory_bandwidth, weight_bytes
 from lmlab.measure.results import add_results, check_results_path, results_table
 from lmlab.measure.runtime import check_int, describe_environment, torch_threads
@@ -245,8 +246,9 @@ def _generate_arguments(parser: argparse.ArgumentParser) -> None:
 def _generate(args) -> None:
     check_int("batch", args.batch, 1)
     lm = _causal_lm(args.model)
-    options = dict(cache=not args.no_cache, backend=args.backend, sample=args.sample, temperature=args.temperature,
-                   top_k=args.top_k, top_p=args.top_p, seed=args.seed, threads=args.threads)
+    sampling = SamplingParams(True, args.temperature, args.top_k, args.top_p, args.seed) if args.sample \
+        else SamplingParams.greedy()
+    options = dict(sampling=sampling, cache=not args.no_cache, backend=args.backend, threads=args.threads)
     print(describe_environment("cpu", threads=args.threads))
     if args.batch == 1:
         print(args.prompt, end="", flush=True)

@@ -3,9 +3,9 @@
 import time
 
 import pytest
-import torch
 
 from lmlab.inference.decode import as_causal_lm, generate
+from lmlab.inference.sampling import SamplingParams
 from lmlab.models.checkpoints import load_checkpoint
 from lmlab.serving.engine import LRU, Engine, QueueFull
 
@@ -153,12 +153,19 @@ def test_lru_keeps_its_bound_and_evicts_the_least_recently_used():
     assert len(off) == 0
 
 
-def test_left_padding_keeps_rows_independent(gpt):
-    """The batch's cache is left-padded; a row's logits match its own run to float32 precision."""
-    from lmlab.serving.engine import _left_pad
-
-    mask = torch.ones(2, 3, dtype=torch.long)
-    assert _left_pad(mask, 5).tolist() == [[0, 0, 1, 1, 1]] * 2
-    keys = torch.randn(1, 4, 3, 8)
-    padded = _left_pad(keys, 6)
-    assert padded.shape == (1, 4, 6, 8) and torch.equal(padded[:, :, 3:], keys) and not padded[:, :, :3].any()
+def test_sampling_params_give_the_engine_the_draw_generate_gives(gpt):
+    """One SamplingParams, one seed: the engine and generate draw the same reply; the loose arguments still work."""
+    params = SamplingParams(sample=True, temperature=0.8, top_p=0.9, seed=3)
+    ids = gpt.encode(PROMPTS[1])
+    with Engine(gpt, max_batch=3) as engine:
+        tickets = [engine.submit(gpt.encode(p), 20, stop_at_eos=False) for p in PROMPTS[2:4]]  # busy neighbours
+        drawn = engine.generate(ids, 20, sampling=params, stop_at_eos=False)
+        loose = engine.generate(ids, 20, sample=True, temperature=0.8, top_p=0.9, seed=3, stop_at_eos=False)
+        for ticket in tickets:
+            ticket.result(timeout_s=60)
+        with pytest.raises(ValueError, match="sampling"):
+            engine.submit(ids, 4, sampling=params, seed=4)
+        with pytest.raises(ValueError, match="top_p"):
+            engine.submit(ids, 4, sample=True, top_p=0.0)
+    assert drawn == loose == list(generate(gpt, ids, 20, sampling=params, stop_at_eos=False).tokens[0])
+    assert drawn != list(generate(gpt, ids, 20, stop_at_eos=False).tokens[0])  # a draw, not the greedy reply

@@ -5,7 +5,9 @@ import math
 import pytest
 import torch
 
-from lmlab.inference.decode import as_causal_lm, generate, kv_cache_bytes, make_step, past_bytes, sampling_probs, stream
+from lmlab.inference.decode import as_causal_lm, generate, kv_cache_bytes, make_step, past_bytes, stream
+from lmlab.inference.sampling import SamplingParams, pick, sampling_probs
+from lmlab.inference.step import DecodeStep, left_pad, left_pad_to, next_logits, positions
 from lmlab.models.checkpoints import load_checkpoint
 
 PROMPTS = ["in the beginning god created", "and he said", "the lord is my shepherd i shall not want"]
@@ -251,3 +253,93 @@ def test_batch_littles_law_times_the_whole_call_around_the_loop(lm):
     law = batch_littles_law(lm, [[5, 6, 7], [8, 9, 10]], 4, stop_at_eos=False, device="cpu")
     assert law["tokens"] == 8 and law["in_flight"] == pytest.approx(2.0)  # every row makes a token in every step
     assert law["wall_ms"] >= law["loop_ms"] > 0 and law["ratio"] >= 1.0
+
+@pytest.mark.parametrize("fields, name", [
+    ({"sample": "yes"}, "sample"),
+    ({"temperature": 0}, "temperature"),
+    ({"temperature": -1.0}, "temperature"),
+    ({"temperature": math.inf}, "temperature"),
+    ({"temperature": "hot"}, "temperature"),
+    ({"top_k": 0}, "top_k"),
+    ({"top_k": 2.5}, "top_k"),
+    ({"top_p": 0.0}, "top_p"),
+    ({"top_p": 1.5}, "top_p"),
+    ({"seed": 1.5}, "seed"),
+    ({"seed": True}, "seed"),
+    ({"seed": 2 ** 64}, "seed"),
+])
+def test_sampling_params_name_the_field_out_of_range(fields, name):
+    with pytest.raises(ValueError, match=f"{name}=.*out of range"):
+        SamplingParams(**{"sample": True, **fields})
+
+
+def test_sampling_params_default_to_greedy_and_are_frozen():
+    import dataclasses
+
+    greedy = SamplingParams.greedy()
+    assert greedy == SamplingParams() and not greedy.sample and greedy.generator(torch.device("cpu")) is None
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        greedy.temperature = 0.5  # type: ignore[misc]
+    drawn = SamplingParams(sample=True, temperature=0.7, top_k=3, seed=11)
+    assert drawn.generator(torch.device("cpu")).initial_seed() == 11
+
+
+def test_pick_is_argmax_or_a_seeded_draw_from_sampling_probs():
+    logits = torch.tensor([[4.0, 3.0, 2.0, 1.0, 0.0], [0.0, 1.0, 0.0, 5.0, 0.0]])
+    assert pick(logits, SamplingParams.greedy(), None).tolist() == [0, 3]
+    params = SamplingParams(sample=True, temperature=2.0, top_k=3, seed=5)
+    expected = torch.multinomial(sampling_probs(logits, 2.0, 3), 1, generator=torch.Generator().manual_seed(5))
+    drawn = [pick(logits, params, params.generator(torch.device("cpu"))).tolist() for _ in range(2)]
+    assert drawn[0] == drawn[1] == expected.squeeze(1).tolist()
+    many = torch.stack([pick(logits, params, g) for g in [torch.Generator().manual_seed(s) for s in range(200)]])
+    assert set(many[:, 0].tolist()) == {0, 1, 2}  # top-k 3 keeps three tokens, and only those
+
+
+def test_loose_sampling_arguments_mean_the_same_as_sampling_params(lm):
+    params = SamplingParams(sample=True, temperature=0.9, top_k=50, top_p=0.95, seed=7)
+    loose = dict(sample=True, temperature=0.9, top_k=50, top_p=0.95, seed=7)
+    sampled = generate(lm, PROMPTS[0], 15, sampling=params, stop_at_eos=False).tokens
+    assert sampled == generate(lm, PROMPTS[0], 15, stop_at_eos=False, **loose).tokens
+    assert sampled != generate(lm, PROMPTS[0], 15, stop_at_eos=False).tokens  # a draw, not the greedy reply
+    streamed = [p.token for p in stream(lm, PROMPTS[0], 15, sampling=params, stop_at_eos=False)]
+    assert tuple(streamed) == sampled[0]
+    assert streamed == [p.token for p in stream(lm, PROMPTS[0], 15, stop_at_eos=False, **loose)]
+    greedy = generate(lm, PROMPTS[1], 8, sampling=SamplingParams.greedy()).tokens
+    assert greedy == generate(lm, PROMPTS[1], 8).tokens == generate(lm, PROMPTS[1], 8, temperature=0.3).tokens
+    with pytest.raises(ValueError, match="sampling"):
+        generate(lm, PROMPTS[0], 5, sampling=params, temperature=0.5)
+
+
+def test_left_pad_and_positions_count_from_each_first_real_token():
+    ids, mask = left_pad([[5, 6, 7], [8]], pad_id=0)
+    assert ids.tolist() == [[5, 6, 7], [0, 0, 8]] and mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+    assert positions(mask).tolist() == [[0, 1, 2], [0, 0, 0]]
+    grown = torch.cat([mask, torch.ones(2, 1, dtype=torch.long)], dim=1)  # one decode step later
+    assert positions(grown, 1).tolist() == [[3], [1]]
+    assert left_pad_to(mask, 5).tolist() == [[0, 0, 1, 1, 1], [0, 0, 0, 0, 1]]
+    keys = torch.randn(2, 4, 3, 8)  # (batch, heads, time, head_dim)
+    padded = left_pad_to(keys, 6)
+    assert padded.shape == (2, 4, 6, 8) and torch.equal(padded[:, :, 3:], keys) and not padded[:, :, :3].any()
+    with pytest.raises(ValueError, match="rows"):
+        left_pad([[1], []], pad_id=0)
+
+
+@pytest.mark.parametrize("backend", ["eager", "onnx"])
+def test_every_step_answers_the_decode_step_protocol(lm, gpt, backend):
+    """backend, device, no_cache and the (keys, values) pairs: all a caller needs, without asking for the class."""
+    step = make_step(lm, backend)
+    assert isinstance(step, DecodeStep) and step.backend == backend and step.device == torch.device("cpu")
+    ids, mask = left_pad([lm.encode(p) for p in PROMPTS], lm.pad_id)  # (3, L)
+    last, past = next_logits(step, ids, mask, None)  # (3, vocab)
+    pairs = step.to_pairs(past)
+    config = gpt.gpt.config
+    assert len(pairs) == config.n_layer
+    assert pairs[0][0].shape == (3, config.n_head, ids.shape[1], config.n_embd // config.n_head)
+    rebuilt = step.from_pairs([(k.clone(), v.clone()) for k, v in pairs])
+    token = last.argmax(-1, keepdim=True)  # (3, 1)
+    grown = torch.cat([mask, torch.ones_like(token)], dim=1)
+    through_past, _ = next_logits(step, token, grown, past)
+    through_pairs, _ = next_logits(step, token, grown, rebuilt)
+    torch.testing.assert_close(through_pairs, through_past)
+    recomputed, _ = next_logits(step, torch.cat([ids, token], 1), grown, step.no_cache)
+    torch.testing.assert_close(recomputed, through_past, atol=1e-4, rtol=1e-4)

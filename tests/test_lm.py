@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from lmlab.data.corpora import Vocab
-from lmlab.models.lm import UniformModel, check_contexts, evaluate, measure, sample, sequence_logprob, top_k
+from lmlab.inference.sampling import sample
+from lmlab.models.lm import UniformModel, check_contexts, evaluate, make_context, measure, sequence_logprob, top_k
 
 
 class TableBigram:
@@ -95,6 +96,29 @@ def test_sample_is_seeded_and_stops_at_eos(bigram):
         sample(bigram, max_tokens=0)
     with pytest.raises(ValueError, match="temperature="):
         sample(bigram, temperature=0)
+
+
+def by_strings(model, prompt=(), max_tokens=30, seed=0, temperature=1.0):
+    """The sampler as it was: decode the history to strings and encode it again for every token."""
+    vocab, generator, out = model.vocab, torch.Generator().manual_seed(seed), []
+    history = list(vocab.encode(list(prompt), strict=True))
+    for _ in range(max_tokens):
+        context, _ = make_context(model, vocab.decode(history))
+        logp = model.next_token_logprobs(context)[0].double() / temperature
+        logp[vocab.bos_id] = -math.inf
+        token = int(torch.multinomial(torch.softmax(logp, dim=-1), 1, generator=generator))
+        if token == vocab.eos_id:
+            break
+        out.append(token)
+        history.append(token)
+    return vocab.decode(out)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.5, 3.0])
+def test_sample_on_ids_draws_what_the_string_round_trip_drew(bigram, temperature):
+    for seed in range(20):
+        expected = by_strings(bigram, ["a"], 12, seed, temperature)
+        assert sample(bigram, ["a"], max_tokens=12, seed=seed, temperature=temperature) == expected
 
 
 def test_measure_returns_a_results_row(bigram):

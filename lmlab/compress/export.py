@@ -407,7 +407,13 @@ class OnnxDecoder:
     2 · layers · kv_heads · head_dim · positions · 4 bytes per sequence (``past_bytes``).
     ``stored_bytes`` is the size of the graph's weights as stored; the session uses ``threads`` intra-op
     threads and graph optimization level ``optimization``, both fixed when it is made.
+
+    It answers ``lmlab.inference.step.DecodeStep``: ``backend`` ("onnx", "onnx-int8" for blockwise int8,
+    "onnx-dynamic"), ``device`` (the CPU), ``no_cache`` (None: an empty past, dropped after the call), and its past
+    as per-layer (keys, values) torch tensors (``to_pairs``, ``from_pairs``).
     """
+
+    no_cache = None  # an empty past: the call recomputes the whole sequence and its past is simply not kept
 
     def __init__(self, path: Path, quantization: str | None, threads: int | None = None, optimization: str = "all",
                  source_parameters: int = 0):
@@ -421,6 +427,26 @@ class OnnxDecoder:
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.stored_bytes = _initializer_bytes(path)
         self.source_parameters = source_parameters  # how many weights the exported model had
+        self.backend = {None: "onnx", "blockwise": "onnx-int8"}.get(quantization, f"onnx-{quantization}")
+
+    @property
+    def device(self) -> torch.device:
+        """Where the inputs go: ONNX Runtime runs this session on the CPU."""
+        return torch.device("cpu")
+
+    def place(self, device: torch.device) -> torch.device:
+        """Return the CPU, whatever ``device`` was asked for: the session runs there only."""
+        return self.device
+
+    def to_pairs(self, past: OnnxPast | Sequence) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Return the past as per-layer (keys, values) torch tensors, each (batch, kv_heads, length, head_dim)."""
+        arrays = past.numpy() if isinstance(past, OnnxPast) else past
+        tensors = [torch.as_tensor(a) for a in arrays]
+        return list(zip(tensors[0::2], tensors[1::2]))
+
+    def from_pairs(self, pairs: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> OnnxPast:
+        """Return the past holding per-layer (keys, values). Raises ValueError for shapes that do not fit."""
+        return self._as_past([t for pair in pairs for t in pair])
 
     def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
                  past: OnnxPast | Sequence | None = None) -> tuple[torch.Tensor, OnnxPast]:

@@ -3,6 +3,10 @@
 Modules, each importing only those above it in the course:
 - ``decode``: How a language model answers: prefill the prompt, then decode one token at a time, with or without a
   KV cache.
+- ``sampling``: How the next token is chosen from the logits: greedy, or a seeded draw cut by temperature, top-k
+  and top-p.
+- ``step``: A decode step, typed: the one forward pass the decode loop and the serving engine both run, and the
+  batch pieces they share (left padding, positions, the next-token logits).
 - ``position_cost``: Cost of one token against its position: a recurrent step, a GPT with and without its KV cache.
 """
 
@@ -11,7 +15,6 @@ from lmlab.inference.decode import (
     CausalLM,
     Generation,
     StreamedToken,
-    TorchStep,
     as_causal_lm,
     batch_littles_law,
     break_even,
@@ -21,19 +24,29 @@ from lmlab.inference.decode import (
     littles_law,
     make_step,
     past_bytes,
-    sampling_probs,
     score_ids,
     stream,
     stream_speed,
 )
 from lmlab.inference.position_cost import cost_by_position, position_cost_plot, position_ratios
+from lmlab.inference.sampling import SamplingParams, pick, sample, sampling_params, sampling_probs
+from lmlab.inference.step import DecodeStep, TorchStep, left_pad, left_pad_to, next_logits, positions
 
 __all__ = [
     "BACKENDS",
     "CausalLM",
     "as_causal_lm",
+    "DecodeStep",
     "TorchStep",
     "make_step",
+    "left_pad",
+    "left_pad_to",
+    "positions",
+    "next_logits",
+    "SamplingParams",
+    "sampling_params",
+    "pick",
+    "sample",
     "Generation",
     "StreamedToken",
     "generate",

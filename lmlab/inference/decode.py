@@ -14,12 +14,13 @@ over t tokens. With a **KV cache** each layer keeps the keys and values it alrea
 computes only the new token's (one row of every matrix product). The cache holds
 2 · layers · kv_heads · head_dim · positions · bytes_per_value bytes per sequence (``kv_cache_bytes``).
 
-The loop runs any step function with the signature
+The loop runs any ``lmlab.inference.step.DecodeStep``
 ``step(input_ids, attention_mask, position_ids, past) -> (logits (batch, new, vocab), past)``:
 ``TorchStep`` (eager PyTorch, optionally ``torch.compile``d) or ``lmlab.compress.export.onnx_decoder`` (ONNX Runtime,
 float32 or int8). Several prompts decode together in one batch: they are padded on the LEFT, with an
 attention mask that hides the padding and positions that count from each prompt's first real token, so
-every row computes what it would alone.
+every row computes what it would alone (``lmlab.inference.step``: the same pieces the serving engine runs).
+Each token is chosen by ``lmlab.inference.sampling.pick`` from one ``SamplingParams``.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ from torch import nn
 
 from lmlab.compress.export import onnx_decoder
 from lmlab.data.corpora import tokenize
+from lmlab.inference.sampling import SamplingParams, pick, sampling_params
+from lmlab.inference.step import DecodeStep, TorchStep, left_pad, next_logits
 from lmlab.measure.results import Result
 from lmlab.measure.runtime import check_int, default_threads, pick_device, synchronize, torch_threads
 from lmlab.measure.stats import binomial_se
@@ -103,44 +106,7 @@ def as_causal_lm(model: nn.Module, tokenizer=None, name: str | None = None, leve
                      f"or a transformers causal LM with its tokenizer")
 
 
-class TorchStep:
-    """One forward pass of a transformers causal LM in PyTorch: the step function the decode loop calls.
-
-    ``compile=True`` runs the decode steps (one new token per row) through ``torch.compile(core)``: the first
-    such call traces and compiles the model (seconds to a minute), later ones run the compiled code, for any
-    cache length. The prefill, run once per reply, stays eager.
-    """
-
-    def __init__(self, core: nn.Module, compile: bool = False):
-        import inspect
-
-        self.core = core
-        self.forward = torch.compile(core, dynamic=True) if compile else core
-        self.backend = "compile" if compile else "eager"
-        accepts = inspect.signature(core.forward).parameters
-        # transformers 5 names the cache argument `cache` (older releases: `past_key_values`).
-        self.cache_arg = "cache" if "cache" in accepts else "past_key_values"
-        # Only the last position's logits pick the next token: skip the output layer for the rest of a prompt.
-        self.last_only = {"logits_to_keep": 1} if "logits_to_keep" in accepts else {}
-
-    @torch.no_grad()
-    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
-                 past=None) -> tuple[torch.Tensor, object]:
-        """Run the model on the new ids; ``past`` is the cache so far (None: empty; False: no cache at all)."""
-        use_cache = past is not False
-        if use_cache and past is None:
-            from transformers import DynamicCache
-
-            past = DynamicCache(config=cast("PretrainedConfig", self.core.config))  # a transformers model's config
-        forward = self.forward if input_ids.shape[1] == 1 else self.core
-        out = forward(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                           use_cache=use_cache, **{self.cache_arg: past if use_cache else None}, **self.last_only)
-        if not use_cache:
-            return out.logits, False
-        return out.logits, getattr(out, "cache", None) or out.past_key_values
-
-
-def make_step(lm: CausalLM, backend: str = "eager", threads: int | None = None):
+def make_step(lm: CausalLM, backend: str = "eager", threads: int | None = None) -> DecodeStep:
     """Return the step function for ``backend``: "eager", "compile" (torch.compile), "onnx" (ONNX Runtime
     float32) or "onnx-int8" (ONNX Runtime, lmlab's blockwise int8). Raises ValueError for another backend."""
     if backend == "eager":
@@ -261,40 +227,48 @@ class StreamedToken:
 
 
 def generate(lm: CausalLM, prompts: str | Sequence[int] | Sequence[str] | Sequence[Sequence[int]],
-             max_new_tokens: int = 32, *, cache: bool = True, sample: bool = False, temperature: float = 1.0,
-             top_k: int | None = None, top_p: float | None = None, seed: int = 0, stop_at_eos: bool = True,
-             backend: str = "eager", step=None, device: str = "auto", threads: int | None = None,
-             keep_logits: bool = False) -> Generation:
+             max_new_tokens: int = 32, *, sampling: SamplingParams | None = None, cache: bool = True,
+             stop_at_eos: bool = True, backend: str = "eager", step: DecodeStep | None = None, device: str = "auto",
+             threads: int | None = None, keep_logits: bool = False, sample: bool | None = None,
+             temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
+             seed: int | None = None) -> Generation:
     """Prefill each prompt, then decode up to ``max_new_tokens`` tokens: greedy, or seeded sampling.
 
-    ``prompts``: a text, a list of token ids, or a list of either (a batch). Greedy picks argmax_v logits[-1, v]
-    of the last position; sampling draws from softmax(logits / temperature), restricted to the ``top_k`` most
-    likely tokens and to the smallest set whose probability reaches ``top_p``. ``cache=False`` recomputes the
-    whole prefix every step. ``stop_at_eos=False`` always produces ``max_new_tokens`` (for timing).
-    ``step`` reuses a step function from ``make_step`` (otherwise one is made for ``backend``).
+    ``prompts``: a text, a list of token ids, or a list of either (a batch). ``sampling`` (default greedy) says
+    how each token is picked: greedy takes argmax_v logits[-1, v] of the last position; a draw samples
+    softmax(logits / temperature), restricted to the ``top_k`` most likely tokens and to the smallest set whose
+    probability reaches ``top_p``. ``sample``, ``temperature``, ``top_k``, ``top_p`` and ``seed`` are the older
+    spelling of the same settings. ``cache=False`` recomputes the whole prefix every step.
+    ``stop_at_eos=False`` always produces ``max_new_tokens`` (for timing). ``step`` reuses a step from
+    ``make_step`` (otherwise one is made for ``backend``).
     Raises ValueError for an empty prompt, max_new_tokens < 1, a prompt plus max_new_tokens beyond the model's
-    window, temperature <= 0 / top_k < 1 / top_p outside (0, 1] when sampling, an unknown device or backend.
+    window, a sampling setting out of range (or ``sampling`` with a loose setting), an unknown device or backend.
     """
-    events = _decode_loop(lm, prompts, max_new_tokens, cache=cache, sample=sample, temperature=temperature,
-                          top_k=top_k, top_p=top_p, seed=seed, stop_at_eos=stop_at_eos, backend=backend, step=step,
-                          device=device, threads=threads, keep_logits=keep_logits)
+    params = sampling_params(sampling, sample=sample, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+    events = _decode_loop(lm, prompts, max_new_tokens, sampling=params, cache=cache, stop_at_eos=stop_at_eos,
+                          backend=backend, step=step, device=device, threads=threads, keep_logits=keep_logits)
     for result in events:
         if isinstance(result, Generation):
             return result
     raise AssertionError("the decode loop ended without a result")  # pragma: no cover
 
 
-def stream(lm: CausalLM, prompt: str | Sequence[int], max_new_tokens: int = 32, **options) -> Iterator[StreamedToken]:
+def stream(lm: CausalLM, prompt: str | Sequence[int], max_new_tokens: int = 32, *,
+           sampling: SamplingParams | None = None, sample: bool | None = None, temperature: float | None = None,
+           top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
+           **options) -> Iterator[StreamedToken]:
     """Yield each new token of one prompt as soon as it exists, with its text and the ms since the call.
 
     Takes ``generate``'s options; yields exactly the tokens ``generate`` returns. The text of a token is what
     it adds to the decoded reply (a sub-word token can complete a character that earlier ones began).
+    Raises ValueError for a batch of prompts, and as ``generate`` does.
     """
     if not isinstance(prompt, str) and len(prompt) and isinstance(prompt[0], (str, list, tuple)):
         raise ValueError("prompt is a batch; stream takes one prompt (a text or a list of token ids)")
+    params = sampling_params(sampling, sample=sample, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
     shown = ""
     ids: list[int] = []
-    for event in _decode_loop(lm, prompt, max_new_tokens, **options):
+    for event in _decode_loop(lm, prompt, max_new_tokens, sampling=params, **options):
         if isinstance(event, Generation):
             return
         token, elapsed_ms = event
@@ -317,14 +291,11 @@ def stream_speed(pieces: Sequence[StreamedToken]) -> tuple[float, float]:
     return pieces[0].elapsed_ms, rate
 
 
-def _decode_loop(lm: CausalLM, prompts, max_new_tokens: int, *, cache: bool = True, sample: bool = False,
-                 temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None, seed: int = 0,
-                 stop_at_eos: bool = True, backend: str = "eager", step=None, device: str = "auto",
-                 threads: int | None = None, keep_logits: bool = False):
+def _decode_loop(lm: CausalLM, prompts, max_new_tokens: int, *, sampling: SamplingParams, cache: bool = True,
+                 stop_at_eos: bool = True, backend: str = "eager", step: DecodeStep | None = None,
+                 device: str = "auto", threads: int | None = None, keep_logits: bool = False):
     """Yield (token, elapsed_ms) for row 0 as each token appears, then the Generation."""
     check_int("max_new_tokens", max_new_tokens, 1)
-    if sample:
-        _check_sampling(temperature, top_k, top_p)
     rows = _prompt_ids(lm, prompts)
     longest = max(len(r) for r in rows)
     if longest + max_new_tokens > lm.window:
@@ -338,18 +309,11 @@ def _decode_loop(lm: CausalLM, prompts, max_new_tokens: int, *, cache: bool = Tr
         if backend.startswith("onnx") and chosen.type != "cpu":
             raise ValueError(f"backend={backend!r} runs on the CPU only; use device='cpu'")
         step = make_step(lm, backend, threads)
-    if isinstance(step, TorchStep) and next(lm.core.parameters()).device != chosen:
-        lm.core.to(chosen)
-    on = chosen if isinstance(step, TorchStep) else torch.device("cpu")
+    on = step.place(chosen)  # where the step's inputs go: the chosen device, or the CPU for ONNX Runtime
 
     batch = len(rows)
-    ids = torch.full((batch, longest), lm.pad_id, dtype=torch.long)  # left-padded prompts
-    mask = torch.zeros((batch, longest), dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids[i, longest - len(row):] = torch.tensor(row)
-        mask[i, longest - len(row):] = 1
-    ids, mask = ids.to(on), mask.to(on)
-    generator = torch.Generator(device=on).manual_seed(seed) if sample else None
+    ids, mask = (t.to(on) for t in left_pad(rows, lm.pad_id))  # (batch, longest), left-padded prompts
+    generator = sampling.generator(on)
     new = torch.empty((batch, 0), dtype=torch.long, device=on)
     done = torch.zeros(batch, dtype=torch.bool, device=on)
     lengths = torch.zeros(batch, dtype=torch.long)
@@ -361,17 +325,15 @@ def _decode_loop(lm: CausalLM, prompts, max_new_tokens: int, *, cache: bool = Tr
         start = time.perf_counter()
         for t in range(max_new_tokens):
             before = time.perf_counter()
+            feed_mask = torch.cat([mask, torch.ones_like(new)], dim=1)  # (batch, prompt + new so far)
             if cache and t > 0:  # only the newest token; the cache holds the rest
-                feed, feed_mask = new[:, -1:], torch.cat([mask, torch.ones_like(new)], dim=1)
-                positions = feed_mask.sum(1, keepdim=True) - 1  # (batch, 1)
+                last, past = next_logits(step, new[:, -1:], feed_mask, past)
             else:  # the prefill, or every step without a cache: the whole sequence so far
-                feed, feed_mask = torch.cat([ids, new], dim=1), torch.cat([mask, torch.ones_like(new)], dim=1)
-                positions = (feed_mask.cumsum(1) - 1).clamp(min=0)  # (batch, time): 0 at each first real token
-            logits, out_past = step(feed, feed_mask, positions, past if cache else _no_cache(step))
-            past = out_past if cache else None
-            last = logits[:, -1, :].float()  # (batch, vocab): only the last position predicts the next token
+                last, past = next_logits(step, torch.cat([ids, new], dim=1), feed_mask,
+                                         None if cache else step.no_cache)
+                past = past if cache else None
             alive = ~done  # rows still answering
-            token = torch.where(alive, _pick(last, sample, temperature, top_k, top_p, generator), lm.pad_id)
+            token = torch.where(alive, pick(last, sampling, generator), lm.pad_id)  # (batch,)
             new = torch.cat([new, token[:, None]], dim=1)
             synchronize(chosen)
             now = time.perf_counter()
@@ -389,13 +351,8 @@ def _decode_loop(lm: CausalLM, prompts, max_new_tokens: int, *, cache: bool = Tr
     tokens = tuple(tuple(new[i, :int(lengths[i])].tolist()) for i in range(batch))
     texts = tuple(lm.decode([tok for tok in row if tok != lm.eos_id]) for row in tokens)
     yield Generation(tokens=tokens, texts=texts, prompt_tokens=tuple(len(r) for r in rows), ttft_ms=times_ms[0],
-                     step_ms=tuple(times_ms[1:]), cache=cache, backend=getattr(step, "backend", backend),
+                     step_ms=tuple(times_ms[1:]), cache=cache, backend=step.backend,
                      cache_bytes=past_bytes(past) if cache else 0, threads=used_threads, logits=tuple(kept))
-
-
-def _no_cache(step):
-    """What a step function takes as ``past`` to skip the cache: False for PyTorch, None (empty) for ONNX."""
-    return False if isinstance(step, TorchStep) else None
 
 
 def _prompt_ids(lm: CausalLM, prompts) -> list[list[int]]:
@@ -417,47 +374,6 @@ def _prompt_ids(lm: CausalLM, prompts) -> list[list[int]]:
             raise ValueError(f"prompt {i} holds a token id outside [0, {vocab_size - 1}]")
         rows.append(row)
     return rows
-
-
-def _check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:
-    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
-        raise ValueError(f"temperature={temperature!r} is out of range; sampling needs a number > 0 "
-                         f"(for greedy decoding use sample=False)")
-    if top_k is not None:
-        check_int("top_k", top_k, 1)
-    if top_p is not None and not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
-        raise ValueError(f"top_p={top_p!r} is out of range; use a number in (0, 1]")
-
-
-def _pick(logits: torch.Tensor, sample: bool, temperature: float, top_k: int | None, top_p: float | None,
-          generator: torch.Generator | None) -> torch.Tensor:
-    """Choose each row's next token from its (batch, vocab) logits: argmax, or a seeded draw."""
-    if not sample:
-        return logits.argmax(dim=-1)
-    probs = sampling_probs(logits, temperature, top_k, top_p)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(1)
-
-
-def sampling_probs(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
-                   top_p: float | None = None) -> torch.Tensor:
-    """Return the distribution a sampler draws from: softmax(logits / T), cut to top-k and top-p, renormalized.
-
-    top-k keeps the k largest logits; top-p (nucleus) keeps the most likely tokens until their probability
-    reaches p (the token that crosses p included). Raises ValueError for T <= 0, k < 1 or p outside (0, 1].
-    """
-    _check_sampling(temperature, top_k, top_p)
-    scaled = logits.float() / temperature  # (batch, vocab)
-    if top_k is not None and top_k < scaled.shape[-1]:
-        kth = scaled.topk(top_k, dim=-1).values[:, -1:]  # (batch, 1)
-        scaled = scaled.masked_fill(scaled < kth, -math.inf)
-    probs = torch.softmax(scaled, dim=-1)
-    if top_p is not None and top_p < 1:
-        sorted_probs, order = probs.sort(dim=-1, descending=True)
-        before = sorted_probs.cumsum(-1) - sorted_probs  # probability of the tokens ranked above each one
-        drop = torch.zeros_like(probs, dtype=torch.bool).scatter(-1, order, before >= top_p)
-        probs = probs.masked_fill(drop, 0.0)
-        probs = probs / probs.sum(-1, keepdim=True)
-    return probs
 
 
 def kv_cache_bytes(config, positions: int, batch_size: int = 1, bytes_per_value: int = 4) -> int:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from lmlab.inference.decode import TorchStep
+from lmlab.inference.step import TorchStep
 from lmlab.measure.plots import finish_axes, plain_log_ticks
 from lmlab.measure.runtime import torch_threads
 from lmlab.measure.timing import time_ms

@@ -116,9 +116,8 @@ class ChatApp:
         """Queue the request in the engine; return its events. RequestError 429 when the queue is full."""
         loop, inbox = asyncio.get_running_loop(), asyncio.Queue()
         try:
-            ticket = self.engine.submit(parsed.ids, parsed.max_tokens, sample=not parsed.greedy,
-                                        temperature=parsed.temperature if not parsed.greedy else 1.0,
-                                        top_p=parsed.top_p, seed=parsed.seed, prefix_len=parsed.prefix_len,
+            ticket = self.engine.submit(parsed.ids, parsed.max_tokens, sampling=parsed.sampling,
+                                        prefix_len=parsed.prefix_len,
                                         stop_at_eos=not parsed.ignore_eos,
                                         callback=lambda event: loop.call_soon_threadsafe(inbox.put_nowait, event))
         except QueueFull as full:

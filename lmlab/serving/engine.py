@@ -14,7 +14,10 @@ running batch and, at every step,
    to a common length L, with an attention mask that hides the padding;
 4. runs ONE decode step for every row: ids (B, 1), mask (B, L + 1), positions (B, 1) = each row's own length.
 
-Every row computes exactly what it would alone, so a greedy reply's tokens do not depend on its neighbours.
+Every row computes exactly what it would alone, so a greedy reply's tokens do not depend on its neighbours: the
+padding, the positions, the forward pass and the pick are ``lmlab.inference.step``'s and
+``lmlab.inference.sampling``'s, the code ``lmlab.inference.decode.generate`` runs, so one ``SamplingParams`` gives one
+reply through both.
 A ``prefix_cache`` keeps the KV state of a shared prompt prefix (a system prompt and FAQ); a request that
 starts with it prefills only the rest.
 """
@@ -32,7 +35,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from lmlab.inference.decode import CausalLM, TorchStep, _check_sampling, _pick, make_step
+from lmlab.inference.decode import CausalLM, make_step
+from lmlab.inference.sampling import SamplingParams, pick, sampling_params
+from lmlab.inference.step import DecodeStep, Pairs, left_pad, left_pad_to, next_logits
 from lmlab.measure.runtime import check_int, torch_threads
 
 POLICIES = ("continuous", "static", "sequential")
@@ -153,11 +158,7 @@ class _Request:
     ticket: Ticket
     ids: list[int]
     max_new_tokens: int
-    sample: bool
-    temperature: float
-    top_k: int | None
-    top_p: float | None
-    seed: int
+    sampling: SamplingParams
     stop_at_eos: bool
     prefix_len: int
     arrived: float
@@ -180,14 +181,14 @@ class Engine:
     Raises ValueError for an unknown policy or an out-of-range bound.
     """
 
-    def __init__(self, lm: CausalLM, *, backend: str = "eager", step=None, max_batch: int = 8,
+    def __init__(self, lm: CausalLM, *, backend: str = "eager", step: DecodeStep | None = None, max_batch: int = 8,
                  max_queue: int = 64, policy: str = "continuous", prefix_cache: int = 0, threads: int | None = None):
         if policy not in POLICIES:
             raise ValueError(f"policy={policy!r} is unknown; use one of {POLICIES}")
         self.lm = lm
         self.threads = threads
         self.step = step if step is not None else make_step(lm, backend, threads)
-        self.backend = getattr(self.step, "backend", backend)
+        self.backend = self.step.backend
         self.max_batch = check_int("max_batch", max_batch, 1, 256)
         self.max_queue = check_int("max_queue", max_queue, 0)
         self.policy = policy
@@ -276,11 +277,13 @@ class Engine:
                              f"{len(ids) + max_new_tokens} positions; {self.lm.name}'s window is "
                              f"{self.lm.window}: use max_new_tokens <= {self.lm.window - len(ids)}")
 
-    def submit(self, ids: Sequence[int], max_new_tokens: int = 32, *, sample: bool = False,
-               temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None, seed: int = 0,
-               stop_at_eos: bool = True, prefix_len: int = 0,
-               callback: Callable[[Event], None] | None = None) -> Ticket:
-        """Queue a prompt (token ids); return its ``Ticket``. Greedy unless ``sample`` (seeded per request).
+    def submit(self, ids: Sequence[int], max_new_tokens: int = 32, *, sampling: SamplingParams | None = None,
+               stop_at_eos: bool = True, prefix_len: int = 0, callback: Callable[[Event], None] | None = None,
+               sample: bool | None = None, temperature: float | None = None, top_k: int | None = None,
+               top_p: float | None = None, seed: int | None = None) -> Ticket:
+        """Queue a prompt (token ids); return its ``Ticket``. ``sampling`` (default greedy) picks its tokens,
+        with one generator per request; ``sample``, ``temperature``, ``top_k``, ``top_p``, ``seed`` are the older
+        spelling of the same settings.
 
         ``prefix_len``: how many leading tokens are a shared prefix worth caching (the system prompt).
         ``callback`` receives each event in the engine's thread instead of the ticket's queue.
@@ -288,12 +291,10 @@ class Engine:
         """
         ids = [int(t) for t in ids]
         self.check(ids, max_new_tokens)
-        if sample:
-            _check_sampling(temperature, top_k, top_p)
+        params = sampling_params(sampling, sample=sample, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
         check_int("prefix_len", prefix_len, 0, len(ids))
         ticket = Ticket(next(self._ids), callback)
-        request = _Request(ticket, ids, max_new_tokens, sample, temperature, top_k, top_p, seed, stop_at_eos,
-                           prefix_len, time.perf_counter())
+        request = _Request(ticket, ids, max_new_tokens, params, stop_at_eos, prefix_len, time.perf_counter())
         with self._wake:
             if self._stop:
                 raise QueueFull("the engine is stopping")
@@ -374,17 +375,13 @@ class Engine:
     def _prefill_batch(self, requests: list[_Request]) -> None:
         """One pass over several prompts, left-padded: ids and mask (k, L), positions from each first real token."""
         start = time.perf_counter()
-        longest = max(len(r.ids) for r in requests)
-        ids = torch.full((len(requests), longest), self.lm.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(requests), longest), dtype=torch.long)
-        for i, request in enumerate(requests):
+        for request in requests:
             request.admitted = start
-            ids[i, longest - len(request.ids):] = torch.tensor(request.ids)
-            mask[i, longest - len(request.ids):] = 1
+        ids, mask = (t.to(self.step.device) for t in left_pad([r.ids for r in requests], self.lm.pad_id))  # (k, L)
+        longest = ids.shape[1]
         try:
-            logits, past = self.step(ids, mask, (mask.cumsum(1) - 1).clamp(min=0), None)
-            pairs = _to_pairs(past)
-            last = logits[:, -1, :].float()  # (k, vocab): each row's last position is its last real token
+            last, past = next_logits(self.step, ids, mask, None)  # (k, vocab): each row's last real token predicts
+            pairs = self.step.to_pairs(past)
             tokens = []
             for i, request in enumerate(requests):
                 pad = longest - len(request.ids)
@@ -392,9 +389,7 @@ class Engine:
                     self.prefixes.put(tuple(request.ids[:request.prefix_len]),
                                       [(k[i:i + 1, :, pad:pad + request.prefix_len].clone(),
                                         v[i:i + 1, :, pad:pad + request.prefix_len].clone()) for k, v in pairs])
-                if request.sample:
-                    request.generator = torch.Generator().manual_seed(request.seed)
-                tokens.append(int(self._pick(request, last[i:i + 1])) if request.sample else int(last[i].argmax()))
+                tokens.append(self._pick(request, last[i:i + 1]))
         except Exception as error:  # these requests fail; the running batch goes on
             for request in requests:
                 self._finish(request, "error", f"{type(error).__name__}: {error}")
@@ -406,7 +401,7 @@ class Engine:
             if self._emit_token(request, token):
                 keep.append(i)
         if keep:
-            index = torch.tensor(keep)
+            index = torch.tensor(keep, device=mask.device)
             self._join([requests[i] for i in keep], [(k.index_select(0, index), v.index_select(0, index))
                                                      for k, v in pairs], mask.index_select(0, index))
 
@@ -416,27 +411,25 @@ class Engine:
         ids = request.ids
         try:
             cached, start = self._cached_prefix(ids, request.prefix_len)
-            feed = torch.tensor([ids[start:]])  # (1, new)
-            mask = torch.ones((1, len(ids)), dtype=torch.long)
-            positions = torch.arange(start, len(ids))[None]  # (1, new)
-            past = _from_pairs(cached, self.step, self.lm) if cached is not None else None
-            logits, past = self.step(feed, mask, positions, past)
-            pairs = _to_pairs(past)
+            device = self.step.device
+            feed = torch.tensor([ids[start:]], device=device)  # (1, new): what the cached prefix does not hold
+            mask = torch.ones((1, len(ids)), dtype=torch.long, device=device)
+            past = self.step.from_pairs(cached) if cached is not None else None
+            last, past = next_logits(self.step, feed, mask, past)
+            pairs = self.step.to_pairs(past)
             if request.prefix_len and cached is None and request.prefix_len < len(ids):
                 self.prefixes.put(tuple(ids[:request.prefix_len]),
                                   [(k[:, :, :request.prefix_len].clone(), v[:, :, :request.prefix_len].clone())
                                    for k, v in pairs])
             request.prefix_hit = cached is not None
-            if request.sample:
-                request.generator = torch.Generator().manual_seed(request.seed)
-            token = int(self._pick(request, logits[:, -1, :].float()))
+            token = self._pick(request, last)
         except Exception as error:  # this request fails; the batch goes on
             self._finish(request, "error", f"{type(error).__name__}: {error}")
             return
         request.first = time.perf_counter()
         request.prefill_ms = (request.first - request.admitted) * 1e3
         if self._emit_token(request, token):
-            self._join([request], pairs, torch.ones((1, len(ids)), dtype=torch.long))
+            self._join([request], pairs, mask)
 
     def _cached_prefix(self, ids: list[int], prefix_len: int, count: bool = True):
         if self.prefixes.max_entries == 0 or not 0 < prefix_len < len(ids):
@@ -445,21 +438,20 @@ class Engine:
         cached = self.prefixes.get(key) if count else self.prefixes.peek(key)
         return (cached, prefix_len) if cached is not None else (None, 0)
 
-    def _join(self, requests: list[_Request], pairs: list[tuple[torch.Tensor, torch.Tensor]],
-              mask: torch.Tensor) -> None:
+    def _join(self, requests: list[_Request], pairs: Pairs, mask: torch.Tensor) -> None:
         """Merge new rows' caches (k, heads, l, dim per layer) and mask (k, l) into the batch's, left-padding
         both to a common length."""
         if not self._rows:
-            self._mask, self._past = mask, _from_pairs(pairs, self.step, self.lm)
+            self._mask, self._past = mask, self.step.from_pairs(pairs)
         else:
             assert self._mask is not None  # a batch with rows has a mask
-            batch_pairs = _to_pairs(self._past)
+            batch_pairs = self.step.to_pairs(self._past)
             length = max(mask.shape[1], self._mask.shape[1])
-            merged = [(torch.cat([_left_pad(bk, length), _left_pad(k, length)]),
-                       torch.cat([_left_pad(bv, length), _left_pad(v, length)]))
+            merged = [(torch.cat([left_pad_to(bk, length), left_pad_to(k, length)]),
+                       torch.cat([left_pad_to(bv, length), left_pad_to(v, length)]))
                       for (bk, bv), (k, v) in zip(batch_pairs, pairs)]
-            self._mask = torch.cat([_left_pad(self._mask, length), _left_pad(mask, length)])
-            self._past = _from_pairs(merged, self.step, self.lm)
+            self._mask = torch.cat([left_pad_to(self._mask, length), left_pad_to(mask, length)])
+            self._past = self.step.from_pairs(merged)
         with self._counts:  # they move from prefilling to the batch in one step, as `active` sees it
             self._rows = self._rows + list(requests)
             self._prefilling = max(0, self._prefilling - len(requests))
@@ -470,23 +462,23 @@ class Engine:
             self._rows, self._past, self._mask = [], None, None
             return
         assert self._mask is not None  # a batch with rows has a mask
-        index = torch.tensor(keep)
+        index = torch.tensor(keep, device=self._mask.device)
         mask = self._mask.index_select(0, index)
         first = int(mask.any(0).nonzero()[0])  # the first column some row still uses
         self._mask = mask[:, first:]
-        self._past = _from_pairs([(k.index_select(0, index)[:, :, first:], v.index_select(0, index)[:, :, first:])
-                                  for k, v in _to_pairs(self._past)], self.step, self.lm)
+        self._past = self.step.from_pairs([(k.index_select(0, index)[:, :, first:],
+                                            v.index_select(0, index)[:, :, first:])
+                                           for k, v in self.step.to_pairs(self._past)])
         self._rows = [self._rows[i] for i in keep]
 
     def _decode(self) -> None:
         """One decode step for every row of the batch."""
         rows = self._rows
         assert self._mask is not None  # a batch with rows has a mask
-        feed = torch.tensor([[r.new[-1]] for r in rows])  # (B, 1): each row's newest token
-        mask = torch.cat([self._mask, torch.ones((len(rows), 1), dtype=torch.long)], dim=1)  # (B, L + 1)
-        positions = torch.tensor([[len(r.ids) + len(r.new) - 1] for r in rows])  # (B, 1)
+        feed = torch.tensor([[r.new[-1]] for r in rows], device=self._mask.device)  # (B, 1): each row's newest
+        mask = torch.cat([self._mask, torch.ones_like(feed)], dim=1)  # (B, L + 1): positions = each row's length
         try:
-            logits, past = self.step(feed, mask, positions, self._past)
+            last, past = next_logits(self.step, feed, mask, self._past)  # (B, vocab)
         except Exception as error:  # a failed step ends the rows it ran; the engine goes on
             for request in rows:
                 self._finish(request, "error", f"{type(error).__name__}: {error}")
@@ -495,19 +487,20 @@ class Engine:
         self.steps += 1
         self.rows_stepped += len(rows)
         self._past, self._mask = past, mask
-        last = logits[:, -1, :].float()  # (B, vocab)
-        greedy = last.argmax(dim=-1)
+        greedy = pick(last, SamplingParams.greedy(), None).tolist()  # (B,): one argmax for every greedy row
         keep = []
         for i, request in enumerate(rows):
-            token = int(self._pick(request, last[i:i + 1])) if request.sample else int(greedy[i])
+            token = self._pick(request, last[i:i + 1]) if request.sampling.sample else greedy[i]
             if self._emit_token(request, token):
                 keep.append(i)
         if len(keep) < len(rows):
             self._keep_rows(keep)
 
-    def _pick(self, request: _Request, logits: torch.Tensor) -> torch.Tensor:
-        return _pick(logits, request.sample, request.temperature, request.top_k, request.top_p,
-                     request.generator)[0]
+    def _pick(self, request: _Request, logits: torch.Tensor) -> int:
+        """The request's next token from its (1, vocab) logits, with its own generator (made at its first pick)."""
+        if request.sampling.sample and request.generator is None:
+            request.generator = request.sampling.generator(logits.device)
+        return int(pick(logits, request.sampling, request.generator)[0])
 
     def _emit_token(self, request: _Request, token: int) -> bool:
         """Send one token to its request; return whether the request goes on."""
@@ -541,32 +534,3 @@ class Engine:
                   "prefix_cache_hit": request.prefix_hit}
         request.ticket._emit(Event("done", finish_reason=reason, error=error, completion_tokens=n,
                                    prompt_tokens=len(request.ids), timing=timing))
-
-
-def _left_pad(tensor: torch.Tensor, length: int) -> torch.Tensor:
-    """Pad a (batch, ...) mask along dim 1 or a (batch, heads, time, dim) cache along dim 2, on the left."""
-    dim = 1 if tensor.dim() == 2 else 2
-    missing = length - tensor.shape[dim]
-    if missing == 0:
-        return tensor
-    shape = list(tensor.shape)
-    shape[dim] = missing
-    return torch.cat([tensor.new_zeros(shape), tensor], dim=dim)
-
-
-def _to_pairs(past) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """A step's KV cache as [(keys, values)] per layer, each (batch, kv_heads, time, head_dim) torch tensors."""
-    if hasattr(past, "layers"):  # transformers' DynamicCache
-        return [(layer.keys, layer.values) for layer in past.layers]
-    arrays = past.numpy() if hasattr(past, "numpy") else past  # an ONNX decoder's past, or its arrays
-    tensors = [torch.as_tensor(a) for a in arrays]
-    return list(zip(tensors[0::2], tensors[1::2]))
-
-
-def _from_pairs(pairs, step, lm: CausalLM):
-    """The step's own KV cache format from [(keys, values)] per layer."""
-    if isinstance(step, TorchStep):
-        from transformers import DynamicCache
-
-        return DynamicCache(ddp_cache_data=pairs, config=lm.config)
-    return [t.numpy() for pair in pairs for t in pair]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from lmlab.inference.sampling import SamplingParams
 from lmlab.serving.engine import Event
 from lmlab.serving.served import ServedModel
 
@@ -54,6 +55,13 @@ class ChatRequest:
     @property
     def greedy(self) -> bool:
         return self.temperature == 0
+
+    @property
+    def sampling(self) -> SamplingParams:
+        """The engine's settings: greedy at temperature 0 (OpenAI's convention), else a seeded draw."""
+        if self.greedy:
+            return SamplingParams.greedy()
+        return SamplingParams(sample=True, temperature=self.temperature, top_p=self.top_p, seed=self.seed)
 
 
 def parse_request(body: object, served: ServedModel, default_max_tokens: int = 64) -> ChatRequest:
