@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from lmlab.data.corpora import Corpus, Vocab, tokenize_corpus
-from lmlab.models.lm import evaluate, sample, sequence_logprob, top_k
+from lmlab.inference.sampling import sample
+from lmlab.models.lm import evaluate, sequence_logprob, top_k
 from lmlab.models.ngram import NGramModel
 
 

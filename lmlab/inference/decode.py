@@ -414,7 +414,7 @@ def break_even(one_off_ms: float, reference_ms: float, faster_ms: float) -> floa
     return one_off_ms / (reference_ms - faster_ms) if faster_ms < reference_ms else math.inf
 
 
-def compare_steps(lm: CausalLM, prompt, makers: dict[str, Callable[[], object]], new_tokens: int = 40,
+def compare_steps(lm: CausalLM, prompt, makers: dict[str, Callable[[], DecodeStep]], new_tokens: int = 40,
                   reference: str = "eager") -> list[dict]:
     """Time the decode step of each path against ``reference``: one dict per path, in the order given.
 

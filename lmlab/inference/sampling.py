@@ -80,7 +80,7 @@ def sampling_params(sampling: SamplingParams | None = None, *, sample: bool | No
         return sampling
     if not sample:
         return SamplingParams(seed=0 if seed is None else seed)
-    return SamplingParams(**{**given, "sample": True})
+    return SamplingParams(True, 1.0 if temperature is None else temperature, top_k, top_p, 0 if seed is None else seed)
 
 
 def sampling_probs(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,

@@ -211,38 +211,3 @@ def sequence_logprob(model: LanguageModel, tokens: Sequence[str], strict: bool =
         "bits": nats / math.log(2),
         "factors": [(vocab.itos[i], math.exp(float(lp))) for i, lp in zip(ids, picked)],
     }
-
-
-def sample(
-    model: LanguageModel,
-    prompt: Sequence[str] = (),
-    max_tokens: int = 30,
-    seed: int = 0,
-    temperature: float = 1.0,
-) -> list[str]:
-    """Draw tokens one at a time from P(w | context) until </s> or ``max_tokens``; seeded, so repeatable.
-
-    Returns the generated tokens (without the prompt and without </s>). Temperature T rescales the
-    distribution to P^(1/T); T must be > 0.
-    """
-    check_int("max_tokens", max_tokens, 1)
-    if not temperature > 0:
-        raise ValueError(f"temperature={temperature!r} is out of range; use a number > 0")
-    vocab = model.vocab
-    history = list(vocab.encode(list(prompt), strict=True))
-    generator = torch.Generator().manual_seed(seed)
-    out: list[int] = []
-    for _ in range(max_tokens):
-        context, _ = make_context(model, vocab.decode(history))
-        with torch.no_grad():
-            logp = model.next_token_logprobs(context)[0].double() / temperature  # (vocab,)
-        logp[vocab.bos_id] = -math.inf  # <s> only pads; it is never a next token
-        probs = torch.softmax(logp, dim=-1)
-        if not torch.isfinite(probs).all() or float(probs.sum()) <= 0:
-            break  # the model gives no probability to anything here (e.g. an unseen context, unsmoothed)
-        token = int(torch.multinomial(probs, 1, generator=generator))
-        if token == vocab.eos_id:
-            break
-        out.append(token)
-        history.append(token)
-    return vocab.decode(out)
