@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from lmlab.measure.runtime import check_int
-from lmlab.models.lm import LanguageModel
+from lmlab.models.protocols import LanguageModel
 
 SEED_RANGE = (-(2 ** 63), 2 ** 64 - 1)  # what torch.Generator.manual_seed accepts
 
