@@ -438,6 +438,11 @@ class OnnxDecoder:
         """Return the CPU, whatever ``device`` was asked for: the session runs there only."""
         return self.device
 
+    def sequence_logits(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Return the logits at every position of (batch, n) ids from an empty cache: (batch, n, vocab) float32."""
+        positions = torch.arange(input_ids.shape[1]).expand(input_ids.shape[0], -1)  # (batch, n)
+        return self(input_ids, torch.ones_like(input_ids), positions, None)[0]
+
     def to_pairs(self, past: OnnxPast | Sequence) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Return the past as per-layer (keys, values) torch tensors, each (batch, kv_heads, length, head_dim)."""
         arrays = past.numpy() if isinstance(past, OnnxPast) else past

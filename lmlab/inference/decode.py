@@ -461,10 +461,7 @@ def score_ids(lm: CausalLM, ids: Sequence[int], step=None) -> dict[str, float]:
     if not 2 <= len(ids) <= lm.window:
         raise ValueError(f"ids has {len(ids)} tokens; scoring needs between 2 and the window ({lm.window})")
     feed = torch.tensor([ids])  # (1, n + 1)
-    if step is None or isinstance(step, TorchStep):
-        logits = lm.core(input_ids=feed).logits
-    else:
-        logits, _ = step(feed, torch.ones_like(feed), torch.arange(len(ids))[None], None)
+    logits = (step or TorchStep(lm.core)).sequence_logits(feed)  # (1, n + 1, vocab)
     scores = score_tokens(logits[0, :-1], feed[0, 1:]).summary()  # (n, vocab) against (n,)
     accuracy, n = scores["accuracy"], int(scores["tokens"])
     return {"accuracy": accuracy, "accuracy_se": binomial_se(accuracy, n),

@@ -57,6 +57,11 @@ class DecodeStep(Protocol):
         """Move the weights to ``device`` where the step can run there; return the device its inputs go to."""
         ...
 
+    def sequence_logits(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Return the logits at EVERY position of (batch, n) ids read from the start without a cache: (batch, n,
+        vocab), for teacher-forced scoring (a decode call may keep only the last position's)."""
+        ...
+
     def to_pairs(self, past: Any) -> Pairs:
         """Return the step's cache as per-layer (keys, values), each (batch, kv_heads, time, head_dim)."""
         ...
@@ -98,6 +103,10 @@ class TorchStep:
         if self.device != device:
             self.core.to(device)
         return device
+
+    @torch.no_grad()
+    def sequence_logits(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.core(input_ids=input_ids).logits  # (batch, n, vocab): every position, eager
 
     @torch.no_grad()
     def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
