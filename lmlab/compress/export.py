@@ -38,6 +38,7 @@ import tempfile
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -105,6 +106,10 @@ def onnx_model(model: nn.Module, quantization: str | None = "blockwise", threads
     """
     if quantization not in QUANTIZATIONS:
         raise ValueError(f"quantization={quantization!r} is unknown; use one of {QUANTIZATIONS}")
+    core: nn.Module
+    inputs: tuple[str, ...]
+    example: tuple[torch.Tensor, ...]
+    max_length: int | None
     if isinstance(model, GPTLanguageModel):
         core, inputs, example = model.gpt, ("input_ids", "attention_mask", "position_ids"), _gpt_example(model)
         max_length = model.config.n_positions
@@ -113,8 +118,9 @@ def onnx_model(model: nn.Module, quantization: str | None = "blockwise", threads
         example = (torch.zeros(2, model.context_size, dtype=torch.long),)
         max_length = None  # a fixed context: only the batch varies
     elif hasattr(model, "config") and hasattr(model, "generate"):
-        core, inputs, example = model, ("input_ids",), (torch.arange(16)[None].clamp(max=model.config.vocab_size - 1),)
-        max_length = model.config.max_position_embeddings
+        hf_config = cast(Any, model.config)  # a transformers config (nn.Module types attributes as Tensor | Module)
+        core, inputs, example = model, ("input_ids",), (torch.arange(16)[None].clamp(max=hf_config.vocab_size - 1),)
+        max_length = hf_config.max_position_embeddings
     else:
         raise ValueError(f"model of type {type(model).__name__} is not one onnx_model knows; use lmlab's GPT or MLP, "
                          f"or a transformers causal LM")
@@ -126,11 +132,11 @@ def onnx_model(model: nn.Module, quantization: str | None = "blockwise", threads
         quantized.gpt = OnnxLogits(path, inputs, config, wraps_output=True, threads=threads, source_parameters=params)
         return quantized
     if isinstance(model, MLPLanguageModel):
-        quantized = copy.deepcopy(model)
-        del quantized.embed, quantized.hidden, quantized.out  # all three live in the graph now
-        quantized.__class__ = _OnnxMLP  # the same model, its computation run by ONNX Runtime
-        quantized.runtime = OnnxLogits(path, inputs, wraps_output=False, threads=threads, source_parameters=params)
-        return quantized.eval()
+        mlp = copy.deepcopy(model)
+        del mlp.embed, mlp.hidden, mlp.out  # all three live in the graph now
+        mlp.__class__ = _OnnxMLP  # the same model, its computation run by ONNX Runtime
+        mlp.runtime = OnnxLogits(path, inputs, wraps_output=False, threads=threads, source_parameters=params)
+        return mlp.eval()
     return OnnxLogits(path, inputs, config, wraps_output=True, threads=threads, source_parameters=params).eval()
 
 
@@ -150,6 +156,8 @@ class _MLPLogits(nn.Module):
 
 class _OnnxMLP(MLPLanguageModel):
     """lmlab's MLP language model with its computation run by ONNX Runtime (made by ``onnx_model``)."""
+
+    runtime: OnnxLogits
 
     def last_logits(self, contexts: torch.Tensor) -> torch.Tensor:
         return self.runtime(input_ids=contexts)
@@ -418,7 +426,8 @@ class OnnxDecoder:
     def __init__(self, path: Path, quantization: str | None, threads: int | None = None, optimization: str = "all",
                  source_parameters: int = 0):
         self.session = _session(path, threads, optimization)
-        self.path, self.quantization, self.optimization = path, quantization, optimization
+        self.path: Path | None = path  # None once the session holds the graph and the file is gone (cache=False)
+        self.quantization, self.optimization = quantization, optimization
         self.threads = self.session.get_session_options().intra_op_num_threads
         past_inputs = [i for i in self.session.get_inputs() if i.name.startswith("past.")]
         self.num_layers = len(past_inputs) // 2
@@ -553,6 +562,7 @@ def onnx_decoder(model: nn.Module, quantization: str | None = "blockwise", threa
         raise ValueError(f"optimization={optimization!r} is unknown; use one of {OPTIMIZATIONS}")
     if threads is not None:
         check_threads(threads)
+    core: nn.Module
     if isinstance(model, GPTLanguageModel):
         core = model.gpt
     elif isinstance(model, nn.Module) and hasattr(model, "config") and hasattr(model, "generate"):
@@ -615,7 +625,7 @@ def _export_decoder(core: nn.Module, path: Path) -> None:
     from torch.export import Dim
 
     step = _DecodeStep(core).eval()
-    vocab = core.config.vocab_size
+    vocab = cast(Any, core.config).vocab_size  # a transformers config (nn.Module types it Tensor | Module)
     ids = (torch.arange(24).reshape(2, 12) * 7 + 3) % vocab  # (batch 2, 7 past + 5 new): distinct sizes to trace
     with torch.no_grad():
         past = step.prefill(ids[:, :7])
@@ -701,11 +711,14 @@ def profile_step(decoder: OnnxDecoder, input_ids: torch.Tensor, attention_mask: 
     node_sum_ms, "runs": runs}. D is recorded under the profiler, which adds its own cost to each node: only
     when D < total_ms is total_ms − D an upper bound on the runtime's own work between nodes. Neither session
     is the decoder's, so profiling never slows the decoder itself.
-    Raises ValueError for a decoder that is not an OnnxDecoder, runs < 1, or inputs that do not fit.
+    Raises ValueError for a decoder that is not an OnnxDecoder or has no graph file, runs < 1, or inputs that do
+    not fit.
     """
     if not isinstance(decoder, OnnxDecoder):
         raise ValueError(f"decoder of type {type(decoder).__name__} is not an OnnxDecoder; make one with onnx_decoder")
     check_int("runs", runs, 1)
+    if decoder.path is None:
+        raise ValueError("decoder has no graph file left (made with cache=False); make it with cache=True to profile")
     feeds, _, _ = decoder._feeds(input_ids, attention_mask, position_ids, past)
     plain = _session(decoder.path, decoder.threads, decoder.optimization)
     unprofiled = time_ms(plain.run_with_ort_values, decoder.output_names, feeds, warmup=2, repeat=runs)
@@ -716,7 +729,7 @@ def profile_step(decoder: OnnxDecoder, input_ids: torch.Tensor, attention_mask: 
         events = json.loads(Path(session.end_profiling()).read_text())
     events = events["traceEvents"] if isinstance(events, dict) else events
     run_spans = sorted((e["ts"], e["ts"] + e["dur"]) for e in events if e.get("name") == "model_run")[-runs:]
-    per_run = [{} for _ in run_spans]  # op type -> kernel ms, one dict per run
+    per_run: list[dict[str, float]] = [{} for _ in run_spans]  # op type -> kernel ms, one dict per run
     for event in events:
         if event.get("cat") != "Node" or not event.get("name", "").endswith("_kernel_time"):
             continue

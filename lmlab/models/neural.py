@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -26,10 +26,6 @@ from torch import nn
 from lmlab.data.corpora import TokenizedCorpus, Vocab, document_batches
 from lmlab.measure.runtime import check_int
 from lmlab.models.lm import check_contexts
-
-if TYPE_CHECKING:  # transformers is imported where a GPT is built; the annotations only name its types
-    from transformers import GPT2LMHeadModel
-
 from lmlab.models.scoring import IGNORE, TokenScores, score_tokens
 
 
@@ -150,7 +146,7 @@ class GPTLanguageModel(NeuralLM):
     """A small GPT-2 reading one document prefix: <s> w1 ... w_{t-1} -> P(w_t | prefix)."""
 
     kind = "gpt"
-    gpt: GPT2LMHeadModel
+    gpt: nn.Module  # transformers' GPT2LMHeadModel, or a runtime called the same way (lmlab.compress.export)
 
     def __init__(self, vocab: Vocab, config: GPTConfig):
         super().__init__()
