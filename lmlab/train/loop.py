@@ -9,7 +9,6 @@ import copy
 import math
 import shlex
 import sys
-import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -25,6 +24,7 @@ from lmlab.data.corpora import TokenizedCorpus, batches, document_batches, load_
 from lmlab.measure.plots import finish_axes
 from lmlab.measure.runtime import check_int, device_name, seed_everything, torch_threads
 from lmlab.measure.stats import Comparison, paired_nll_interval, perplexity_interval
+from lmlab.measure.timing import Stopwatch
 from lmlab.models.checkpoints import save_checkpoint
 from lmlab.models.kinds import build_model
 from lmlab.models.lm import evaluate
@@ -119,29 +119,29 @@ def train_model(
     schedule = (torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, steps, warmup_steps))
                 if isinstance(optimizer, torch.optim.Optimizer) else None)
     history = History()
-    start = time.perf_counter()
-    evaluating_ms = 0.0
+    training_ms = 0.0  # the steps' share of the clock, evaluations excluded
     model.train()
     stream = _endless(train_batches)
     running = []
-    for step in tqdm(range(1, steps + 1), disable=not progress, desc="training", mininterval=2):
-        loss = _step(model, optimizer, next(stream), _own_loss if loss_fn is None else loss_fn, clip_norm)
-        if schedule is not None:
-            schedule.step()
-        running.append(loss.item())
-        if step % eval_every == 0 or step == steps:
-            before_eval = time.perf_counter()
-            model.eval()
-            scores = evaluate_fn(model)
-            model.train()
-            history.train_ms.append((before_eval - start) * 1e3 - evaluating_ms)
-            evaluating_ms += (time.perf_counter() - before_eval) * 1e3
-            history.step.append(step)
-            history.train_loss.append(sum(running) / len(running))
-            history.valid_loss.append(scores["nll_nats"])
-            history.valid_accuracy.append(scores["accuracy"])
-            history.elapsed_ms.append((time.perf_counter() - start) * 1e3)
-            running = []
+    with Stopwatch() as clock:
+        for step in tqdm(range(1, steps + 1), disable=not progress, desc="training", mininterval=2):
+            loss = _step(model, optimizer, next(stream), _own_loss if loss_fn is None else loss_fn, clip_norm)
+            if schedule is not None:
+                schedule.step()
+            running.append(loss.item())
+            if step % eval_every == 0 or step == steps:
+                training_ms += clock.lap()  # the steps since the previous evaluation
+                model.eval()
+                scores = evaluate_fn(model)
+                model.train()
+                clock.lap()  # the evaluation, which training_ms leaves out
+                history.train_ms.append(training_ms)
+                history.step.append(step)
+                history.train_loss.append(sum(running) / len(running))
+                history.valid_loss.append(scores["nll_nats"])
+                history.valid_accuracy.append(scores["accuracy"])
+                history.elapsed_ms.append(clock.elapsed_ms())
+                running = []
     model.eval()
     return history
 
@@ -329,11 +329,11 @@ def train_preset(name: str, out: str, seed: int = 0, threads: int | None = None,
         model = build_model(preset["kind"], data.vocab, **preset["model"])
         train_batches, evaluate_fn, per_epoch = training_data(model, data, preset["batch_size"], seed)
         steps = max(1, int(per_epoch * epochs))
-        start = time.perf_counter()
-        history = train_model(model, train_batches, steps=steps, lr=preset["lr"], evaluate_fn=evaluate_fn,
-                              weight_decay=preset["weight_decay"], warmup_steps=preset["warmup_steps"],
-                              eval_every=max(1, per_epoch // 4), seed=seed, progress=progress)
-        train_s = time.perf_counter() - start
+        with Stopwatch() as clock:
+            history = train_model(model, train_batches, steps=steps, lr=preset["lr"], evaluate_fn=evaluate_fn,
+                                  weight_decay=preset["weight_decay"], warmup_steps=preset["warmup_steps"],
+                                  eval_every=max(1, per_epoch // 4), seed=seed, progress=progress)
+        train_s = clock.ms / 1e3
         final = evaluate_fn(model)
     card = {
         "preset": name, "corpus": preset["corpus"], "min_count": preset["min_count"], "seed": seed,
@@ -421,7 +421,7 @@ def train_timed(model: NeuralLM, data: TokenizedCorpus, *, evaluation: Tokenized
     is not known in advance), the gradient clipped to norm ``clip_norm`` as in ``train_model``, on seeded shuffled
     batches of ``data``'s training split; J is ``model.loss`` or ``loss_fn(model, batch)`` (e.g.
     ``distillation_loss``, whose teacher forward then counts in the clock). Only the steps are timed
-    (``time.perf_counter``), not the evaluations. Under a budget a step is not started when the last step's
+    (``lmlab.measure.timing.Stopwatch``), not the evaluations. Under a budget a step is not started when the last step's
     duration says it would end past it. The model is scored on ``evaluation``'s ``split`` (``document_scores``)
     before training, each time another ``1 / evaluations`` of the budget (or of the steps) has passed, and at the
     end. A run by ``steps`` is repeatable (same seed, same numbers); one by ``budget_ms`` takes as many steps as
@@ -460,9 +460,9 @@ def train_timed(model: NeuralLM, data: TokenizedCorpus, *, evaluation: Tokenized
     every = total / evaluations
     model.train()
     while (elapsed_ms + last_ms <= budget_ms) if budget_ms is not None else step < total:
-        start = time.perf_counter()
-        _step(model, optimizer, next(stream), _own_loss if loss_fn is None else loss_fn, clip_norm)
-        last_ms = (time.perf_counter() - start) * 1e3
+        with Stopwatch() as one_step:
+            _step(model, optimizer, next(stream), _own_loss if loss_fn is None else loss_fn, clip_norm)
+        last_ms = one_step.ms
         elapsed_ms += last_ms
         step += 1
         progress = elapsed_ms if budget_ms is not None else step
