@@ -76,6 +76,16 @@ class History:
     elapsed_ms: list[float] = field(default_factory=list)  # wall-clock since the start, evaluations included
     train_ms: list[float] = field(default_factory=list)  # the same clock with the evaluations' time taken out
 
+    def add_evaluation(self, step: int, train_losses: Sequence[float], scores: dict, train_ms: float,
+                       elapsed_ms: float) -> None:
+        """Record one evaluation: the mean training loss since the last one, the validation scores and the clocks."""
+        self.step.append(step)
+        self.train_loss.append(sum(train_losses) / len(train_losses))
+        self.valid_loss.append(scores["nll_nats"])
+        self.valid_accuracy.append(scores["accuracy"])
+        self.train_ms.append(train_ms)
+        self.elapsed_ms.append(elapsed_ms)
+
 
 def train_model(
     model: NeuralLM,
@@ -106,12 +116,7 @@ def train_model(
     batch is ``model.loss(batch)`` unless ``loss_fn(model, batch)`` is given (distillation uses that).
     Raises ValueError for ``lr`` missing, <= 0 or given with an optimizer, ``clip_norm`` <= 0, or ``steps`` < 1.
     """
-    if optimizer is None:
-        if lr is None:
-            raise ValueError("lr=None: give a learning rate (a finite number > 0), or an optimizer")
-        optimizer = torch.optim.AdamW(model.parameters(), lr=check_lr(lr), weight_decay=weight_decay)
-    elif lr is not None:
-        raise ValueError(f"lr={lr!r} is not used with a given optimizer; set the learning rate on the optimizer")
+    optimizer = _optimizer_for(model, optimizer, lr, weight_decay)
     if clip_norm is not None and not clip_norm > 0:
         raise ValueError(f"clip_norm={clip_norm!r} is out of range; use a norm > 0, or None for no clipping")
     check_int("steps", steps, 1)
@@ -135,15 +140,21 @@ def train_model(
                 scores = evaluate_fn(model)
                 model.train()
                 clock.lap()  # the evaluation, which training_ms leaves out
-                history.train_ms.append(training_ms)
-                history.step.append(step)
-                history.train_loss.append(sum(running) / len(running))
-                history.valid_loss.append(scores["nll_nats"])
-                history.valid_accuracy.append(scores["accuracy"])
-                history.elapsed_ms.append(clock.elapsed_ms())
+                history.add_evaluation(step, running, scores, training_ms, clock.elapsed_ms())
                 running = []
     model.eval()
     return history
+
+
+def _optimizer_for(model: nn.Module, optimizer: Stepper | None, lr: float | None, weight_decay: float) -> Stepper:
+    """Return ``optimizer``, or AdamW at ``lr`` without one; ValueError for lr missing, <= 0 or given with one."""
+    if optimizer is None:
+        if lr is None:
+            raise ValueError("lr=None: give a learning rate (a finite number > 0), or an optimizer")
+        return torch.optim.AdamW(model.parameters(), lr=check_lr(lr), weight_decay=weight_decay)
+    if lr is not None:
+        raise ValueError(f"lr={lr!r} is not used with a given optimizer; set the learning rate on the optimizer")
+    return optimizer
 
 
 def compare_optimizers(
@@ -429,13 +440,7 @@ def train_timed(model: NeuralLM, data: TokenizedCorpus, *, evaluation: Tokenized
     Raises ValueError unless exactly one of budget_ms (a number > 0) and steps (>= 1) is given, and for
     evaluations < 1, lr <= 0 or batch_size < 1.
     """
-    if (budget_ms is None) == (steps is None):
-        raise ValueError(f"budget_ms={budget_ms!r}, steps={steps!r}: give exactly one of them")
-    if budget_ms is not None and (isinstance(budget_ms, bool) or not isinstance(budget_ms, (int, float))
-                                  or not 0 < budget_ms < math.inf):
-        raise ValueError(f"budget_ms={budget_ms!r} is out of range; use a finite number of milliseconds > 0")
-    if steps is not None:
-        check_int("steps", steps, 1)
+    _check_budget(budget_ms, steps)
     check_int("evaluations", evaluations, 1)
     check_lr(lr)
     train_batches, _, _ = training_data(model, data, batch_size, seed)
@@ -472,6 +477,17 @@ def train_timed(model: NeuralLM, data: TokenizedCorpus, *, evaluation: Tokenized
         record(elapsed_ms, step)
     model.eval()
     return history
+
+
+def _check_budget(budget_ms: float | None, steps: int | None) -> None:
+    """Raise ValueError unless exactly one of ``budget_ms`` (a finite number > 0) and ``steps`` (>= 1) is given."""
+    if (budget_ms is None) == (steps is None):
+        raise ValueError(f"budget_ms={budget_ms!r}, steps={steps!r}: give exactly one of them")
+    if budget_ms is not None and (isinstance(budget_ms, bool) or not isinstance(budget_ms, (int, float))
+                                  or not 0 < budget_ms < math.inf):
+        raise ValueError(f"budget_ms={budget_ms!r} is out of range; use a finite number of milliseconds > 0")
+    if steps is not None:
+        check_int("steps", steps, 1)
 
 
 def distillation_race(student: NeuralLM, teacher: NeuralLM, data: TokenizedCorpus, budget_ms: float, *,
