@@ -116,3 +116,42 @@ def test_an_upward_import_breaks_a_contract(tmp_path):
     result = run_tool("lint-imports", "--no-cache", cwd=tmp_path)
     assert result.returncode != 0, f"lint-imports missed lmlab.measure.timing -> lmlab.models:\n{result.stdout}"
     assert "BROKEN" in result.stdout and "lmlab.measure.timing -> lmlab.models" in result.stdout, result.stdout
+
+
+# One timing path (lmlab issue 23 item 6): every millisecond lmlab reports goes through lmlab.measure.timing. The clock
+# may be read directly only there, in the load generator (its client timestamps: send, first byte, each token), and in
+# the modules still to convert; remove a module from this list once it times with Stopwatch, time_ms or Timing.of.
+CLOCK_READERS = {
+    "measure/timing.py",  # Stopwatch and time_ms: the one timing path
+    "serving/loadgen.py",  # the client's timestamps, the documented exception
+    "inference/decode.py", "serving/engine.py", "compress/export.py",  # until they are converted
+}
+
+
+def hand_rolled_timers(root: Path) -> list[str]:
+    """Return 'path:line' for every line of ``root``'s Python files outside CLOCK_READERS that names perf_counter."""
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        name = path.relative_to(root).as_posix()
+        if name in CLOCK_READERS:
+            continue
+        lines = path.read_text(encoding="utf-8").splitlines()
+        found += [f"lmlab/{name}:{i}" for i, line in enumerate(lines, 1) if "perf_counter" in line]
+    return found
+
+
+def test_only_the_timing_module_reads_the_clock():
+    assert all((LMLAB / name).exists() for name in CLOCK_READERS), "CLOCK_READERS names a module that is gone"
+    found = hand_rolled_timers(LMLAB)
+    assert not found, ("time a call with lmlab.measure.timing (Stopwatch for one interval, time_ms for repeated "
+                       "calls, Timing.of for samples gathered one at a time), not time.perf_counter:\n"
+                       + "\n".join(found))
+
+
+def test_a_new_hand_rolled_timer_is_caught(tmp_path):
+    shutil.copytree(LMLAB, tmp_path / "lmlab", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    tasks = tmp_path / "lmlab" / "tasks" / "classify.py"
+    tasks.write_text(tasks.read_text(encoding="utf-8") + "\nfrom time import perf_counter  # noqa: E402\n",
+                     encoding="utf-8")
+    lines = len(tasks.read_text(encoding="utf-8").splitlines())
+    assert hand_rolled_timers(tmp_path / "lmlab") == [f"lmlab/tasks/classify.py:{lines}"]

@@ -62,10 +62,10 @@ def test_training_by_steps_is_repeatable_and_evaluates_on_schedule(verses, slice
 
 
 def test_a_budget_counts_every_step_and_a_slow_step_takes_its_share(verses, slice_, monkeypatch):
-    import lmlab.train.loop
+    import lmlab.measure.timing
 
     clock = [0.0]  # a fake clock, in seconds, that only the steps below advance
-    monkeypatch.setattr(lmlab.train.loop.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(lmlab.measure.timing.time, "perf_counter", lambda: clock[0])  # the Stopwatch's clock
 
     def costing(ms):  # a loss whose step takes ``ms`` on the fake clock, like a teacher's forward would
         def loss_fn(model, batch):

@@ -34,7 +34,7 @@ class Timing:
 
     @property
     def p90_ms(self) -> float:
-        return float(np.percentile(self.samples_ms, 90))
+        return self.percentile_ms(90)
 
     @property
     def mean_ms(self) -> float:
@@ -51,6 +51,16 @@ class Timing:
     @property
     def repeat(self) -> int:
         return len(self.samples_ms)
+
+    def percentile_ms(self, q: float) -> float:
+        """Return the ``q``-th percentile of the samples, interpolating linearly between order statistics.
+
+        With the samples sorted, x_(1) <= ... <= x_(n): position h = (n − 1) q / 100, and the percentile is
+        x_(⌊h⌋+1) + (h − ⌊h⌋)(x_(⌊h⌋+2) − x_(⌊h⌋+1)) (numpy's default). Raises ValueError for q outside [0, 100].
+        """
+        if isinstance(q, bool) or not isinstance(q, (int, float)) or not 0 <= q <= 100:
+            raise ValueError(f"q={q!r} is out of range; use a percentile in [0, 100]")
+        return float(np.percentile(self.samples_ms, q))
 
     @classmethod
     def of(cls, samples_ms: Sequence[float], warmup: int = 0, threads: int | None = None) -> Timing:
@@ -122,23 +132,61 @@ class Stopwatch:
 
     ms = ``time.perf_counter()`` at exit minus at entry, × 1000, with the GPU synchronized (CUDA or MPS) before
     each clock read when ``sync`` is true. For intervals a repeated call cannot time (a barrier before each sample,
-    a clock that sums several intervals); gather such samples into a ``Timing`` with ``Timing.of``.
+    a clock that sums several intervals); gather such samples into a ``Timing`` with ``Timing.of``. Inside the
+    interval, ``lap()`` reads successive stamps (each the ms since the previous lap) and ``elapsed_ms()`` the ms
+    since the start; ``start()`` starts a stopwatch that no ``with`` block holds (a server's arrival stamp).
     """
 
     def __init__(self, sync: bool = True) -> None:
         self.sync = sync
         self.ms = float("nan")  # until the interval ends
+        self.laps_ms: list[float] = []  # what lap() returned, in order
+        self._start: float | None = None
+        self._last_lap = 0.0
 
-    def __enter__(self) -> Stopwatch:
+    def _now(self) -> float:
         if self.sync:
             synchronize()
-        self._start = time.perf_counter()
+        return time.perf_counter()
+
+    def _started(self) -> float:
+        if self._start is None:
+            raise RuntimeError("the stopwatch has not started; use `with Stopwatch() as watch:` or Stopwatch().start()")
+        return self._start
+
+    def start(self) -> Stopwatch:
+        """Start the clock (what entering a ``with`` block does) and return the stopwatch."""
+        self._start = self._last_lap = self._now()
+        self.laps_ms = []
         return self
 
+    def lap(self) -> float:
+        """Return the ms since the previous lap (or the start); the clock keeps running.
+
+        lap_i = (t_i − t_{i−1}) × 1000, t_0 the start. Successive laps split the interval into stages (queue,
+        prefill, decode); each is also kept in ``laps_ms``.
+        Raises RuntimeError before the start.
+        """
+        self._started()
+        now = self._now()
+        lap_ms = (now - self._last_lap) * 1e3
+        self._last_lap = now
+        self.laps_ms.append(lap_ms)
+        return lap_ms
+
+    def elapsed_ms(self) -> float:
+        """Return the ms since the start without stopping the clock: (t_now − t_start) × 1000.
+
+        Raises RuntimeError before the start.
+        """
+        start = self._started()
+        return (self._now() - start) * 1e3
+
+    def __enter__(self) -> Stopwatch:
+        return self.start()
+
     def __exit__(self, *exc_info: object) -> None:
-        if self.sync:
-            synchronize()
-        self.ms = (time.perf_counter() - self._start) * 1e3
+        self.ms = (self._now() - self._started()) * 1e3
 
 
 @contextmanager

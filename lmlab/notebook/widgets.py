@@ -8,7 +8,6 @@ from __future__ import annotations
 import html
 import io
 import math
-import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
@@ -19,7 +18,7 @@ from torch import nn
 from lmlab.inference.decode import CausalLM, generate, make_step, stream, stream_speed
 from lmlab.measure.runtime import check_int
 from lmlab.measure.stats import binomial_se, compare
-from lmlab.measure.timing import Timing, time_ms
+from lmlab.measure.timing import Stopwatch, Timing, time_ms
 from lmlab.models.lm import LanguageModel, make_context
 from lmlab.train.descent import check_lr, descend, squared_error
 
@@ -193,15 +192,16 @@ class CompressionPanel:
         """Compress ``model_name`` with a method at ``value`` and score it: accuracy, perplexity, size, seconds."""
         model, evaluate_fn = self.models[model_name]
         knob = self.methods[method_name]
-        start = time.perf_counter()
-        compressed = knob.apply(model, value)
-        compressed = getattr(compressed, "model", compressed)
-        assert isinstance(compressed, nn.Module)  # Method.apply returns a model, or a Compressed holding one
-        with torch.no_grad():
-            scores = evaluate_fn(compressed)
-        params = {id(p): p for p in compressed.parameters()}.values()
-        size = knob.size_bytes(model, value) if knob.size_bytes else sum(p.numel() * p.element_size() for p in params)
-        return {**scores, "size_bytes": size, "seconds": time.perf_counter() - start}
+        with Stopwatch() as clock:
+            compressed = knob.apply(model, value)
+            compressed = getattr(compressed, "model", compressed)
+            assert isinstance(compressed, nn.Module)  # Method.apply returns a model, or a Compressed holding one
+            with torch.no_grad():
+                scores = evaluate_fn(compressed)
+            params = {id(p): p for p in compressed.parameters()}.values()
+            size = (knob.size_bytes(model, value) if knob.size_bytes
+                    else sum(p.numel() * p.element_size() for p in params))
+        return {**scores, "size_bytes": size, "seconds": clock.ms / 1e3}
 
     def refresh(self) -> None:
         model_name, method_name = self.model_choice.value, self.method_choice.value

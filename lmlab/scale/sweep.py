@@ -35,7 +35,6 @@ import logging
 import multiprocessing
 import os
 import socket
-import time
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, fields
@@ -48,6 +47,7 @@ from lmlab.data.shipped import check_documents
 from lmlab.measure.plots import tradeoff_plot
 from lmlab.measure.results import Result, atomic_write_bytes, atomic_write_text, results_table
 from lmlab.measure.runtime import THREADS_ENV, check_int, describe_environment
+from lmlab.measure.timing import Stopwatch
 from lmlab.models.registry import model_entry, names
 
 KIND, VERSION = "lmlab-sweep", 1
@@ -159,13 +159,13 @@ def run_setting(setting: Setting, repeat: int = 30, threads: int = 1) -> dict:
     if os.environ.get(LOG_ENV):
         with open(os.environ[LOG_ENV], "a", encoding="utf-8") as log:
             log.write(setting.key + "\n")
-    start = time.perf_counter()
+    clock = Stopwatch().start()
     try:
         result = run(setting.model, setting.method, setting.value, batch_size=setting.batch_size, repeat=repeat,
                      documents=setting.documents)
     except Exception as err:  # a failing setting is a row, not the end of the sweep
-        return _row(setting, repeat, error=err, seconds=time.perf_counter() - start)
-    return _row(setting, repeat, result=result, seconds=time.perf_counter() - start)
+        return _row(setting, repeat, error=err, seconds=clock.elapsed_ms() / 1e3)
+    return _row(setting, repeat, result=result, seconds=clock.elapsed_ms() / 1e3)
 
 
 def _row(setting: Setting, repeat: int, result: Result | None = None, error: BaseException | None = None,
@@ -388,16 +388,16 @@ def sweep_command(args) -> None:
     print(describe_environment("cpu", threads=args.threads))
     print(f"{len(grid)} setting{'s' * (len(grid) != 1)} on the {args.engine} engine"
           + (f" at {args.address}" if args.address else f" with {args.workers} worker(s)") + f", into {args.out}")
-    start = time.perf_counter()
-    rows = sweep(grid=grid, out=args.out, engine=args.engine, workers=args.workers, address=args.address,
-                 threads=args.threads, repeat=args.repeat, progress=not args.no_progress)
+    with Stopwatch(sync=False) as clock:  # the workers' wall clock: they run in other processes
+        rows = sweep(grid=grid, out=args.out, engine=args.engine, workers=args.workers, address=args.address,
+                     threads=args.threads, repeat=args.repeat, progress=not args.no_progress)
     results = rows_to_results(rows)
     if results:
         print(results_table(results).to_string(index=False))
     for row in rows:
         if row["error"] is not None:
             print(f"failed: {row['key']}: {row['error']}")
-    print(f"{len(results)} of {len(rows)} settings measured in {time.perf_counter() - start:.1f} s wall; "
+    print(f"{len(results)} of {len(rows)} settings measured in {clock.ms / 1e3:.1f} s wall; "
           f"rows in {args.out}")
     if args.plot and results:
         import io

@@ -19,6 +19,7 @@ import time
 import uuid
 from contextlib import asynccontextmanager
 
+from lmlab.measure.timing import Stopwatch
 from lmlab.serving.engine import LRU, POLICIES, Engine, Event, QueueFull
 from lmlab.serving.protocol import RequestError, error_body, parse_request, timing, usage
 from lmlab.serving.served import ServedModel
@@ -97,7 +98,7 @@ class ChatApp:
             parsed = parse_request(await self.read_json(request), self.served, self.default_max_tokens)
         except RequestError as error:
             return error.response()
-        reply_id, arrived = f"chatcmpl-{uuid.uuid4().hex[:24]}", time.perf_counter()
+        reply_id, arrived = f"chatcmpl-{uuid.uuid4().hex[:24]}", Stopwatch(sync=False).start()  # no GPU wait here
         key = (tuple(parsed.ids), parsed.max_tokens, parsed.ignore_eos)
         cached = self.replies.get(key) if parsed.greedy and self.replies.max_entries else None
         if cached is not None:
@@ -187,11 +188,11 @@ def _cache_state(cache: LRU) -> dict:
     return {"size": len(cache), "max": cache.max_entries, "hits": cache.hits, "misses": cache.misses}
 
 
-def _cached_events(tokens: tuple, done: Event, arrived: float) -> list[Event]:
+def _cached_events(tokens: tuple, done: Event, arrived: Stopwatch) -> list[Event]:
     """A cached reply's events again, its timing that of a cache hit: no queue, no prefill, TTFT from arrival."""
     events = [Event("token", token=t, text=text) for t, text in tokens]
     hit = {**done.timing, "queue_ms": 0.0, "prefill_ms": 0.0, "reply_cache_hit": True,
-           "ttft_ms": (time.perf_counter() - arrived) * 1e3}
+           "ttft_ms": arrived.elapsed_ms()}
     events.append(Event("done", finish_reason=done.finish_reason, completion_tokens=done.completion_tokens,
                         prompt_tokens=done.prompt_tokens, timing=hit))
     return events

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lmlab.measure.runtime import check_int
+from lmlab.measure.timing import Stopwatch
 from lmlab.serving.app import build_app
 from lmlab.serving.engine import Engine
 from lmlab.serving.served import BACKEND_OF, load_served
@@ -113,7 +114,7 @@ class RunningServer:
         process exits or is not healthy within ``timeout_s`` (the process is then stopped)."""
         import httpx
 
-        deadline = time.monotonic() + timeout_s
+        waited = Stopwatch(sync=False).start()
         while True:
             if self.process.poll() is not None:
                 raise RuntimeError(f"the server exited with code {self.process.returncode}:\n{self.log()[-3000:]}")
@@ -122,7 +123,7 @@ class RunningServer:
                     return self
             except httpx.TransportError:
                 pass
-            if time.monotonic() > deadline:
+            if waited.elapsed_ms() > timeout_s * 1e3:
                 self.stop()
                 raise RuntimeError(f"the server was not healthy after {timeout_s} s:\n{self.log()[-3000:]}")
             time.sleep(0.1)

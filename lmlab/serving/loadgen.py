@@ -29,6 +29,7 @@ from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 from lmlab.measure.plots import FONT_SIZE, finish_axes
 from lmlab.measure.results import Result
 from lmlab.measure.runtime import check_int
+from lmlab.measure.timing import Timing
 
 METRICS = ("ttft_ms", "tpot_ms", "e2e_ms")
 DEADLINE_GRACE_S = 1.0  # the run's deadline is last arrival + timeout_s + this
@@ -238,7 +239,8 @@ class LoadReport:
         if metric not in METRICS:
             raise ValueError(f"metric={metric!r} is not a request metric; use one of {METRICS}")
         values = [getattr(r, metric) for r in self.completed if math.isfinite(getattr(r, metric))]
-        return {q: float(np.percentile(values, q)) if values else math.nan for q in qs}
+        timing = Timing.of(values) if values else None
+        return {q: timing.percentile_ms(q) if timing else math.nan for q in qs}
 
     @property
     def mean_in_flight(self) -> float:
@@ -258,7 +260,7 @@ class LoadReport:
         server's own queue (``server_in_flight``, when the run probed /health) against λW from the client.
         """
         done = self.completed
-        latency_s = float(np.mean([r.e2e_ms for r in done])) / 1000 if done else math.nan
+        latency_s = Timing.of([r.e2e_ms for r in done]).mean_ms / 1000 if done else math.nan
         predicted = self.throughput_rps * latency_s
         return {"mean_in_flight": self.mean_in_flight, "throughput_rps": self.throughput_rps,
                 "mean_latency_s": latency_s, "predicted": predicted,

@@ -8,9 +8,9 @@ background thread schedules the requests into one paged KV cache and decodes the
 from __future__ import annotations
 
 import math
-import time
 
 from lmlab.measure.runtime import torch_threads
+from lmlab.measure.timing import Stopwatch
 
 
 def transformers_continuous_batching(model, tokenizer, prompts_ids: list[list[int]], max_new_tokens: int,
@@ -56,9 +56,9 @@ def transformers_continuous_batching(model, tokenizer, prompts_ids: list[list[in
         with torch_threads(threads) as used, model.continuous_batching_context_manager(
                 generation_config=gen_config, continuous_batching_config=cb_config) as manager:
             _run(manager, [prompts_ids[0][:8]], 2)  # warm-up: a short prompt, two tokens
-            start = time.perf_counter()
-            results = _run(manager, prompts_ids, max_new_tokens)
-            wall = time.perf_counter() - start
+            with Stopwatch() as clock:
+                results = _run(manager, prompts_ids, max_new_tokens)
+            wall = clock.ms / 1e3
     finally:
         if model.config._attn_implementation != original_attn:
             model.set_attn_implementation(original_attn)

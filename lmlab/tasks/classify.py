@@ -24,7 +24,6 @@ import contextlib
 import copy
 import io
 import tempfile
-import time
 import warnings
 from collections import Counter
 from collections.abc import Sequence
@@ -42,7 +41,7 @@ from lmlab.measure.plots import FONT_SIZE, tradeoff_plot
 from lmlab.measure.results import Result
 from lmlab.measure.runtime import check_int, seed_everything, torch_threads
 from lmlab.measure.stats import binomial_se, within_noise  # within_noise: the one rule every chapter uses
-from lmlab.measure.timing import Timing, format_ms, time_ms
+from lmlab.measure.timing import Stopwatch, Timing, format_ms, time_ms
 from lmlab.train.loop import _step
 
 TASKS = ("names-sex", "kjv-testament", "kjv-books")
@@ -335,15 +334,15 @@ class TextClassifier(nn.Module):
         check_int("batch_size", batch_size, 1)
         self.classes, self.level = train.classes, train.level
         seed_everything(seed)
-        start = time.perf_counter()
-        self.vocab = _vocabulary([self.tokens(t) for t in train.texts], 1 if self.level == "char" else self.min_count)
-        build_start = time.perf_counter()
-        self.build(len(self.vocab), len(self.classes))
-        start += time.perf_counter() - build_start  # making the layers (and importing transformers) is not training
-        with torch_threads(threads):
-            losses = self._pretrain(train, seed, batch_size)
-            losses += self._train(train, steps, batch_size, seed, lr or self.lr, self._classification_loss)
-        self.fit_seconds = time.perf_counter() - start  # vocabulary, pre-training and training
+        min_count = 1 if self.level == "char" else self.min_count
+        with Stopwatch() as fitting:
+            self.vocab = _vocabulary([self.tokens(t) for t in train.texts], min_count)
+            with Stopwatch() as building:  # making the layers (and importing transformers) is not training
+                self.build(len(self.vocab), len(self.classes))
+            with torch_threads(threads):
+                losses = self._pretrain(train, seed, batch_size)
+                losses += self._train(train, steps, batch_size, seed, lr or self.lr, self._classification_loss)
+        self.fit_seconds = (fitting.ms - building.ms) / 1e3  # vocabulary, pre-training and training
         return losses
 
     def _pretrain(self, train: LabelledTexts, seed: int, batch_size: int) -> list[float]:

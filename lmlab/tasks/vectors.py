@@ -17,7 +17,6 @@ instead: ``cooccurrence`` counts X and ``glove_loss`` computes its objective.
 from __future__ import annotations
 
 import math
-import time
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -33,6 +32,7 @@ from matplotlib.figure import Figure
 from lmlab.data.corpora import SPECIALS, TokenizedCorpus, Vocab
 from lmlab.measure.plots import finish_axes, place_labels
 from lmlab.measure.runtime import check_int
+from lmlab.measure.timing import Stopwatch
 
 if TYPE_CHECKING:  # scipy is imported where it is used; the annotation only names its type
     import scipy.sparse
@@ -264,7 +264,7 @@ def train_word2vec(
     """
     _check_settings(dim, window, negatives, epochs, lr, batch_size, subsample)
     check_int("chunks", chunks, 1)
-    start = time.perf_counter()
+    clock = Stopwatch().start()
     generator = torch.Generator().manual_seed(seed)
     counts = token_counts(data)
     table = noise_table(counts)  # negatives are uniform draws from this table: P_n(w) ∝ count(w)^0.75
@@ -303,7 +303,7 @@ def train_word2vec(
     settings = {"method": "lmlab skip-gram (SGNS)", "dim": dim, "window": window, "negatives": negatives,
                 "epochs": epochs, "lr": lr, "batch_size": batch_size, "subsample": subsample, "seed": seed,
                 "pairs": seen, "threads": torch.get_num_threads()}
-    return WordVectors(v.numpy(), data.vocab, curve, settings, time.perf_counter() - start)
+    return WordVectors(v.numpy(), data.vocab, curve, settings, clock.elapsed_ms() / 1e3)
 
 
 def train_sentences(data: TokenizedCorpus) -> list[list[str]]:
@@ -332,16 +332,16 @@ def gensim_word2vec(
         from gensim.models import Word2Vec
     except ImportError:
         raise ImportError("gensim is not installed; run `pip install gensim` to compare with its word2vec") from None
-    start = time.perf_counter()
-    model = Word2Vec(train_sentences(data), vector_size=dim, window=window, negative=negatives, sg=1, hs=0,
-                     min_count=1, sample=subsample, epochs=epochs, alpha=lr, min_alpha=lr * 1e-4, workers=1,
-                     seed=seed, hashfxn=_stable_hash)
-    vectors = np.zeros((len(data.vocab), dim), dtype=np.float32)
-    for word, row in model.wv.key_to_index.items():
-        vectors[data.vocab.stoi[word]] = model.wv.vectors[row]
+    with Stopwatch() as clock:
+        model = Word2Vec(train_sentences(data), vector_size=dim, window=window, negative=negatives, sg=1, hs=0,
+                         min_count=1, sample=subsample, epochs=epochs, alpha=lr, min_alpha=lr * 1e-4, workers=1,
+                         seed=seed, hashfxn=_stable_hash)
+        vectors = np.zeros((len(data.vocab), dim), dtype=np.float32)
+        for word, row in model.wv.key_to_index.items():
+            vectors[data.vocab.stoi[word]] = model.wv.vectors[row]
     settings = {"method": f"gensim {__import__('gensim').__version__} Word2Vec (sg=1)", "dim": dim, "window": window,
                 "negatives": negatives, "epochs": epochs, "lr": lr, "subsample": subsample, "seed": seed}
-    return WordVectors(vectors, data.vocab, [], settings, time.perf_counter() - start)
+    return WordVectors(vectors, data.vocab, [], settings, clock.ms / 1e3)
 
 
 def neighbour_table(vector_sets: dict[str, WordVectors], words: Sequence[str], k: int = 5) -> pd.DataFrame:

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from lmlab.measure.plots import FONT_SIZE, finish_axes
-from lmlab.measure.timing import format_ms
+from lmlab.measure.timing import Timing, format_ms
 from lmlab.train.loop import History
 
 
@@ -125,7 +125,7 @@ def format_target_table(times: Sequence[TargetTime]) -> str:
              f"{'training time per seed':<{ms_width}}  {'per step':>8}"]
     for t, seed_steps, seed_ms in zip(times, steps, ms):
         lines.append(f"{t.label:>{width}}  {f'{t.reached} of {len(t.steps)}':<7}  {seed_steps:<{steps_width}}  "
-                     f"{seed_ms:<{ms_width}}  {format_ms(statistics.median(t.ms_per_step), 5)}")
+                     f"{seed_ms:<{ms_width}}  {format_ms(Timing.of(t.ms_per_step).median_ms, 5)}")
     return "\n".join(lines)
 
 
@@ -164,7 +164,7 @@ def loss_bands(runs: dict[str, Sequence[History]], title: str, target_nats: floa
         losses = list(zip(*(h.valid_loss for h in histories)))  # (evaluations, seeds)
         mean = [statistics.fmean(row) for row in losses]
         low, high = [min(row) for row in losses], [max(row) for row in losses]
-        ms = [statistics.median(row) for row in zip(*(h.train_ms for h in histories))]
+        ms = [Timing.of(row).median_ms for row in zip(*(h.train_ms for h in histories))]  # over the seeds
         labels.append(f"{label} (mean; band: min to max of {len(histories)} seeds)")
         for ax, x in zip(axes, (histories[0].step, ms)):
             (line,) = ax.plot(x, mean, lw=2.5, label=labels[-1])

@@ -9,7 +9,6 @@ import copy
 import math
 import shlex
 import sys
-import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -25,6 +24,7 @@ from lmlab.data.corpora import TokenizedCorpus, batches, document_batches, load_
 from lmlab.measure.plots import finish_axes
 from lmlab.measure.runtime import check_int, device_name, seed_everything, torch_threads
 from lmlab.measure.stats import Comparison, paired_nll_interval, perplexity_interval
+from lmlab.measure.timing import Stopwatch
 from lmlab.models.checkpoints import save_checkpoint
 from lmlab.models.kinds import build_model
 from lmlab.models.lm import evaluate
@@ -76,6 +76,16 @@ class History:
     elapsed_ms: list[float] = field(default_factory=list)  # wall-clock since the start, evaluations included
     train_ms: list[float] = field(default_factory=list)  # the same clock with the evaluations' time taken out
 
+    def add_evaluation(self, step: int, train_losses: Sequence[float], scores: dict, train_ms: float,
+                       elapsed_ms: float) -> None:
+        """Record one evaluation: the mean training loss since the last one, the validation scores and the clocks."""
+        self.step.append(step)
+        self.train_loss.append(sum(train_losses) / len(train_losses))
+        self.valid_loss.append(scores["nll_nats"])
+        self.valid_accuracy.append(scores["accuracy"])
+        self.train_ms.append(train_ms)
+        self.elapsed_ms.append(elapsed_ms)
+
 
 def train_model(
     model: NeuralLM,
@@ -106,12 +116,7 @@ def train_model(
     batch is ``model.loss(batch)`` unless ``loss_fn(model, batch)`` is given (distillation uses that).
     Raises ValueError for ``lr`` missing, <= 0 or given with an optimizer, ``clip_norm`` <= 0, or ``steps`` < 1.
     """
-    if optimizer is None:
-        if lr is None:
-            raise ValueError("lr=None: give a learning rate (a finite number > 0), or an optimizer")
-        optimizer = torch.optim.AdamW(model.parameters(), lr=check_lr(lr), weight_decay=weight_decay)
-    elif lr is not None:
-        raise ValueError(f"lr={lr!r} is not used with a given optimizer; set the learning rate on the optimizer")
+    optimizer = _optimizer_for(model, optimizer, lr, weight_decay)
     if clip_norm is not None and not clip_norm > 0:
         raise ValueError(f"clip_norm={clip_norm!r} is out of range; use a norm > 0, or None for no clipping")
     check_int("steps", steps, 1)
@@ -119,31 +124,37 @@ def train_model(
     schedule = (torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, steps, warmup_steps))
                 if isinstance(optimizer, torch.optim.Optimizer) else None)
     history = History()
-    start = time.perf_counter()
-    evaluating_ms = 0.0
+    training_ms = 0.0  # the steps' share of the clock, evaluations excluded
     model.train()
     stream = _endless(train_batches)
     running = []
-    for step in tqdm(range(1, steps + 1), disable=not progress, desc="training", mininterval=2):
-        loss = _step(model, optimizer, next(stream), _own_loss if loss_fn is None else loss_fn, clip_norm)
-        if schedule is not None:
-            schedule.step()
-        running.append(loss.item())
-        if step % eval_every == 0 or step == steps:
-            before_eval = time.perf_counter()
-            model.eval()
-            scores = evaluate_fn(model)
-            model.train()
-            history.train_ms.append((before_eval - start) * 1e3 - evaluating_ms)
-            evaluating_ms += (time.perf_counter() - before_eval) * 1e3
-            history.step.append(step)
-            history.train_loss.append(sum(running) / len(running))
-            history.valid_loss.append(scores["nll_nats"])
-            history.valid_accuracy.append(scores["accuracy"])
-            history.elapsed_ms.append((time.perf_counter() - start) * 1e3)
-            running = []
+    with Stopwatch() as clock:
+        for step in tqdm(range(1, steps + 1), disable=not progress, desc="training", mininterval=2):
+            loss = _step(model, optimizer, next(stream), _own_loss if loss_fn is None else loss_fn, clip_norm)
+            if schedule is not None:
+                schedule.step()
+            running.append(loss.item())
+            if step % eval_every == 0 or step == steps:
+                training_ms += clock.lap()  # the steps since the previous evaluation
+                model.eval()
+                scores = evaluate_fn(model)
+                model.train()
+                clock.lap()  # the evaluation, which training_ms leaves out
+                history.add_evaluation(step, running, scores, training_ms, clock.elapsed_ms())
+                running = []
     model.eval()
     return history
+
+
+def _optimizer_for(model: nn.Module, optimizer: Stepper | None, lr: float | None, weight_decay: float) -> Stepper:
+    """Return ``optimizer``, or AdamW at ``lr`` without one; ValueError for lr missing, <= 0 or given with one."""
+    if optimizer is None:
+        if lr is None:
+            raise ValueError("lr=None: give a learning rate (a finite number > 0), or an optimizer")
+        return torch.optim.AdamW(model.parameters(), lr=check_lr(lr), weight_decay=weight_decay)
+    if lr is not None:
+        raise ValueError(f"lr={lr!r} is not used with a given optimizer; set the learning rate on the optimizer")
+    return optimizer
 
 
 def compare_optimizers(
@@ -329,11 +340,11 @@ def train_preset(name: str, out: str, seed: int = 0, threads: int | None = None,
         model = build_model(preset["kind"], data.vocab, **preset["model"])
         train_batches, evaluate_fn, per_epoch = training_data(model, data, preset["batch_size"], seed)
         steps = max(1, int(per_epoch * epochs))
-        start = time.perf_counter()
-        history = train_model(model, train_batches, steps=steps, lr=preset["lr"], evaluate_fn=evaluate_fn,
-                              weight_decay=preset["weight_decay"], warmup_steps=preset["warmup_steps"],
-                              eval_every=max(1, per_epoch // 4), seed=seed, progress=progress)
-        train_s = time.perf_counter() - start
+        with Stopwatch() as clock:
+            history = train_model(model, train_batches, steps=steps, lr=preset["lr"], evaluate_fn=evaluate_fn,
+                                  weight_decay=preset["weight_decay"], warmup_steps=preset["warmup_steps"],
+                                  eval_every=max(1, per_epoch // 4), seed=seed, progress=progress)
+        train_s = clock.ms / 1e3
         final = evaluate_fn(model)
     card = {
         "preset": name, "corpus": preset["corpus"], "min_count": preset["min_count"], "seed": seed,
@@ -421,7 +432,7 @@ def train_timed(model: NeuralLM, data: TokenizedCorpus, *, evaluation: Tokenized
     is not known in advance), the gradient clipped to norm ``clip_norm`` as in ``train_model``, on seeded shuffled
     batches of ``data``'s training split; J is ``model.loss`` or ``loss_fn(model, batch)`` (e.g.
     ``distillation_loss``, whose teacher forward then counts in the clock). Only the steps are timed
-    (``time.perf_counter``), not the evaluations. Under a budget a step is not started when the last step's
+    (``lmlab.measure.timing.Stopwatch``), not the evaluations. Under a budget a step is not started when the last step's
     duration says it would end past it. The model is scored on ``evaluation``'s ``split`` (``document_scores``)
     before training, each time another ``1 / evaluations`` of the budget (or of the steps) has passed, and at the
     end. A run by ``steps`` is repeatable (same seed, same numbers); one by ``budget_ms`` takes as many steps as
@@ -429,13 +440,7 @@ def train_timed(model: NeuralLM, data: TokenizedCorpus, *, evaluation: Tokenized
     Raises ValueError unless exactly one of budget_ms (a number > 0) and steps (>= 1) is given, and for
     evaluations < 1, lr <= 0 or batch_size < 1.
     """
-    if (budget_ms is None) == (steps is None):
-        raise ValueError(f"budget_ms={budget_ms!r}, steps={steps!r}: give exactly one of them")
-    if budget_ms is not None and (isinstance(budget_ms, bool) or not isinstance(budget_ms, (int, float))
-                                  or not 0 < budget_ms < math.inf):
-        raise ValueError(f"budget_ms={budget_ms!r} is out of range; use a finite number of milliseconds > 0")
-    if steps is not None:
-        check_int("steps", steps, 1)
+    _check_budget(budget_ms, steps)
     check_int("evaluations", evaluations, 1)
     check_lr(lr)
     train_batches, _, _ = training_data(model, data, batch_size, seed)
@@ -460,9 +465,9 @@ def train_timed(model: NeuralLM, data: TokenizedCorpus, *, evaluation: Tokenized
     every = total / evaluations
     model.train()
     while (elapsed_ms + last_ms <= budget_ms) if budget_ms is not None else step < total:
-        start = time.perf_counter()
-        _step(model, optimizer, next(stream), _own_loss if loss_fn is None else loss_fn, clip_norm)
-        last_ms = (time.perf_counter() - start) * 1e3
+        with Stopwatch() as one_step:
+            _step(model, optimizer, next(stream), _own_loss if loss_fn is None else loss_fn, clip_norm)
+        last_ms = one_step.ms
         elapsed_ms += last_ms
         step += 1
         progress = elapsed_ms if budget_ms is not None else step
@@ -472,6 +477,17 @@ def train_timed(model: NeuralLM, data: TokenizedCorpus, *, evaluation: Tokenized
         record(elapsed_ms, step)
     model.eval()
     return history
+
+
+def _check_budget(budget_ms: float | None, steps: int | None) -> None:
+    """Raise ValueError unless exactly one of ``budget_ms`` (a finite number > 0) and ``steps`` (>= 1) is given."""
+    if (budget_ms is None) == (steps is None):
+        raise ValueError(f"budget_ms={budget_ms!r}, steps={steps!r}: give exactly one of them")
+    if budget_ms is not None and (isinstance(budget_ms, bool) or not isinstance(budget_ms, (int, float))
+                                  or not 0 < budget_ms < math.inf):
+        raise ValueError(f"budget_ms={budget_ms!r} is out of range; use a finite number of milliseconds > 0")
+    if steps is not None:
+        check_int("steps", steps, 1)
 
 
 def distillation_race(student: NeuralLM, teacher: NeuralLM, data: TokenizedCorpus, budget_ms: float, *,
