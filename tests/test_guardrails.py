@@ -124,7 +124,6 @@ def test_an_upward_import_breaks_a_contract(tmp_path):
 CLOCK_READERS = {
     "measure/timing.py",  # Stopwatch and time_ms: the one timing path
     "serving/loadgen.py",  # the client's timestamps, the documented exception
-    "inference/decode.py", "serving/engine.py", "compress/export.py",  # until they are converted
 }
 
 

@@ -267,7 +267,7 @@ def timing(*samples):
 
 
 def test_timing_verdict_calls_overlapping_spreads_noise():
-    from lmlab.compress.prune import timing_verdict
+    from lmlab.measure.stats import timing_verdict
 
     reference = timing(*range(10, 20))
     assert timing_verdict(reference, timing(*range(2, 8))) == "faster"

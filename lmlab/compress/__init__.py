@@ -52,7 +52,6 @@ from lmlab.compress.prune import (
     sweep_methods,
     sweep_takeaways,
     time_variants,
-    timing_verdict,
 )
 from lmlab.compress.quantize import (
     GRANULARITIES,
@@ -121,7 +120,6 @@ __all__ = [
     "sweep_methods",
     "sweep_takeaways",
     "removal_plot",
-    "timing_verdict",
     "time_variants",
     "measure_variants",
     "beaten_by",

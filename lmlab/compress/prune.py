@@ -35,7 +35,7 @@ from torch.nn.utils import prune as torch_prune
 from lmlab.measure.plots import finish_axes, plain_log_ticks
 from lmlab.measure.results import with_dense_speed
 from lmlab.measure.runtime import check_int
-from lmlab.measure.stats import binomial_se, paired_nll_interval, perplexity_interval, within_noise
+from lmlab.measure.stats import binomial_se, paired_nll_interval, perplexity_interval, timing_verdict, within_noise
 from lmlab.measure.timing import format_ms, time_ms
 from lmlab.models.lm import LanguageModel, measure
 from lmlab.models.neural import WeightLayer, as_matrix, is_conv1d, weight_layers
@@ -512,22 +512,6 @@ def removal_plot(results: pd.DataFrame, title: str = ""):
                 "perplexity, log scale (lower is better)",
                 f"{title}\nbytes stored (bars: 95% bootstrap over documents)")
     return fig
-
-
-def timing_verdict(reference, other) -> str:
-    """Say whether ``other`` ran faster or slower than ``reference`` beyond the noise (both ``lmlab.measure.Timing``).
-
-    "within noise" when their p10–p90 ranges overlap; else "faster" or "slower" by the ratio of medians.
-    """
-    def spread(t):
-        return np.percentile(t.samples_ms, 10), np.percentile(t.samples_ms, 90)
-
-    (ref_low, ref_high), (low, high) = spread(reference), spread(other)
-    if high < ref_low:
-        return "faster"
-    if low > ref_high:
-        return "slower"
-    return "within noise"
 
 
 def time_variants(variants: dict[str, nn.Module], ids: torch.Tensor, hidden: torch.Tensor, repeat: int = 30,

@@ -26,7 +26,6 @@ Each token is chosen by ``lmlab.inference.sampling.pick`` from one ``SamplingPar
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, cast
@@ -39,9 +38,9 @@ from lmlab.data.corpora import tokenize
 from lmlab.inference.sampling import SamplingParams, pick, sampling_params
 from lmlab.inference.step import DecodeStep, TorchStep, left_pad, next_logits
 from lmlab.measure.results import Result
-from lmlab.measure.runtime import check_int, default_threads, pick_device, synchronize, torch_threads
+from lmlab.measure.runtime import check_int, default_threads, pick_device, torch_threads
 from lmlab.measure.stats import binomial_se
-from lmlab.measure.timing import Timing, time_ms
+from lmlab.measure.timing import Stopwatch, Timing, time_ms
 from lmlab.models.neural import GPTLanguageModel
 from lmlab.models.scoring import score_tokens
 
@@ -321,30 +320,28 @@ def _decode_loop(lm: CausalLM, prompts, max_new_tokens: int, *, sampling: Sampli
     past = None
 
     with torch_threads(threads) as used_threads:
-        synchronize(chosen)
-        start = time.perf_counter()
+        call = Stopwatch().start()  # the streamed tokens' elapsed ms count from here
         for t in range(max_new_tokens):
-            before = time.perf_counter()
-            feed_mask = torch.cat([mask, torch.ones_like(new)], dim=1)  # (batch, prompt + new so far)
-            if cache and t > 0:  # only the newest token; the cache holds the rest
-                last, past = next_logits(step, new[:, -1:], feed_mask, past)
-            else:  # the prefill, or every step without a cache: the whole sequence so far
-                last, past = next_logits(step, torch.cat([ids, new], dim=1), feed_mask,
-                                         None if cache else step.no_cache)
-                past = past if cache else None
-            alive = ~done  # rows still answering
-            token = torch.where(alive, pick(last, sampling, generator), lm.pad_id)  # (batch,)
-            new = torch.cat([new, token[:, None]], dim=1)
-            synchronize(chosen)
-            now = time.perf_counter()
-            times_ms.append((now - before) * 1e3)
+            with Stopwatch() as watch:  # one step: its forward pass and the pick (the GPU synchronized at both ends)
+                feed_mask = torch.cat([mask, torch.ones_like(new)], dim=1)  # (batch, prompt + new so far)
+                if cache and t > 0:  # only the newest token; the cache holds the rest
+                    last, past = next_logits(step, new[:, -1:], feed_mask, past)
+                else:  # the prefill, or every step without a cache: the whole sequence so far
+                    last, past = next_logits(step, torch.cat([ids, new], dim=1), feed_mask,
+                                             None if cache else step.no_cache)
+                    past = past if cache else None
+                alive = ~done  # rows still answering
+                token = torch.where(alive, pick(last, sampling, generator), lm.pad_id)  # (batch,)
+                new = torch.cat([new, token[:, None]], dim=1)
+            times_ms.append(watch.ms)
+            elapsed_ms = call.elapsed_ms()
             if keep_logits:
                 kept.append(last.cpu())
             lengths += alive.cpu().long()
             if lm.eos_id is not None and stop_at_eos:
                 done = done | (alive & (token == lm.eos_id))
             if bool(alive[0]):
-                yield int(token[0]), (now - start) * 1e3
+                yield int(token[0]), elapsed_ms
             if bool(done.all()):
                 break
 
@@ -430,10 +427,10 @@ def compare_steps(lm: CausalLM, prompt, makers: dict[str, Callable[[], DecodeSte
         raise ValueError(f"reference={reference!r} is not among the paths {tuple(makers)}")
     runs, one_off = {}, {}
     for name, make in makers.items():
-        start = time.perf_counter()
-        step = make()
-        generate(lm, prompt, 2, stop_at_eos=False, step=step)  # the first decode step compiles, if anything does
-        one_off[name] = (time.perf_counter() - start) * 1e3
+        with Stopwatch() as watch:
+            step = make()
+            generate(lm, prompt, 2, stop_at_eos=False, step=step)  # the first decode step compiles, if anything does
+        one_off[name] = watch.ms
         runs[name] = generate(lm, prompt, new_tokens, stop_at_eos=False, step=step, keep_logits=True)
     base = runs[reference]
     rows = []

@@ -89,6 +89,7 @@ from lmlab.measure.stats import (
     paired_accuracy_interval,
     paired_nll_interval,
     perplexity_interval,
+    timing_verdict,
     within_noise,
 )
 from lmlab.measure.timing import Stopwatch, Timing, background_load, format_ms, medians_under_load, time_ms
@@ -169,6 +170,7 @@ __all__ = [
     "paired_nll_interval",
     "accuracy_noise",
     "within_noise",
+    "timing_verdict",
     "perplexity_interval",
     "check_bootstrap",
 ]

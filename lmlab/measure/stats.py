@@ -23,6 +23,8 @@ from typing import Protocol
 
 import numpy as np
 
+from lmlab.measure.timing import Timing
+
 SE_MULTIPLE = 2.0  # the unpaired rule's width: ±2 standard errors of a difference, about a 95% normal interval
 # Below this many shared documents a percentile bootstrap's interval is too narrow to trust (with 10 binary items a
 # 4-to-0 split gets a bootstrap interval clear of 0, where an exact sign test gives p = 0.125): too few to call.
@@ -267,3 +269,20 @@ def within_noise(a: Scored, b: Scored, se_multiple: float = SE_MULTIPLE) -> bool
     Raises ValueError for se_multiple <= 0.
     """
     return compare_rows(a, b, se_multiple).within_noise
+
+
+def timing_verdict(reference: Timing, other: Timing, low_q: float = 10, high_q: float = 90) -> str:
+    """Say whether ``other`` ran faster or slower than ``reference`` beyond the noise of their repeats.
+
+    The rule for times: "within noise" when the [p``low_q``, p``high_q``] ranges of the two sets of samples overlap
+    (the spread of repeated timings on a shared machine, not a statistical interval), else "faster" (other's p90
+    below reference's p10) or "slower". Raises ValueError for percentiles outside [0, 100].
+    """
+    ref_low, ref_high = reference.percentile_ms(low_q), reference.percentile_ms(high_q)
+    low, high = other.percentile_ms(low_q), other.percentile_ms(high_q)
+    if high < ref_low:
+        return "faster"
+    if low > ref_high:
+        return "slower"
+    return "within noise"
+

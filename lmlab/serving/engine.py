@@ -28,7 +28,6 @@ import itertools
 import math
 import queue
 import threading
-import time
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -39,6 +38,7 @@ from lmlab.inference.decode import CausalLM, make_step
 from lmlab.inference.sampling import SamplingParams, pick, sampling_params
 from lmlab.inference.step import DecodeStep, Pairs, left_pad, left_pad_to, next_logits
 from lmlab.measure.runtime import check_int, torch_threads
+from lmlab.measure.timing import Stopwatch
 
 POLICIES = ("continuous", "static", "sequential")
 
@@ -161,9 +161,9 @@ class _Request:
     sampling: SamplingParams
     stop_at_eos: bool
     prefix_len: int
-    arrived: float
-    admitted: float = 0.0
-    first: float = 0.0
+    clock: Stopwatch  # started at arrival; the stamps below are its elapsed ms (no GPU wait: sync=False)
+    admitted_ms: float = math.nan  # arrival -> admitted to a prefill
+    first_ms: float = math.nan  # arrival -> first token picked
     prefill_ms: float = 0.0
     prefix_hit: bool = False
     new: list[int] = field(default_factory=list)
@@ -294,7 +294,8 @@ class Engine:
         params = sampling_params(sampling, sample=sample, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
         check_int("prefix_len", prefix_len, 0, len(ids))
         ticket = Ticket(next(self._ids), callback)
-        request = _Request(ticket, ids, max_new_tokens, params, stop_at_eos, prefix_len, time.perf_counter())
+        request = _Request(ticket, ids, max_new_tokens, params, stop_at_eos, prefix_len,
+                           Stopwatch(sync=False).start())
         with self._wake:
             if self._stop:
                 raise QueueFull("the engine is stopping")
@@ -374,9 +375,9 @@ class Engine:
 
     def _prefill_batch(self, requests: list[_Request]) -> None:
         """One pass over several prompts, left-padded: ids and mask (k, L), positions from each first real token."""
-        start = time.perf_counter()
+        prefill = Stopwatch(sync=False).start()
         for request in requests:
-            request.admitted = start
+            request.admitted_ms = request.clock.elapsed_ms()
         ids, mask = (t.to(self.step.device) for t in left_pad([r.ids for r in requests], self.lm.pad_id))  # (k, L)
         longest = ids.shape[1]
         try:
@@ -394,10 +395,10 @@ class Engine:
             for request in requests:
                 self._finish(request, "error", f"{type(error).__name__}: {error}")
             return
-        now = time.perf_counter()
+        prefill_ms = prefill.elapsed_ms()
         keep = []
         for i, (request, token) in enumerate(zip(requests, tokens)):
-            request.first, request.prefill_ms = now, (now - start) * 1e3
+            request.first_ms, request.prefill_ms = request.clock.elapsed_ms(), prefill_ms
             if self._emit_token(request, token):
                 keep.append(i)
         if keep:
@@ -407,7 +408,7 @@ class Engine:
 
     def _prefill(self, request: _Request) -> None:
         """Run the prompt alone (after its cached prefix, if any), pick its first token, join the batch."""
-        request.admitted = time.perf_counter()
+        request.admitted_ms = request.clock.elapsed_ms()
         ids = request.ids
         try:
             cached, start = self._cached_prefix(ids, request.prefix_len)
@@ -426,8 +427,8 @@ class Engine:
         except Exception as error:  # this request fails; the batch goes on
             self._finish(request, "error", f"{type(error).__name__}: {error}")
             return
-        request.first = time.perf_counter()
-        request.prefill_ms = (request.first - request.admitted) * 1e3
+        request.first_ms = request.clock.elapsed_ms()
+        request.prefill_ms = request.first_ms - request.admitted_ms
         if self._emit_token(request, token):
             self._join([request], pairs, mask)
 
@@ -523,14 +524,14 @@ class Engine:
         return True
 
     def _finish(self, request: _Request, reason: str, error: str | None = None) -> None:
-        now = time.perf_counter()
+        total_ms = request.clock.elapsed_ms()
         self.finished[reason] += 1
         n = len(request.new)
-        timing = {"queue_ms": ((request.admitted or now) - request.arrived) * 1e3,
+        timing = {"queue_ms": total_ms if math.isnan(request.admitted_ms) else request.admitted_ms,
                   "prefill_ms": request.prefill_ms,
-                  "ttft_ms": (request.first - request.arrived) * 1e3 if request.first else math.nan,
-                  "decode_ms_per_token": (now - request.first) * 1e3 / (n - 1) if n > 1 else math.nan,
-                  "total_ms": (now - request.arrived) * 1e3,
+                  "ttft_ms": request.first_ms,
+                  "decode_ms_per_token": (total_ms - request.first_ms) / (n - 1) if n > 1 else math.nan,
+                  "total_ms": total_ms,
                   "prefix_cache_hit": request.prefix_hit}
         request.ticket._emit(Event("done", finish_reason=reason, error=error, completion_tokens=n,
                                    prompt_tokens=len(request.ids), timing=timing))
