@@ -6,6 +6,7 @@ Also: lmlab's docstrings name every package and module, and a deliberate upward 
 
 import ast
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -104,6 +105,22 @@ def test_each_package_docstring_lists_its_modules(folder):
     docstring = ast.get_docstring(ast.parse((folder / "__init__.py").read_text(encoding="utf-8"))) or ""
     missing = [m for m in modules(folder) if f"``{m}``" not in docstring]
     assert not missing, f"lmlab/{folder.name}/__init__.py's docstring does not list {missing}"
+
+
+@pytest.mark.parametrize("folder", packages(), ids=lambda p: p.name)
+def test_each_package_lists_and_imports_its_modules_in_dependency_order(folder):
+    # "Modules, each importing only those above it": the docstring's order is one a reader can follow top to bottom,
+    # and the __init__ imports them in that order.
+    tree = ast.parse((folder / "__init__.py").read_text(encoding="utf-8"))
+    order = re.findall(r"^- ``(\w+)``", ast.get_docstring(tree) or "", flags=re.M)
+    for i, module in enumerate(order):
+        source = ast.parse((folder / f"{module}.py").read_text(encoding="utf-8"))
+        uses = {n.module.split(".")[2] for n in ast.walk(source)
+                if isinstance(n, ast.ImportFrom) and n.module and n.module.startswith(f"lmlab.{folder.name}.")}
+        later = sorted(uses - set(order[:i]))
+        assert not later, f"lmlab.{folder.name}.{module} imports {later}, listed after it (or not at all)"
+    imported = [n.module.rsplit(".", 1)[1] for n in tree.body if isinstance(n, ast.ImportFrom)]
+    assert imported == [m for m in order if m in imported], f"lmlab/{folder.name}/__init__.py imports {imported}"
 
 
 def test_an_upward_import_breaks_a_contract(tmp_path):

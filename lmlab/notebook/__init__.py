@@ -6,4 +6,6 @@ Modules, each importing only those above it in the course:
 
 from lmlab.notebook.widgets import ClassifyPanel, CompressionPanel, DecodePanel, DescentPanel, NextTokenPanel
 
-__all__ = ["NextTokenPanel", "DescentPanel", "CompressionPanel", "DecodePanel", "ClassifyPanel"]
+__all__ = [
+    "NextTokenPanel", "DescentPanel", "CompressionPanel", "DecodePanel", "ClassifyPanel",
+]

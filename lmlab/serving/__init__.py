@@ -17,22 +17,10 @@ Modules, each importing only those above it in the course:
   stage.
 """
 
-# The modules in the order they depend on each other, as listed above.
-# isort: off
 from lmlab.serving.engine import LRU, POLICIES, Engine, Event, QueueFull, Ticket
 from lmlab.serving.loadgen import (
-    DEADLINE_GRACE_S,
-    METRICS,
-    Budget,
-    LoadReport,
-    RequestRecord,
-    default_bodies,
-    load_plot,
-    poisson_arrivals,
-    run_load,
-    run_load_sync,
-    sustainable_rate,
-    table,
+    DEADLINE_GRACE_S, METRICS, Budget, LoadReport, RequestRecord, default_bodies, load_plot, poisson_arrivals,
+    run_load, run_load_sync, sustainable_rate, table,
 )
 from lmlab.serving.reference import transformers_continuous_batching
 from lmlab.serving.served import BACKEND_OF, FORMATS, SERVED_MODELS, ServedModel, chat_template_ids, load_served
@@ -40,46 +28,12 @@ from lmlab.serving.protocol import ROLES, ChatRequest, RequestError, error_body,
 from lmlab.serving.app import ChatApp, build_app
 from lmlab.serving.launcher import API_KEY_ENV, RunningServer, free_port, running_server, serve, start_server
 from lmlab.serving.clients import reply_stages
-# isort: on
 
 __all__ = [
-    "POLICIES",
-    "QueueFull",
-    "Event",
-    "Ticket",
-    "LRU",
-    "Engine",
-    "METRICS",
-    "DEADLINE_GRACE_S",
-    "poisson_arrivals",
-    "RequestRecord",
-    "LoadReport",
-    "table",
-    "default_bodies",
-    "run_load",
-    "run_load_sync",
-    "load_plot",
-    "Budget",
-    "sustainable_rate",
-    "transformers_continuous_batching",
-    "FORMATS",
-    "BACKEND_OF",
-    "SERVED_MODELS",
-    "API_KEY_ENV",
-    "ROLES",
-    "ServedModel",
-    "load_served",
-    "chat_template_ids",
-    "RequestError",
-    "ChatRequest",
-    "error_body",
-    "parse_request",
-    "build_app",
-    "ChatApp",
-    "serve",
-    "free_port",
-    "RunningServer",
-    "start_server",
-    "running_server",
-    "reply_stages",
+    "POLICIES", "QueueFull", "Event", "Ticket", "LRU", "Engine", "METRICS", "DEADLINE_GRACE_S", "poisson_arrivals",
+    "RequestRecord", "LoadReport", "table", "default_bodies", "run_load", "run_load_sync", "load_plot", "Budget",
+    "sustainable_rate", "transformers_continuous_batching", "FORMATS", "BACKEND_OF", "SERVED_MODELS", "API_KEY_ENV",
+    "ROLES", "ServedModel", "load_served", "chat_template_ids", "RequestError", "ChatRequest", "error_body",
+    "parse_request", "build_app", "ChatApp", "serve", "free_port", "RunningServer", "start_server",
+    "running_server", "reply_stages",
 ]
