@@ -14,16 +14,29 @@ p90 ms), like the chapters' rows.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TypedDict, cast
+
+from torch import nn
 
 from lmlab.compress.methods import CPU_ONLY_METHODS, METHODS
 from lmlab.data.shipped import DATA_DIR, check_documents, slice_name
 from lmlab.measure.results import Result, with_dense_speed
 from lmlab.measure.runtime import check_int, pick_device
 from lmlab.models.lm import deep_contexts, evaluate, measure
-from lmlab.models.protocols import DocumentModel
+from lmlab.models.protocols import DocumentModel, LanguageModel
 from lmlab.models.registry import load_model, model_entry, names
 
 MEASURED_KINDS = ("mlp", "gpt", "rnn", "ngram")  # the models scored on a shipped corpus's test split
+
+
+class _Timed(TypedDict):
+    """How a row's prediction call is timed: ``lmlab.models.lm.measure``'s timing arguments."""
+
+    batch_size: int
+    repeat: int
+    corpus: str
+    device: str
+    threads: int | None
 
 
 def run(model_name: str, method: str | None = None, value: float | None = None, *, batch_size: int = 1,
@@ -59,10 +72,11 @@ def run(model_name: str, method: str | None = None, value: float | None = None, 
     setting = chosen.check(chosen.value if value is None else value) if chosen else None
     model, data = load_model(model_name, data_dir)
     scored = data if documents is None else data.head("test", documents)
-    compressed = chosen.apply(model, setting) if chosen else model
-    compressed = getattr(compressed, "model", compressed)
-    if on.type != "cpu":
-        compressed = compressed.to(on)
+    applied = chosen.apply(model, setting) if chosen and setting is not None else model  # None exactly without chosen
+    applied = getattr(applied, "model", applied)  # a method gives a model, or a Compressed holding one
+    if on.type != "cpu":  # a neural model: the n-grams and the CPU-only methods were refused above
+        applied = cast(nn.Module, applied).to(on)
+    compressed = cast(LanguageModel, applied)
     contexts, targets = scored.examples("test", model.context_size)
     if isinstance(compressed, DocumentModel):  # a GPT or a recurrent model: one pass per document
         scores = compressed.evaluate_documents(scored, "test")
@@ -71,12 +85,12 @@ def run(model_name: str, method: str | None = None, value: float | None = None, 
     if entry.level != "character":  # word models are timed on contexts with a dozen words or more before them
         middle = deep_contexts(contexts, data.vocab.bos_id, words=min(12, model.context_size))
         contexts, targets = contexts[middle], targets[middle]
-    timed = dict(batch_size=batch_size, repeat=repeat, corpus=slice_name(data.corpus.name, documents), device=on.type,
-                 threads=threads)
+    timed = _Timed(batch_size=batch_size, repeat=repeat, corpus=slice_name(data.corpus.name, documents),
+                   device=on.type, threads=threads)
     row = measure(compressed, contexts[:max(batch_size, 8)], targets[:max(batch_size, 8)], name=model_name,
                   technique=method or "uncompressed", setting=f"{chosen.label} {setting:g}" if chosen else "",
                   scores=scores, **timed)
-    if chosen and chosen.size_bytes:
+    if chosen and chosen.size_bytes and setting is not None:
         row = Result(**{**row.to_dict(), "size_mb": chosen.size_bytes(model, setting) / 1e6})
     if chosen and chosen.simulated:  # the copy runs the dense arithmetic: its time is the dense model's
         dense = measure(model.to(on), contexts[:max(batch_size, 8)], targets[:max(batch_size, 8)], name=model_name,

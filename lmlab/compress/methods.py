@@ -47,8 +47,8 @@ class Method:
         rows), or None if it can."""
         return self.applies(model) if self.applies else None
 
-    def check(self, value: float) -> float:
-        """Return ``value`` if it lies in the method's range, else raise ValueError naming it."""
+    def check(self, value: object) -> float:
+        """Return ``value`` if it is a number in the method's range, else raise ValueError naming it (None too)."""
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not self.minimum <= value <= self.maximum:
             raise ValueError(f"value={value!r} is out of range for {self.label}; "
                              f"use {self.minimum:g} to {self.maximum:g}")

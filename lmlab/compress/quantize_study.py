@@ -558,23 +558,7 @@ def label_points(ax: Axes, rows: Sequence[Result], x: str = "median_ms", y: str 
     to_pixels = ax.transData.transform
     scale = fig.dpi / 72  # points to pixels
     box = ax.get_window_extent()
-    obstacles = []
-    for r in rows:
-        px, py = to_pixels((getattr(r, x), getattr(r, y)))
-        obstacles.append((px - 7 * scale, py - 7 * scale, px + 7 * scale, py + 7 * scale))  # the marker
-        se = (r.accuracy_se or 0.0) if y == "accuracy" else 0.0
-        if se:
-            _, low = to_pixels((getattr(r, x), getattr(r, y) - se))
-            _, high = to_pixels((getattr(r, x), getattr(r, y) + se))
-            obstacles.append((px - 2 * scale, low, px + 2 * scale, high))  # the vertical error bar
-        if x == "median_ms" and r.p90_ms > r.median_ms:
-            right, _ = to_pixels((r.p90_ms, getattr(r, y)))
-            obstacles.append((px, py - 2 * scale, right, py + 2 * scale))  # the p90 bar
-
-    steps = [to_pixels((getattr(r, x), getattr(r, y))) for r in pareto_frontier(rows, x, y)]
-    for (x0, y0), (x1, y1) in zip(steps, steps[1:]):  # the frontier's steps: along, then up (or down)
-        obstacles.append((x0, y0 - 1.5 * scale, x1, y0 + 1.5 * scale))
-        obstacles.append((x1 - 1.5 * scale, min(y0, y1), x1 + 1.5 * scale, max(y0, y1)))
+    obstacles = _drawn_boxes(ax, rows, x, y, scale)
     placed: list[tuple[float, float, float, float]] = []
     font = FontProperties(size=font_size)
     for r in sorted(rows, key=lambda r: (getattr(r, x), getattr(r, y))):
@@ -606,6 +590,30 @@ def label_points(ax: Axes, rows: Sequence[Result], x: str = "median_ms", y: str 
                     va="bottom", fontsize=font_size, annotation_clip=False,
                     arrowprops=dict(arrowstyle="-", lw=0.7, color="gray", shrinkA=2, shrinkB=5)
                     if ring > _RINGS[0] else None)
+
+
+def _drawn_boxes(ax: Axes, rows: Sequence[Result], x: str, y: str,
+                 scale: float) -> list[tuple[float, float, float, float]]:
+    """Return the pixel boxes (left, bottom, right, top) a label must not cover: every row's marker, its error bars,
+    and the steps of the rows' Pareto frontier. ``scale`` is the figure's pixels per point."""
+    to_pixels = ax.transData.transform
+    obstacles = []
+    for r in rows:
+        px, py = to_pixels((getattr(r, x), getattr(r, y)))
+        obstacles.append((px - 7 * scale, py - 7 * scale, px + 7 * scale, py + 7 * scale))  # the marker
+        se = (r.accuracy_se or 0.0) if y == "accuracy" else 0.0
+        if se:
+            _, low = to_pixels((getattr(r, x), getattr(r, y) - se))
+            _, high = to_pixels((getattr(r, x), getattr(r, y) + se))
+            obstacles.append((px - 2 * scale, low, px + 2 * scale, high))  # the vertical error bar
+        if x == "median_ms" and r.p90_ms > r.median_ms:
+            right, _ = to_pixels((r.p90_ms, getattr(r, y)))
+            obstacles.append((px, py - 2 * scale, right, py + 2 * scale))  # the p90 bar
+    steps = [to_pixels((getattr(r, x), getattr(r, y))) for r in pareto_frontier(rows, x, y)]
+    for (x0, y0), (x1, y1) in zip(steps, steps[1:]):  # the frontier's steps: along, then up (or down)
+        obstacles.append((x0, y0 - 1.5 * scale, x1, y0 + 1.5 * scale))
+        obstacles.append((x1 - 1.5 * scale, min(y0, y1), x1 + 1.5 * scale, max(y0, y1)))
+    return obstacles
 
 
 def _overlap(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> float:

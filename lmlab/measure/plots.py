@@ -76,6 +76,35 @@ def tradeoff_plot(
     machine's device name and the thread count of the rows) is named in the title. Raises ValueError
     for an empty list of results, an unknown axis, or rows lacking the value an axis needs.
     """
+    results = _plotted_rows(results, x, y)
+    if hardware is None:
+        hardware = _hardware_of(results)
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(11, 6.5))
+    else:
+        fig = cast(Figure, ax.figure)  # an Axes of a subfigure is not drawn here
+    _draw_techniques(ax, results, x, y, se_multiple)
+    frontier = pareto_frontier(results, x, y)
+    ax.step([getattr(r, x) for r in frontier], [getattr(r, y) for r in frontier], where="post",
+            color="black", lw=1.5, alpha=0.6, label="Pareto frontier")
+    if log_x:
+        ax.set_xscale("log")
+        plain_log_ticks(ax.xaxis)
+    if y == "perplexity":
+        ax.set_yscale("log")
+        plain_log_ticks(ax.yaxis)
+        _at_least_three_ticks(ax)
+    _label(ax, results if label_all else frontier, x, y)
+    xlabel, ylabel = _axis_labels(results, x, y, log_x, xlabel, ylabel, se_multiple)
+    finish_axes(ax, xlabel, ylabel, f"{title}\n{hardware}")
+    return fig
+
+
+def _plotted_rows(results: Sequence[Result], x: str, y: str) -> list[Result]:
+    """Return the rows ``tradeoff_plot`` draws on axes ``x`` and ``y`` (without infinite perplexities).
+
+    Raises ValueError for no rows, an unknown axis, or rows lacking the value an axis needs.
+    """
     results = list(results)
     if not results:
         raise ValueError("results is empty: the trade-off plot needs at least one Result")
@@ -90,15 +119,22 @@ def tradeoff_plot(
         results = [r for r in results if r.perplexity is not None and math.isfinite(r.perplexity)]
         if not results:
             raise ValueError("every row has an infinite perplexity: nothing to plot")
-    if hardware is None:
-        threads = sorted({r.threads for r in results})
-        devices = sorted({r.device for r in results})
-        hardware = f"{device_name(devices[0]) if len(devices) == 1 else ', '.join(devices)}, " \
-                   f"{'/'.join(map(str, threads))} thread{'s' if threads != [1] else ''}"
-    if ax is None:
-        fig, ax = plt.subplots(figsize=(11, 6.5))
-    else:
-        fig = cast(Figure, ax.figure)  # an Axes of a subfigure is not drawn here
+    return results
+
+
+def _hardware_of(results: Sequence[Result]) -> str:
+    """Name what the rows ran on: the device (this machine's name for it, if there is one) and the thread counts."""
+    threads = sorted({r.threads for r in results})
+    devices = sorted({r.device for r in results})
+    return f"{device_name(devices[0]) if len(devices) == 1 else ', '.join(devices)}, " \
+           f"{'/'.join(map(str, threads))} thread{'s' if threads != [1] else ''}"
+
+
+def _draw_techniques(ax: Axes, results: Sequence[Result], x: str, y: str, se_multiple: float) -> None:
+    """Draw each technique's rows in its own colour, real speeds filled and simulated ones hollow.
+
+    Error bars: x from the median to p90 (on the latency axis), y ± ``se_multiple`` · SE of the accuracy.
+    """
     techniques = list(dict.fromkeys(r.technique for r in results))
     colors = plt.get_cmap("tab10")
     for i, technique in enumerate(techniques):
@@ -114,25 +150,18 @@ def tradeoff_plot(
                 mfc="white" if simulated else colors(i % 10), mew=2,
                 label=technique + (" (speed simulated)" if simulated else ""),
             )
-    frontier = pareto_frontier(results, x, y)
-    ax.step([getattr(r, x) for r in frontier], [getattr(r, y) for r in frontier], where="post",
-            color="black", lw=1.5, alpha=0.6, label="Pareto frontier")
-    if log_x:
-        ax.set_xscale("log")
-        plain_log_ticks(ax.xaxis)
-    if y == "perplexity":
-        ax.set_yscale("log")
-        plain_log_ticks(ax.yaxis)
-        _at_least_three_ticks(ax)
-    _label(ax, results if label_all else frontier, x, y)
+
+
+def _axis_labels(results: Sequence[Result], x: str, y: str, log_x: bool, xlabel: str | None, ylabel: str | None,
+                 se_multiple: float) -> tuple[str, str]:
+    """Return (x label, y label): the given names or the axes' own, each saying what its bars are."""
     xlabel = (xlabel or X_AXES[x]) + (", log scale" if log_x else "")
     if x == "median_ms" and "p90" not in xlabel and any(r.p90_ms > r.median_ms for r in results):
         xlabel += "; bar to p90"
     ylabel = ylabel or Y_AXES[y]
     if y == "accuracy" and "SE" not in ylabel and any(r.accuracy_se for r in results):
         ylabel += f" (bars: ±{se_multiple:g} SE)"
-    finish_axes(ax, xlabel, ylabel, f"{title}\n{hardware}")
-    return fig
+    return xlabel, ylabel
 
 
 def tradeoff_pair(results: Sequence[Result], title: str, label_all: bool = False) -> Figure:

@@ -144,50 +144,12 @@ class NGramModel:
         if smoothing == "add-k" and not (_is_real(k) and math.isfinite(k) and k > 0):
             raise ValueError(f"k={k!r} is out of range; add-k smoothing needs a finite number k > 0")
         fixed = _check_discount(smoothing, discount)
-        contexts, targets = np.asarray(contexts, dtype=np.int64), np.asarray(targets, dtype=np.int64)
-        if len(targets) == 0:
-            raise ValueError("targets is empty: the corpus has 0 training (context, target) pairs to count")
-        if targets.ndim != 1 or contexts.shape != (len(targets), n - 1):
-            raise ValueError(f"contexts has shape {contexts.shape} and targets {targets.shape}; "
-                             f"n={n} needs ({len(targets)}, {n - 1}) and ({len(targets)},)")
-        V = len(vocab)
-        for name, given in (("contexts", contexts), ("targets", targets)):
-            if given.size and (given.min() < 0 or given.max() >= V):
-                raise ValueError(f"{name} holds token id {given.min() if given.min() < 0 else given.max()}, "
-                                 f"outside [0, {V - 1}] for this vocabulary")
+        contexts, targets = _checked_examples(contexts, targets, vocab, n)
         kneser_ney = smoothing in KNESER_NEY
         # The longest context suffix each row may use: all of it, or (Kneser-Ney) up to its single <s>.
         real = (contexts != vocab.bos_id).sum(1)  # (N,) tokens before the target inside its document
         usable = np.minimum(real + 1, n - 1) if kneser_ney else np.full(len(targets), n - 1)
-        # Dense context ids for each context length j, from the newest token backwards (-1: not usable).
-        ids = [np.zeros(len(targets), dtype=np.int64)]  # h_0 = 0 for every example
-        context_keys, parents = [np.zeros(0, np.int64)], [np.zeros(1, np.int64)]
-        for j in range(1, n):
-            rows = usable >= j
-            keys = ids[-1][rows] * V + contexts[rows, n - 1 - j]
-            unique, inverse = np.unique(keys, return_inverse=True)
-            context_keys.append(unique)
-            parents.append(unique // V)
-            ids.append(np.full(len(targets), -1, dtype=np.int64))
-            ids[-1][rows] = inverse.reshape(-1)
-        # Counts of the highest order, then (for KN) continuation counts for the lower ones.
-        levels: list[_Level | None] = [None] * n
-        top = usable == n - 1
-        top_keys, top_counts = np.unique(ids[n - 1][top] * V + targets[top], return_counts=True)
-        levels[n - 1] = _make_level(context_keys[n - 1], parents[n - 1], top_keys, top_counts, V)
-        for j in range(n - 2, -1, -1):
-            if kneser_ney:
-                above = levels[j + 1]
-                assert above is not None  # set by the previous iteration (or before the loop)
-                above_context = np.repeat(np.arange(len(above.totals)), np.diff(above.starts))
-                keys = above.context_parent[above_context] * V + above.keys % V  # N1+(• h' w): one per distinct h w
-                start = usable == j  # rows whose usable context begins with <s> (j >= 1): raw counts
-                keys = np.concatenate([keys, ids[j][start] * V + targets[start]]) if j else keys
-                level_keys, level_counts = np.unique(keys, return_counts=True)
-            else:
-                level_keys, level_counts = np.unique(ids[j] * V + targets, return_counts=True)
-            levels[j] = _make_level(context_keys[j], parents[j], level_keys, level_counts, V)
-        filled = cast(list[_Level], levels)  # every level was set above
+        filled = _count_levels(contexts, targets, usable, len(vocab), n, kneser_ney)
         if smoothing == "modified-kneser-ney" and fixed is None:
             estimated = [estimate_discounts(level.counts) for level in filled]
             discounts, ok = [d for d, _ in estimated], [good for _, good in estimated]
@@ -596,6 +558,64 @@ def _find(sorted_keys: np.ndarray, index: pd.Index, queries: np.ndarray) -> np.n
         return index.get_indexer(queries)
     pos = np.minimum(np.searchsorted(sorted_keys, queries), len(sorted_keys) - 1)
     return np.where(sorted_keys[pos] == queries, pos, -1)
+
+
+def _checked_examples(contexts: np.ndarray, targets: np.ndarray, vocab: Vocab,
+                      n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Return contexts (N, n−1) and targets (N,) as int64 arrays.
+
+    Raises ValueError for no examples, contexts of the wrong shape, or ids outside the vocabulary.
+    """
+    contexts, targets = np.asarray(contexts, dtype=np.int64), np.asarray(targets, dtype=np.int64)
+    if len(targets) == 0:
+        raise ValueError("targets is empty: the corpus has 0 training (context, target) pairs to count")
+    if targets.ndim != 1 or contexts.shape != (len(targets), n - 1):
+        raise ValueError(f"contexts has shape {contexts.shape} and targets {targets.shape}; "
+                         f"n={n} needs ({len(targets)}, {n - 1}) and ({len(targets)},)")
+    V = len(vocab)
+    for name, given in (("contexts", contexts), ("targets", targets)):
+        if given.size and (given.min() < 0 or given.max() >= V):
+            raise ValueError(f"{name} holds token id {given.min() if given.min() < 0 else given.max()}, "
+                             f"outside [0, {V - 1}] for this vocabulary")
+    return contexts, targets
+
+
+def _count_levels(contexts: np.ndarray, targets: np.ndarray, usable: np.ndarray, V: int, n: int,
+                  kneser_ney: bool) -> list[_Level]:
+    """Count every order j = 0..n−1 into a ``_Level``: c(h w) at the top, and below it the raw counts or (Kneser-Ney)
+    the continuation counts N1+(• h w), plus raw counts of rows whose usable context begins with <s>.
+
+    Row i uses at most its last ``usable[i]`` context tokens.
+    """
+    # Dense context ids for each context length j, from the newest token backwards (-1: not usable).
+    ids = [np.zeros(len(targets), dtype=np.int64)]  # h_0 = 0 for every example
+    context_keys, parents = [np.zeros(0, np.int64)], [np.zeros(1, np.int64)]
+    for j in range(1, n):
+        rows = usable >= j
+        keys = ids[-1][rows] * V + contexts[rows, n - 1 - j]
+        unique, inverse = np.unique(keys, return_inverse=True)
+        context_keys.append(unique)
+        parents.append(unique // V)
+        ids.append(np.full(len(targets), -1, dtype=np.int64))
+        ids[-1][rows] = inverse.reshape(-1)
+    # Counts of the highest order, then (for KN) continuation counts for the lower ones.
+    levels: list[_Level | None] = [None] * n
+    top = usable == n - 1
+    top_keys, top_counts = np.unique(ids[n - 1][top] * V + targets[top], return_counts=True)
+    levels[n - 1] = _make_level(context_keys[n - 1], parents[n - 1], top_keys, top_counts, V)
+    for j in range(n - 2, -1, -1):
+        if kneser_ney:
+            above = levels[j + 1]
+            assert above is not None  # set by the previous iteration (or before the loop)
+            above_context = np.repeat(np.arange(len(above.totals)), np.diff(above.starts))
+            keys = above.context_parent[above_context] * V + above.keys % V  # N1+(• h' w): one per distinct h w
+            start = usable == j  # rows whose usable context begins with <s> (j >= 1): raw counts
+            keys = np.concatenate([keys, ids[j][start] * V + targets[start]]) if j else keys
+            level_keys, level_counts = np.unique(keys, return_counts=True)
+        else:
+            level_keys, level_counts = np.unique(ids[j] * V + targets, return_counts=True)
+        levels[j] = _make_level(context_keys[j], parents[j], level_keys, level_counts, V)
+    return cast(list[_Level], levels)  # every level was set above
 
 
 def _make_level(context_keys: np.ndarray, parents: np.ndarray, keys: np.ndarray, counts: np.ndarray,

@@ -24,8 +24,9 @@ import copy
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import TYPE_CHECKING, TypeVar, cast
 
 import torch
 import torch.distributed as dist
@@ -40,10 +41,18 @@ from lmlab.models.neural import GPTLanguageModel
 from lmlab.models.registry import load_model, model_entry, names
 from lmlab.models.scoring import score_summary, score_tokens
 
+if TYPE_CHECKING:  # transformers is imported where a model is built; the casts below only name its types
+    from transformers import GPT2LMHeadModel, LlamaForCausalLM
+    from transformers.models.gpt2.modeling_gpt2 import GPT2Block
+    from transformers.pytorch_utils import Conv1D
+
 SCHEMES = ("data", "tensor", "pipeline", "allreduce")
 PARALLEL_MODELS = names("gpt") + names("llm")  # SmolLM2: data parallel, and tensor parallel of its MLPs
 SMOLLM2_WINDOW = 64  # SmolLM2 scores the test verses' text in windows of this many of its tokens
 ALLREDUCE_BYTES = (1_000, 16_000, 256_000, 1_000_000, 4_000_000, 16_000_000)
+
+T = TypeVar("T")
+Answer = dict[str, float] | torch.Tensor | None  # a scheme's result on a rank: scores, logits, or none here
 
 
 class Clock:
@@ -53,7 +62,7 @@ class Clock:
         self.comm_ms = 0.0
 
     @contextmanager
-    def comm(self):
+    def comm(self) -> Iterator[None]:
         with Stopwatch() as watch:  # on a GPU, it first finishes the compute queued before: not counted here
             yield
         self.comm_ms += watch.ms
@@ -183,7 +192,7 @@ class RowParallel(nn.Module):
         return y if self.bias is None else y + self.bias
 
 
-def _conv1d(weight_in_out: torch.Tensor, bias: torch.Tensor) -> nn.Module:
+def _conv1d(weight_in_out: torch.Tensor, bias: torch.Tensor) -> Conv1D:
     from transformers.pytorch_utils import Conv1D
 
     layer = Conv1D(weight_in_out.shape[1], weight_in_out.shape[0])
@@ -206,7 +215,9 @@ def shard_gpt(model: GPTLanguageModel, rank: int, world: int, clock: Clock) -> G
     shard = copy.deepcopy(model).eval()
     local = d // world
     mine = slice(rank * local, (rank + 1) * local)
-    for block in shard.gpt.transformer.h:
+    hf = cast("GPT2LMHeadModel", shard.gpt)  # transformers' GPT-2, whose blocks are split; nn.Module types it loosely
+    for layer in hf.transformer.h:
+        block = cast("GPT2Block", layer)  # nn.Module types an attribute as Tensor | Module
         attn, mlp = block.attn, block.mlp
         cols = torch.cat([torch.arange(d)[mine] + part * d for part in range(3)])  # q, k, v columns of my heads
         attn.c_attn = _conv1d(attn.c_attn.weight[:, cols], attn.c_attn.bias[cols])
@@ -226,7 +237,7 @@ def shard_llama_mlp(model: nn.Module, rank: int, world: int, clock: Clock) -> nn
     SmolLM2's 9 query heads and 3 KV heads do not divide among 2 ranks. Raises ValueError if the MLP width
     does not divide among ``world`` ranks.
     """
-    shard = copy.deepcopy(model).eval()
+    shard = cast("LlamaForCausalLM", copy.deepcopy(model).eval())  # SmolLM2 is a Llama
     width = shard.config.intermediate_size
     if width % world:
         raise ValueError(f"nproc={world} does not divide the MLP's {width} units; use a divisor of {width}")
@@ -270,7 +281,8 @@ def pipeline_forward(model: GPTLanguageModel, inputs: torch.Tensor, mask: torch.
     check_int("micro_batches", micro_batches, 1, inputs.shape[0])
     clock = clock or Clock()
     rank, world = rank_and_world()
-    gpt, cfg = model.gpt.transformer, model.config
+    hf = cast("GPT2LMHeadModel", model.gpt)  # transformers' GPT-2, run block by block; nn.Module types it loosely
+    gpt, cfg = hf.transformer, model.config
     start, stop = stage_bounds(cfg.n_layer, world, cfg.vocab_size / (12 * cfg.n_embd))[rank]
     device = model.device
     outputs, pending = [], []
@@ -290,9 +302,12 @@ def pipeline_forward(model: GPTLanguageModel, inputs: torch.Tensor, mask: torch.
             if rank < world - 1:
                 h = h.contiguous()  # kept alive in pending until its send completes
                 with clock.comm():
-                    pending.append((h, dist.isend(h, dst=rank + 1)))
+                    request = dist.isend(h, dst=rank + 1)
+                if request is None:  # isend returns None only to a rank outside the group
+                    raise RuntimeError(f"rank {rank} is not in the process group it sends in")
+                pending.append((h, request))
             else:
-                outputs.append(model.gpt.lm_head(gpt.ln_f(h)))  # (micro, time, vocab)
+                outputs.append(hf.lm_head(gpt.ln_f(h)))  # (micro, time, vocab)
         with clock.comm():
             for _, request in pending:
                 request.wait()
@@ -341,12 +356,17 @@ def amdahl_speedup(parallel_fraction: float, n: int) -> float:
 # --- one row per scheme -------------------------------------------------------------------------------------
 
 
-def _timed(work, repeat: int, together: bool = True, warm_up: bool = True) -> tuple[float, float, object]:
+def _timed(work: Callable[[Clock], T], repeat: int, together: bool = True,
+           warm_up: bool = True) -> tuple[float, float, T]:
     """Run work(clock) once to warm up, then ``repeat`` times: (median wall ms, median comm ms, last result).
 
-    With ``together``, all ranks start each repeat at a barrier.
+    With ``together``, all ranks start each repeat at a barrier. Raises ValueError for repeat < 1.
     """
-    out, walls, comms = work(Clock()) if warm_up else None, [], []
+    check_int("repeat", repeat, 1)
+    if warm_up:
+        work(Clock())
+    walls: list[float] = []
+    comms: list[float] = []
     for _ in range(repeat):
         clock = Clock()
         if together and dist.is_initialized():
@@ -375,7 +395,8 @@ def run_scheme(scheme: str, model_name: str = "gpt-small", *, batch_size: int = 
     check_int("batch_size", batch_size, 1)
     check_int("repeat", repeat, 1)
     if entry.kind == "llm":
-        return _row(scheme, model_name, batch_size, *_smollm2_work(scheme, batch_size, documents), repeat)
+        smollm2_work, smollm2_single = _smollm2_work(scheme, batch_size, documents)
+        return _row(scheme, model_name, batch_size, smollm2_work, smollm2_single, repeat)
     rank, world = rank_and_world()
     model, data = load_model(model_name)
     model = model.eval().to(device or torch.device("cpu"))
@@ -387,21 +408,22 @@ def run_scheme(scheme: str, model_name: str = "gpt-small", *, batch_size: int = 
 
     tp = shard_gpt(model, rank, world, Clock()) if scheme == "tensor" else None
 
-    def work(clock):
+    def work(clock: Clock) -> Answer:
         if scheme == "data":
             return data_parallel_evaluate(model, data, "test", batch_size, clock)
-        if scheme == "tensor":
+        if tp is not None:  # the tensor scheme's shard
             return _tensor_forward(tp, clock, inputs, mask)
         return pipeline_forward(model, inputs, mask, micro_batches, clock)
 
-    def single():
+    def single() -> Answer:
         if scheme == "data":
             return scores(score_shard(model, data, "test", batch_size))
         return model.gpt(input_ids=inputs.to(model.device), attention_mask=mask.to(model.device)).logits
     return _row(scheme, model_name, batch_size, work, single, repeat)
 
 
-def _smollm2_work(scheme: str, batch_size: int, documents: int | None):
+def _smollm2_work(scheme: str, batch_size: int,
+                  documents: int | None) -> tuple[Callable[[Clock], Answer], Callable[[], Answer]]:
     """(work, single) for SmolLM2: data parallel over windows of its tokens, or its MLPs split across ranks."""
     if scheme == "pipeline":
         raise ValueError("scheme='pipeline' runs on the shipped GPTs; SmolLM2 takes 'data' or 'tensor'")
@@ -409,14 +431,14 @@ def _smollm2_work(scheme: str, batch_size: int, documents: int | None):
     model, tokenizer = load_model("smollm2")
     windows = smollm2_windows(tokenizer, documents)
     if scheme == "data":
-        def work(clock):
+        def work(clock: Clock) -> Answer:
             return scores(clock.all_reduce(score_windows(model, windows, batch_size, rank, world)))
 
         return work, lambda: scores(score_windows(model, windows, batch_size))
     batch = windows[:batch_size]
     tp = shard_llama_mlp(model, rank, world, Clock())
 
-    def tensor(clock):
+    def tensor(clock: Clock) -> Answer:
         for module in tp.modules():
             if isinstance(module, RowParallel):
                 module.clock = clock
@@ -443,7 +465,8 @@ def slowest_rank(shares: Sequence[tuple[float, float]]) -> tuple[float, float, f
     return wall_ms, wall_ms - comm_ms, comm_ms
 
 
-def _row(scheme: str, model_name: str, batch_size: int, work, single, repeat: int) -> dict:
+def _row(scheme: str, model_name: str, batch_size: int, work: Callable[[Clock], Answer],
+         single: Callable[[], Answer], repeat: int) -> dict:
     """Time ``work`` on every rank and ``single`` on the rank that holds the answer; return the scheme's row."""
     rank, world = rank_and_world()
     warm_up = scheme != "data"  # a whole split is many batches: its first ones warm up
@@ -453,10 +476,7 @@ def _row(scheme: str, model_name: str, batch_size: int, work, single, repeat: in
     if rank == judge:
         with torch.no_grad():
             single_ms, _, reference = _timed(lambda clock: single(), repeat, together=False, warm_up=warm_up)
-        if scheme == "data":
-            diff = max(abs(out[k] - reference[k]) / abs(reference[k]) for k in ("perplexity", "accuracy"))
-        else:
-            diff = float((out.float() - reference.float()).abs().max())
+        diff = _max_diff(out, reference)
     if dist.is_initialized():
         dist.barrier()  # the other ranks wait here while the judge times the single process
     shares = [(wall_ms, comm_ms, single_ms, diff)] * world  # every rank's, gathered when there is a group
@@ -470,9 +490,19 @@ def _row(scheme: str, model_name: str, batch_size: int, work, single, repeat: in
            "amdahl_model_speedup": amdahl_speedup(min(1.0, max(0.0, 1 - comm_ms / single_ms)), world),
            "max_diff": diff, "diff_kind": "relative" if scheme == "data" else "absolute logits",
            "batch_size": batch_size, "threads": torch.get_num_threads()}
-    if scheme == "data":
+    if isinstance(out, dict):  # data parallel: every rank holds the scores
         row.update({k: out[k] for k in ("perplexity", "accuracy", "tokens")})
     return row
+
+
+def _max_diff(out: Answer, reference: Answer) -> float:
+    """The largest difference from the single process: relative on data parallel's perplexity and accuracy,
+    absolute on the logits of the other schemes. Raises RuntimeError on a rank that holds no answer."""
+    if isinstance(out, dict) and isinstance(reference, dict):
+        return max(abs(out[k] - reference[k]) / abs(reference[k]) for k in ("perplexity", "accuracy"))
+    if isinstance(out, torch.Tensor) and isinstance(reference, torch.Tensor):
+        return float((out.float() - reference.float()).abs().max())
+    raise RuntimeError("this rank holds no answer to compare with the single process's")
 
 
 def _tensor_forward(model: GPTLanguageModel, clock: Clock, inputs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

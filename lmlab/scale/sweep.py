@@ -35,7 +35,7 @@ import logging
 import multiprocessing
 import os
 import socket
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Generator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
@@ -279,7 +279,7 @@ def _check_run(engine: str, address: str | None, workers: int, threads: int, rep
             raise ValueError("engine='ray' needs Ray: pip install 'ray>=2.9'") from None
 
 
-def _local(todo: list[Setting], repeat: int, threads: int, workers: int) -> Iterator[dict]:
+def _local(todo: list[Setting], repeat: int, threads: int, workers: int) -> Generator[dict, None, None]:
     """Yield the rows of ``todo`` as ``workers`` spawned processes finish them."""
     if not todo:
         return
@@ -322,7 +322,8 @@ def start_ray(address: str | None = None, workers: int = 1, threads: int = 1) ->
     return True
 
 
-def _ray(todo: list[Setting], repeat: int, threads: int, workers: int, address: str | None) -> Iterator[dict]:
+def _ray(todo: list[Setting], repeat: int, threads: int, workers: int,
+         address: str | None) -> Generator[dict, None, None]:
     """Yield the rows of ``todo`` as Ray tasks finish them, on a local instance or the cluster at ``address``."""
     if not todo:
         return
