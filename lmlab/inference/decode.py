@@ -294,21 +294,9 @@ def _decode_loop(lm: CausalLM, prompts, max_new_tokens: int, *, sampling: Sampli
                  stop_at_eos: bool = True, backend: str = "eager", step: DecodeStep | None = None,
                  device: str = "auto", threads: int | None = None, keep_logits: bool = False):
     """Yield (token, elapsed_ms) for row 0 as each token appears, then the Generation."""
-    check_int("max_new_tokens", max_new_tokens, 1)
-    rows = _prompt_ids(lm, prompts)
-    longest = max(len(r) for r in rows)
-    if longest + max_new_tokens > lm.window:
-        raise ValueError(f"max_new_tokens={max_new_tokens} with a {longest}-token prompt needs "
-                         f"{longest + max_new_tokens} positions; {lm.name}'s window is {lm.window}: use "
-                         f"max_new_tokens <= {lm.window - longest}")
-    chosen = pick_device(device)
-    if step is None:
-        if backend not in BACKENDS:
-            raise ValueError(f"backend={backend!r} is unknown; use one of {BACKENDS}")
-        if backend.startswith("onnx") and chosen.type != "cpu":
-            raise ValueError(f"backend={backend!r} runs on the CPU only; use device='cpu'")
-        step = make_step(lm, backend, threads)
-    on = step.place(chosen)  # where the step's inputs go: the chosen device, or the CPU for ONNX Runtime
+    rows = _checked_rows(lm, prompts, max_new_tokens)
+    step = _step_for(lm, step, backend, pick_device(device), threads)
+    on = step.place(pick_device(device))  # where the step's inputs go: the chosen device, or the CPU for ONNX Runtime
 
     batch = len(rows)
     ids, mask = (t.to(on) for t in left_pad(rows, lm.pad_id))  # (batch, longest), left-padded prompts
@@ -350,6 +338,30 @@ def _decode_loop(lm: CausalLM, prompts, max_new_tokens: int, *, sampling: Sampli
     yield Generation(tokens=tokens, texts=texts, prompt_tokens=tuple(len(r) for r in rows), ttft_ms=times_ms[0],
                      step_ms=tuple(times_ms[1:]), cache=cache, backend=step.backend,
                      cache_bytes=past_bytes(past) if cache else 0, threads=used_threads, logits=tuple(kept))
+
+
+def _checked_rows(lm: CausalLM, prompts, max_new_tokens: int) -> list[list[int]]:
+    """The prompts as token-id rows, refused if they and ``max_new_tokens`` do not fit the model's window."""
+    check_int("max_new_tokens", max_new_tokens, 1)
+    rows = _prompt_ids(lm, prompts)
+    longest = max(len(r) for r in rows)
+    if longest + max_new_tokens > lm.window:
+        raise ValueError(f"max_new_tokens={max_new_tokens} with a {longest}-token prompt needs "
+                         f"{longest + max_new_tokens} positions; {lm.name}'s window is {lm.window}: use "
+                         f"max_new_tokens <= {lm.window - longest}")
+    return rows
+
+
+def _step_for(lm: CausalLM, step: DecodeStep | None, backend: str, chosen: torch.device,
+              threads: int | None) -> DecodeStep:
+    """The given step, or a new one for ``backend`` (refused if unknown, or ONNX Runtime off the CPU)."""
+    if step is not None:
+        return step
+    if backend not in BACKENDS:
+        raise ValueError(f"backend={backend!r} is unknown; use one of {BACKENDS}")
+    if backend.startswith("onnx") and chosen.type != "cpu":
+        raise ValueError(f"backend={backend!r} runs on the CPU only; use device='cpu'")
+    return make_step(lm, backend, threads)
 
 
 def _prompt_ids(lm: CausalLM, prompts) -> list[list[int]]:
