@@ -48,6 +48,7 @@ from lmlab.measure.runtime import check_int, check_threads, default_threads
 from lmlab.measure.timing import time_ms
 from lmlab.models.neural import GPTLanguageModel, MLPLanguageModel
 from lmlab.models.pretrained import cache_dir, cache_lock
+from lmlab.models.protocols import is_transformers_causal_lm
 
 QUANTIZATIONS = ("blockwise", "dynamic", None)
 BLOCK_SIZE = 128
@@ -117,7 +118,7 @@ def onnx_model(model: nn.Module, quantization: str | None = "blockwise", threads
         core, inputs = _MLPLogits(model), ("input_ids",)
         example = (torch.zeros(2, model.context_size, dtype=torch.long),)
         max_length = None  # a fixed context: only the batch varies
-    elif hasattr(model, "config") and hasattr(model, "generate"):
+    elif is_transformers_causal_lm(model):
         hf_config = cast(Any, model.config)  # a transformers config (nn.Module types attributes as Tensor | Module)
         core, inputs, example = model, ("input_ids",), (torch.arange(16)[None].clamp(max=hf_config.vocab_size - 1),)
         max_length = hf_config.max_position_embeddings
@@ -565,7 +566,7 @@ def onnx_decoder(model: nn.Module, quantization: str | None = "blockwise", threa
     core: nn.Module
     if isinstance(model, GPTLanguageModel):
         core = model.gpt
-    elif isinstance(model, nn.Module) and hasattr(model, "config") and hasattr(model, "generate"):
+    elif is_transformers_causal_lm(model):
         core = model
     else:
         raise ValueError(f"model of type {type(model).__name__} is not one onnx_decoder knows; use lmlab's GPT "

@@ -50,8 +50,9 @@ from lmlab.measure.results import Result, results_table, with_dense_speed
 from lmlab.measure.runtime import check_int
 from lmlab.measure.stats import binomial_se, compare, within_noise
 from lmlab.models.lm import deep_contexts, evaluate, measure
-from lmlab.models.neural import GPTLanguageModel, weight_layers
+from lmlab.models.neural import weight_layers
 from lmlab.models.pretrained import measure_llm, perplexity
+from lmlab.models.protocols import DocumentModel
 
 if TYPE_CHECKING:  # matplotlib.typing names what a colour may be; the annotation only names its type
     from matplotlib.typing import ColorType
@@ -166,7 +167,7 @@ def lm_subject(name: str, model: nn.Module, data, corpus: str, group_size: int, 
     tokens before them, or the deepest there are), like chapter 02; the MLP on its first eight contexts (its cost is
     the same for any). Raises ValueError for ``predictions`` outside [1, the pairs there are]."""
     contexts, targets = data.examples("test", model.context_size)
-    if isinstance(model, GPTLanguageModel):
+    if isinstance(model, DocumentModel):  # a GPT: whole verses, one causal pass each
         def score(m):
             return m.evaluate_documents(data, "test", batch_size=16)  # short batches of similar verses: less padding
 

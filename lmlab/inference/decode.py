@@ -42,6 +42,7 @@ from lmlab.measure.runtime import check_int, default_threads, pick_device, torch
 from lmlab.measure.stats import binomial_se
 from lmlab.measure.timing import Stopwatch, Timing, time_ms
 from lmlab.models.neural import GPTLanguageModel
+from lmlab.models.protocols import is_transformers_causal_lm
 from lmlab.models.scoring import score_tokens
 
 if TYPE_CHECKING:  # transformers is imported where a cache is built; the annotations only name its types
@@ -92,7 +93,7 @@ def as_causal_lm(model: nn.Module, tokenizer=None, name: str | None = None, leve
 
         return CausalLM(name or f"gpt-{model.config.n_layer}x{model.config.n_embd}", model.gpt, encode, decode,
                         vocab.eos_id, vocab.eos_id, model.config.n_positions, model)
-    if hasattr(model, "config") and hasattr(model, "generate"):
+    if is_transformers_causal_lm(model):
         if tokenizer is None:
             raise ValueError(f"tokenizer=None: a {type(model).__name__} needs its tokenizer to turn text into ids")
         eos = tokenizer.eos_token_id

@@ -16,7 +16,7 @@ Modules, each importing only those above it in the course:
   it.
 """
 
-from lmlab.models.protocols import DocumentModel, LanguageModel
+from lmlab.models.protocols import DocumentModel, LanguageModel, is_transformers_causal_lm
 from lmlab.models.scoring import TokenScores, document_scores, score_summary, score_tokens
 from lmlab.models.lm import (
     UniformModel, check_contexts, deep_contexts, evaluate, make_context, measure, sequence_logprob, text_scores,
@@ -43,15 +43,15 @@ from lmlab.models.checkpoints import checkpoint_paths, load_checkpoint, save_che
 from lmlab.models.registry import KINDS, LEVELS, REGISTRY, ModelEntry, load_model, model_entry, names
 
 __all__ = [
-    "DocumentModel", "LanguageModel", "UniformModel", "check_contexts", "evaluate", "measure", "text_scores",
-    "top_k", "make_context", "deep_contexts", "sequence_logprob", "IGNORE", "NeuralLM", "parameter_count",
-    "parameter_bytes", "MLPConfig", "MLPLanguageModel", "GPTConfig", "GPTLanguageModel", "WeightLayer", "is_conv1d",
-    "as_matrix", "weight_layers", "decode_flops", "SMOOTHINGS", "KNESER_NEY", "FALLBACK_DISCOUNTS", "HASH_FROM",
-    "NGramModel", "ArpaModel", "read_arpa", "estimate_discounts", "measure_ngrams", "GGUF_PACKAGE", "GGUF_FILE",
-    "CACHE_NAME", "gguf_path", "cache_dir", "cache_lock", "load_smollm2", "perplexity", "next_word_scores",
-    "measure_llm", "text_batches", "causal_lm_loss", "CELLS", "lstm_cell", "rnn_cell", "RecurrentConfig",
-    "check_config", "RecurrentLanguageModel", "gradient_by_distance", "gradient_plot", "FAMILIES", "by_family",
-    "ladder_takeaways", "MODEL_KINDS", "build_model", "model_config", "checkpoint_paths", "save_checkpoint",
-    "load_checkpoint", "KINDS", "LEVELS", "ModelEntry", "REGISTRY", "names", "model_entry", "load_model",
-    "document_scores", "score_tokens", "TokenScores", "score_summary",
+    "DocumentModel", "is_transformers_causal_lm", "LanguageModel", "UniformModel", "check_contexts", "evaluate",
+    "measure", "text_scores", "top_k", "make_context", "deep_contexts", "sequence_logprob", "IGNORE", "NeuralLM",
+    "parameter_count", "parameter_bytes", "MLPConfig", "MLPLanguageModel", "GPTConfig", "GPTLanguageModel",
+    "WeightLayer", "is_conv1d", "as_matrix", "weight_layers", "decode_flops", "SMOOTHINGS", "KNESER_NEY",
+    "FALLBACK_DISCOUNTS", "HASH_FROM", "NGramModel", "ArpaModel", "read_arpa", "estimate_discounts",
+    "measure_ngrams", "GGUF_PACKAGE", "GGUF_FILE", "CACHE_NAME", "gguf_path", "cache_dir", "cache_lock",
+    "load_smollm2", "perplexity", "next_word_scores", "measure_llm", "text_batches", "causal_lm_loss", "CELLS",
+    "lstm_cell", "rnn_cell", "RecurrentConfig", "check_config", "RecurrentLanguageModel", "gradient_by_distance",
+    "gradient_plot", "FAMILIES", "by_family", "ladder_takeaways", "MODEL_KINDS", "build_model", "model_config",
+    "checkpoint_paths", "save_checkpoint", "load_checkpoint", "KINDS", "LEVELS", "ModelEntry", "REGISTRY", "names",
+    "model_entry", "load_model", "document_scores", "score_tokens", "TokenScores", "score_summary",
 ]

@@ -51,3 +51,10 @@ class DocumentModel(LanguageModel, Protocol):
     def eval(self) -> Any: ...
 
     def train(self, mode: bool = True) -> Any: ...
+
+
+def is_transformers_causal_lm(model: object) -> bool:
+    """Say whether ``model`` is a transformers causal LM (SmolLM2, GPT-2...): a module with a ``config`` and
+    ``generate``. The one place lmlab asks; lmlab's own models answer ``LanguageModel`` instead."""
+    return isinstance(model, torch.nn.Module) and hasattr(model, "config") and hasattr(model, "generate")
+
