@@ -19,7 +19,7 @@ from lmlab.data.corpora import TokenizedCorpus, document_batches
 from lmlab.inference.decode import as_causal_lm, score_ids
 from lmlab.models.lm import UniformModel, evaluate
 from lmlab.models.ngram import NGramModel
-from lmlab.models.pretrained import load_smollm2, next_word_scores, perplexity
+from lmlab.models.pretrained import greedy_words, load_smollm2, next_word_scores, perplexity
 from lmlab.models.registry import load_model
 from lmlab.models.scoring import IGNORE, TokenScores, document_scores, score_summary, score_tokens
 from lmlab.scale.distributed import score_shard, score_windows, scores
@@ -224,16 +224,7 @@ def _old_next_word_scores(model, tokenizer, text, float64=False):  # lmlab.model
     picked = logp[:-1].gather(1, targets[:, None])
     nll = -(picked.double() if float64 else picked).sum().item()
     covered = offsets[-1][1] - offsets[0][1]
-    starts = [i for i, (a, b) in enumerate(offsets) if i > 0 and (text[a - 1:a] in (" ", "\n") or
-                                                                   text[a:a + 1] in (" ", "\n"))]
-    starts.append(len(offsets))
-    boundary = [tokenizer.decode([int(t)]).startswith((" ", "\n")) for t in best.tolist()]
-    correct = 0
-    for first, end in zip(starts[:-1], starts[1:]):
-        word_ok = all(int(best[i - 1]) == int(ids[0, i]) for i in range(first, end))
-        ends_ok = end >= len(offsets) or boundary[end - 1]
-        correct += word_ok and ends_ok
-    words = len(starts) - 1
+    correct, words = greedy_words(tokenizer, text, offsets, ids[0], best)  # word matching: not a scorer, shared
     return {"bits_per_char": nll / covered / math.log(2), "accuracy": correct / words, "words": words,
             "tokens": ids.shape[1]}
 

@@ -396,14 +396,15 @@ def batches(
 
 def document_batches(
     data: TokenizedCorpus, split: str, batch_size: int, max_len: int | None = None,
-    shuffle: bool = False, seed: int = 0,
+    shuffle: bool = False, seed: int = 0, by_length: bool = True,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Yield whole documents as (inputs, targets, mask) for a model that reads a document prefix.
 
     inputs are <s> w1 ... wn, targets are w1 ... wn </s> (so position t predicts token t+1), both
     right-padded to the batch's longest document; padded targets are -100 and mask is 0 there.
-    Documents of similar length are batched together to save padding; ``shuffle`` reorders them
-    (seeded). A document longer than ``max_len`` tokens is cut to its first ``max_len`` predictions.
+    Documents of similar length are batched together to save padding (``by_length=False`` keeps the split's
+    order, for scores kept per document); ``shuffle`` reorders them (seeded). A document longer than ``max_len``
+    tokens is cut to its first ``max_len`` predictions.
     """
     check_int("batch_size", batch_size, 1)
     docs = data._split_ids(split)
@@ -411,8 +412,9 @@ def document_batches(
     order = rng.permutation(len(docs)) if shuffle else np.arange(len(docs))
     # Sort by length within chunks of 50 batches: little padding, and still a shuffled order.
     chunk = 50 * batch_size
-    order = np.concatenate([sorted(order[i:i + chunk], key=lambda j: len(docs[j]))
-                            for i in range(0, len(order), chunk)]).astype(int) if len(order) else order
+    if by_length and len(order):
+        order = np.concatenate([sorted(order[i:i + chunk], key=lambda j: len(docs[j]))
+                                for i in range(0, len(order), chunk)]).astype(int)
     starts = list(range(0, len(order), batch_size))
     if shuffle:
         rng.shuffle(starts)

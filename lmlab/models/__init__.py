@@ -32,7 +32,7 @@ from lmlab.models.ngram import (
 )
 from lmlab.models.pretrained import (
     CACHE_NAME, GGUF_FILE, GGUF_PACKAGE, cache_dir, cache_lock, causal_lm_loss, gguf_path, load_smollm2,
-    measure_llm, next_word_scores, perplexity, text_batches,
+    greedy_words, measure_llm, next_word_scores, perplexity, text_batches,
 )
 from lmlab.models.recurrent import (
     CELLS, FAMILIES, RecurrentConfig, RecurrentLanguageModel, by_family, check_config, gradient_by_distance,
@@ -49,9 +49,10 @@ __all__ = [
     "WeightLayer", "is_conv1d", "as_matrix", "weight_layers", "decode_flops", "SMOOTHINGS", "KNESER_NEY",
     "FALLBACK_DISCOUNTS", "HASH_FROM", "NGramModel", "ArpaModel", "read_arpa", "estimate_discounts",
     "measure_ngrams", "GGUF_PACKAGE", "GGUF_FILE", "CACHE_NAME", "gguf_path", "cache_dir", "cache_lock",
-    "load_smollm2", "perplexity", "next_word_scores", "measure_llm", "text_batches", "causal_lm_loss", "CELLS",
-    "lstm_cell", "rnn_cell", "RecurrentConfig", "check_config", "RecurrentLanguageModel", "gradient_by_distance",
-    "gradient_plot", "FAMILIES", "by_family", "ladder_takeaways", "MODEL_KINDS", "build_model", "model_config",
-    "checkpoint_paths", "save_checkpoint", "load_checkpoint", "KINDS", "LEVELS", "ModelEntry", "REGISTRY", "names",
-    "model_entry", "load_model", "document_scores", "score_tokens", "TokenScores", "score_summary",
+    "load_smollm2", "perplexity", "next_word_scores", "greedy_words", "measure_llm", "text_batches",
+    "causal_lm_loss", "CELLS", "lstm_cell", "rnn_cell", "RecurrentConfig", "check_config", "RecurrentLanguageModel",
+    "gradient_by_distance", "gradient_plot", "FAMILIES", "by_family", "ladder_takeaways", "MODEL_KINDS",
+    "build_model", "model_config", "checkpoint_paths", "save_checkpoint", "load_checkpoint", "KINDS", "LEVELS",
+    "ModelEntry", "REGISTRY", "names", "model_entry", "load_model", "document_scores", "score_tokens",
+    "TokenScores", "score_summary",
 ]

@@ -189,20 +189,28 @@ def next_word_scores(model, tokenizer, text: str) -> dict[str, float]:
     best = scored.guesses[0]  # (tokens - 1,): top choice for the NEXT token
     nll = float(scored.nll_nats.sum())
     covered = offsets[-1][1] - offsets[0][1]
-    # Which word each token starts or continues: a token starts a word when its text begins with a separator
-    # or follows one.
+    correct, words = greedy_words(tokenizer, text, offsets, ids[0], best)
+    return {"bits_per_char": nll / covered / math.log(2), "accuracy": correct / words, "words": words,
+            "tokens": ids.shape[1]}
+
+
+def greedy_words(tokenizer, text: str, offsets: list, ids: torch.Tensor, best: torch.Tensor) -> tuple[int, int]:
+    """Count the words (after the first) that greedy decoding would produce exactly, and the words: (right, words).
+
+    ``ids`` (tokens,) are the text's token ids, ``offsets`` their character spans, ``best`` (tokens − 1,) the
+    model's top choice after each token. A token starts a word when its text begins with a separator or follows
+    one; a word is right when each of its tokens was the top choice and the choice after it starts a new word.
+    """
     starts = [i for i, (a, b) in enumerate(offsets) if i > 0 and (text[a - 1:a] in (" ", "\n") or
                                                                    text[a:a + 1] in (" ", "\n"))]
     starts.append(len(offsets))
     boundary = [tokenizer.decode([int(t)]).startswith((" ", "\n")) for t in best.tolist()]
     correct = 0
     for first, end in zip(starts[:-1], starts[1:]):
-        word_ok = all(int(best[i - 1]) == int(ids[0, i]) for i in range(first, end))
+        word_ok = all(int(best[i - 1]) == int(ids[i]) for i in range(first, end))
         ends_ok = end >= len(offsets) or boundary[end - 1]
         correct += word_ok and ends_ok
-    words = len(starts) - 1
-    return {"bits_per_char": nll / covered / math.log(2), "accuracy": correct / words, "words": words,
-            "tokens": ids.shape[1]}
+    return correct, len(starts) - 1
 
 
 def measure_llm(model, tokenizer, text: str, *, name: str, technique: str, setting: str = "", batch_size: int = 1,

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from lmlab.data.corpora import TokenizedCorpus
+from lmlab.data.corpora import TokenizedCorpus, document_batches
 from lmlab.measure.runtime import check_int
 from lmlab.models.protocols import DocumentModel
 
@@ -122,27 +122,18 @@ def document_scores(model, data: TokenizedCorpus, split: str, batch_size: int = 
     Raises ValueError for batch_size < 1 or an empty split.
     """
     check_int("batch_size", batch_size, 1)
-    docs = data.ids[split] if split in data.ids else data._split_ids(split)
+    docs = data._split_ids(split)
     if not len(docs):
         raise ValueError(f"split={split!r} has no documents to score")
     if not isinstance(model, DocumentModel):
         return _windowed_document_scores(model, data, split, docs)
-    longest = model.config.n_positions
     parts = []
     was_training = model.training
     model.eval()
-    with torch.no_grad():
-        for start in range(0, len(docs), batch_size):
-            rows = [np.concatenate([[data.vocab.bos_id], doc, [data.vocab.eos_id]])[:longest + 1]
-                    for doc in docs[start:start + batch_size]]
-            length = max(len(row) for row in rows) - 1
-            inputs = torch.full((len(rows), length), data.vocab.eos_id, dtype=torch.long)  # (batch, time)
-            targets = torch.full((len(rows), length), IGNORE, dtype=torch.long)  # (batch, time)
-            for i, row in enumerate(rows):
-                inputs[i, :len(row) - 1] = torch.as_tensor(row[:-1])
-                targets[i, :len(row) - 1] = torch.as_tensor(row[1:])
-            real = targets != IGNORE
-            logits = model.document_logits(inputs.to(model.device), real.long().to(model.device))  # (batch, time, V)
+    with torch.no_grad():  # the split's documents in order, cut at the model's window, right-padded
+        for inputs, targets, mask in document_batches(data, split, batch_size, max_len=model.config.n_positions,
+                                                      by_length=False):
+            logits = model.document_logits(inputs.to(model.device), mask.to(model.device))  # (batch, time, vocab)
             parts.append(score_tokens(logits, targets))
     model.train(was_training)
     return _as_arrays(parts)
