@@ -14,6 +14,7 @@ from lmlab.measure.stats import (
     binomial_se,
     compare,
     compare_rows,
+    compare_to_best,
     document_picks,
     paired_accuracy_interval,
     paired_nll_interval,
@@ -116,6 +117,23 @@ def test_identical_models_are_within_noise_and_a_big_gap_is_not():
     assert far.low > 0 and far.verdict == "higher, beyond noise"
     assert compare(first, tokens * 0.9, tokens).verdict == "lower, beyond noise"
     assert compare(0.2, 0.6, se=(0.01, 0.01)).verdict == "lower, beyond noise"
+
+
+def test_compare_to_best_picks_the_best_rate_and_pairs_it_with_every_model():
+    first, second, tokens = clustered_slice()
+    scores = {"a": {"correct": first, "tokens": tokens}, "b": {"correct": second, "tokens": tokens},
+              "worse": {"correct": first * 0.5, "tokens": tokens}}
+    best, gaps = compare_to_best(scores)
+    assert best == "a" and set(gaps) == {"a", "b", "worse"}
+    assert gaps["a"].delta == 0.0 and gaps["a"].within_noise
+    assert gaps["b"] == compare(first, second, tokens) and gaps["worse"].verdict == "higher, beyond noise"
+    lowest, _ = compare_to_best({"a": {"nll": tokens * 2.0, "tokens": tokens}, "b": {"nll": tokens, "tokens": tokens}},
+                                key="nll", higher_is_better=False)
+    assert lowest == "b"
+    with pytest.raises(ValueError, match="key='nll'"):
+        compare_to_best(scores, key="nll")
+    with pytest.raises(ValueError, match="scores is empty"):
+        compare_to_best({})
 
 
 def test_too_few_shared_documents_are_not_called_beyond_noise():

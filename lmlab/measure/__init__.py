@@ -17,7 +17,8 @@ from lmlab.measure.runtime import (
 from lmlab.measure.timing import Stopwatch, Timing, background_load, format_ms, medians_under_load, time_ms
 from lmlab.measure.stats import (
     SE_MULTIPLE, Comparison, accuracy_interval, accuracy_noise, binomial_se, check_bootstrap, compare, compare_rows,
-    document_picks, paired_accuracy_interval, paired_nll_interval, perplexity_interval, timing_verdict, within_noise,
+    compare_to_best, document_picks, paired_accuracy_interval, paired_nll_interval, perplexity_interval,
+    timing_verdict, within_noise,
 )
 from lmlab.measure.results import (
     Result, add_results, atomic_write_bytes, atomic_write_text, check_results_path, load_results, results_table,
@@ -45,6 +46,6 @@ __all__ = [
     "predicted_decode_ms", "arithmetic_intensity", "REGIMES", "regime", "roofline_plot", "GPU_DATA_DIR",
     "GPU_ROW_STAMP", "GPU_ROW_KINDS", "gpu_rows", "gpu_results", "gpu_decode_summary", "SE_MULTIPLE", "binomial_se",
     "document_picks", "accuracy_interval", "paired_accuracy_interval", "Comparison", "compare", "compare_rows",
-    "paired_nll_interval", "accuracy_noise", "within_noise", "timing_verdict", "perplexity_interval",
-    "check_bootstrap",
+    "compare_to_best", "paired_nll_interval", "accuracy_noise", "within_noise", "timing_verdict",
+    "perplexity_interval", "check_bootstrap",
 ]

@@ -18,6 +18,7 @@ What the rule assumes:
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -228,6 +229,27 @@ def compare(first, second, tokens=None, *, se: tuple[float, float] | None = None
         raise ValueError(f"se={se!r} is out of range; give two finite standard errors >= 0")
     delta, half = float(first) - float(second), se_multiple * math.hypot(*se)
     return Comparison(delta, delta - half, delta + half, paired=False)
+
+
+def compare_to_best(scores: Mapping[str, Mapping[str, np.ndarray]], key: str = "correct",
+                    higher_is_better: bool = True, **options) -> tuple[str, dict[str, Comparison]]:
+    """Find the best of several models scored on the same documents, and compare it with each, paired.
+
+    ``scores[name]`` holds per-document arrays, ``key`` (e.g. "correct" or "nll_nats") and "tokens", as
+    ``lmlab.models.scoring.document_scores`` returns them; the best has the highest (or, with
+    ``higher_is_better=False``, lowest) Σ key / Σ tokens. Returns (its name, {name: compare(best, name)}) for every
+    model, the best included (Δ = 0, within noise). ``options`` go to ``compare``. Raises ValueError for no models,
+    a missing key, or models scored on different documents (as ``compare`` does).
+    """
+    if not scores:
+        raise ValueError("scores is empty; give per-document scores of at least one model")
+    missing = [name for name, s in scores.items() if key not in s or "tokens" not in s]
+    if missing:
+        raise ValueError(f"key={key!r}: the scores of {missing} lack it or their tokens")
+    sign = 1.0 if higher_is_better else -1.0
+    best = max(scores, key=lambda name: sign * np.sum(scores[name][key]) / np.sum(scores[name]["tokens"]))
+    top = scores[best]
+    return best, {name: compare(top[key], s[key], s["tokens"], **options) for name, s in scores.items()}
 
 
 class Scored(Protocol):
