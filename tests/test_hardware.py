@@ -76,13 +76,15 @@ def test_weight_bytes_counts_tied_weights_once(names_gpt):
     f32 = weight_bytes(names_gpt)
     assert f32 == weight_bytes(names_gpt, "float32") == 4 * params
     assert weight_bytes(names_gpt, "bfloat16") * 2 == f32
-    assert 0.25 * f32 < weight_bytes(names_gpt, "int8") < 0.3 * f32
+    assert 0.25 * f32 < weight_bytes(names_gpt, "int8") < 0.32 * f32  # 1 + 4/32 bytes per weight, vectors in float32
+    assert 0.125 * f32 < weight_bytes(names_gpt, "int4") < weight_bytes(names_gpt, "int8")
 
 
 def test_weight_bytes_int8_keeps_vectors_in_float32():
-    layer = torch.nn.Linear(256, 4)  # 1024 weights: 8 blocks of 128; 4 biases
-    assert weight_bytes(layer, "int8") == 1024 + 8 * 4 + 4 * 4
-    assert FORMATS == ("float32", "bfloat16", "int8")
+    layer = torch.nn.Linear(256, 4)  # 1024 weights: 32 blocks of 32; 4 biases
+    assert weight_bytes(layer, "int8") == 1024 + 32 * 4 + 4 * 4
+    assert weight_bytes(layer, "int4") == 512 + 32 * 4 + 4 * 4
+    assert FORMATS == ("float32", "bfloat16", "int8", "int4")
 
 
 def test_an_untied_model_counts_both_matrices(names_data):
@@ -128,7 +130,7 @@ def test_roofline_plot_draws_log_axes():
     (lambda: matmul_gflops(n=64, dtype=torch.float16), "dtype"),
     (lambda: matmul_gflops(n=64, threads=0), "threads"),
     (lambda: matmul_gflops(n=64, repeat=0), "repeat"),
-    (lambda: weight_bytes(torch.nn.Linear(2, 2), "int4"), "fmt"),
+    (lambda: weight_bytes(torch.nn.Linear(2, 2), "int3"), "fmt"),
     (lambda: weight_bytes("not a model"), "model"),
     (lambda: decode_floor_ms(-1, 10.0), "weight_bytes"),
     (lambda: decode_floor_ms(10, 0.0), "bandwidth_gbs"),

@@ -36,9 +36,9 @@ from lmlab.measure.results import Result
 from lmlab.measure.runtime import check_int, check_threads, default_threads, device_name
 from lmlab.measure.timing import time_ms
 
-FORMATS = ("float32", "bfloat16", "int8")
-FORMAT_BYTES = {"float32": 4, "bfloat16": 2, "int8": 1}  # bytes per weight of a 2-D matrix
-INT8_BLOCK = 128  # int8 stores one float32 step per block of this many weights
+FORMATS = ("float32", "bfloat16", "int8", "int4")
+FORMAT_BYTES = {"float32": 4, "bfloat16": 2, "int8": 1, "int4": 0.5}  # bytes per weight of a 2-D matrix
+QUANT_BLOCK = 32  # int8 and int4 store one float32 step per block of this many weights (lmlab.compress.export)
 MATMUL_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 # Published peak memory bandwidth in GB/s, from the vendors' data sheets. They are NOT measured by lmlab
@@ -156,10 +156,10 @@ def matmul_gflops(n: int = 1024, dtype: torch.dtype = torch.float32, threads: in
 def weight_bytes(model: nn.Module, fmt: str = "float32") -> int:
     """Count the bytes of weights one decode step reads per token, every distinct parameter once.
 
-    float32: 4 · N; bfloat16: 2 · N; int8: each 2-D weight matrix W takes |W| + 4 · ⌈|W| / 128⌉ bytes
-    (one float32 step per block of 128 weights), and 1-D parameters (norms, biases) stay float32.
-    A tied output layer reads the whole embedding matrix at every token, so tied weights count once and
-    fully. (An untied input embedding or a position table is only read one row per token; counting it
+    float32: 4 · N; bfloat16: 2 · N; int8 and int4: each 2-D weight matrix W takes b/8 · |W| + 4 · ⌈|W| / 32⌉
+    bytes for b bits (one float32 step per block of 32 weights, QUANT_BLOCK), and 1-D parameters (norms, biases)
+    stay float32. A tied output layer reads the whole embedding matrix at every token, so tied weights count once
+    and fully. (An untied input embedding or a position table is only read one row per token; counting it
     whole makes the figure an upper bound by its size.) Raises ValueError for fmt not in FORMATS.
     """
     if fmt not in FORMATS:
@@ -167,13 +167,14 @@ def weight_bytes(model: nn.Module, fmt: str = "float32") -> int:
     if not isinstance(model, nn.Module):
         raise ValueError(f"model={type(model).__name__} is not a torch nn.Module")
     total = 0
+    blocked = fmt in ("int8", "int4")
     for p in {id(p): p for p in model.parameters()}.values():
-        if fmt == "int8" and p.dim() < 2:
+        if blocked and p.dim() < 2:
             total += 4 * p.numel()  # norms and biases stay float32
-        elif fmt == "int8":
-            total += p.numel() + 4 * math.ceil(p.numel() / INT8_BLOCK)
+        elif blocked:
+            total += math.ceil(FORMAT_BYTES[fmt] * p.numel()) + 4 * math.ceil(p.numel() / QUANT_BLOCK)
         else:
-            total += FORMAT_BYTES[fmt] * p.numel()
+            total += int(FORMAT_BYTES[fmt] * p.numel())
     return total
 
 
