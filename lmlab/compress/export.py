@@ -55,6 +55,7 @@ BLOCK_SIZE = 128
 FORMAT_VERSION = 2  # part of the cache key: bump when the export or the quantization changes
 DECODER_VERSION = 1  # part of a decoder graph's key: bump when the decoder's export changes
 OPTIMIZATIONS = ("disabled", "basic", "extended", "all")  # ONNX Runtime's graph optimization levels
+Quantizer = Callable[[Path, Path, "str | None"], None]  # (float32 graph, quantized graph to write, scheme)
 
 
 class OnnxLogits(nn.Module):
@@ -179,9 +180,10 @@ def _graph(core: nn.Module, inputs: tuple[str, ...], example: tuple[torch.Tensor
 
 
 def _cached_graph(name: Callable[[str | None], str], export_float32: Callable[[Path], None],
-                  quantization: str | None, cache: bool, model_name: str) -> Path:
+                  quantization: str | None, cache: bool, model_name: str, quantize: Quantizer | None = None) -> Path:
     """Return the cached graph ``name(quantization)``, else export it (``export_float32(path)``), quantize it and
-    cache it. A cached float32 graph of the same model, ``name(None)``, is quantized instead of exporting again."""
+    cache it. A cached float32 graph of the same model, ``name(None)``, is quantized instead of exporting again.
+    ``quantize(source, target, quantization)`` writes the quantized graph (default: ``_quantize``'s schemes)."""
     target = cache_dir() / "onnx" / name(quantization)
     if cache and target.is_file():
         return target
@@ -190,12 +192,12 @@ def _cached_graph(name: Callable[[str | None], str], export_float32: Callable[[P
         with cache_lock(f"onnx-{name(quantization)}"):
             if target.is_file():
                 return target
-            return _export_graph(target, name, export_float32, quantization, cache, model_name)
-    return _export_graph(target, name, export_float32, quantization, cache, model_name)
+            return _export_graph(target, name, export_float32, quantization, cache, model_name, quantize)
+    return _export_graph(target, name, export_float32, quantization, cache, model_name, quantize)
 
 
 def _export_graph(target: Path, name: Callable[[str | None], str], export_float32: Callable[[Path], None],
-                  quantization: str | None, cache: bool, model_name: str) -> Path:
+                  quantization: str | None, cache: bool, model_name: str, quantize: Quantizer | None = None) -> Path:
     """Export (or reuse the cached float32 graph), quantize, and write the graph to ``target`` atomically."""
     with tempfile.TemporaryDirectory() as folder:
         exported = Path(folder) / "model.onnx"
@@ -209,7 +211,7 @@ def _export_graph(target: Path, name: Callable[[str | None], str], export_float3
             prepared = Path(folder) / "prepared.onnx"
             _fold_constant_transposes(exported, prepared)
         final = Path(folder) / "final.onnx"
-        _quantize(prepared, final, quantization)
+        (quantize or _quantize)(prepared, final, quantization)
         if quantization is not None and not _int8_matmuls(final):
             raise RuntimeError(f"quantization={quantization!r} turned no matrix product of {model_name} into int8")
         if not cache:
