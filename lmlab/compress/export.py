@@ -478,6 +478,11 @@ class OnnxDecoder:
         logits = torch.from_numpy(outputs[0].numpy())  # (batch, new, vocab)
         return logits, OnnxPast(tuple(outputs[1:]), batch, length)
 
+    def _runner(self, session, input_ids, attention_mask, position_ids, past) -> Callable[[], object]:
+        """A function that runs this step on ``session`` (a session of the same graph): for ``profile_step``."""
+        feeds, _, _ = self._feeds(input_ids, attention_mask, position_ids, past)
+        return lambda: session.run_with_ort_values(self.output_names, feeds)
+
     def past_bytes(self, past: OnnxPast | Sequence | None) -> int:
         """Bytes a past holds: 2 · layers · kv_heads · head_dim · positions · 4 · batch (0 for None)."""
         if past is None:
@@ -646,7 +651,7 @@ def _export_decoder(core: nn.Module, path: Path) -> None:
                           external_data=True, optimize=True, verbose=False)
 
 
-def graph_node_counts(decoder_or_path: OnnxDecoder | OnnxLogits | str | Path) -> dict[str, int]:
+def graph_node_counts(decoder_or_path: Any) -> dict[str, int]:
     """Count the graph's nodes after ONNX Runtime's optimizer at each level: {"disabled": n, ..., "all": m}.
 
     Each level is applied by a fresh session that writes its optimized graph to a temporary folder
@@ -658,7 +663,7 @@ def graph_node_counts(decoder_or_path: OnnxDecoder | OnnxLogits | str | Path) ->
     return {level: sum(_optimized_op_counts(path, level).values()) for level in OPTIMIZATIONS}
 
 
-def graph_op_counts(decoder_or_path: OnnxDecoder | OnnxLogits | str | Path,
+def graph_op_counts(decoder_or_path: Any,
                     optimization: str = "all") -> dict[str, int]:
     """Count the graph's nodes by operator type after ONNX Runtime's optimizer at ``optimization``, most first.
 
@@ -701,7 +706,7 @@ def _optimized_op_counts(path: Path, optimization: str) -> dict[str, int]:
     return counts
 
 
-def profile_step(decoder: OnnxDecoder, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+def profile_step(decoder: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                  position_ids: torch.Tensor, past: OnnxPast | Sequence | None = None, runs: int = 20) -> dict:
     """Time one decode step without the profiler, then profile it: where does a step's time go?
 
@@ -714,21 +719,24 @@ def profile_step(decoder: OnnxDecoder, input_ids: torch.Tensor, attention_mask: 
     node_sum_ms, "runs": runs}. D is recorded under the profiler, which adds its own cost to each node: only
     when D < total_ms is total_ms − D an upper bound on the runtime's own work between nodes. Neither session
     is the decoder's, so profiling never slows the decoder itself.
-    Raises ValueError for a decoder that is not an OnnxDecoder or has no graph file, runs < 1, or inputs that do
-    not fit.
+    ``decoder`` is an OnnxDecoder or a ``lmlab.compress.fused.FusedDecoder`` (its step runs with the KV buffers
+    bound in place, as the decoder runs it).
+    Raises ValueError for a decoder that is neither or has no graph file, runs < 1, or inputs that do not fit.
     """
-    if not isinstance(decoder, OnnxDecoder):
-        raise ValueError(f"decoder of type {type(decoder).__name__} is not an OnnxDecoder; make one with onnx_decoder")
+    if not hasattr(decoder, "_runner"):
+        raise ValueError(f"decoder of type {type(decoder).__name__} is not an OnnxDecoder or a FusedDecoder; make "
+                         f"one with onnx_decoder or lmlab.compress.fused.fused_decoder")
     check_int("runs", runs, 1)
     if decoder.path is None:
         raise ValueError("decoder has no graph file left (made with cache=False); make it with cache=True to profile")
-    feeds, _, _ = decoder._feeds(input_ids, attention_mask, position_ids, past)
     plain = _session(decoder.path, decoder.threads, decoder.optimization)
-    unprofiled = time_ms(plain.run_with_ort_values, decoder.output_names, feeds, warmup=2, repeat=runs)
+    step = decoder._runner(plain, input_ids, attention_mask, position_ids, past)
+    unprofiled = time_ms(step, warmup=2, repeat=runs)
     with tempfile.TemporaryDirectory() as folder:
         session = _session(decoder.path, decoder.threads, decoder.optimization,
                            profile_prefix=str(Path(folder) / "step"))
-        profiled = time_ms(session.run_with_ort_values, decoder.output_names, feeds, warmup=2, repeat=runs)
+        step = decoder._runner(session, input_ids, attention_mask, position_ids, past)
+        profiled = time_ms(step, warmup=2, repeat=runs)
         events = json.loads(Path(session.end_profiling()).read_text())
     events = events["traceEvents"] if isinstance(events, dict) else events
     run_spans = sorted((e["ts"], e["ts"] + e["dur"]) for e in events if e.get("name") == "model_run")[-runs:]

@@ -338,7 +338,7 @@ def _build_graph(model: nn.Module, path: Path) -> None:
     graph.array("cos_cache", cos)
     graph.array("sin_cache", sin)
     graph.node("Gather", [embed, "input_ids"], ["hidden.0"])
-    residual, delta = "hidden.0", None
+    residual, delta = "hidden.0", ""
     for i, layer in enumerate(core.layers):
         residual, delta = _layer(graph, config, i, layer, residual, delta)
     graph.node("SkipSimplifiedLayerNormalization", [delta, residual, graph.weight("norm", core.norm.weight)],
@@ -362,12 +362,12 @@ def _build_graph(model: nn.Module, path: Path) -> None:
     onnx.save(onnx_model, str(path), save_as_external_data=True, location=path.name + ".data")
 
 
-def _layer(graph: _Graph, config, i: int, layer, residual: str, delta: str | None) -> tuple[str, str]:
+def _layer(graph: _Graph, config, i: int, layer, residual: str, delta: str) -> tuple[str, str]:
     """Add decoder layer ``i``: return (the residual stream before its MLP's output, the MLP's output)."""
     eps, heads, kv, dim = config.rms_norm_eps, config.num_attention_heads, config.num_key_value_heads, _head_dim(config)
     attention, mlp = layer.self_attn, layer.mlp
     norm_in = graph.weight(f"{i}.input_norm", layer.input_layernorm.weight)
-    if delta is None:  # the first layer: nothing to add yet
+    if not delta:  # the first layer: nothing to add yet
         graph.node("SimplifiedLayerNormalization", [residual, norm_in], [f"{i}.n1"], axis=-1, epsilon=eps)
     else:  # h = x + delta, n = RMSNorm(h): one node
         graph.node("SkipSimplifiedLayerNormalization", [delta, residual, norm_in],
