@@ -18,8 +18,9 @@ The loop runs any ``lmlab.inference.step.DecodeStep``
 ``step(input_ids, attention_mask, position_ids, past) -> (logits (batch, new, vocab), past)``:
 ``TorchStep`` (eager PyTorch, optionally ``torch.compile``d), ``lmlab.compress.export.onnx_decoder`` (ONNX Runtime,
 float32 or int8) or ``lmlab.compress.fused.fused_decoder`` (a fused graph, its KV buffer allocated once).
-Several prompts decode together in one batch: they are padded on the LEFT, with an attention mask that hides the padding and positions that count from each prompt's first real token, so
-every row computes what it would alone (``lmlab.inference.step``: the same pieces the serving engine runs).
+Several prompts decode together in one batch: they are padded on the LEFT, with an attention mask that hides
+the padding and positions that count from each prompt's first real token, so every row computes what it would
+alone (``lmlab.inference.step``: the same pieces the serving engine runs).
 Each token is chosen by ``lmlab.inference.sampling.pick`` from one ``SamplingParams``.
 """
 
