@@ -138,3 +138,17 @@ def test_fused_refuses_what_it_cannot_build_or_hold(smol, decoders):
         decoder.crop(past, 300)
     with pytest.raises(ValueError, match="attention_mask"):
         decoder(ids[:, :1], torch.ones(1, 3, dtype=torch.long), torch.zeros(1, 1, dtype=torch.long), past)
+
+
+def test_serving_engine_joins_and_drops_rows_of_the_fused_step(smol, decoders):
+    """The engine moves rows through to_pairs / from_pairs (left-padded) as replies join and leave the batch."""
+    from lmlab.serving.engine import Engine
+
+    decoder = decoders["int8"]
+    prompts = [smol.encode(p) for p in PROMPTS[:4]]
+    lengths = [10, 4, 8, 6]
+    with Engine(smol, step=decoder, max_batch=3) as engine:
+        tickets = [engine.submit(ids, n, stop_at_eos=False) for ids, n in zip(prompts, lengths)]
+        results = [ticket.result(timeout_s=120) for ticket in tickets]
+    for ids, n, (tokens, _) in zip(prompts, lengths, results):
+        assert list(tokens) == list(generate(smol, ids, n, step=decoder, stop_at_eos=False).tokens[0])

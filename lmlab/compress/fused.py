@@ -51,14 +51,16 @@ class FusedPast:
     head_dim) float32 ONNX Runtime values that every step writes in place.
 
     ``length`` is the mask's columns so far (left padding included); ``lengths[b]`` is row b's real tokens, kept
-    at buffer positions [0, lengths[b]).
+    at buffer positions [0, lengths[b]). A past made by ``from_pairs`` is ``aligned=False`` instead: buffer
+    position = mask column, padding included, until the next step's mask says which columns are real.
     """
 
     def __init__(self, arrays: tuple[np.ndarray, ...], batch: int, length: int, lengths: np.ndarray,
-                 values: tuple | None = None):
+                 values: tuple | None = None, aligned: bool = True):
         from onnxruntime import OrtValue
 
         self.arrays, self.batch, self.length, self.lengths = arrays, batch, length, lengths
+        self.aligned = aligned
         self.capacity = arrays[0].shape[2]
         # ONNX Runtime's views of the arrays (no copy), made once per buffer and handed from step to step
         self.values = values or tuple(OrtValue.ortvalue_from_numpy(array) for array in arrays)
@@ -133,6 +135,9 @@ class FusedDecoder:
     def to_pairs(self, past: FusedPast) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Return the past as per-layer (keys, values), each (batch, kv_heads, length, head_dim), left-padded
         with zeros as the decode loop pads its rows (a copy)."""
+        if not past.aligned:  # still as from_pairs stored it: column for column
+            return [(torch.from_numpy(k[:, :, :past.length].copy()), torch.from_numpy(v[:, :, :past.length].copy()))
+                    for k, v in zip(past.arrays[0::2], past.arrays[1::2])]
         pairs = []
         for keys, values in zip(past.arrays[0::2], past.arrays[1::2]):
             shaped = [np.zeros((past.batch, self.kv_heads, past.length, self.head_dim), np.float32) for _ in "kv"]
@@ -143,8 +148,9 @@ class FusedDecoder:
         return pairs
 
     def from_pairs(self, pairs: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> FusedPast:
-        """Return a past holding per-layer (keys, values) of rows with no padding, each (batch, kv_heads, length,
-        head_dim). Raises ValueError for shapes that do not fit or a length beyond max_length."""
+        """Return a past holding per-layer (keys, values), each (batch, kv_heads, length, head_dim), left-padded
+        as the decode loop pads (the next step's mask says which columns are real: they move to the front of
+        each row then, once). Raises ValueError for shapes that do not fit or a length beyond max_length."""
         shapes = {tuple(t.shape) for pair in pairs for t in pair}
         if len(pairs) != self.num_layers or len(shapes) != 1:
             raise ValueError(f"pairs has {len(pairs)} layers of shapes {sorted(shapes)}; it needs {self.num_layers}"
@@ -156,7 +162,7 @@ class FusedDecoder:
         past = self.empty_past(batch)
         for array, tensor in zip(past.arrays, [t for pair in pairs for t in pair]):
             array[:, :, :length] = tensor.detach().cpu().float().numpy()
-        return FusedPast(past.arrays, batch, length, np.full(batch, length))
+        return FusedPast(past.arrays, batch, length, np.full(batch, length), past.values, aligned=False)
 
     def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
                  past: FusedPast | None = None) -> tuple[torch.Tensor, FusedPast]:
@@ -188,6 +194,8 @@ class FusedDecoder:
                                 (("input_ids", input_ids), ("attention_mask", attention_mask),
                                  ("position_ids", position_ids)))
         past = self._checked_past(ids, mask, positions, past)
+        if not past.aligned:
+            _align(past, mask[:, :past.length])
         new = ids.shape[1]
         fresh = mask[:, past.length:]  # (batch, new): which new columns are real
         before, added = mask[:, :past.length].sum(1), fresh.sum(1)
@@ -232,6 +240,16 @@ class FusedDecoder:
     def __repr__(self) -> str:
         return (f"FusedDecoder(fmt={self.fmt!r}, layers={self.num_layers}, kv_heads={self.kv_heads}, "
                 f"head_dim={self.head_dim}, max_length={self.max_length}, threads={self.threads})")
+
+
+def _align(past: FusedPast, mask: np.ndarray) -> None:
+    """Move each row's real columns (mask 1) to the front of its buffer, in order: a past from ``from_pairs``."""
+    for b in range(past.batch):
+        real = np.flatnonzero(mask[b])
+        for array in past.arrays:
+            row = array[b]  # (kv_heads, capacity, head_dim), a view
+            row[:, :len(real)] = row[:, real]
+    past.lengths, past.aligned = mask.sum(1), True
 
 
 def fused_decoder(model: nn.Module, fmt: str = "int8", threads: int | None = None, max_length: int = 2048,
