@@ -7,7 +7,7 @@ import torch
 from lmlab.compress.export import graph_op_counts, profile_step
 from lmlab.compress.fused import fused_decoder
 from lmlab.inference.decode import as_causal_lm, generate
-from lmlab.inference.step import positions
+from lmlab.inference.step import DecodeStep, positions
 
 PROMPTS = ["The capital of France is", "Once upon a time, in a land far away, there lived", "2 + 2 =",
            "def fibonacci(n):", "The three primary colors are", "Water boils at", "My favourite book is",
@@ -55,7 +55,7 @@ def test_fused_backend_generates_eagers_greedy_tokens(smol, decoders):
 @pytest.mark.parametrize("fmt", ["int8", "int4"])
 def test_quantized_fused_decodes_in_one_buffer_allocated_once(smol, decoders, fmt):
     decoder = decoders[fmt]
-    assert decoder.backend == f"fused-{fmt}"
+    assert decoder.backend == f"fused-{fmt}" and isinstance(decoder, DecodeStep)
     ids = torch.tensor([smol.encode(PROMPTS[0])] * 2)  # (2, prompt)
     mask = torch.ones_like(ids)
     logits, past = decoder(ids, mask, positions(mask))
