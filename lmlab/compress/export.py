@@ -478,10 +478,11 @@ class OnnxDecoder:
         logits = torch.from_numpy(outputs[0].numpy())  # (batch, new, vocab)
         return logits, OnnxPast(tuple(outputs[1:]), batch, length)
 
-    def _runner(self, session, input_ids, attention_mask, position_ids, past) -> Callable[[], object]:
-        """A function that runs this step on ``session`` (a session of the same graph): for ``profile_step``."""
+    def _runner(self, session, input_ids, attention_mask, position_ids, past) -> tuple[Callable, tuple]:
+        """(session's run method, its arguments) that run this step on ``session`` (a session of the same graph):
+        for ``profile_step``."""
         feeds, _, _ = self._feeds(input_ids, attention_mask, position_ids, past)
-        return lambda: session.run_with_ort_values(self.output_names, feeds)
+        return session.run_with_ort_values, (self.output_names, feeds)
 
     def past_bytes(self, past: OnnxPast | Sequence | None) -> int:
         """Bytes a past holds: 2 · layers · kv_heads · head_dim · positions · 4 · batch (0 for None)."""
@@ -730,13 +731,13 @@ def profile_step(decoder: Any, input_ids: torch.Tensor, attention_mask: torch.Te
     if decoder.path is None:
         raise ValueError("decoder has no graph file left (made with cache=False); make it with cache=True to profile")
     plain = _session(decoder.path, decoder.threads, decoder.optimization)
-    step = decoder._runner(plain, input_ids, attention_mask, position_ids, past)
-    unprofiled = time_ms(step, warmup=2, repeat=runs)
+    run, arguments = decoder._runner(plain, input_ids, attention_mask, position_ids, past)
+    unprofiled = time_ms(run, *arguments, warmup=2, repeat=runs)
     with tempfile.TemporaryDirectory() as folder:
         session = _session(decoder.path, decoder.threads, decoder.optimization,
                            profile_prefix=str(Path(folder) / "step"))
-        step = decoder._runner(session, input_ids, attention_mask, position_ids, past)
-        profiled = time_ms(step, warmup=2, repeat=runs)
+        run, arguments = decoder._runner(session, input_ids, attention_mask, position_ids, past)
+        profiled = time_ms(run, *arguments, warmup=2, repeat=runs)
         events = json.loads(Path(session.end_profiling()).read_text())
     events = events["traceEvents"] if isinstance(events, dict) else events
     run_spans = sorted((e["ts"], e["ts"] + e["dur"]) for e in events if e.get("name") == "model_run")[-runs:]

@@ -188,9 +188,10 @@ class FusedDecoder:
         return torch.from_numpy(logits), past
 
     def _runner(self, session, input_ids, attention_mask, position_ids, past):
-        """A function that runs this step on ``session`` (a session of the same graph): for ``profile_step``."""
+        """(session's run method, its arguments) that run this step on ``session`` (a session of the same graph),
+        the buffers bound in place: for ``profile_step``. Rerunning it rewrites the same positions."""
         binding = self._bind(session, input_ids, attention_mask, position_ids, past)[0]
-        return lambda: session.run_with_iobinding(binding)
+        return session.run_with_iobinding, (binding,)
 
     def _bind(self, session, input_ids, attention_mask, position_ids, past):
         """Check a step's inputs and bind them, the past buffers as both inputs and outputs; return (binding,
