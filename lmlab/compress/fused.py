@@ -23,8 +23,9 @@ past at every step. ``fused_decoder`` writes the graph itself with ``onnx.helper
 
 What is left of a step's time is the matrix products (the weights, read once per step whatever the batch) and
 the attention, which reads every cached position: at one thread, a step at position 1,000 costs about 1.5× one
-at position 32 in int8 (``onnx_decoder``'s: about 3.7×, with its copies), the extra almost all in
-GroupQueryAttention reading 2 · layers · kv_heads · head_dim · positions · 4 bytes (46 MB at 1,000 positions).
+at position 32 in int8 (``onnx_decoder``'s: 2.6× to 3.7×, with its copies), the extra almost all in
+GroupQueryAttention, which reads 2 · layers · kv_heads · head_dim · positions · 4 bytes (46 MB at 1,000
+positions) one query head at a time.
 
 Rows of a batch are padded on the LEFT by the decode loop; in the buffer each row's tokens sit from position 0
 (right padding), and the attention mask becomes each row's length: seqlens_k = P + Q − 1 with P the row's real
