@@ -11,7 +11,8 @@ milliseconds. The packages follow the course; each imports only the packages abo
   (SmolLM2-135M offline), registry (every model by name)
 - ``lmlab.train``      descent (gradient descent by hand), loop (training, distillation, timed races), curves
 - ``lmlab.compress``   quantize, quantize_study, prune (pruning, low rank, sharing), export (ONNX, real int8),
-  methods (every technique and its setting's range), experiment (one model, one method, one results row)
+  fused (a fused decoder graph, its KV buffer allocated once), methods (every technique and its setting's
+  range), experiment (one model, one method, one results row)
 - ``lmlab.inference``  decode (prefill, decode, the KV cache, streaming), step (the typed decode step, left
   padding, positions), sampling (SamplingParams, pick, sample), position_cost
 - ``lmlab.serving``    engine (continuous batching), served, protocol, app, launcher (the OpenAI-compatible HTTP

@@ -55,6 +55,7 @@ BLOCK_SIZE = 128
 FORMAT_VERSION = 2  # part of the cache key: bump when the export or the quantization changes
 DECODER_VERSION = 1  # part of a decoder graph's key: bump when the decoder's export changes
 OPTIMIZATIONS = ("disabled", "basic", "extended", "all")  # ONNX Runtime's graph optimization levels
+Quantizer = Callable[[Path, Path, "str | None"], None]  # (float32 graph, quantized graph to write, scheme)
 
 
 class OnnxLogits(nn.Module):
@@ -179,9 +180,10 @@ def _graph(core: nn.Module, inputs: tuple[str, ...], example: tuple[torch.Tensor
 
 
 def _cached_graph(name: Callable[[str | None], str], export_float32: Callable[[Path], None],
-                  quantization: str | None, cache: bool, model_name: str) -> Path:
+                  quantization: str | None, cache: bool, model_name: str, quantize: Quantizer | None = None) -> Path:
     """Return the cached graph ``name(quantization)``, else export it (``export_float32(path)``), quantize it and
-    cache it. A cached float32 graph of the same model, ``name(None)``, is quantized instead of exporting again."""
+    cache it. A cached float32 graph of the same model, ``name(None)``, is quantized instead of exporting again.
+    ``quantize(source, target, quantization)`` writes the quantized graph (default: ``_quantize``'s schemes)."""
     target = cache_dir() / "onnx" / name(quantization)
     if cache and target.is_file():
         return target
@@ -190,12 +192,12 @@ def _cached_graph(name: Callable[[str | None], str], export_float32: Callable[[P
         with cache_lock(f"onnx-{name(quantization)}"):
             if target.is_file():
                 return target
-            return _export_graph(target, name, export_float32, quantization, cache, model_name)
-    return _export_graph(target, name, export_float32, quantization, cache, model_name)
+            return _export_graph(target, name, export_float32, quantization, cache, model_name, quantize)
+    return _export_graph(target, name, export_float32, quantization, cache, model_name, quantize)
 
 
 def _export_graph(target: Path, name: Callable[[str | None], str], export_float32: Callable[[Path], None],
-                  quantization: str | None, cache: bool, model_name: str) -> Path:
+                  quantization: str | None, cache: bool, model_name: str, quantize: Quantizer | None = None) -> Path:
     """Export (or reuse the cached float32 graph), quantize, and write the graph to ``target`` atomically."""
     with tempfile.TemporaryDirectory() as folder:
         exported = Path(folder) / "model.onnx"
@@ -209,7 +211,7 @@ def _export_graph(target: Path, name: Callable[[str | None], str], export_float3
             prepared = Path(folder) / "prepared.onnx"
             _fold_constant_transposes(exported, prepared)
         final = Path(folder) / "final.onnx"
-        _quantize(prepared, final, quantization)
+        (quantize or _quantize)(prepared, final, quantization)
         if quantization is not None and not _int8_matmuls(final):
             raise RuntimeError(f"quantization={quantization!r} turned no matrix product of {model_name} into int8")
         if not cache:
@@ -476,6 +478,12 @@ class OnnxDecoder:
         logits = torch.from_numpy(outputs[0].numpy())  # (batch, new, vocab)
         return logits, OnnxPast(tuple(outputs[1:]), batch, length)
 
+    def _runner(self, session, input_ids, attention_mask, position_ids, past) -> tuple[Callable, tuple]:
+        """(session's run method, its arguments) that run this step on ``session`` (a session of the same graph):
+        for ``profile_step``."""
+        feeds, _, _ = self._feeds(input_ids, attention_mask, position_ids, past)
+        return session.run_with_ort_values, (self.output_names, feeds)
+
     def past_bytes(self, past: OnnxPast | Sequence | None) -> int:
         """Bytes a past holds: 2 · layers · kv_heads · head_dim · positions · 4 · batch (0 for None)."""
         if past is None:
@@ -644,7 +652,7 @@ def _export_decoder(core: nn.Module, path: Path) -> None:
                           external_data=True, optimize=True, verbose=False)
 
 
-def graph_node_counts(decoder_or_path: OnnxDecoder | OnnxLogits | str | Path) -> dict[str, int]:
+def graph_node_counts(decoder_or_path: Any) -> dict[str, int]:
     """Count the graph's nodes after ONNX Runtime's optimizer at each level: {"disabled": n, ..., "all": m}.
 
     Each level is applied by a fresh session that writes its optimized graph to a temporary folder
@@ -656,7 +664,7 @@ def graph_node_counts(decoder_or_path: OnnxDecoder | OnnxLogits | str | Path) ->
     return {level: sum(_optimized_op_counts(path, level).values()) for level in OPTIMIZATIONS}
 
 
-def graph_op_counts(decoder_or_path: OnnxDecoder | OnnxLogits | str | Path,
+def graph_op_counts(decoder_or_path: Any,
                     optimization: str = "all") -> dict[str, int]:
     """Count the graph's nodes by operator type after ONNX Runtime's optimizer at ``optimization``, most first.
 
@@ -699,7 +707,7 @@ def _optimized_op_counts(path: Path, optimization: str) -> dict[str, int]:
     return counts
 
 
-def profile_step(decoder: OnnxDecoder, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+def profile_step(decoder: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                  position_ids: torch.Tensor, past: OnnxPast | Sequence | None = None, runs: int = 20) -> dict:
     """Time one decode step without the profiler, then profile it: where does a step's time go?
 
@@ -712,21 +720,24 @@ def profile_step(decoder: OnnxDecoder, input_ids: torch.Tensor, attention_mask: 
     node_sum_ms, "runs": runs}. D is recorded under the profiler, which adds its own cost to each node: only
     when D < total_ms is total_ms − D an upper bound on the runtime's own work between nodes. Neither session
     is the decoder's, so profiling never slows the decoder itself.
-    Raises ValueError for a decoder that is not an OnnxDecoder or has no graph file, runs < 1, or inputs that do
-    not fit.
+    ``decoder`` is an OnnxDecoder or a ``lmlab.compress.fused.FusedDecoder`` (its step runs with the KV buffers
+    bound in place, as the decoder runs it).
+    Raises ValueError for a decoder that is neither or has no graph file, runs < 1, or inputs that do not fit.
     """
-    if not isinstance(decoder, OnnxDecoder):
-        raise ValueError(f"decoder of type {type(decoder).__name__} is not an OnnxDecoder; make one with onnx_decoder")
+    if not hasattr(decoder, "_runner"):
+        raise ValueError(f"decoder of type {type(decoder).__name__} is not an OnnxDecoder or a FusedDecoder; make "
+                         f"one with onnx_decoder or lmlab.compress.fused.fused_decoder")
     check_int("runs", runs, 1)
     if decoder.path is None:
         raise ValueError("decoder has no graph file left (made with cache=False); make it with cache=True to profile")
-    feeds, _, _ = decoder._feeds(input_ids, attention_mask, position_ids, past)
     plain = _session(decoder.path, decoder.threads, decoder.optimization)
-    unprofiled = time_ms(plain.run_with_ort_values, decoder.output_names, feeds, warmup=2, repeat=runs)
+    run, arguments = decoder._runner(plain, input_ids, attention_mask, position_ids, past)
+    unprofiled = time_ms(run, *arguments, warmup=2, repeat=runs)
     with tempfile.TemporaryDirectory() as folder:
         session = _session(decoder.path, decoder.threads, decoder.optimization,
                            profile_prefix=str(Path(folder) / "step"))
-        profiled = time_ms(session.run_with_ort_values, decoder.output_names, feeds, warmup=2, repeat=runs)
+        run, arguments = decoder._runner(session, input_ids, attention_mask, position_ids, past)
+        profiled = time_ms(run, *arguments, warmup=2, repeat=runs)
         events = json.loads(Path(session.end_profiling()).read_text())
     events = events["traceEvents"] if isinstance(events, dict) else events
     run_spans = sorted((e["ts"], e["ts"] + e["dur"]) for e in events if e.get("name") == "model_run")[-runs:]

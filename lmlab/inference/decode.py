@@ -16,10 +16,11 @@ computes only the new token's (one row of every matrix product). The cache holds
 
 The loop runs any ``lmlab.inference.step.DecodeStep``
 ``step(input_ids, attention_mask, position_ids, past) -> (logits (batch, new, vocab), past)``:
-``TorchStep`` (eager PyTorch, optionally ``torch.compile``d) or ``lmlab.compress.export.onnx_decoder`` (ONNX Runtime,
-float32 or int8). Several prompts decode together in one batch: they are padded on the LEFT, with an
-attention mask that hides the padding and positions that count from each prompt's first real token, so
-every row computes what it would alone (``lmlab.inference.step``: the same pieces the serving engine runs).
+``TorchStep`` (eager PyTorch, optionally ``torch.compile``d), ``lmlab.compress.export.onnx_decoder`` (ONNX Runtime,
+float32 or int8) or ``lmlab.compress.fused.fused_decoder`` (a fused graph, its KV buffer allocated once).
+Several prompts decode together in one batch: they are padded on the LEFT, with an attention mask that hides
+the padding and positions that count from each prompt's first real token, so every row computes what it would
+alone (``lmlab.inference.step``: the same pieces the serving engine runs).
 Each token is chosen by ``lmlab.inference.sampling.pick`` from one ``SamplingParams``.
 """
 
@@ -34,6 +35,7 @@ import torch
 from torch import nn
 
 from lmlab.compress.export import onnx_decoder
+from lmlab.compress.fused import fused_decoder
 from lmlab.data.corpora import tokenize
 from lmlab.inference.sampling import SamplingParams, pick, sampling_params
 from lmlab.inference.step import DecodeStep, TorchStep, left_pad, next_logits
@@ -48,7 +50,7 @@ from lmlab.models.scoring import score_tokens
 if TYPE_CHECKING:  # transformers is imported where a cache is built; the annotations only name its types
     from transformers import PretrainedConfig
 
-BACKENDS = ("eager", "compile", "onnx", "onnx-int8")
+BACKENDS = ("eager", "compile", "onnx", "onnx-int8", "fused", "fused-int8", "fused-int4")
 
 
 @dataclass(frozen=True)
@@ -108,13 +110,18 @@ def as_causal_lm(model: nn.Module, tokenizer=None, name: str | None = None, leve
 
 def make_step(lm: CausalLM, backend: str = "eager", threads: int | None = None) -> DecodeStep:
     """Return the step function for ``backend``: "eager", "compile" (torch.compile), "onnx" (ONNX Runtime
-    float32) or "onnx-int8" (ONNX Runtime, lmlab's blockwise int8). Raises ValueError for another backend."""
+    float32), "onnx-int8" (ONNX Runtime, lmlab's blockwise int8), or "fused", "fused-int8", "fused-int4"
+    (lmlab's fused graph with a KV buffer allocated once, ``lmlab.compress.fused``; Llama-architecture models).
+    Raises ValueError for another backend."""
     if backend == "eager":
         return TorchStep(lm.core)
     if backend == "compile":
         return TorchStep(lm.core, compile=True)
     if backend in ("onnx", "onnx-int8"):
         return onnx_decoder(lm.source, quantization=None if backend == "onnx" else "blockwise", threads=threads)
+    if backend.startswith("fused"):
+        return fused_decoder(lm.source, "float32" if backend == "fused" else backend.split("-")[1], threads=threads,
+                             max_length=min(lm.window, 2048))  # 2048: the buffer holds max_length positions
     raise ValueError(f"backend={backend!r} is unknown; use one of {BACKENDS}")
 
 
@@ -360,7 +367,7 @@ def _step_for(lm: CausalLM, step: DecodeStep | None, backend: str, chosen: torch
         return step
     if backend not in BACKENDS:
         raise ValueError(f"backend={backend!r} is unknown; use one of {BACKENDS}")
-    if backend.startswith("onnx") and chosen.type != "cpu":
+    if backend.startswith(("onnx", "fused")) and chosen.type != "cpu":
         raise ValueError(f"backend={backend!r} runs on the CPU only; use device='cpu'")
     return make_step(lm, backend, threads)
 
