@@ -15,7 +15,7 @@
   parallel --scheme data|tensor|pipeline|allreduce --model GPT [--nproc-per-node N --nnodes N --rdzv-endpoint H:P]
                            run one parallel scheme under torchrun (lmlab.scale.distributed); rank 0 prints its row:
                            wall, compute and communication ms against the single process, speed-up, max difference
-  serve [--model M --format F --port P --max-batch N --max-queue N --policy P --api-key K ...]
+  serve [--model M --format F --port P --max-batch N --max-queue N --policy P --api-key K --speculative ...]
                            an OpenAI-compatible chat server on 127.0.0.1 (lmlab.serving), until Ctrl-C or SIGTERM
   classify TASK --model linear|bilstm|cnn|transformer [--steps N] [--save FILE]
                            train a text classifier (lmlab.tasks.classify: names-sex, kjv-testament, kjv-books) for N
@@ -356,13 +356,17 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: $LMLAB_THREADS or 1)")
     parser.add_argument("--max-body-bytes", type=int, default=1_000_000)
     parser.add_argument("--prune-fraction", type=float, default=0.3, help="MLP units removed for --format pruned")
+    parser.add_argument("--speculative", default=None, help="prompt-lookup: speculate while one greedy request "
+                        "is alone in the engine (same tokens, fewer passes)")
+    parser.add_argument("--draft-k", type=int, default=4, help="tokens drafted per pass with --speculative")
 
 
 def _serve(args) -> None:
     run_server(args.model, args.format, host=args.host, port=args.port, max_batch=args.max_batch,
                max_queue=args.max_queue, policy=args.policy, prefix_cache=args.prefix_cache,
                reply_cache=args.reply_cache, api_key=args.api_key, threads=args.threads,
-               max_body_bytes=args.max_body_bytes, prune_fraction=args.prune_fraction)
+               max_body_bytes=args.max_body_bytes, prune_fraction=args.prune_fraction,
+               speculative=args.speculative, draft_k=args.draft_k)
 
 
 def _sweep_arguments(parser: argparse.ArgumentParser) -> None:

@@ -204,6 +204,25 @@ def speculative_generate(lm: CausalLM, prompt: str | Sequence[int], max_new_toke
         draft_steps=drafter.steps if drafter else 0, threads=used or default_threads())
 
 
+def verify(step: DecodeStep, past: Any, sequence: Sequence[int], drafts: Sequence[int]) -> tuple[list[int], Any]:
+    """Check ``drafts`` with ONE pass of the target; return its new tokens and its cache cut to hold them but the last.
+
+    ``past`` holds all of ``sequence`` but its last token; the pass runs that token and the drafts (k + 1
+    positions), g_i = argmax of position i's logits, a = the longest prefix with d_{i+1} = g_i, and the new tokens
+    are d_1 .. d_a, g_a. The cache is cropped to len(sequence) + a positions (the rejected drafts' keys and
+    values are dropped), so it again holds all but the newest token.
+    """
+    ids = torch.tensor([[sequence[-1], *drafts]], device=step.device)  # (1, k + 1)
+    logits, past = every_logit(step, ids, past)  # (k + 1, vocab)
+    greedy = logits.argmax(-1).tolist()  # the target's choice after each prefix
+    kept = 0
+    while kept < len(drafts) and drafts[kept] == greedy[kept]:
+        kept += 1
+    if kept < len(drafts):
+        past = crop_past(step, past, len(sequence) + kept)
+    return [*drafts[:kept], greedy[kept]], past
+
+
 def _one_row(lm: CausalLM, prompt, max_new_tokens: int) -> list[int]:
     rows = _checked_rows(lm, prompt, max_new_tokens)
     if len(rows) != 1:
@@ -236,7 +255,7 @@ def _speculate(step: DecodeStep, row: list[int], max_new_tokens: int, drafter: D
                max_ngram: int, eos_id: int | None) -> tuple[list[int], float, list[float], int, int]:
     """Prefill, then draft-and-verify until ``max_new_tokens`` or ``eos_id``; return the tokens, the TTFT, each
     pass's ms, and the drafted and accepted counts. Invariant: the target's cache holds all but the last token."""
-    on = step.place(torch.device("cpu"))
+    on = step.place(step.device)
     with Stopwatch() as watch:
         logits, past = every_logit(step, torch.tensor([row], device=on), None)
         tokens = [int(logits[-1].argmax())]
@@ -247,16 +266,10 @@ def _speculate(step: DecodeStep, row: list[int], max_new_tokens: int, drafter: D
             sequence = row + tokens
             drafts = [] if room == 0 else (drafter.propose(sequence, room) if drafter
                                             else prompt_lookup(sequence, room, max_ngram))
-            logits, past = every_logit(step, torch.tensor([tokens[-1:] + drafts], device=on), past)
-            greedy = logits.argmax(-1).tolist()  # (len(drafts) + 1,): the target's choice after each prefix
-            kept = 0
-            while kept < len(drafts) and drafts[kept] == greedy[kept]:
-                kept += 1
-            if kept < len(drafts):  # forget the rejected drafts' keys and values
-                past = crop_past(step, past, len(sequence) + kept)
+            new, past = verify(step, past, sequence, drafts)
+            kept = len(new) - 1
             if drafter:
                 drafter.settle(len(sequence) + kept)
-            new = drafts[:kept] + [greedy[kept]]
             if eos_id is not None and eos_id in new:
                 new = new[:new.index(eos_id) + 1]
             tokens += new
