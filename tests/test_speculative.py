@@ -8,7 +8,11 @@ import torch
 from lmlab.data.corpora import kjv_verses
 from lmlab.inference.decode import as_causal_lm, generate, make_step
 from lmlab.inference.speculative import (
-    expected_speedup, expected_tokens_per_pass, prompt_lookup, speculative_generate, speculative_speedup,
+    expected_speedup,
+    expected_tokens_per_pass,
+    prompt_lookup,
+    speculative_generate,
+    speculative_speedup,
 )
 from lmlab.inference.step import crop_past, every_logit, past_length
 from lmlab.models.checkpoints import load_checkpoint
