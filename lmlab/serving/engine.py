@@ -274,7 +274,7 @@ class Engine:
             self.max_batch = max_batch or self.max_batch
             if prefix_cache is not None:
                 self.prefixes = LRU(prefix_cache)
-            self.steps = self.rows_stepped = 0
+            self.steps = self.rows_stepped = self.drafted = self.accepted = 0
             self.finished.clear()
 
     def check(self, ids: Sequence[int], max_new_tokens: int) -> None:
