@@ -31,7 +31,12 @@ and with a draft step costing c target steps (c ≈ 0 for prompt lookup), the **
 
     S = E / (k · c + 1).
 
-``speculative_speedup`` prints both formulas beside the measured tokens per pass and the measured speed-up against
+The formulas assume k drafts at every pass with independent acceptances. Measured replies differ both ways: prompt
+lookup may find no match (a pass of one token that α does not count) and a reply's last pass drafts fewer, which
+lower the tokens per pass; acceptances come in runs (a copied line is accepted whole), which raise it. And a pass
+over k + 1 positions costs somewhat more than one over 1, which the formula's c = 0 leaves out.
+
+``speculative_speedup`` returns both formulas beside the measured tokens per pass and the measured speed-up against
 plain greedy decoding on the same step. Speculation here runs one reply at a time (batch size 1).
 """
 
