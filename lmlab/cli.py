@@ -8,12 +8,14 @@
                            one results row: a shipped model, optionally compressed (lmlab.compress.methods.METHODS),
                            scored on its test split and timed; --save adds the row to a JSON file of rows
   generate MODEL PROMPT [--max-new-tokens N --backend B --no-cache --batch N --sample ...]
-                           stream a reply from a shipped GPT or SmolLM2, then its time to first token and tokens/s
+                           stream a reply from a shipped GPT or SmolLM2, then its time to first token and tokens/s;
+                           --speculative prompt-lookup|draft [--draft-k K --draft MODEL]: greedy's reply in fewer
+                           passes (lmlab.inference.speculative), with its acceptance rate and tokens per pass
   hardware [--threads N]   this machine's memory bandwidth and matmul GFLOP/s, and each model's decode floor
   parallel --scheme data|tensor|pipeline|allreduce --model GPT [--nproc-per-node N --nnodes N --rdzv-endpoint H:P]
                            run one parallel scheme under torchrun (lmlab.scale.distributed); rank 0 prints its row:
                            wall, compute and communication ms against the single process, speed-up, max difference
-  serve [--model M --format F --port P --max-batch N --max-queue N --policy P --api-key K ...]
+  serve [--model M --format F --port P --max-batch N --max-queue N --policy P --api-key K --speculative ...]
                            an OpenAI-compatible chat server on 127.0.0.1 (lmlab.serving), until Ctrl-C or SIGTERM
   classify TASK --model linear|bilstm|cnn|transformer [--steps N] [--save FILE]
                            train a text classifier (lmlab.tasks.classify: names-sex, kjv-testament, kjv-books) for N
@@ -38,8 +40,10 @@ import torch
 
 from lmlab.compress.experiment import run
 from lmlab.data.corpora import load_corpus, load_kjv, tokenize_corpus
-from lmlab.inference.decode import as_causal_lm, generate, stream, stream_speed
+from lmlab.inference.decode import as_causal_lm, generate, make_step, stream, stream_speed
 from lmlab.inference.sampling import SamplingParams
+from lmlab.inference.speculative import METHODS as SPECULATIVE_METHODS
+from lmlab.inference.speculative import expected_speedup, speculative_generate
 from lmlab.measure.hardware import FORMATS, decode_floor_ms, matmul_gflops, memory_bandwidth, weight_bytes
 from lmlab.measure.results import add_results, check_results_path, results_table
 from lmlab.measure.runtime import check_int, describe_environment, torch_threads
@@ -241,11 +245,18 @@ def _generate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-p", type=float, default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: $LMLAB_THREADS or 1)")
+    parser.add_argument("--speculative", default=None, help=f"greedy, speculatively: one of {SPECULATIVE_METHODS}")
+    parser.add_argument("--draft-k", type=int, default=4, help="tokens drafted per target pass")
+    parser.add_argument("--draft", default=None, help="draft model for --speculative draft: a shipped GPT "
+                        "(default gpt-small; for smollm2 its own onnx-int8 step)")
 
 
 def _generate(args) -> None:
     check_int("batch", args.batch, 1)
     lm = _causal_lm(args.model)
+    if args.speculative is not None:
+        _speculative(args, lm)
+        return
     sampling = SamplingParams(True, args.temperature, args.top_k, args.top_p, args.seed) if args.sample \
         else SamplingParams.greedy()
     options = dict(sampling=sampling, cache=not args.no_cache, backend=args.backend, threads=args.threads)
@@ -261,6 +272,30 @@ def _generate(args) -> None:
         print(args.prompt + out.texts[0])
         print(f"batch {args.batch}: first tokens after {format_ms(out.ttft_ms).strip()}, then "
               f"{out.tokens_per_s:.1f} tokens/s for the batch, {format_ms(out.decode_ms_per_token).strip()} per step")
+
+
+def _speculative(args, lm) -> None:
+    """Greedy-decode the prompt speculatively; print the reply, the speculation's counts, formula and timing."""
+    if args.sample or args.no_cache or args.batch != 1:
+        raise ValueError("--speculative decodes one prompt greedily with the cache; drop --sample, --no-cache "
+                         "and --batch")
+    draft = None
+    if args.speculative == "draft":
+        if args.draft is None and args.model in names("llm"):
+            draft = make_step(lm, "onnx-int8", args.threads)
+        else:
+            draft = _causal_lm(args.draft or "gpt-small")
+    print(describe_environment("cpu", threads=args.threads))
+    out = speculative_generate(lm, args.prompt, args.max_new_tokens, method=args.speculative, draft=draft,
+                               k=args.draft_k, backend=args.backend, threads=args.threads)
+    print(args.prompt + out.text)
+    print(f"{len(out.tokens)} tokens in {out.target_passes} target passes after the prefill: "
+          f"{out.tokens_per_pass:.2f} tokens per pass, {out.tokens_per_s:.1f} tokens/s; {out.accepted} of "
+          f"{out.drafted} drafted tokens accepted (alpha = {out.acceptance_rate:.2f})")
+    if out.drafted:
+        print(f"formula at this alpha: E = (1 - a^(k+1)) / (1 - a) = {out.expected_tokens_per_pass():.2f} tokens per "
+              f"pass, speed-up E / (k c + 1) = {expected_speedup(out.acceptance_rate, out.k, out.draft_cost):.2f} "
+              f"with draft cost c = {out.draft_cost:.2f}")
 
 
 def _echo(pieces):
@@ -321,13 +356,17 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: $LMLAB_THREADS or 1)")
     parser.add_argument("--max-body-bytes", type=int, default=1_000_000)
     parser.add_argument("--prune-fraction", type=float, default=0.3, help="MLP units removed for --format pruned")
+    parser.add_argument("--speculative", default=None, help="prompt-lookup: speculate while one greedy request "
+                        "is alone in the engine (same tokens, fewer passes)")
+    parser.add_argument("--draft-k", type=int, default=4, help="tokens drafted per pass with --speculative")
 
 
 def _serve(args) -> None:
     run_server(args.model, args.format, host=args.host, port=args.port, max_batch=args.max_batch,
                max_queue=args.max_queue, policy=args.policy, prefix_cache=args.prefix_cache,
                reply_cache=args.reply_cache, api_key=args.api_key, threads=args.threads,
-               max_body_bytes=args.max_body_bytes, prune_fraction=args.prune_fraction)
+               max_body_bytes=args.max_body_bytes, prune_fraction=args.prune_fraction,
+               speculative=args.speculative, draft_k=args.draft_k)
 
 
 def _sweep_arguments(parser: argparse.ArgumentParser) -> None:

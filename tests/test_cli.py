@@ -45,6 +45,21 @@ def test_generate_refuses_bad_settings_clearly(capsys):
     assert "temperature" in capsys.readouterr().err
 
 
+def test_generate_speculatively_prints_greedy_reply_and_acceptance(capsys):
+    prompt = "and god said let there be light and there was light and god said let there be"
+    assert main(["generate", "gpt-large", prompt, "--max-new-tokens", "12"]) == 0
+    greedy = capsys.readouterr().out.splitlines()[1]
+    for method in ("prompt-lookup", "draft"):
+        assert main(["generate", "gpt-large", prompt, "--max-new-tokens", "12", "--speculative", method,
+                     "--draft-k", "3"]) == 0
+        out = capsys.readouterr().out
+        assert out.splitlines()[1] == greedy and "tokens per pass" in out and "alpha = " in out
+    assert main(["generate", "gpt-small", "and", "--speculative", "beam"]) == 2
+    assert "method='beam'" in capsys.readouterr().err
+    assert main(["generate", "gpt-small", "and", "--speculative", "draft", "--draft-k", "0"]) == 2
+    assert "k=0" in capsys.readouterr().err
+
+
 def test_serve_refuses_bad_settings_before_it_binds(capsys):
     assert main(["serve", "--format", "fp4"]) == 2
     assert "format='fp4' is unknown" in capsys.readouterr().err

@@ -160,6 +160,26 @@ def test_full_queue_gets_429_and_sigterm_exits_cleanly():
     assert statuses[-1].status_code == 200  # the reply in flight at SIGTERM was finished
 
 
+def test_speculating_server_gives_the_greedy_reply_in_fewer_passes(gpt):
+    """One request alone in a ``--speculative prompt-lookup`` server: the loop's greedy tokens, several a pass."""
+    verse = "and god said let there be light and there was light"
+    texts = [f"{verse} {verse} and god said", "and the lord said unto moses"]
+    with running_server("gpt-small", speculative="prompt-lookup", draft_k=4) as running:
+        client = OpenAI(base_url=f"{running.base_url}/v1", api_key="none")
+        for text in texts:
+            expected, count = expected_reply(gpt, text, 30)
+            reply = client.chat.completions.create(model="gpt-small", max_tokens=30, temperature=0,
+                                                   messages=[{"role": "user", "content": text}])
+            assert reply.choices[0].message.content == expected and reply.usage.completion_tokens == count
+            pieces = client.chat.completions.create(model="gpt-small", max_tokens=30, temperature=0, stream=True,
+                                                    messages=[{"role": "user", "content": text}])
+            assert "".join(c.choices[0].delta.content or "" for c in pieces if c.choices) == expected
+        health = running.health()
+    speculation = health["speculative"]
+    assert speculation["method"] == "prompt-lookup" and 0 < speculation["accepted"] <= speculation["drafted"]
+    assert health["steps"] < sum(health["finished"].values()) * 29  # fewer passes than one per token
+
+
 @pytest.fixture(scope="module")
 def smol_server():
     with running_server("smollm2", prefix_cache=2) as running:

@@ -465,6 +465,12 @@ class OnnxDecoder:
         """Return the past holding per-layer (keys, values). Raises ValueError for shapes that do not fit."""
         return self._as_past([t for pair in pairs for t in pair])
 
+    def crop(self, past: OnnxPast | Sequence, length: int) -> OnnxPast:
+        """Return the past cut to its first ``length`` positions: every (batch, kv_heads, :length, head_dim) slice,
+        copied into new ONNX Runtime values (a speculative pass rolled back to the tokens it accepted)."""
+        arrays = past.numpy() if isinstance(past, OnnxPast) else past
+        return self._as_past([np.asarray(a)[:, :, :length] for a in arrays])
+
     def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
                  past: OnnxPast | Sequence | None = None) -> tuple[torch.Tensor, OnnxPast]:
         """Run one step: (batch, new) ids, (batch, past + new) mask of 1/0, (batch, new) positions, the past.

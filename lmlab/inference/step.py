@@ -10,6 +10,10 @@ name, and its cache as per-layer (keys, values) pairs (``to_pairs``, ``from_pair
 a batch. ``TorchStep`` runs PyTorch (eager or ``torch.compile``); ``lmlab.compress.export.OnnxDecoder`` runs
 ONNX Runtime and has the same attributes.
 
+Speculative decoding (``lmlab.inference.speculative``) needs two more things of a step: the logits of EVERY new
+position of a call (``every_logit``: a step may keep only the last one) and its cache cut back to the accepted
+length (``crop_past``, which calls the step's ``crop(past, length)``: ``TorchStep`` and ``OnnxDecoder`` have one).
+
 Several prompts run together padded on the LEFT: an attention mask hides the padding and the positions count
 from each row's first real token, position_t = (Σ_{s <= t} mask_s) − 1, so every row computes what it would alone.
 """
@@ -110,20 +114,34 @@ class TorchStep:
 
     @torch.no_grad()
     def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
-                 past: Any = None) -> tuple[torch.Tensor, Any]:
-        """Run the model on the new ids; ``past`` is the cache so far (None: empty; False: no cache at all)."""
+                 past: Any = None, every_position: bool = False) -> tuple[torch.Tensor, Any]:
+        """Run the model on the new ids; ``past`` is the cache so far (None: empty; False: no cache at all).
+
+        ``every_position=True`` returns the logits of every new id (batch, new, vocab), not only the last one's.
+        """
         use_cache = past is not False
         if use_cache and past is None:
             past = self.from_pairs([])
         forward = self.forward if input_ids.shape[1] == 1 else self.core
         out = forward(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                      use_cache=use_cache, **{self.cache_arg: past if use_cache else None}, **self.last_only)
+                      use_cache=use_cache, **{self.cache_arg: past if use_cache else None},
+                      **({} if every_position else self.last_only))
         if not use_cache:
             return out.logits, False
         return out.logits, getattr(out, "cache", None) or out.past_key_values
 
     def to_pairs(self, past: Any) -> Pairs:
         return [(layer.keys, layer.values) for layer in past.layers]  # transformers' DynamicCache
+
+    def crop(self, past: Any, length: int) -> Any:
+        """Keep the first ``length`` positions of the cache (transformers' ``DynamicCache.crop``, in place).
+
+        transformers 5 crops by a negative count of positions to remove (older releases took the length kept).
+        """
+        remove = int(past.get_seq_length()) - length
+        if remove > 0:
+            past.crop(-remove)
+        return past
 
     def from_pairs(self, pairs: Pairs) -> Any:
         from transformers import DynamicCache  # transformers: the optional heavy dependency of PyTorch models
@@ -181,3 +199,49 @@ def next_logits(step: DecodeStep, input_ids: torch.Tensor, attention_mask: torch
     """
     logits, past = step(input_ids, attention_mask, positions(attention_mask, input_ids.shape[1]), past)
     return logits[:, -1, :].float(), past  # (batch, vocab)
+
+
+def every_logit(step: DecodeStep, input_ids: torch.Tensor, past: Any) -> tuple[torch.Tensor, Any]:
+    """Run one row's new ids (1, new) after ``past`` (None: empty) and return the logits of EVERY new position,
+    (new, vocab) float32, and the grown past: what a speculative verify pass reads.
+
+    The mask is all ones (one row, no padding) and the positions continue from the past's length. A step whose
+    call takes ``every_position`` (``TorchStep``) is asked for all positions; others must return them anyway.
+    Raises ValueError for a step that returns fewer positions than it was given.
+    """
+    new = input_ids.shape[1]
+    length = past_length(step, past)
+    mask = torch.ones((1, length + new), dtype=torch.long, device=input_ids.device)
+    options = {"every_position": True} if "every_position" in inspect.signature(step.__call__).parameters else {}
+    logits, past = step(input_ids, mask, positions(mask, new), past, **options)
+    if logits.shape[1] != new:
+        raise ValueError(f"step {type(step).__name__} returned logits for {logits.shape[1]} of {new} positions; "
+                         f"speculative decoding needs every position's")
+    return logits[0].float(), past  # (new, vocab)
+
+
+def past_length(step: DecodeStep, past: Any) -> int:
+    """Return how many positions a step's cache holds (0 for None)."""
+    if past is None:
+        return 0
+    if hasattr(past, "get_seq_length"):  # transformers' DynamicCache
+        return int(past.get_seq_length())
+    if isinstance(getattr(past, "length", None), int):  # lmlab.compress.export.OnnxPast
+        return past.length
+    pairs = step.to_pairs(past)
+    return int(pairs[0][0].shape[2]) if pairs else 0
+
+
+def crop_past(step: DecodeStep, past: Any, length: int) -> Any:
+    """Cut a step's cache back to its first ``length`` positions (the accepted tokens of a speculative pass).
+
+    Calls ``step.crop(past, length)``; the returned past is what to pass next (it may be the same object).
+    Raises ValueError for a step without ``crop``, or a length outside [0, positions held].
+    """
+    crop = getattr(step, "crop", None)
+    if crop is None:
+        raise ValueError(f"step {type(step).__name__} has no crop(past, length); speculative decoding needs one")
+    held = past_length(step, past)
+    if isinstance(length, bool) or not isinstance(length, int) or not 0 <= length <= held:
+        raise ValueError(f"length={length!r} is out of range; use an integer in [0, {held}] (the positions held)")
+    return crop(past, length)

@@ -150,7 +150,9 @@ class ChatApp:
                              "finished": dict(engine.finished),
                              "mean_batch": None if math.isnan(engine.mean_batch) else engine.mean_batch,
                              "reply_cache": _cache_state(self.replies),
-                             "prefix_cache": _cache_state(engine.prefixes), "pid": os.getpid()})
+                             "prefix_cache": _cache_state(engine.prefixes), "pid": os.getpid(),
+                             "speculative": {"method": engine.speculative, "draft_k": engine.draft_k,
+                                             "drafted": engine.drafted, "accepted": engine.accepted}})
 
     async def settings(self, request):
         """Change the batching policy, batch bound and caches between experiments (clears the caches)."""

@@ -20,6 +20,11 @@ padding, the positions, the forward pass and the pick are ``lmlab.inference.step
 reply through both.
 A ``prefix_cache`` keeps the KV state of a shared prompt prefix (a system prompt and FAQ); a request that
 starts with it prefills only the rest.
+
+``speculative="prompt-lookup"``: while ONE greedy request is in the engine (the batch holds it alone and nobody
+waits), each step drafts ``draft_k`` tokens by prompt lookup and verifies them in one pass
+(``lmlab.inference.speculative.verify``): the same tokens, often several per pass. As soon as a second request
+arrives the batch decodes one token per row again (speculation here is for batch size 1).
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ import torch
 
 from lmlab.inference.decode import CausalLM, make_step
 from lmlab.inference.sampling import SamplingParams, pick, sampling_params
+from lmlab.inference.speculative import prompt_lookup, verify
 from lmlab.inference.step import DecodeStep, Pairs, left_pad, left_pad_to, next_logits
 from lmlab.measure.runtime import check_int, torch_threads
 from lmlab.measure.timing import Stopwatch
@@ -177,14 +183,21 @@ class Engine:
     ``lm`` is a ``decode.CausalLM``; ``backend`` one of ``decode.BACKENDS`` (or pass a ready ``step``).
     ``max_batch`` bounds the rows decoded together, ``max_queue`` the requests waiting for a slot
     (``submit`` raises ``QueueFull`` beyond it). ``prefix_cache`` is how many prompt prefixes keep their KV
-    state (0: off). ``threads``: torch's (and ONNX Runtime's) thread count for the engine.
-    Raises ValueError for an unknown policy or an out-of-range bound.
+    state (0: off). ``threads``: torch's (and ONNX Runtime's) thread count for the engine. ``speculative``
+    ("prompt-lookup" or None) speculates ``draft_k`` tokens per pass while one greedy request runs alone.
+    Raises ValueError for an unknown policy or speculative method, or an out-of-range bound.
     """
 
     def __init__(self, lm: CausalLM, *, backend: str = "eager", step: DecodeStep | None = None, max_batch: int = 8,
-                 max_queue: int = 64, policy: str = "continuous", prefix_cache: int = 0, threads: int | None = None):
+                 max_queue: int = 64, policy: str = "continuous", prefix_cache: int = 0, threads: int | None = None,
+                 speculative: str | None = None, draft_k: int = 4):
         if policy not in POLICIES:
             raise ValueError(f"policy={policy!r} is unknown; use one of {POLICIES}")
+        if speculative not in (None, "prompt-lookup"):
+            raise ValueError(f"speculative={speculative!r} is unknown; the server speculates by None or "
+                             f"'prompt-lookup' (a draft model is generate's, not the server's)")
+        self.speculative, self.draft_k = speculative, check_int("draft_k", draft_k, 1, 64)
+        self.drafted = self.accepted = 0  # speculation's counts: drafted tokens, and those the model agreed with
         self.lm = lm
         self.threads = threads
         self.step = step if step is not None else make_step(lm, backend, threads)
@@ -261,7 +274,7 @@ class Engine:
             self.max_batch = max_batch or self.max_batch
             if prefix_cache is not None:
                 self.prefixes = LRU(prefix_cache)
-            self.steps = self.rows_stepped = 0
+            self.steps = self.rows_stepped = self.drafted = self.accepted = 0
             self.finished.clear()
 
     def check(self, ids: Sequence[int], max_new_tokens: int) -> None:
@@ -473,8 +486,11 @@ class Engine:
         self._rows = [self._rows[i] for i in keep]
 
     def _decode(self) -> None:
-        """One decode step for every row of the batch."""
+        """One decode step for every row of the batch (a speculative pass for a greedy request alone)."""
         rows = self._rows
+        if self.speculative and len(rows) == 1 and not self._waiting and not rows[0].sampling.sample:
+            self._speculate(rows[0])
+            return
         assert self._mask is not None  # a batch with rows has a mask
         feed = torch.tensor([[r.new[-1]] for r in rows], device=self._mask.device)  # (B, 1): each row's newest
         mask = torch.cat([self._mask, torch.ones_like(feed)], dim=1)  # (B, L + 1): positions = each row's length
@@ -496,6 +512,26 @@ class Engine:
                 keep.append(i)
         if len(keep) < len(rows):
             self._keep_rows(keep)
+
+    def _speculate(self, request: _Request) -> None:
+        """Draft up to ``draft_k`` tokens by prompt lookup, verify them in one pass, send the tokens kept."""
+        assert self._mask is not None  # a batch with rows has a mask; one row alone has no padding
+        sequence = request.ids + request.new
+        room = min(self.draft_k, request.max_new_tokens - len(request.new) - 1)
+        drafts = prompt_lookup(sequence, room) if room > 0 else []
+        try:
+            new, self._past = verify(self.step, self._past, sequence, drafts)  # all but the newest token cached
+        except Exception as error:  # a failed pass ends the request; the engine goes on
+            self._finish(request, "error", f"{type(error).__name__}: {error}")
+            self._rows, self._past, self._mask = [], None, None
+            return
+        self.steps, self.rows_stepped = self.steps + 1, self.rows_stepped + 1
+        self.drafted, self.accepted = self.drafted + len(drafts), self.accepted + len(new) - 1
+        self._mask = torch.ones((1, len(sequence) + len(new) - 1), dtype=torch.long, device=self._mask.device)
+        for token in new:
+            if not self._emit_token(request, token):
+                self._keep_rows([])
+                return
 
     def _pick(self, request: _Request, logits: torch.Tensor) -> int:
         """The request's next token from its (1, vocab) logits, with its own generator (made at its first pick)."""

@@ -31,10 +31,13 @@ API_KEY_ENV = "LMLAB_API_KEY"
 def serve(model: str = "smollm2", format: str = "float32", *, host: str = "127.0.0.1", port: int = 8000,
           max_batch: int = 8, max_queue: int = 64, policy: str = "continuous", prefix_cache: int = 0,
           reply_cache: int = 0, api_key: str | None = None, threads: int | None = None,
-          max_body_bytes: int = 1_000_000, prune_fraction: float = 0.3, log_level: str = "warning") -> None:
+          max_body_bytes: int = 1_000_000, prune_fraction: float = 0.3, log_level: str = "warning",
+          speculative: str | None = None, draft_k: int = 4) -> None:
     """Load the model, then serve it until SIGINT or SIGTERM (in-flight replies get 5 s to finish).
 
-    ``api_key`` defaults to ``$LMLAB_API_KEY`` (none: no key needed). Raises ValueError for a bad setting.
+    ``api_key`` defaults to ``$LMLAB_API_KEY`` (none: no key needed). ``speculative="prompt-lookup"`` speculates
+    ``draft_k`` tokens per pass while one greedy request is alone in the engine. Raises ValueError for a bad
+    setting.
     """
     import uvicorn  # uvicorn: only a running server needs it
 
@@ -43,7 +46,7 @@ def serve(model: str = "smollm2", format: str = "float32", *, host: str = "127.0
     api_key = api_key if api_key is not None else (os.environ.get(API_KEY_ENV) or None)
     served = load_served(model, format, prune_fraction)
     engine = Engine(served.lm, backend=BACKEND_OF[format], max_batch=max_batch, max_queue=max_queue, policy=policy,
-                    prefix_cache=prefix_cache, threads=threads)
+                    prefix_cache=prefix_cache, threads=threads, speculative=speculative, draft_k=draft_k)
     app = build_app(served, engine, api_key=api_key, reply_cache=reply_cache, max_body_bytes=max_body_bytes)
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5,
                             access_log=False)
