@@ -76,12 +76,12 @@ def test_weight_bytes_counts_tied_weights_once(names_gpt):
     f32 = weight_bytes(names_gpt)
     assert f32 == weight_bytes(names_gpt, "float32") == 4 * params
     assert weight_bytes(names_gpt, "bfloat16") * 2 == f32
-    assert 0.25 * f32 < weight_bytes(names_gpt, "int8") < 0.3 * f32
+    assert 0.25 * f32 < weight_bytes(names_gpt, "int8") < 0.35 * f32  # 1/4 + 1/32 of a matrix, vectors float32
 
 
 def test_weight_bytes_int8_keeps_vectors_in_float32():
-    layer = torch.nn.Linear(256, 4)  # 1024 weights: 8 blocks of 128; 4 biases
-    assert weight_bytes(layer, "int8") == 1024 + 8 * 4 + 4 * 4
+    layer = torch.nn.Linear(256, 4)  # 1024 weights: 32 blocks of 32; 4 biases
+    assert weight_bytes(layer, "int8") == 1024 + 32 * 4 + 4 * 4
     assert FORMATS == ("float32", "bfloat16", "int8")
 
 

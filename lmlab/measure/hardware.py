@@ -38,7 +38,7 @@ from lmlab.measure.timing import time_ms
 
 FORMATS = ("float32", "bfloat16", "int8")
 FORMAT_BYTES = {"float32": 4, "bfloat16": 2, "int8": 1}  # bytes per weight of a 2-D matrix
-INT8_BLOCK = 128  # int8 stores one float32 step per block of this many weights
+INT8_BLOCK = 32  # int8 stores one float32 step per block of this many weights (lmlab.compress.export.BLOCK_SIZE)
 MATMUL_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 # Published peak memory bandwidth in GB/s, from the vendors' data sheets. They are NOT measured by lmlab
@@ -156,8 +156,9 @@ def matmul_gflops(n: int = 1024, dtype: torch.dtype = torch.float32, threads: in
 def weight_bytes(model: nn.Module, fmt: str = "float32") -> int:
     """Count the bytes of weights one decode step reads per token, every distinct parameter once.
 
-    float32: 4 · N; bfloat16: 2 · N; int8: each 2-D weight matrix W takes |W| + 4 · ⌈|W| / 128⌉ bytes
-    (one float32 step per block of 128 weights), and 1-D parameters (norms, biases) stay float32.
+    float32: 4 · N; bfloat16: 2 · N; int8: each 2-D weight matrix W takes |W| + 4 · ⌈|W| / 32⌉ bytes (one
+    float32 step per block of 32 weights, as lmlab's blockwise int8 stores them), and 1-D parameters (norms,
+    biases) stay float32.
     A tied output layer reads the whole embedding matrix at every token, so tied weights count once and
     fully. (An untied input embedding or a position table is only read one row per token; counting it
     whole makes the figure an upper bound by its size.) Raises ValueError for fmt not in FORMATS.
