@@ -13,7 +13,8 @@ milliseconds. The packages follow the course; each imports only the packages abo
 - ``lmlab.compress``   quantize, quantize_study, prune (pruning, low rank, sharing), export (ONNX, real int8),
   methods (every technique and its setting's range), experiment (one model, one method, one results row)
 - ``lmlab.inference``  decode (prefill, decode, the KV cache, streaming), step (the typed decode step, left
-  padding, positions), sampling (SamplingParams, pick, sample), position_cost
+  padding, positions), sampling (SamplingParams, pick, sample), invariance (a row's tokens alone and in a
+  batch), position_cost
 - ``lmlab.serving``    engine (continuous batching), served, protocol, app, launcher (the OpenAI-compatible HTTP
   server), clients, loadgen, reference
 - ``lmlab.scale``      distributed (torchrun: data, tensor, pipeline parallel), sweep (grids on Ray)

@@ -7,21 +7,23 @@ Modules, each importing only those above it in the course:
   batch pieces they share (left padding, positions, the next-token logits).
 - ``decode``: How a language model answers: prefill the prompt, then decode one token at a time, with or without a
   KV cache.
+- ``invariance``: Batch invariance: a row's greedy tokens must not depend on what else shares its batch.
 - ``position_cost``: Cost of one token against its position: a recurrent step, a GPT with and without its KV cache.
 """
 
 from lmlab.inference.sampling import SamplingParams, pick, sample, sampling_params, sampling_probs
-from lmlab.inference.step import DecodeStep, TorchStep, left_pad, left_pad_to, next_logits, positions
+from lmlab.inference.step import PAD_MULTIPLE, DecodeStep, TorchStep, left_pad, left_pad_to, next_logits, positions
 from lmlab.inference.decode import (
     BACKENDS, CausalLM, Generation, StreamedToken, as_causal_lm, batch_littles_law, break_even, compare_steps,
     generate, kv_cache_bytes, littles_law, make_step, past_bytes, score_ids, stream, stream_speed,
 )
+from lmlab.inference.invariance import Invariance, batch_invariance, why_rows_differ
 from lmlab.inference.position_cost import cost_by_position, position_cost_plot, position_ratios
 
 __all__ = [
-    "BACKENDS", "CausalLM", "as_causal_lm", "DecodeStep", "TorchStep", "make_step", "left_pad", "left_pad_to",
-    "positions", "next_logits", "SamplingParams", "sampling_params", "pick", "sample", "Generation",
+    "BACKENDS", "PAD_MULTIPLE", "CausalLM", "as_causal_lm", "DecodeStep", "TorchStep", "make_step", "left_pad",
+    "left_pad_to", "positions", "next_logits", "SamplingParams", "sampling_params", "pick", "sample", "Generation",
     "StreamedToken", "generate", "stream", "stream_speed", "littles_law", "batch_littles_law", "sampling_probs",
     "kv_cache_bytes", "past_bytes", "break_even", "compare_steps", "score_ids", "cost_by_position",
-    "position_cost_plot", "position_ratios",
+    "position_cost_plot", "position_ratios", "Invariance", "batch_invariance", "why_rows_differ",
 ]
