@@ -16,7 +16,7 @@ Modules, each importing only those above it in the course:
 
 from lmlab.compress.export import (
     BLOCK_SIZE, DECODER_VERSION, FORMAT_VERSION, OPTIMIZATIONS, QUANTIZATIONS, OnnxDecoder, OnnxLogits, OnnxPast,
-    conv1d_as_linear, graph_node_counts, graph_op_counts, int8_matmul, onnx_decoder, onnx_model, profile_step,
+    conv1d_as_linear, graph_node_counts, graph_op_counts, onnx_matmul, onnx_decoder, onnx_model, profile_step,
 )
 from lmlab.compress.prune import (
     MAX_SHARING_BITS, SCOPES, Compressed, LowRankLinear, beaten_by, check_sparsity, kmeans_1d, low_rank,
@@ -38,7 +38,7 @@ from lmlab.compress.quantize_study import (
 __all__ = [
     "QUANTIZATIONS", "BLOCK_SIZE", "FORMAT_VERSION", "DECODER_VERSION", "OPTIMIZATIONS", "OnnxLogits", "onnx_model",
     "conv1d_as_linear", "OnnxPast", "OnnxDecoder", "onnx_decoder", "graph_node_counts", "graph_op_counts",
-    "profile_step", "int8_matmul", "SCOPES", "MAX_SHARING_BITS", "Compressed", "check_sparsity", "prunable_layers",
+    "profile_step", "onnx_matmul", "SCOPES", "MAX_SHARING_BITS", "Compressed", "check_sparsity", "prunable_layers",
     "magnitude_prune", "mlp_blocks", "prune_mlp", "prune_heads", "LowRankLinear", "low_rank", "kmeans_1d",
     "share_weights", "sweep_methods", "sweep_takeaways", "removal_plot", "time_variants", "measure_variants",
     "beaten_by", "GRANULARITIES", "SCALE_BYTES", "ZERO_POINT_BYTES", "check_bits", "Grid", "choose_grid",

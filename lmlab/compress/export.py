@@ -354,33 +354,42 @@ def _blockwise(graph_model, block_size: int):
     return quantizer.model
 
 
-def int8_matmul(weight: np.ndarray, block_size: int = BLOCK_SIZE, threads: int = 1) -> Callable[[np.ndarray],
-                                                                                              np.ndarray]:
-    """Return x -> x W as ONE node of lmlab's blockwise int8 (MatMulNBits), run by ONNX Runtime.
+def onnx_matmul(weight: np.ndarray, block_size: int | None = BLOCK_SIZE,
+                threads: int = 1) -> Callable[[np.ndarray], np.ndarray]:
+    """Return x -> x W as ONE node run by ONNX Runtime: lmlab's blockwise int8 (MatMulNBits), or float32 MatMul.
 
     W (in, out) float32 is stored in 8 bits with one float32 step per block of ``block_size`` weights along the
-    input, as in every graph ``onnx_model`` and ``onnx_decoder`` write; x is (rows, in) float32. Shows, node by
-    node, what the whole model does (notebooks/06_acceleration.ipynb). Raises ValueError for a weight that is not
-    2-D, or a block size that is not a power of two >= 16.
+    input, as in every graph ``onnx_model`` and ``onnx_decoder`` write; ``block_size=None`` keeps it float32 and
+    feeds it at every call (as the node that multiplies attention weights by values gets them). x is (rows, in)
+    float32. Shows, node by node, what the whole model does (notebooks/06_acceleration.ipynb). Raises ValueError
+    for a weight that is not 2-D, or a block size that is not a power of two >= 16.
     """
     from onnx import TensorProto, helper, numpy_helper
 
     check_threads(threads)
-    if block_size < 16 or block_size & (block_size - 1):
-        raise ValueError(f"block_size={block_size} is out of range; use a power of two >= 16 (32, 64, 128)")
+    if block_size is not None and (block_size < 16 or block_size & (block_size - 1)):
+        raise ValueError(f"block_size={block_size} is out of range; use a power of two >= 16 (32, 64, 128) or None")
     weight = np.ascontiguousarray(weight, np.float32)
     if weight.ndim != 2:
         raise ValueError(f"weight has shape {weight.shape}; it must be a matrix (in, out)")
-    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "int8_matmul",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["rows", weight.shape[0]])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["rows", weight.shape[1]])],
-                              [numpy_helper.from_array(weight, "w")])
+    x_info = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["rows", weight.shape[0]])
+    w_info = helper.make_tensor_value_info("w", TensorProto.FLOAT, list(weight.shape))
+    y_info = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["rows", weight.shape[1]])
+    node = helper.make_node("MatMul", ["x", "w"], ["y"])
+    if block_size is None:  # W fed at every call, as attention's values are: no packing of a constant ahead
+        graph = helper.make_graph([node], "matmul", [x_info, w_info], [y_info])
+    else:
+        graph = helper.make_graph([node], "matmul", [x_info], [y_info], [numpy_helper.from_array(weight, "w")])
     graph_model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "matmul.onnx"
-        _blockwise(graph_model, block_size).save_model_to_file(str(path), use_external_data_format=False)
+        if block_size is None:
+            path.write_bytes(graph_model.SerializeToString())
+        else:
+            _blockwise(graph_model, block_size).save_model_to_file(str(path), use_external_data_format=False)
         session = _session(path, threads)
-    return lambda x: session.run(["y"], {"x": np.ascontiguousarray(x, np.float32)})[0]
+    feeds = {"w": weight} if block_size is None else {}
+    return lambda x: session.run(["y"], {"x": np.ascontiguousarray(x, np.float32), **feeds})[0]
 
 
 def _int8_matmuls(path: Path) -> int:

@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from lmlab.compress.export import int8_matmul
+from lmlab.compress.export import onnx_matmul
 from lmlab.inference.decode import CausalLM, Generation, generate, make_step
 from lmlab.measure.runtime import check_int
 
@@ -122,26 +122,37 @@ def _compare_row(alone: Generation, batched: Generation, row: int) -> tuple[int,
 
 
 def why_rows_differ(rows: int = 8, size: tuple[int, int] = (576, 1536), block_sizes: Sequence[int] = (128, 32),
-                    seed: int = 0) -> dict[str, float]:
+                    positions: int = 40, seed: int = 0) -> dict[str, float]:
     """Show why a row's numbers can depend on its batch: the same sums, added in another order.
 
-    For each block size b: one int8 matrix product y = x W (lmlab's MatMulNBits node, W of ``size`` = (in, out),
-    one thread) run on row 0 alone and on ``rows`` rows at once: f"int8 block {b}" = max |y_alone − y_batch[0]|
-    (0.0 means the kernels for 1 and for ``rows`` rows give the same bits). Then float32 sums of the same
-    4,096 numbers: "float32 sum in chunks" = |Σ x − Σ over 32 chunks of Σ chunk|, and "float32 matmul rows" for a
-    plain float32 product (one row alone against the batch). Raises ValueError for rows < 2.
+    The batch's size: for each block size b, one int8 matrix product y = x W (lmlab's MatMulNBits node, W of
+    ``size`` = (in, out), one thread) on row 0 alone and on ``rows`` rows at once: f"int8 block {b}" =
+    max |y_alone − y_batch[0]| (0.0: the kernels for 1 and for ``rows`` rows give the same bits); "float32 matmul
+    rows" the same for PyTorch's float32 product. The padding: attention's y = Σ_s p_s v_s over ``positions``
+    positions, ONNX Runtime's float32 MatMul, against the same sum after k padding positions (p = 0 there):
+    f"float32 attention, {k} pad" for k = 1 and 4. And "float32 sum in chunks" = |Σ x − Σ over 32 chunks of
+    Σ chunk| for 4,096 numbers. Raises ValueError for rows < 2 or positions < 1.
     """
     check_int("rows", rows, 2)
+    check_int("positions", positions, 1)
     generator = np.random.default_rng(seed)
     weight = generator.standard_normal(size).astype(np.float32)  # (in, out)
     x = generator.standard_normal((rows, size[0])).astype(np.float32)  # (rows, in)
     found = {}
     for block in block_sizes:
-        product = int8_matmul(weight, block_size=block, threads=1)
+        product = onnx_matmul(weight, block_size=block, threads=1)
         found[f"int8 block {block}"] = float(np.abs(product(x[:1])[0] - product(x)[0]).max())
-    numbers = torch.from_numpy(generator.standard_normal(4096).astype(np.float32))  # (4096,)
-    whole, chunked = numbers.sum(), sum(chunk.sum() for chunk in numbers.chunk(32))
-    found["float32 sum in chunks"] = float((whole - chunked).abs())
     weight_t, x_t = torch.from_numpy(weight), torch.from_numpy(x)
     found["float32 matmul rows"] = float((x_t[:1] @ weight_t - (x_t @ weight_t)[:1]).abs().max())
+    values = generator.standard_normal((positions + 4, 64)).astype(np.float32)  # (padding + positions, head_dim)
+    attention = generator.random(positions).astype(np.float32)
+    attention /= attention.sum()  # (positions,): softmax-like weights
+    alone = onnx_matmul(values[4:], block_size=None)(attention[None])  # (1, head_dim)
+    for pad in (1, 4):
+        padded = np.concatenate([np.zeros(pad, np.float32), attention])[None]  # (1, pad + positions)
+        found[f"float32 attention, {pad} pad"] = float(np.abs(onnx_matmul(values[4 - pad:], None)(padded)
+                                                              - alone).max())
+    numbers = torch.from_numpy(np.random.default_rng(seed + 1).standard_normal(4096).astype(np.float32))  # (4096,)
+    whole, chunked = numbers.sum(), sum(chunk.sum() for chunk in numbers.chunk(32))
+    found["float32 sum in chunks"] = float((whole - chunked).abs())
     return found
