@@ -14,8 +14,8 @@ milliseconds. The packages follow the course; each imports only the packages abo
   fused (a fused decoder graph, its KV buffer allocated once), methods (every technique and its setting's
   range), experiment (one model, one method, one results row)
 - ``lmlab.inference``  decode (prefill, decode, the KV cache, streaming), step (the typed decode step, left
-  padding, positions, crop), sampling (SamplingParams, pick, sample), position_cost, speculative (draft and
-  verify: greedy's tokens in fewer passes)
+  padding, positions, crop), sampling (SamplingParams, pick, sample), invariance (a row's tokens alone and in a
+  batch), position_cost, speculative (draft and verify: greedy's tokens in fewer passes)
 - ``lmlab.serving``    engine (continuous batching), served, protocol, app, launcher (the OpenAI-compatible HTTP
   server), clients, loadgen, reference
 - ``lmlab.scale``      distributed (torchrun: data, tensor, pipeline parallel), sweep (grids on Ray)

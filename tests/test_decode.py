@@ -7,7 +7,7 @@ import torch
 
 from lmlab.inference.decode import as_causal_lm, generate, kv_cache_bytes, make_step, past_bytes, stream
 from lmlab.inference.sampling import SamplingParams, pick, sampling_probs
-from lmlab.inference.step import DecodeStep, left_pad, left_pad_to, next_logits, positions
+from lmlab.inference.step import PAD_MULTIPLE, DecodeStep, left_pad, left_pad_to, next_logits, positions
 from lmlab.models.checkpoints import load_checkpoint
 
 PROMPTS = ["in the beginning god created", "and he said", "the lord is my shepherd i shall not want"]
@@ -96,13 +96,16 @@ def test_timings_are_part_of_the_result(lm):
 
 
 def test_the_cache_holds_what_the_formula_says(lm, gpt):
+    def width(tokens: int) -> int:  # the prompts' width: the longest, its left padding rounded up to PAD_MULTIPLE
+        return -(-tokens // PAD_MULTIPLE) * PAD_MULTIPLE
+
     prompt_tokens, new = len(lm.encode(PROMPTS[0])), 10
     g = generate(lm, PROMPTS[0], new, stop_at_eos=False)
-    # After the last pick the cache holds the prompt and every new token but the last (not yet fed back).
-    assert g.cache_bytes == kv_cache_bytes(gpt.gpt.config, prompt_tokens + new - 1)
+    # After the last pick the cache holds the (padded) prompt and every new token but the last (not yet fed back).
+    assert g.cache_bytes == kv_cache_bytes(gpt.gpt.config, width(prompt_tokens) + new - 1)
     batch = generate(lm, PROMPTS, new, stop_at_eos=False)
     longest = max(batch.prompt_tokens)
-    assert batch.cache_bytes == kv_cache_bytes(gpt.gpt.config, longest + new - 1, batch_size=3)
+    assert batch.cache_bytes == kv_cache_bytes(gpt.gpt.config, width(longest) + new - 1, batch_size=3)
     assert generate(lm, PROMPTS[0], new, cache=False).cache_bytes == 0
     assert past_bytes(None) == 0
 
@@ -164,7 +167,8 @@ def test_smollm2_cache_batch_and_transformers_agree(smol):
         ours = generate(smol, prompt, 12)
         assert list(ours.tokens[0]) == theirs[:len(ours.tokens[0])]
         assert generate(smol, prompt, 12, cache=False).tokens == ours.tokens
-        assert ours.cache_bytes == kv_cache_bytes(model.config, len(ids[0]) + len(ours.tokens[0]) - 1)
+        width = -(-len(ids[0]) // PAD_MULTIPLE) * PAD_MULTIPLE  # the prompt, its left padding rounded up
+        assert ours.cache_bytes == kv_cache_bytes(model.config, width + len(ours.tokens[0]) - 1)
     batch = generate(smol, prompts, 12, stop_at_eos=False)
     for row, prompt in zip(batch.tokens, prompts):
         assert_same_or_near_tie(row, generate(smol, prompt, 12, stop_at_eos=False, keep_logits=True))
@@ -322,6 +326,10 @@ def test_left_pad_and_positions_count_from_each_first_real_token():
     assert padded.shape == (2, 4, 6, 8) and torch.equal(padded[:, :, 3:], keys) and not padded[:, :, :3].any()
     with pytest.raises(ValueError, match="rows"):
         left_pad([[1], []], pad_id=0)
+    ids, mask = left_pad([[5, 6, 7], [8]], pad_id=0, multiple=PAD_MULTIPLE)  # width 3 rounded up to 4
+    assert ids.tolist() == [[0, 5, 6, 7], [0, 0, 0, 8]] and positions(mask).tolist() == [[0, 0, 1, 2], [0, 0, 0, 0]]
+    with pytest.raises(ValueError, match="multiple"):
+        left_pad([[1]], pad_id=0, multiple=0)
 
 
 @pytest.mark.parametrize("backend", ["eager", "onnx"])

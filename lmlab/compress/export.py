@@ -4,9 +4,13 @@ Introduced in notebooks/04_quantization.ipynb. ``benchmarks/bench_int8.py`` meas
 machine offers side by side (torchao, ONNX Runtime, the deprecated ``torch.ao.quantization.quantize_dynamic``);
 ONNX Runtime won, so it is lmlab's int8 path: ``onnx_model(model)``. Its two int8 schemes:
 
-- ``"blockwise"`` (the default): ``MatMulNBits`` with 8-bit symmetric weights, one float32 step per block of 128
-  weights along the input, and int8 arithmetic on activations quantized per block of each token at run time
-  (accuracy level 4). One token's outlier activation only coarsens its own blocks.
+- ``"blockwise"`` (the default): ``MatMulNBits`` with 8-bit symmetric weights, one float32 step per block of 32
+  weights along the input (``BLOCK_SIZE``), and int8 arithmetic on activations quantized per block of each token
+  at run time (accuracy level 4). One token's outlier activation only coarsens its own blocks. Blocks of 32, not
+  the quantizer's default 128: with 128, ONNX Runtime's kernels for one row and for several rows add the
+  blocks' partial products in different orders, so a row's logits (and, at a near tie, its greedy token) depend
+  on how many other rows share the batch; with 32 every row count gives the same bits
+  (``lmlab.inference.invariance``, notebooks/06_acceleration.ipynb).
 - ``"dynamic"``: ``MatMulInteger`` with per-channel int8 weights and activations quantized to uint8 with one
   step for the whole input tensor at run time. Faster, but a single outlier activation (SmolLM2 has some in
   the hundreds) sets the step for every token, and accuracy collapses.
@@ -44,6 +48,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from lmlab.measure.hardware import QUANT_BLOCK
 from lmlab.measure.runtime import check_int, check_threads, default_threads
 from lmlab.measure.timing import time_ms
 from lmlab.models.neural import GPTLanguageModel, MLPLanguageModel
@@ -51,9 +56,9 @@ from lmlab.models.pretrained import cache_dir, cache_lock
 from lmlab.models.protocols import is_transformers_causal_lm
 
 QUANTIZATIONS = ("blockwise", "dynamic", None)
-BLOCK_SIZE = 128
-FORMAT_VERSION = 2  # part of the cache key: bump when the export or the quantization changes
-DECODER_VERSION = 1  # part of a decoder graph's key: bump when the decoder's export changes
+BLOCK_SIZE = QUANT_BLOCK  # 32 weights per step: a row's int8 output is the same for any batch (with 128 it is not)
+FORMAT_VERSION = 3  # part of the cache key: bump when the export or the quantization changes (3: blocks of 32)
+DECODER_VERSION = 2  # part of a decoder graph's key: bump when the decoder's export changes (2: blocks of 32)
 OPTIMIZATIONS = ("disabled", "basic", "extended", "all")  # ONNX Runtime's graph optimization levels
 Quantizer = Callable[[Path, Path, "str | None"], None]  # (float32 graph, quantized graph to write, scheme)
 
@@ -336,12 +341,57 @@ def _quantize(source: Path, target: Path, quantization: str | None) -> None:
             quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, per_channel=True,
                              op_types_to_quantize=["MatMul"], extra_options={"MatMulConstBOnly": True})
         else:
-            from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+            _blockwise(onnx.load(str(source)), BLOCK_SIZE).save_model_to_file(str(target),
+                                                                              use_external_data_format=False)
 
-            quantizer = MatMulNBitsQuantizer(onnx.load(str(source)), bits=8, block_size=BLOCK_SIZE, is_symmetric=True,
-                                             accuracy_level=4)
-            quantizer.process()
-            quantizer.model.save_model_to_file(str(target), use_external_data_format=False)
+
+def _blockwise(graph_model, block_size: int):
+    """Return the graph (ONNX Runtime's ``ONNXModel``) with its constant-weight MatMuls as MatMulNBits: 8-bit
+    symmetric, one step per block of ``block_size`` weights, int8 arithmetic (accuracy level 4)."""
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)  # no progress logs
+    quantizer = MatMulNBitsQuantizer(graph_model, bits=8, block_size=block_size, is_symmetric=True, accuracy_level=4)
+    quantizer.process()
+    return quantizer.model
+
+
+def onnx_matmul(weight: np.ndarray, block_size: int | None = BLOCK_SIZE,
+                threads: int = 1) -> Callable[[np.ndarray], np.ndarray]:
+    """Return x -> x W as ONE node run by ONNX Runtime: lmlab's blockwise int8 (MatMulNBits), or float32 MatMul.
+
+    W (in, out) float32 is stored in 8 bits with one float32 step per block of ``block_size`` weights along the
+    input, as in every graph ``onnx_model`` and ``onnx_decoder`` write; ``block_size=None`` keeps it float32 and
+    feeds it at every call (as the node that multiplies attention weights by values gets them). x is (rows, in)
+    float32. Shows, node by node, what the whole model does (notebooks/06_acceleration.ipynb). Raises ValueError
+    for a weight that is not 2-D, or a block size that is not a power of two >= 16.
+    """
+    from onnx import TensorProto, helper, numpy_helper
+
+    check_threads(threads)
+    if block_size is not None and (block_size < 16 or block_size & (block_size - 1)):
+        raise ValueError(f"block_size={block_size} is out of range; use a power of two >= 16 (32, 64, 128) or None")
+    weight = np.ascontiguousarray(weight, np.float32)
+    if weight.ndim != 2:
+        raise ValueError(f"weight has shape {weight.shape}; it must be a matrix (in, out)")
+    x_info = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["rows", weight.shape[0]])
+    w_info = helper.make_tensor_value_info("w", TensorProto.FLOAT, list(weight.shape))
+    y_info = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["rows", weight.shape[1]])
+    node = helper.make_node("MatMul", ["x", "w"], ["y"])
+    if block_size is None:  # W fed at every call, as attention's values are: no packing of a constant ahead
+        graph = helper.make_graph([node], "matmul", [x_info, w_info], [y_info])
+    else:
+        graph = helper.make_graph([node], "matmul", [x_info], [y_info], [numpy_helper.from_array(weight, "w")])
+    graph_model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "matmul.onnx"
+        if block_size is None:
+            path.write_bytes(graph_model.SerializeToString())
+        else:
+            _blockwise(graph_model, block_size).save_model_to_file(str(path), use_external_data_format=False)
+        session = _session(path, threads)
+    feeds = {"w": weight} if block_size is None else {}
+    return lambda x: session.run(["y"], {"x": np.ascontiguousarray(x, np.float32), **feeds})[0]
 
 
 def _int8_matmuls(path: Path) -> int:

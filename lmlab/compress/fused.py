@@ -43,12 +43,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from lmlab.compress.export import _cached_graph, _fingerprint, _initializer_bytes, _int64_matrix, _session
+from lmlab.compress.export import BLOCK_SIZE, _cached_graph, _fingerprint, _initializer_bytes, _int64_matrix, _session
 from lmlab.measure.runtime import check_int, check_threads
 from lmlab.models.protocols import is_transformers_causal_lm
 
 FUSED_FORMATS = ("float32", "int8", "int4")
-FUSED_BLOCK_SIZE = 32  # weights per int8/int4 step: with accuracy level 4, rows come out the same in any batch
 FUSED_VERSION = 1  # part of a fused graph's key: bump when the graph's construction changes
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM",)  # SmolLM2, Llama: RMSNorm, rotary, grouped-query attention, SiLU
 _BITS = {"int8": 8, "int4": 4}
@@ -281,7 +280,7 @@ def fused_decoder(model: nn.Module, fmt: str = "int8", threads: int | None = Non
     check_int("max_length", max_length, 1, config.max_position_embeddings)
 
     def name(q: str | None) -> str:
-        return f"fused-{_fingerprint(model, q, kind=f'fused{FUSED_VERSION}|{FUSED_BLOCK_SIZE}')}.onnx"
+        return f"fused-{_fingerprint(model, q, kind=f'fused{FUSED_VERSION}|{BLOCK_SIZE}')}.onnx"
 
     quantization = None if fmt == "float32" else fmt
     path = _cached_graph(name, lambda target: _build_graph(model, target), quantization, cache,
@@ -346,7 +345,7 @@ def _quantize_nbits(source: Path, target: Path, quantization: str | None) -> Non
     with warnings.catch_warnings(), contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
         warnings.simplefilter("ignore")
         quantizer = MatMulNBitsQuantizer(onnx.load(str(source)), bits=_BITS[quantization],
-                                         block_size=FUSED_BLOCK_SIZE, is_symmetric=True, accuracy_level=4)
+                                         block_size=BLOCK_SIZE, is_symmetric=True, accuracy_level=4)
         quantizer.process()
         quantizer.model.save_model_to_file(str(target), use_external_data_format=False)
 

@@ -38,7 +38,7 @@ from lmlab.compress.export import onnx_decoder
 from lmlab.compress.fused import fused_decoder
 from lmlab.data.corpora import tokenize
 from lmlab.inference.sampling import SamplingParams, pick, sampling_params
-from lmlab.inference.step import DecodeStep, TorchStep, left_pad, next_logits
+from lmlab.inference.step import PAD_MULTIPLE, DecodeStep, TorchStep, left_pad, next_logits
 from lmlab.measure.results import Result
 from lmlab.measure.runtime import check_int, default_threads, pick_device, torch_threads
 from lmlab.measure.stats import binomial_se
@@ -307,7 +307,7 @@ def _decode_loop(lm: CausalLM, prompts, max_new_tokens: int, *, sampling: Sampli
     on = step.place(pick_device(device))  # where the step's inputs go: the chosen device, or the CPU for ONNX Runtime
 
     batch = len(rows)
-    ids, mask = (t.to(on) for t in left_pad(rows, lm.pad_id))  # (batch, longest), left-padded prompts
+    ids, mask = (t.to(on) for t in left_pad(rows, lm.pad_id, PAD_MULTIPLE))  # (batch, width), left-padded
     generator = sampling.generator(on)
     new = torch.empty((batch, 0), dtype=torch.long, device=on)
     done = torch.zeros(batch, dtype=torch.bool, device=on)

@@ -16,6 +16,8 @@ length (``crop_past``, which calls the step's ``crop(past, length)``: ``TorchSte
 
 Several prompts run together padded on the LEFT: an attention mask hides the padding and the positions count
 from each row's first real token, position_t = (Σ_{s <= t} mask_s) − 1, so every row computes what it would alone.
+The decode loop pads even one prompt to a width that is a multiple of ``PAD_MULTIPLE``, so that a row's padding
+is the same, mod 4, alone and in any batch: then it computes the same bits too (``lmlab.inference.invariance``).
 """
 
 from __future__ import annotations
@@ -151,20 +153,28 @@ class TorchStep:
         return DynamicCache(ddp_cache_data=pairs, config=self.config)
 
 
-def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stack token-id rows of different lengths, padded on the left: return ids and mask, both (batch, longest).
+PAD_MULTIPLE = 4  # left padding rounds a batch's width up to a multiple of this: see ``left_pad``
 
-    mask[i, t] = 1 where row i has a real token, 0 on its padding (filled with ``pad_id``).
-    Raises ValueError for no rows or an empty row.
+
+def left_pad(rows: Sequence[Sequence[int]], pad_id: int, multiple: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack token-id rows of different lengths, padded on the left: return ids and mask, both (batch, width).
+
+    mask[i, t] = 1 where row i has a real token, 0 on its padding (filled with ``pad_id``); width is the longest
+    row rounded up to a multiple of ``multiple``. With ``multiple`` = PAD_MULTIPLE a row's padding is
+    (−len) mod 4 alone and in any batch (mod 4): ONNX Runtime's float32 MatMul adds the terms of a sum over
+    positions (attention weights times values) four at a time, so a row's sums, and its bits, stay the same.
+    Raises ValueError for no rows, an empty row, or multiple < 1.
     """
     if len(rows) == 0 or min(len(row) for row in rows) == 0:
         raise ValueError(f"rows has lengths {[len(row) for row in rows]}; left padding needs rows of >= 1 token")
-    longest = max(len(row) for row in rows)
-    ids = torch.full((len(rows), longest), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), longest), dtype=torch.long)
+    if multiple < 1:
+        raise ValueError(f"multiple={multiple} is out of range; use an integer >= 1")
+    width = -(-max(len(row) for row in rows) // multiple) * multiple  # the longest, rounded up
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, row in enumerate(rows):
-        ids[i, longest - len(row):] = torch.as_tensor(list(row), dtype=torch.long)
-        mask[i, longest - len(row):] = 1
+        ids[i, width - len(row):] = torch.as_tensor(list(row), dtype=torch.long)
+        mask[i, width - len(row):] = 1
     return ids, mask
 
 

@@ -42,7 +42,7 @@ import torch
 from lmlab.inference.decode import CausalLM, make_step
 from lmlab.inference.sampling import SamplingParams, pick, sampling_params
 from lmlab.inference.speculative import prompt_lookup, verify
-from lmlab.inference.step import DecodeStep, Pairs, left_pad, left_pad_to, next_logits
+from lmlab.inference.step import PAD_MULTIPLE, DecodeStep, Pairs, left_pad, left_pad_to, next_logits
 from lmlab.measure.runtime import check_int, torch_threads
 from lmlab.measure.timing import Stopwatch
 
@@ -212,7 +212,8 @@ class Engine:
         self._ids = itertools.count()
         self._waiting: deque[_Request] = deque()
         self._rows: list[_Request] = []
-        self._prefilling = 0  # admitted, being prefilled, not yet in the batch
+        self._prefilling = 0  # admitted, being prefilled (or held), not yet in the batch
+        self._held: list[tuple[list[_Request], Pairs, torch.Tensor]] = []  # prefilled, waiting to line up: _join
         self._counts = threading.Lock()  # `active` reads the batch and the prefilling count together
         self._past = None  # the batch's KV cache, in the step's own format
         self._mask: torch.Tensor | None = None  # (B, L) 1 for real positions, 0 for left padding
@@ -331,34 +332,36 @@ class Engine:
         with torch_threads(self.threads), torch.inference_mode():
             while True:
                 with self._wake:
-                    while not self._stop and not self._rows and not self._waiting:
+                    while not self._stop and not self._rows and not self._waiting and not self._held:
                         self._wake.wait(0.5)
                     if self._stop:
                         break
                     admitted = self._admit()
-                    self._prefilling = len(admitted)
+                    self._prefilling = len(admitted) + self._held_rows()
                 try:
                     self._drop_cancelled()
                     self._prefill_all(admitted)
-                    self._prefilling = 0
+                    self._join_held()
+                    self._prefilling = self._held_rows()
                     if self._rows:
                         self._decode()
                 except Exception as error:  # a fault in the scheduler itself: end what runs, keep serving
-                    for request in self._rows:
+                    for request in self._rows + [r for requests, _, _ in self._held for r in requests]:
                         self._finish(request, "error", f"{type(error).__name__}: {error}")
-                    self._rows, self._past, self._mask, self._prefilling = [], None, None, 0
-            for request in list(self._rows) + list(self._waiting):
+                    self._rows, self._past, self._mask, self._prefilling, self._held = [], None, None, 0, []
+            for request in list(self._rows) + [r for requests, _, _ in self._held for r in requests] + list(
+                    self._waiting):
                 self._finish(request, "cancelled")
-            self._rows, self._waiting = [], deque()
+            self._rows, self._waiting, self._held = [], deque(), []
             self._past = self._mask = None
 
     def _admit(self) -> list[_Request]:
         """Take the waiting requests the policy lets in now (called with the lock held)."""
         slots = 1 if self.policy == "sequential" else self.max_batch
-        if self.policy == "static" and self._rows:
+        if self.policy == "static" and (self._rows or self._held):
             return []
         admitted: list[_Request] = []
-        while self._waiting and len(self._rows) + len(admitted) < slots:
+        while self._waiting and len(self._rows) + self._held_rows() + len(admitted) < slots:
             request = self._waiting.popleft()
             if request.ticket.cancelled.is_set():
                 self._finish(request, "cancelled")
@@ -391,7 +394,8 @@ class Engine:
         prefill = Stopwatch(sync=False).start()
         for request in requests:
             request.admitted_ms = request.clock.elapsed_ms()
-        ids, mask = (t.to(self.step.device) for t in left_pad([r.ids for r in requests], self.lm.pad_id))  # (k, L)
+        ids, mask = (t.to(self.step.device) for t in left_pad([r.ids for r in requests], self.lm.pad_id,
+                                                              PAD_MULTIPLE))  # (k, L), L a multiple of 4: _join
         longest = ids.shape[1]
         try:
             last, past = next_logits(self.step, ids, mask, None)  # (k, vocab): each row's last real token predicts
@@ -426,15 +430,19 @@ class Engine:
         try:
             cached, start = self._cached_prefix(ids, request.prefix_len)
             device = self.step.device
-            feed = torch.tensor([ids[start:]], device=device)  # (1, new): what the cached prefix does not hold
-            mask = torch.ones((1, len(ids)), dtype=torch.long, device=device)
+            if cached is None:  # the whole prompt, padded as the decode loop pads it alone (see _join)
+                feed, mask = (t.to(device) for t in left_pad([ids], self.lm.pad_id, PAD_MULTIPLE))  # (1, width)
+            else:
+                feed = torch.tensor([ids[start:]], device=device)  # (1, new): what the cached prefix does not hold
+                mask = torch.ones((1, len(ids)), dtype=torch.long, device=device)
+            pad = mask.shape[1] - len(ids)
             past = self.step.from_pairs(cached) if cached is not None else None
             last, past = next_logits(self.step, feed, mask, past)
             pairs = self.step.to_pairs(past)
             if request.prefix_len and cached is None and request.prefix_len < len(ids):
                 self.prefixes.put(tuple(ids[:request.prefix_len]),
-                                  [(k[:, :, :request.prefix_len].clone(), v[:, :, :request.prefix_len].clone())
-                                   for k, v in pairs])
+                                  [(k[:, :, pad:pad + request.prefix_len].clone(),
+                                    v[:, :, pad:pad + request.prefix_len].clone()) for k, v in pairs])
             request.prefix_hit = cached is not None
             token = self._pick(request, last)
         except Exception as error:  # this request fails; the batch goes on
@@ -454,7 +462,17 @@ class Engine:
 
     def _join(self, requests: list[_Request], pairs: Pairs, mask: torch.Tensor) -> None:
         """Merge new rows' caches (k, heads, l, dim per layer) and mask (k, l) into the batch's, left-padding
-        both to a common length."""
+        both to a common length.
+
+        A prompt is prefilled padded to a multiple of PAD_MULTIPLE, as the decode loop pads it alone, and rows
+        join only when the two lengths differ by a multiple of 4 (else they are held, and join within 3 decode
+        steps): a row's padding then changes by multiples of 4 only, and it computes the same bits as it would
+        alone (``lmlab.inference.invariance``). A prompt whose prefix came from the prefix cache is the exception:
+        its cached keys and values were computed in another prompt's alignment.
+        """
+        if self._mask is not None and self._rows and (self._mask.shape[1] - mask.shape[1]) % PAD_MULTIPLE:
+            self._held.append((requests, pairs, mask))
+            return
         if not self._rows:
             self._mask, self._past = mask, self.step.from_pairs(pairs)
         else:
@@ -470,6 +488,15 @@ class Engine:
             self._rows = self._rows + list(requests)
             self._prefilling = max(0, self._prefilling - len(requests))
 
+    def _held_rows(self) -> int:
+        return sum(len(requests) for requests, _, _ in self._held)
+
+    def _join_held(self) -> None:
+        """Join the held rows whose length now lines up with the batch's (all of them into an empty batch)."""
+        held, self._held = self._held, []
+        for requests, pairs, mask in held:
+            self._join(requests, pairs, mask)
+
     def _keep_rows(self, keep: list[int]) -> None:
         """Keep only the rows ``keep`` (the others' caches are freed), and trim padding no row needs."""
         if not keep:
@@ -479,6 +506,7 @@ class Engine:
         index = torch.tensor(keep, device=self._mask.device)
         mask = self._mask.index_select(0, index)
         first = int(mask.any(0).nonzero()[0])  # the first column some row still uses
+        first -= first % PAD_MULTIPLE  # trim padding by a multiple of 4 only: see _join
         self._mask = mask[:, first:]
         self._past = self.step.from_pairs([(k.index_select(0, index)[:, :, first:],
                                             v.index_select(0, index)[:, :, first:])
