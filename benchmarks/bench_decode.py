@@ -1,7 +1,7 @@
 """Decoding, measured in one run: the KV cache, batching, compiled and exported graphs, int8, the bandwidth floor
 and two peers that decode the same model (llama.cpp, onnxruntime-genai).
 
-Run: .venv/bin/python benchmarks/bench_decode.py [--skip-smollm2] [--quick]   (about 10 minutes; --quick: a smoke test)
+Run: .venv/bin/python benchmarks/bench_decode.py [--skip-smollm2] [--quick]   (about 20 minutes; --quick: a smoke test)
 
 On SmolLM2-135M and the largest shipped GPT (data/gpt-large), greedy decoding through
 lmlab.inference.decode.generate, one torch thread (two threads beside), medians and p90 of the decode steps, ratios
@@ -14,9 +14,15 @@ measured in this run:
 4. Floor: (weight bytes + KV cache) / the measured one-thread read bandwidth, in each path's own format.
 5. int8: lmlab's ONNX Runtime blockwise int8 with the cache against eager float32: ms/token, and perplexity on the
    40 KJV test verses benchmarks/bench_int8.py scores (one prefill over the text, every position's logits).
-6. Peers, SmolLM2 at one thread: llama.cpp's llama-bench (`-t 1 -p 0 -n 64 -r 3`) on the shipped GGUF and its Q8_0
-   and F32 copies, if $LLAMA_BENCH or llama-bench on PATH (llama-cpp-python's sdist vendors llama.cpp: `cmake --build
-   build --target llama-bench llama-quantize`); onnxruntime-genai's own int8 build and decode loop.
+6. Peers, SmolLM2 at one thread: llama.cpp's llama-bench (`-t 1 -p 0 -n 64 -r 3`) on the shipped GGUF (Q4_1) and
+   its Q8_0, Q4_0 and F32 copies, if $LLAMA_BENCH or llama-bench on PATH (llama-cpp-python's sdist vendors
+   llama.cpp: `cmake --build build --target llama-bench llama-quantize`); onnxruntime-genai's own int8 and int4
+   builds and decode loop.
+7. lmlab's fused decoder graph (lmlab.compress.fused: float32, int8, int4, the KV buffer allocated once): the
+   same columns as 3, a decode step after 1,000 positions against one after 32, speculative decoding by prompt
+   lookup on FAQ replies (tokens identical to greedy), and batch invariance of every format (8 prompts alone
+   against the same 8 in one batch). Issue 24's targets are printed as yes/NO lines, and the SmolLM2 rows, peers
+   and targets are saved to data/bench/decode.json (not with --quick) for chapter 06.
 --quick: fewer tokens, and lmlab's and Inductor's usual caches (its one-off costs are not cold).
 """
 
@@ -49,6 +55,9 @@ QUICK = {"cache_tokens": 24, "batch_tokens": 8, "batches": (1, 8), "graph_tokens
 PROMPT_TOKENS, PEER_TOKENS = 32, 64
 PATHS = {"eager": ("eager PyTorch", "float32"), "compile": ("torch.compile", "float32"),
          "onnx": ("ONNX Runtime float32", "float32"), "onnx-int8": ("ONNX Runtime int8 (lmlab)", "int8")}
+FUSED = {"fused": ("lmlab fused graph float32", "float32"), "fused-int8": ("lmlab fused graph int8", "int8"),
+         "fused-int4": ("lmlab fused graph int4", "int4")}  # Llama-family models only (SmolLM2)
+FAR, NEAR = 1000, 32  # positions of the two decode steps the copy-free cache compares
 
 
 def spread(samples_ms) -> tuple[float, float]:
@@ -163,17 +172,18 @@ def measure_path(lm, backend: str, prompt: list[int], tokens: int, runs: int, ea
     warm = [run(lm, prompt, tokens, steps[1], 1, keep_logits=True) for _ in range(runs)]
     # Dynamo guards on the thread count: torch.compile at 2 threads would compile everything again (minutes).
     two = [] if backend == "compile" else [run(lm, prompt, tokens, steps[2], 2)[0] for _ in range(1 + runs)]
-    return {"backend": backend, "label": PATHS[backend][0], "fmt": PATHS[backend][1], "step": steps[1],
+    label, fmt = {**PATHS, **FUSED}[backend]
+    return {"backend": backend, "label": label, "fmt": fmt, "step": steps[1],
             **dict(zip(("median", "p90"), spread([ms for g, _ in warm for ms in g.step_ms]))),
             "two": spread([ms for g in two[1:] for ms in g.step_ms])[0] if two else None, "gen": warm[0][0],
             "one_off_ms": build_ms + max(0.0, first_ms - float(np.median([wall for _, wall in warm])))}
 
 
 def graph_section(lm, prompt: list[int], settings: dict, eager, text_ids: list[int], cold: bool,
-                  bandwidth_gbs: float) -> list[dict]:
+                  bandwidth_gbs: float, paths) -> list[dict]:
     tokens = settings["graph_tokens"]
     kv = kv_cache_bytes(lm.core.config, len(prompt) + tokens)
-    rows = [measure_path(lm, backend, prompt, tokens, settings["runs"], eager, cold) for backend in PATHS]
+    rows = [measure_path(lm, backend, prompt, tokens, settings["runs"], eager, cold) for backend in paths]
     base = rows[0]
     print(f"\n{lm.name}, the cached decode step: {len(prompt)}-token prompt, {tokens} new tokens, batch 1; speed-up "
           f"against this run's eager row;\nfloor = (weights + KV cache) / 1-thread read bandwidth, in the path's "
@@ -205,15 +215,16 @@ def graph_section(lm, prompt: list[int], settings: dict, eager, text_ids: list[i
     return rows
 
 
-def genai_peer(folder: Path, prompt: list[int], tokens: int, runs: int) -> dict | str:
-    """onnxruntime-genai's own int8 build of the same weights and its own decode loop, one intra-op thread."""
+def genai_peer(folder: Path, prompt: list[int], tokens: int, runs: int, precision: str = "int8") -> dict | str:
+    """onnxruntime-genai's own build (``precision`` "int8" or "int4") of the same weights and its own decode loop,
+    one intra-op thread."""
     try:
         import onnxruntime_genai as og
     except ImportError:
         return "onnxruntime-genai is not installed (pip install onnxruntime-genai)"
     from lmlab.models.pretrained import cache_dir
 
-    built = cache_dir() / "ort-genai-int8"
+    built = cache_dir() / f"ort-genai-{precision}"
     config = json.loads((folder / "config.json").read_text())
     if "quantization_config" in config:
         return f"{folder}/config.json has a quantization_config; its builder refuses a GGUF-quantized model"
@@ -221,7 +232,7 @@ def genai_peer(folder: Path, prompt: list[int], tokens: int, runs: int) -> dict 
         with tempfile.TemporaryDirectory() as scratch:
             out, work = Path(scratch) / "out", Path(scratch) / "work"
             done = subprocess.run([sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(folder),
-                                   "-o", str(out), "-p", "int8", "-e", "cpu", "-c", str(work)],
+                                   "-o", str(out), "-p", precision, "-e", "cpu", "-c", str(work)],
                                   capture_output=True, text=True)
             if done.returncode != 0:
                 return f"its model builder failed: {(done.stderr or done.stdout).strip().splitlines()[-1][:200]}"
@@ -245,11 +256,11 @@ def genai_peer(folder: Path, prompt: list[int], tokens: int, runs: int) -> dict 
             if i > 0:
                 steps_ms.append((time.perf_counter() - before) * 1e3)
     median, p90 = spread(steps_ms)
-    return {"label": "onnxruntime-genai int8", "median": median, "p90": p90}
+    return {"label": f"onnxruntime-genai {precision}", "kind": precision, "median": median, "p90": p90}
 
 
 def llama_peer(tokens: int) -> list[dict] | str:
-    """llama.cpp's llama-bench on the shipped GGUF (Q4_1) and, with llama-quantize, its Q8_0 and F32 copies."""
+    """llama.cpp's llama-bench on the shipped GGUF (Q4_1) and, with llama-quantize, its Q8_0, Q4_0 and F32 copies."""
     from lmlab.models.pretrained import gguf_path
 
     bench = os.environ.get("LLAMA_BENCH") or shutil.which("llama-bench")
@@ -260,7 +271,7 @@ def llama_peer(tokens: int) -> list[dict] | str:
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
         files = {"Q4_1": gguf_path()}
-        for kind in ("Q8_0", "F32") if quantize else ():
+        for kind in ("Q8_0", "Q4_0", "F32") if quantize else ():
             target = Path(scratch) / f"smollm2-{kind}.gguf"
             done = subprocess.run([quantize, "--allow-requantize", str(gguf_path()), str(target), kind],
                                   capture_output=True, text=True)
@@ -277,19 +288,41 @@ def llama_peer(tokens: int) -> list[dict] | str:
     return rows
 
 
-def peer_section(rows: list[dict], genai, llama) -> None:
+def peer_section(rows: list[dict], genai: list, llama) -> None:
     print(f"\nSmolLM2-135M beside its peers: decode ms/token at 1 thread, {PEER_TOKENS} new tokens "
           f"(llama.cpp: the median of llama-bench's 3 runs\nfrom an empty context; its \"p90\" is the slowest run)")
-    peers = [genai] if isinstance(genai, dict) else []
-    peers += llama if isinstance(llama, list) else []
+    peers = [g for g in genai if isinstance(g, dict)] + (llama if isinstance(llama, list) else [])
     for r in [*rows, *peers]:
         print(f"  {r['label']:<28} {format_ms(r['median'])}  (p90 {format_ms(r['p90'], 7).strip()})")
-    for name, result in (("onnxruntime-genai", genai), ("llama.cpp", llama)):
+    for name, result in [*(("onnxruntime-genai", g) for g in genai), ("llama.cpp", llama)]:
         if isinstance(result, str):
             print(f"  {name} column skipped: {result}")
 
 
-def targets(name: str, kv: dict, batch: dict, graphs: list[dict], peers: tuple | None) -> None:
+def position_section(lm, graphs: list[dict], ids: list[int], runs: int) -> dict:
+    """The median decode step after NEAR and after FAR positions of context, per path, one thread: a cache that
+    copies nothing growing with the past keeps the ratio near 1 (attention still reads every cached position)."""
+    if len(ids) < FAR + 1:
+        raise ValueError(f"the text has {len(ids)} tokens; the position section needs {FAR + 1}")
+    steps = {}
+    for r in graphs:
+        if r["backend"] in ("onnx-int8", "fused-int8", "fused-int4"):
+            for n in (NEAR, FAR):
+                run(lm, ids[:n], 2, r["step"], 1)  # warm-up
+                steps[r["label"], n] = spread([ms for _ in range(runs) for ms in run(lm, ids[:n], 16, r["step"], 1)[0]
+                                              .step_ms])
+    print(f"\n{lm.name}, a decode step deep in the context: 16 new tokens after a {NEAR}- and a {FAR}-token prompt, "
+          f"1 thread")
+    print(f"{'path':<26} {'at ' + str(NEAR):>12} {'at ' + str(FAR):>12} {'ratio':>6}")
+    ratios = {}
+    for label in dict.fromkeys(label for label, _ in steps):
+        near, far = steps[label, NEAR][0], steps[label, FAR][0]
+        ratios[label] = far / near
+        print(f"{label:<26} {format_ms(near)} {format_ms(far)} {far / near:>5.2f}×")
+    return ratios
+
+
+def targets(name: str, kv: dict, batch: dict, graphs: list[dict], peers: bool) -> None:
     """One line per target, ending in yes or NO (or "not measured" with the reason, for an absent peer)."""
     by = {r["backend"]: r for r in graphs}
     lines = [f"KV cache: decode >= 5x faster with the cache ({kv['ratio']:.1f}x), identical greedy tokens "
@@ -303,7 +336,7 @@ def targets(name: str, kv: dict, batch: dict, graphs: list[dict], peers: tuple |
                  f"({best['label']}: {best['speedup']:.2f}x, {best['gap']:.1e}, break-even "
                  f"{math.ceil(best['break_even']) if math.isfinite(best['break_even']) else 'never'} tokens): "
                  f"{verdict(bool(good))}")
-    if peers is not None:
+    if peers:
         fastest = min(graphs, key=lambda r: r["median"])
         times_floor = fastest["median"] / fastest["floor"]
         lines.append(f"floor: the fastest path within 2x of its bandwidth floor ({fastest['label']}: "
@@ -312,24 +345,122 @@ def targets(name: str, kv: dict, batch: dict, graphs: list[dict], peers: tuple |
         speed, change = int8["median"] / base["median"], int8["ppl"] / base["ppl"] - 1
         lines.append(f"int8: ONNX Runtime int8 <= 0.4x eager float32 ms/token ({speed:.2f}x), perplexity up <= 1% "
                      f"({change:+.2%}): {verdict(speed <= 0.4 and change <= 0.01)}")
-        genai, llama, float32 = peers
-        if isinstance(genai, dict):
-            lines.append(f"onnxruntime-genai: lmlab int8 no slower than its int8 ({int8['median']:.1f} vs "
-                         f"{genai['median']:.1f} ms/token): {verdict(int8['median'] <= genai['median'])}")
-        else:
-            lines.append(f"onnxruntime-genai: lmlab int8 no slower than its int8: not measured ({genai})")
-        kinds = {r["kind"]: r for r in llama} if isinstance(llama, list) else {}
-        for kind, ours in (("Q8_0", int8), ("F32", float32)):
-            claim = f"llama.cpp {kind}: lmlab's {ours['label']} no slower"
-            if kind in kinds:
-                theirs = kinds[kind]["median"]
-                lines.append(f"{claim} ({ours['median']:.1f} vs {theirs:.1f} ms/token): "
-                             f"{verdict(ours['median'] <= theirs)}")
-            else:
-                lines.append(f"{claim}: not measured ({llama if isinstance(llama, str) else 'llama-quantize absent'})")
     print(f"targets, {name}:")
     for line in lines:
         print(f"  {line}")
+
+
+FAQ_QUESTIONS = ("Can I return shoes I have worn?", "How much does shipping cost?",
+                 "Which payment methods do you accept?", "When is the shop in Leiden open?")
+
+
+def speculative_section(lm, tokenizer, step, settings: dict) -> dict | str:
+    """Prompt lookup on FAQ replies (the FAQ as the system prompt, one customer question each): plain greedy against
+    speculative decoding on the same step, alternating runs, one thread."""
+    from lmlab.inference.speculative import speculative_speedup
+    from lmlab.serving.served import chat_template_ids
+
+    faq = Path("data/shop-faq.txt").read_text().strip()
+    tokens = settings["graph_tokens"]
+    rows = []
+    for question in FAQ_QUESTIONS:
+        ids = chat_template_ids(tokenizer, [{"role": "system", "content": faq}, {"role": "user", "content": question}],
+                                generation=True)
+        rows.append(speculative_speedup(lm, ids, tokens, step=step, threads=1, repeat=settings["runs"],
+                                        method="prompt-lookup", k=4))
+    print(f"\n{lm.name}, speculative decoding by prompt lookup (k = 4) on {len(rows)} FAQ replies of {tokens} tokens, "
+          f"{step.backend}, 1 thread; formula: E = (1 - a^(k+1)) / (1 - a) tokens per pass, S = E / (k c + 1)")
+    print(f"{'question':<40} {'same':>5} {'α':>5} {'tok/pass':>8} {'E':>5} {'plain tok/s':>11} {'spec tok/s':>10} "
+          f"{'speed-up':>8} {'S':>5}")
+    for question, r in zip(FAQ_QUESTIONS, rows):
+        print(f"{question:<40} {str(r['identical']):>5} {r['alpha']:>5.2f} {r['tokens_per_pass']:>8.2f} "
+              f"{r['expected_tokens_per_pass']:>5.2f} {r['plain_tokens_per_s']:>11.1f} "
+              f"{r['speculative_tokens_per_s']:>10.1f} {r['speedup']:>7.2f}× {r['expected_speedup']:>5.2f}")
+    ratio = float(np.median([r["speedup"] for r in rows]))
+    print(f"median speed-up {ratio:.2f}× over {len(rows)} replies")
+    return {"ratio": ratio, "same": all(r["identical"] for r in rows)}
+
+
+def invariance_section(lm, prompts: list[list[int]], backends) -> dict:
+    """Each of 8 prompts (16 to 32 tokens) decoded alone and in one batch of 8, 16 greedy tokens, per format."""
+    from lmlab.inference.invariance import batch_invariance
+
+    print(f"\n{lm.name}, batch invariance: 8 prompts decoded alone and together in a batch of 8 (left-padded), 16 "
+          f"greedy tokens each, 1 thread")
+    print(f"{'path':<12} {'tokens differing':>16} {'max |Δlogit|':>12} {'ms/token alone':>14} {'per row, batch 8':>16}")
+    differ = {}
+    for backend in backends:
+        r = batch_invariance(lm, prompts[:8], backend, batch=8, new_tokens=16, threads=1)
+        differ[backend] = r.differing_tokens
+        print(f"{backend:<12} {r.differing_tokens:>9} of {r.compared_tokens:<4} {r.max_logit_diff:>12.1e} "
+              f"{format_ms(r.alone_ms_per_token, 14)} {format_ms(r.batched_ms_per_token, 16)}")
+    return differ
+
+
+def decode_targets(graphs: list[dict], genai: list, llama, positions: dict, speculative: dict | str,
+                   invariance: dict | str) -> list[str]:
+    """Issue 24's targets, one line each ending in yes or NO (or "not measured" and why)."""
+    by = {r["backend"]: r for r in graphs}
+    kinds = {r["kind"]: r for r in [*(g for g in genai if isinstance(g, dict)), *(llama if isinstance(llama, list)
+                                                                                else [])]}
+    absent = "; ".join(x for x in [*(g for g in genai if isinstance(g, str)), llama if isinstance(llama, str) else ""]
+                       if x)
+    lines = []
+    for ours, theirs in (("fused-int8", ("Q8_0", "int8")), ("fused-int4", ("Q4_0", "Q4_1", "int4")),
+                         ("fused", ("F32",))):
+        for kind in theirs:
+            claim = f"{by[ours]['label']} below {'llama.cpp' if kind[0] in 'QF' else 'onnxruntime-genai'} {kind}"
+            if kind in kinds:
+                met = by[ours]["median"] < kinds[kind]["median"] if ours != "fused" else (
+                    by[ours]["median"] <= kinds[kind]["median"])
+                lines.append(f"{claim} ({by[ours]['median']:.2f} vs {kinds[kind]['median']:.2f} ms/token): "
+                             f"{verdict(met)}")
+            else:
+                lines.append(f"{claim}: not measured ({absent or 'llama-quantize absent'})")
+    fastest = min(graphs, key=lambda r: r["median"])
+    share = fastest["floor"] / fastest["median"]
+    lines.append(f"floor: the fastest path at >= 65% of its bandwidth floor ({fastest['label']}: {share:.0%}): "
+                 f"{verdict(share >= 0.65)}")
+    for label, ratio in positions.items():
+        if label.startswith("lmlab fused"):
+            lines.append(f"position: {label}, a step at {FAR} <= 1.3x a step at {NEAR} ({ratio:.2f}x): "
+                         f"{verdict(ratio <= 1.3)}")
+    base = by["fused"]["ppl"]
+    for ours, limit in (("fused-int8", 0.01), ("fused-int4", 0.05)):
+        change = by[ours]["ppl"] / base - 1
+        lines.append(f"perplexity: {by[ours]['label']} <= +{limit:.0%} over float32 ({change:+.2%}): "
+                     f"{verdict(change <= limit)}")
+    if isinstance(speculative, dict):
+        lines.append(f"speculative decoding, prompt lookup on FAQ replies: >= 1.5x tokens/s "
+                     f"({speculative['ratio']:.2f}x), identical tokens ({speculative['same']}): "
+                     f"{verdict(speculative['ratio'] >= 1.5 and speculative['same'])}")
+    else:
+        lines.append(f"speculative decoding: not measured ({speculative})")
+    if isinstance(invariance, dict):
+        differ = sum(invariance.values())
+        lines.append(f"batch invariance: 0 greedy tokens differ alone vs in a batch of 8, every format ({differ} in "
+                     f"{len(invariance)} formats): {verdict(differ == 0)}")
+    else:
+        lines.append(f"batch invariance: not measured ({invariance})")
+    print("targets, SmolLM2-135M decode (issue 24):")
+    for line in lines:
+        print(f"  {line}")
+    return lines
+
+
+def save_record(path: Path, graphs: list[dict], genai: list, llama, bandwidth, targets: list[str]) -> None:
+    """Write this run's SmolLM2 rows, its peers and its targets as JSON, atomically (chapter 06 shows them)."""
+    keep = ("label", "backend", "fmt", "median", "p90", "two", "ppl", "floor")
+    peers = [*(g for g in genai if isinstance(g, dict)), *(llama if isinstance(llama, list) else [])]
+    record = {"date": time.strftime("%Y-%m-%d"), "command": "python benchmarks/bench_decode.py",
+              "environment": describe_environment("cpu", 1), "read_gbs_1_thread": bandwidth.read_gbs,
+              "new_tokens": PEER_TOKENS, "lmlab": [{k: r.get(k) for k in keep} for r in graphs],
+              "peers": [{k: r[k] for k in ("label", "kind", "median", "p90")} for r in peers], "targets": targets}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    scratch = path.with_suffix(".json.tmp")
+    scratch.write_text(json.dumps(record, indent=1) + "\n")
+    os.replace(scratch, path)
+    print(f"saved {path}")
 
 
 def main() -> int:
@@ -367,17 +498,25 @@ def main() -> int:
             eager = make_step(lm, "eager")
             kv = kv_section(lm, prompt, min(settings["cache_tokens"], lm.window - len(prompt)), eager)
             batch = batch_section(lm, prompts, settings, eager)
-            graphs = graph_section(lm, prompt, settings, eager, ids[:lm.window], not args.quick, bandwidth[1].read_gbs)
-            peers = None
-            if name == "SmolLM2-135M":
+            llama_family = name == "SmolLM2-135M"
+            paths = {**PATHS, **FUSED} if llama_family else PATHS
+            graphs = graph_section(lm, prompt, settings, eager, ids[:lm.window], not args.quick, bandwidth[1].read_gbs,
+                                   paths)
+            if llama_family:
                 from lmlab.models.pretrained import cache_dir
 
-                genai = genai_peer(cache_dir() / "smollm2-135m-instruct", prompt, PEER_TOKENS, settings["runs"])
+                folder = cache_dir() / "smollm2-135m-instruct"
+                genai = [genai_peer(folder, prompt, PEER_TOKENS, settings["runs"], p) for p in ("int8", "int4")]
                 llama = llama_peer(PEER_TOKENS)
-                float32 = min((r for r in graphs if r["fmt"] == "float32"), key=lambda r: r["median"])
-                peer_section([float32, graphs[-1]], genai, llama)
-                peers = (genai, llama, float32)
-            targets(name, kv, batch, graphs, peers)
+                peer_section(graphs, genai, llama)
+                positions = position_section(lm, graphs, ids, settings["runs"])
+                by = {r["backend"]: r["step"] for r in graphs}
+                spec = speculative_section(lm, tokenizer, by["fused-int8"], settings)
+                invariance = invariance_section(lm, prompts, [b for b in paths if b != "compile"])
+                met = decode_targets(graphs, genai, llama, positions, spec, invariance)
+                if not args.quick:
+                    save_record(Path("data/bench/decode.json"), graphs, genai, llama, bandwidth[1], met)
+            targets(name, kv, batch, graphs, llama_family)
     quick = " (--quick: not a measurement)" if args.quick else ""
     print(f"\nwhole run: {time.perf_counter() - started:.0f} s{quick}")
     return 0

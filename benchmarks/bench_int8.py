@@ -6,7 +6,7 @@ On SmolLM2-135M and the largest shipped GPT, against float32 PyTorch (eager):
 - torchao 0.18: Int8WeightOnlyConfig and Int8DynamicActivationInt8WeightConfig (``quantize_``);
 - torch.ao.quantization.quantize_dynamic, per-channel int8 weights (deprecated in torch 2.13);
 - ONNX Runtime: the float32 graph (a reference: the runtime alone), and int8 by ``quantize_dynamic``
-  (MatMulInteger, activations per tensor) and by 8-bit ``MatMulNBits`` (blocks of 32, int8 compute).
+  (MatMulInteger, activations per tensor) and by 8-bit ``MatMulNBits`` (blocks of 64, int8 compute).
 GPT-2's Conv1D layers are turned into the equivalent nn.Linear first for the torch paths, which skip Conv1D.
 Latency: one forward at batch 1 over 64 tokens (the prefill a reply starts with) and over 1 token (the
 matrix shapes of a decode step, without a KV cache); median and p90, one thread, two threads beside.

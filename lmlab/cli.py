@@ -343,7 +343,8 @@ def _parallel(args) -> int:
 def _serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="smollm2", help="smollm2 (SmolLM2-135M-Instruct), gpt-small, gpt-medium "
                         "or gpt-large")
-    parser.add_argument("--format", default="float32", help="float32, onnx, int8 or pruned")
+    parser.add_argument("--format", default="float32", help="float32, onnx, int8, pruned, or (SmolLM2) the fused "
+                        "graph: fused, fused-int8, fused-int4")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--max-batch", type=int, default=8, help="most requests decoded together")

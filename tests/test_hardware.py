@@ -81,8 +81,8 @@ def test_weight_bytes_counts_tied_weights_once(names_gpt):
 
 
 def test_weight_bytes_int8_keeps_vectors_in_float32():
-    layer = torch.nn.Linear(256, 4)  # 1024 weights: 32 blocks of 32; 4 biases
-    assert weight_bytes(layer, "int8") == 1024 + 32 * 4 + 4 * 4
+    layer = torch.nn.Linear(256, 4)  # 1024 weights: 16 blocks of 64 (int8), 32 of 32 (int4); 4 biases
+    assert weight_bytes(layer, "int8") == 1024 + 16 * 4 + 4 * 4
     assert weight_bytes(layer, "int4") == 512 + 32 * 4 + 4 * 4
     assert FORMATS == ("float32", "bfloat16", "int8", "int4")
 

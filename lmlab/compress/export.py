@@ -4,12 +4,13 @@ Introduced in notebooks/04_quantization.ipynb. ``benchmarks/bench_int8.py`` meas
 machine offers side by side (torchao, ONNX Runtime, the deprecated ``torch.ao.quantization.quantize_dynamic``);
 ONNX Runtime won, so it is lmlab's int8 path: ``onnx_model(model)``. Its two int8 schemes:
 
-- ``"blockwise"`` (the default): ``MatMulNBits`` with 8-bit symmetric weights, one float32 step per block of 32
+- ``"blockwise"`` (the default): ``MatMulNBits`` with 8-bit symmetric weights, one float32 step per block of 64
   weights along the input (``BLOCK_SIZE``), and int8 arithmetic on activations quantized per block of each token
-  at run time (accuracy level 4). One token's outlier activation only coarsens its own blocks. Blocks of 32, not
+  at run time (accuracy level 4). One token's outlier activation only coarsens its own blocks. Blocks of 64, not
   the quantizer's default 128: with 128, ONNX Runtime's kernels for one row and for several rows add the
   blocks' partial products in different orders, so a row's logits (and, at a near tie, its greedy token) depend
-  on how many other rows share the batch; with 32 every row count gives the same bits
+  on how many other rows share the batch; with 64 (and 32) every row count gives the same bits, and 64 reads 6%
+  fewer bytes than 32 (``lmlab.measure.hardware.QUANT_BLOCKS``, measured on this machine's kernels)
   (``lmlab.inference.invariance``, notebooks/06_acceleration.ipynb).
 - ``"dynamic"``: ``MatMulInteger`` with per-channel int8 weights and activations quantized to uint8 with one
   step for the whole input tensor at run time. Faster, but a single outlier activation (SmolLM2 has some in
@@ -48,7 +49,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from lmlab.measure.hardware import QUANT_BLOCK
+from lmlab.measure.hardware import QUANT_BLOCKS
 from lmlab.measure.runtime import check_int, check_threads, default_threads
 from lmlab.measure.timing import time_ms
 from lmlab.models.neural import GPTLanguageModel, MLPLanguageModel
@@ -56,9 +57,9 @@ from lmlab.models.pretrained import cache_dir, cache_lock
 from lmlab.models.protocols import is_transformers_causal_lm
 
 QUANTIZATIONS = ("blockwise", "dynamic", None)
-BLOCK_SIZE = QUANT_BLOCK  # 32 weights per step: a row's int8 output is the same for any batch (with 128 it is not)
-FORMAT_VERSION = 3  # part of the cache key: bump when the export or the quantization changes (3: blocks of 32)
-DECODER_VERSION = 2  # part of a decoder graph's key: bump when the decoder's export changes (2: blocks of 32)
+BLOCK_SIZE = QUANT_BLOCKS["int8"]  # 64 weights per step: a row's int8 output is the same for any batch (128: not)
+FORMAT_VERSION = 4  # part of the cache key: bump when the export or the quantization changes (4: blocks of 64)
+DECODER_VERSION = 3  # part of a decoder graph's key: bump when the decoder's export changes (3: blocks of 64)
 OPTIMIZATIONS = ("disabled", "basic", "extended", "all")  # ONNX Runtime's graph optimization levels
 Quantizer = Callable[[Path, Path, "str | None"], None]  # (float32 graph, quantized graph to write, scheme)
 
@@ -345,13 +346,14 @@ def _quantize(source: Path, target: Path, quantization: str | None) -> None:
                                                                               use_external_data_format=False)
 
 
-def _blockwise(graph_model, block_size: int):
-    """Return the graph (ONNX Runtime's ``ONNXModel``) with its constant-weight MatMuls as MatMulNBits: 8-bit
-    symmetric, one step per block of ``block_size`` weights, int8 arithmetic (accuracy level 4)."""
+def _blockwise(graph_model, block_size: int, bits: int = 8):
+    """Return the graph (ONNX Runtime's ``ONNXModel``) with its constant-weight MatMuls as MatMulNBits: ``bits``-bit
+    (8 or 4) symmetric weights, one step per block of ``block_size`` weights, int8 arithmetic (accuracy level 4)."""
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)  # no progress logs
-    quantizer = MatMulNBitsQuantizer(graph_model, bits=8, block_size=block_size, is_symmetric=True, accuracy_level=4)
+    quantizer = MatMulNBitsQuantizer(graph_model, bits=bits, block_size=block_size, is_symmetric=True,
+                                     accuracy_level=4)
     quantizer.process()
     return quantizer.model
 

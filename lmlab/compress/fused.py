@@ -17,9 +17,9 @@ past at every step. ``fused_decoder`` writes the graph itself with ``onnx.helper
   a reply starts and bound as both the past input and the present output (ONNX Runtime's IO binding): a step
   writes its new position in place and copies nothing that grows with the past. It holds
   2 · layers · kv_heads · head_dim · max_length · 4 · batch bytes whatever the length so far (``past_bytes``);
-- "int8" and "int4" store every matrix product (the output layer too) as ``MatMulNBits``: symmetric blocks of 32
-  weights along the input and int8 arithmetic (accuracy level 4), which gives each row the same bits whatever the
-  batch. "float32" keeps plain MatMuls.
+- "int8" and "int4" store every matrix product (the output layer too) as ``MatMulNBits``: symmetric blocks of 64
+  (int8) or 32 (int4) weights along the input (``QUANT_BLOCKS``) and int8 arithmetic (accuracy level 4), which gives
+  each row the same bits whatever the batch (int4 in blocks of 64 does not). "float32" keeps plain MatMuls.
 
 What is left of a step's time is the matrix products (the weights, read once per step whatever the batch) and
 the attention, which reads every cached position: at one thread, a step at position 1,000 costs about 1.5× one
@@ -43,12 +43,20 @@ import numpy as np
 import torch
 from torch import nn
 
-from lmlab.compress.export import BLOCK_SIZE, _cached_graph, _fingerprint, _initializer_bytes, _int64_matrix, _session
+from lmlab.compress.export import (
+    _blockwise,
+    _cached_graph,
+    _fingerprint,
+    _initializer_bytes,
+    _int64_matrix,
+    _session,
+)
+from lmlab.measure.hardware import QUANT_BLOCKS
 from lmlab.measure.runtime import check_int, check_threads
 from lmlab.models.protocols import is_transformers_causal_lm
 
 FUSED_FORMATS = ("float32", "int8", "int4")
-FUSED_VERSION = 1  # part of a fused graph's key: bump when the graph's construction changes
+FUSED_VERSION = 2  # part of a fused graph's key: bump when the graph's construction changes
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM",)  # SmolLM2, Llama: RMSNorm, rotary, grouped-query attention, SiLU
 _BITS = {"int8": 8, "int4": 4}
 
@@ -280,7 +288,7 @@ def fused_decoder(model: nn.Module, fmt: str = "int8", threads: int | None = Non
     check_int("max_length", max_length, 1, config.max_position_embeddings)
 
     def name(q: str | None) -> str:
-        return f"fused-{_fingerprint(model, q, kind=f'fused{FUSED_VERSION}|{BLOCK_SIZE}')}.onnx"
+        return f"fused-{_fingerprint(model, q, kind=f'fused{FUSED_VERSION}|{QUANT_BLOCKS}')}.onnx"
 
     quantization = None if fmt == "float32" else fmt
     path = _cached_graph(name, lambda target: _build_graph(model, target), quantization, cache,
@@ -339,15 +347,11 @@ def _quantize_nbits(source: Path, target: Path, quantization: str | None) -> Non
     if quantization is None:
         onnx.save(onnx.load(str(source)), str(target))
         return
-    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
-
     quiet = io.StringIO()
     with warnings.catch_warnings(), contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
         warnings.simplefilter("ignore")
-        quantizer = MatMulNBitsQuantizer(onnx.load(str(source)), bits=_BITS[quantization],
-                                         block_size=BLOCK_SIZE, is_symmetric=True, accuracy_level=4)
-        quantizer.process()
-        quantizer.model.save_model_to_file(str(target), use_external_data_format=False)
+        _blockwise(onnx.load(str(source)), QUANT_BLOCKS[quantization], _BITS[quantization]).save_model_to_file(
+            str(target), use_external_data_format=False)
 
 
 def _build_graph(model: nn.Module, path: Path) -> None:

@@ -11,7 +11,7 @@ reply goes another way from there.
 Two causes, both measured on SmolLM2 in int8 (2026-12-07, one thread):
 
 - the batch's SIZE: ONNX Runtime's MatMulNBits kernel for one row and for several added a row's block products
-  in different orders with blocks of 128 weights; with blocks of 32 (lmlab's ``BLOCK_SIZE``) every row count
+  in different orders with blocks of 128 weights; with blocks of 64 or 32 (lmlab's ``QUANT_BLOCKS``) every row count
   gives the same bits;
 - the left PADDING: attention weights times values, Σ_s p_s v_s over positions, is a float32 MatMul that ONNX
   Runtime adds four terms at a time; padding shifts which terms share a group, unless it changes by a
@@ -121,7 +121,7 @@ def _compare_row(alone: Generation, batched: Generation, row: int) -> tuple[int,
     return len(mine), differ, diff
 
 
-def why_rows_differ(rows: int = 8, size: tuple[int, int] = (576, 1536), block_sizes: Sequence[int] = (128, 32),
+def why_rows_differ(rows: int = 8, size: tuple[int, int] = (576, 1536), block_sizes: Sequence[int] = (128, 64, 32),
                     positions: int = 40, seed: int = 0) -> dict[str, float]:
     """Show why a row's numbers can depend on its batch: the same sums, added in another order.
 

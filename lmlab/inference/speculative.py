@@ -50,7 +50,7 @@ from typing import Any
 import torch
 
 from lmlab.inference.decode import CausalLM, _checked_rows, _step_for, generate, make_step
-from lmlab.inference.step import DecodeStep, crop_past, every_logit, past_length
+from lmlab.inference.step import PAD_MULTIPLE, DecodeStep, crop_past, every_logit, left_pad, past_length
 from lmlab.measure.runtime import check_int, default_threads, pick_device, torch_threads
 from lmlab.measure.timing import Stopwatch
 
@@ -201,7 +201,7 @@ def speculative_generate(lm: CausalLM, prompt: str | Sequence[int], max_new_toke
     drafter = _drafter(lm, method, draft, prompt, threads)
     with torch_threads(threads) as used:
         made = _speculate(step, row, max_new_tokens, drafter, k, max_ngram,
-                          lm.eos_id if stop_at_eos else None)
+                          lm.eos_id if stop_at_eos else None, lm.pad_id)
     tokens, ttft_ms, pass_ms, drafted, accepted = made
     shown = [t for t in tokens if t != lm.eos_id]
     return SpeculativeGeneration(
@@ -211,22 +211,24 @@ def speculative_generate(lm: CausalLM, prompt: str | Sequence[int], max_new_toke
         draft_steps=drafter.steps if drafter else 0, threads=used or default_threads())
 
 
-def verify(step: DecodeStep, past: Any, sequence: Sequence[int], drafts: Sequence[int]) -> tuple[list[int], Any]:
+def verify(step: DecodeStep, past: Any, sequence: Sequence[int], drafts: Sequence[int],
+           pad: int = 0) -> tuple[list[int], Any]:
     """Check ``drafts`` with ONE pass of the target; return its new tokens and its cache cut to hold them but the last.
 
     ``past`` holds all of ``sequence`` but its last token; the pass runs that token and the drafts (k + 1
     positions), g_i = argmax of position i's logits, a = the longest prefix with d_{i+1} = g_i, and the new tokens
     are d_1 .. d_a, g_a. The cache is cropped to len(sequence) + a positions (the rejected drafts' keys and
-    values are dropped), so it again holds all but the newest token.
+    values are dropped), so it again holds all but the newest token. ``pad``: the left padding before the
+    sequence in the cache (as the decode loop pads a prompt; ``every_logit``).
     """
     ids = torch.tensor([[sequence[-1], *drafts]], device=step.device)  # (1, k + 1)
-    logits, past = every_logit(step, ids, past)  # (k + 1, vocab)
+    logits, past = every_logit(step, ids, past, pad)  # (k + 1, vocab)
     greedy = logits.argmax(-1).tolist()  # the target's choice after each prefix
     kept = 0
     while kept < len(drafts) and drafts[kept] == greedy[kept]:
         kept += 1
     if kept < len(drafts):
-        past = crop_past(step, past, len(sequence) + kept)
+        past = crop_past(step, past, pad + len(sequence) + kept)
     return [*drafts[:kept], greedy[kept]], past
 
 
@@ -259,12 +261,14 @@ def _drafter(lm: CausalLM, method: str, draft, prompt, threads: int | None) -> D
 
 
 def _speculate(step: DecodeStep, row: list[int], max_new_tokens: int, drafter: DraftModel | None, k: int,
-               max_ngram: int, eos_id: int | None) -> tuple[list[int], float, list[float], int, int]:
+               max_ngram: int, eos_id: int | None, pad_id: int) -> tuple[list[int], float, list[float], int, int]:
     """Prefill, then draft-and-verify until ``max_new_tokens`` or ``eos_id``; return the tokens, the TTFT, each
     pass's ms, and the drafted and accepted counts. Invariant: the target's cache holds all but the last token."""
     on = step.place(step.device)
     with Stopwatch() as watch:
-        logits, past = every_logit(step, torch.tensor([row], device=on), None)
+        ids, mask = left_pad([row], pad_id, PAD_MULTIPLE)  # padded as the decode loop pads it: the same bits
+        pad = int(mask.shape[1] - len(row))
+        logits, past = every_logit(step, ids.to(on), None, pad)
         tokens = [int(logits[-1].argmax())]
     ttft_ms, pass_ms, drafted, accepted = watch.ms, [], 0, 0
     while len(tokens) < max_new_tokens and (eos_id is None or tokens[-1] != eos_id):
@@ -273,7 +277,7 @@ def _speculate(step: DecodeStep, row: list[int], max_new_tokens: int, drafter: D
             sequence = row + tokens
             drafts = [] if room == 0 else (drafter.propose(sequence, room) if drafter
                                             else prompt_lookup(sequence, room, max_ngram))
-            new, past = verify(step, past, sequence, drafts)
+            new, past = verify(step, past, sequence, drafts, pad)
             kept = len(new) - 1
             if drafter:
                 drafter.settle(len(sequence) + kept)

@@ -211,17 +211,20 @@ def next_logits(step: DecodeStep, input_ids: torch.Tensor, attention_mask: torch
     return logits[:, -1, :].float(), past  # (batch, vocab)
 
 
-def every_logit(step: DecodeStep, input_ids: torch.Tensor, past: Any) -> tuple[torch.Tensor, Any]:
+def every_logit(step: DecodeStep, input_ids: torch.Tensor, past: Any, pad: int = 0) -> tuple[torch.Tensor, Any]:
     """Run one row's new ids (1, new) after ``past`` (None: empty) and return the logits of EVERY new position,
     (new, vocab) float32, and the grown past: what a speculative verify pass reads.
 
-    The mask is all ones (one row, no padding) and the positions continue from the past's length. A step whose
+    The row's first ``pad`` positions (in the past, or in the ids of a prefill) are left padding, masked out as
+    the decode loop pads a prompt (a multiple of PAD_MULTIPLE); the mask is ones after them and the positions
+    count from the first real token. A step whose
     call takes ``every_position`` (``TorchStep``) is asked for all positions; others must return them anyway.
     Raises ValueError for a step that returns fewer positions than it was given.
     """
     new = input_ids.shape[1]
     length = past_length(step, past)
     mask = torch.ones((1, length + new), dtype=torch.long, device=input_ids.device)
+    mask[:, :pad] = 0
     options = {"every_position": True} if "every_position" in inspect.signature(step.__call__).parameters else {}
     logits, past = step(input_ids, mask, positions(mask, new), past, **options)
     if logits.shape[1] != new:

@@ -29,7 +29,7 @@ from lmlab.measure.plots import (
     plain_log_ticks, tradeoff_pair, tradeoff_plot,
 )
 from lmlab.measure.hardware import (
-    FORMAT_BYTES, FORMATS, GPU_DATA_DIR, GPU_PEAKS, GPU_ROW_KINDS, GPU_ROW_STAMP, GPU_SPECS, QUANT_BLOCK,
+    FORMAT_BYTES, FORMATS, GPU_DATA_DIR, GPU_PEAKS, GPU_ROW_KINDS, GPU_ROW_STAMP, GPU_SPECS, QUANT_BLOCKS,
     MATMUL_DTYPES, REGIMES, Bandwidth, Throughput, arithmetic_intensity, decode_floor_ms, gpu_decode_summary,
     gpu_results, gpu_rows, matmul_gflops, memory_bandwidth, predicted_decode_ms, regime, roofline_plot, weight_bytes,
 )
@@ -41,7 +41,7 @@ __all__ = [
     "Result", "results_table", "with_dense_speed", "save_results", "check_results_path", "add_results",
     "load_results", "atomic_write_text", "atomic_write_bytes", "FONT_SIZE", "pareto_frontier", "X_AXES", "Y_AXES",
     "tradeoff_plot", "tradeoff_pair", "plain_log_ticks", "log_ticks", "finish_axes", "place_labels",
-    "PERCEPTION_MS", "budget_plot", "FORMATS", "FORMAT_BYTES", "QUANT_BLOCK", "MATMUL_DTYPES", "GPU_SPECS",
+    "PERCEPTION_MS", "budget_plot", "FORMATS", "FORMAT_BYTES", "QUANT_BLOCKS", "MATMUL_DTYPES", "GPU_SPECS",
     "GPU_PEAKS", "Bandwidth", "memory_bandwidth", "Throughput", "matmul_gflops", "weight_bytes", "decode_floor_ms",
     "predicted_decode_ms", "arithmetic_intensity", "REGIMES", "regime", "roofline_plot", "GPU_DATA_DIR",
     "GPU_ROW_STAMP", "GPU_ROW_KINDS", "gpu_rows", "gpu_results", "gpu_decode_summary", "SE_MULTIPLE", "binomial_se",

@@ -38,7 +38,9 @@ from lmlab.measure.timing import time_ms
 
 FORMATS = ("float32", "bfloat16", "int8", "int4")
 FORMAT_BYTES = {"float32": 4, "bfloat16": 2, "int8": 1, "int4": 0.5}  # bytes per weight of a 2-D matrix
-QUANT_BLOCK = 32  # int8 and int4 store one float32 step per block of this many weights (lmlab.compress.export)
+# int8 and int4 store one float32 step per block of this many weights (lmlab.compress.export, lmlab.compress.fused):
+# the largest blocks whose ONNX Runtime kernels give a row the same bits for any number of rows (measured 2026-12-07)
+QUANT_BLOCKS = {"int8": 64, "int4": 32}
 MATMUL_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 # Published peak memory bandwidth in GB/s, from the vendors' data sheets. They are NOT measured by lmlab
@@ -156,8 +158,9 @@ def matmul_gflops(n: int = 1024, dtype: torch.dtype = torch.float32, threads: in
 def weight_bytes(model: nn.Module, fmt: str = "float32") -> int:
     """Count the bytes of weights one decode step reads per token, every distinct parameter once.
 
-    float32: 4 · N; bfloat16: 2 · N; int8 and int4: each 2-D weight matrix W takes b/8 · |W| + 4 · ⌈|W| / 32⌉
-    bytes for b bits (one float32 step per block of 32 weights, QUANT_BLOCK), and 1-D parameters (norms, biases)
+    float32: 4 · N; bfloat16: 2 · N; int8 and int4: each 2-D weight matrix W takes b/8 · |W| + 4 · ⌈|W| / B⌉
+    bytes for b bits and blocks of B weights (one float32 step per block; B = QUANT_BLOCKS[fmt], 64 for int8 and 32
+    for int4), and 1-D parameters (norms, biases)
     stay float32. A tied output layer reads the whole embedding matrix at every token, so tied weights count once
     and fully. (An untied input embedding or a position table is only read one row per token; counting it
     whole makes the figure an upper bound by its size.) Raises ValueError for fmt not in FORMATS.
@@ -172,7 +175,7 @@ def weight_bytes(model: nn.Module, fmt: str = "float32") -> int:
         if blocked and p.dim() < 2:
             total += 4 * p.numel()  # norms and biases stay float32
         elif blocked:
-            total += math.ceil(FORMAT_BYTES[fmt] * p.numel()) + 4 * math.ceil(p.numel() / QUANT_BLOCK)
+            total += math.ceil(FORMAT_BYTES[fmt] * p.numel()) + 4 * math.ceil(p.numel() / QUANT_BLOCKS[fmt])
         else:
             total += int(FORMAT_BYTES[fmt] * p.numel())
     return total

@@ -543,19 +543,21 @@ class Engine:
 
     def _speculate(self, request: _Request) -> None:
         """Draft up to ``draft_k`` tokens by prompt lookup, verify them in one pass, send the tokens kept."""
-        assert self._mask is not None  # a batch with rows has a mask; one row alone has no padding
+        assert self._mask is not None  # a batch with rows has a mask
+        pad = int(self._mask.shape[1] - self._mask.sum())  # one row alone: its left padding (a multiple of 4 wide)
         sequence = request.ids + request.new
         room = min(self.draft_k, request.max_new_tokens - len(request.new) - 1)
         drafts = prompt_lookup(sequence, room) if room > 0 else []
         try:
-            new, self._past = verify(self.step, self._past, sequence, drafts)  # all but the newest token cached
+            new, self._past = verify(self.step, self._past, sequence, drafts, pad)  # all but the newest token cached
         except Exception as error:  # a failed pass ends the request; the engine goes on
             self._finish(request, "error", f"{type(error).__name__}: {error}")
             self._rows, self._past, self._mask = [], None, None
             return
         self.steps, self.rows_stepped = self.steps + 1, self.rows_stepped + 1
         self.drafted, self.accepted = self.drafted + len(drafts), self.accepted + len(new) - 1
-        self._mask = torch.ones((1, len(sequence) + len(new) - 1), dtype=torch.long, device=self._mask.device)
+        self._mask = torch.ones((1, pad + len(sequence) + len(new) - 1), dtype=torch.long, device=self._mask.device)
+        self._mask[:, :pad] = 0
         for token in new:
             if not self._emit_token(request, token):
                 self._keep_rows([])

@@ -13,8 +13,10 @@ from lmlab.compress.prune import prune_mlp
 from lmlab.inference.decode import CausalLM, as_causal_lm
 from lmlab.models.registry import load_model, model_entry, names
 
-FORMATS = ("float32", "onnx", "int8", "pruned")  # eager PyTorch, ONNX Runtime float32 / int8, MLP units pruned
-BACKEND_OF = {"float32": "eager", "onnx": "onnx", "int8": "onnx-int8", "pruned": "eager"}
+# eager PyTorch, ONNX Runtime float32 / int8, MLP units pruned, and lmlab's fused graph (Llama-family models only)
+FORMATS = ("float32", "onnx", "int8", "pruned", "fused", "fused-int8", "fused-int4")
+BACKEND_OF = {"float32": "eager", "onnx": "onnx", "int8": "onnx-int8", "pruned": "eager", "fused": "fused",
+              "fused-int8": "fused-int8", "fused-int4": "fused-int4"}
 SERVED_MODELS = names("llm") + names("gpt")  # the registry's models with a decode loop: SmolLM2 first (the default)
 SERVED_NAMES = {"smollm2": "SmolLM2-135M-Instruct"}  # the id a client sees, where it is not the registry name
 
@@ -35,7 +37,8 @@ def load_served(model: str = "smollm2", format: str = "float32", prune_fraction:
 
     A GPT has no chat template: its prompt is the messages' contents joined by spaces. ``format`` picks the
     path: "float32" (eager PyTorch), "onnx" (ONNX Runtime float32), "int8" (ONNX Runtime, lmlab's blockwise
-    int8, chapter 04), "pruned" (``prune_fraction`` of the MLP units removed, chapter 05).
+    int8, chapter 04), "pruned" (``prune_fraction`` of the MLP units removed, chapter 05), "fused", "fused-int8",
+    "fused-int4" (lmlab's fused decoder graph, chapter 06; SmolLM2 only).
     Raises ValueError for an unknown model or format.
     """
     entry = model_entry(model, SERVED_MODELS, "is not served")
