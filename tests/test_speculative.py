@@ -118,7 +118,7 @@ def test_crop_rolls_the_cache_back_exactly(large, smol):
             crop_past(step, cropped, short.shape[1] + 1)
 
 
-@pytest.mark.parametrize("backend", ["eager", "onnx"])
+@pytest.mark.parametrize("backend", ["eager", "onnx", "fused"])
 def test_smollm2_speculation_gives_plain_greedy_tokens(smol, backend):
     step = make_step(smol, backend, threads=1)
     faq = open("data/shop-faq.txt", encoding="utf-8").read()
@@ -148,6 +148,7 @@ def test_speedup_report_holds_formula_and_measurement(large):
     (dict(method="beam"), "method='beam'"),
     (dict(method="draft"), "draft=None"),
     (dict(backend="tpu"), "backend='tpu'"),
+    (dict(backend="onnx-int8"), "backend='onnx-int8' cannot be a speculative target"),
 ])
 def test_bad_settings_are_refused(large, options, message):
     with pytest.raises(ValueError, match=message):

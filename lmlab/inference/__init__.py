@@ -25,7 +25,8 @@ from lmlab.inference.decode import (
 from lmlab.inference.invariance import Invariance, batch_invariance, why_rows_differ
 from lmlab.inference.position_cost import cost_by_position, position_cost_plot, position_ratios
 from lmlab.inference.speculative import (
-    DraftModel, SpeculativeGeneration, expected_speedup, expected_tokens_per_pass, prompt_lookup, speculative_generate,
+    INEXACT_BACKENDS, DraftModel, SpeculativeGeneration, check_exact, expected_speedup, expected_tokens_per_pass,
+    prompt_lookup, speculative_generate,
     speculative_speedup, verify,
 )
 
@@ -37,5 +38,5 @@ __all__ = [
     "position_cost_plot", "position_ratios", "Invariance", "batch_invariance", "why_rows_differ",
     "crop_past", "every_logit", "past_length", "prompt_lookup",
     "DraftModel", "SpeculativeGeneration", "speculative_generate", "verify", "expected_tokens_per_pass",
-    "expected_speedup", "speculative_speedup",
+    "expected_speedup", "speculative_speedup", "INEXACT_BACKENDS", "check_exact",
 ]

@@ -182,6 +182,22 @@ def expected_speedup(alpha: float, k: int, draft_cost: float) -> float:
     return expected_tokens_per_pass(alpha, k) / (k * draft_cost + 1)
 
 
+# Steps whose verify pass does not reproduce single steps: a pass over k + 1 positions moves float32 attention by
+# ~1e-6 (other sums in another order), and int8 activation rounding downstream grows that to whole logits, so the
+# greedy tokens can differ (measured 2026-12-07 on SmolLM2's FAQ replies: 0 of 4 replies identical for onnx-int8 and
+# fused-int4, 2 of 4 for fused-int8; 4 of 4 for onnx and fused float32). Speculation refuses them as targets.
+INEXACT_BACKENDS = ("onnx-int8", "onnx-dynamic", "fused-int8", "fused-int4")
+
+
+def check_exact(step: DecodeStep) -> DecodeStep:
+    """Return ``step`` if a verify pass reproduces its single steps; raise ValueError for an int8 or int4 step."""
+    if step.backend in INEXACT_BACKENDS:
+        raise ValueError(f"step backend={step.backend!r} cannot be a speculative target: its multi-token pass rounds "
+                         f"differently from single steps, so the tokens would not be greedy's; use a float32 "
+                         f"backend (eager, compile, onnx, fused) as the target (an int8 step can still draft)")
+    return step
+
+
 def speculative_generate(lm: CausalLM, prompt: str | Sequence[int], max_new_tokens: int = 32, *,
                          method: str = "prompt-lookup", draft: CausalLM | DecodeStep | None = None, k: int = 4,
                          max_ngram: int = 3, backend: str = "eager", step: DecodeStep | None = None,
@@ -191,13 +207,14 @@ def speculative_generate(lm: CausalLM, prompt: str | Sequence[int], max_new_toke
     Each target pass verifies k drafted tokens (``method`` "prompt-lookup": ``prompt_lookup`` with n-grams up to
     ``max_ngram``; "draft": ``draft``'s greedy tokens, a CausalLM of the same vocabulary or a DecodeStep) and keeps
     the longest agreeing prefix plus the target's own next token. ``step``/``backend``/``threads`` as ``generate``.
-    Raises ValueError for a batch of prompts, an unknown method or backend, k < 1, max_ngram < 1, a missing draft
-    (or a draft given to prompt lookup), a draft of another vocabulary, and what ``generate`` refuses.
+    Raises ValueError for a batch of prompts, an unknown method or backend, an int8 or int4 target
+    (``INEXACT_BACKENDS``), k < 1, max_ngram < 1, a missing draft (or a draft given to prompt lookup), a draft of
+    another vocabulary, and what ``generate`` refuses.
     """
     row = _one_row(lm, prompt, max_new_tokens)
     check_int("k", k, 1)
     check_int("max_ngram", max_ngram, 1)
-    step = _step_for(lm, step, backend, torch.device("cpu"), threads)
+    step = check_exact(_step_for(lm, step, backend, torch.device("cpu"), threads))
     drafter = _drafter(lm, method, draft, prompt, threads)
     with torch_threads(threads) as used:
         made = _speculate(step, row, max_new_tokens, drafter, k, max_ngram,

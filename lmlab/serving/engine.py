@@ -41,7 +41,7 @@ import torch
 
 from lmlab.inference.decode import CausalLM, make_step
 from lmlab.inference.sampling import SamplingParams, pick, sampling_params
-from lmlab.inference.speculative import prompt_lookup, verify
+from lmlab.inference.speculative import check_exact, prompt_lookup, verify
 from lmlab.inference.step import PAD_MULTIPLE, DecodeStep, Pairs, left_pad, left_pad_to, next_logits
 from lmlab.measure.runtime import check_int, torch_threads
 from lmlab.measure.timing import Stopwatch
@@ -201,6 +201,8 @@ class Engine:
         self.lm = lm
         self.threads = threads
         self.step = step if step is not None else make_step(lm, backend, threads)
+        if speculative:
+            check_exact(self.step)  # an int8 verify pass would not give greedy's tokens
         self.backend = self.step.backend
         self.max_batch = check_int("max_batch", max_batch, 1, 256)
         self.max_queue = check_int("max_queue", max_queue, 0)
