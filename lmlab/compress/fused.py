@@ -71,11 +71,12 @@ class FusedPast:
     """
 
     def __init__(self, arrays: tuple[np.ndarray, ...], batch: int, length: int, lengths: np.ndarray,
-                 values: tuple | None = None, aligned: bool = True):
+                 values: tuple | None = None, aligned: bool = True, binding: Any = None):
         from onnxruntime import OrtValue
 
         self.arrays, self.batch, self.length, self.lengths = arrays, batch, length, lengths
         self.aligned = aligned
+        self.binding = binding  # (session, IO binding) with the buffers bound once, reused by every later step
         self.capacity = arrays[0].shape[2]
         # ONNX Runtime's views of the arrays (no copy), made once per buffer and handed from step to step
         self.values = values or tuple(OrtValue.ortvalue_from_numpy(array) for array in arrays)
@@ -145,7 +146,8 @@ class FusedDecoder:
         overwrites the dropped positions. Raises ValueError for a length outside [0, past.length]."""
         check_int("length", length, 0, past.length)
         dropped = past.length - length  # the last columns are real tokens in every row (left padding)
-        return FusedPast(past.arrays, past.batch, length, np.maximum(past.lengths - dropped, 0), past.values)
+        return FusedPast(past.arrays, past.batch, length, np.maximum(past.lengths - dropped, 0), past.values,
+                         binding=past.binding)
 
     def to_pairs(self, past: FusedPast) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Return the past as per-layer (keys, values), each (batch, kv_heads, length, head_dim), left-padded
@@ -188,9 +190,8 @@ class FusedDecoder:
         columns); the logits of padding columns are unspecified. Raises ValueError for shapes that do not fit or
         a step past max_length.
         """
-        binding, past, order = self._bind(self.session, input_ids, attention_mask, position_ids, past)
-        self.session.run_with_iobinding(binding)
-        logits = binding.get_outputs()[0].numpy()  # (batch, new, vocab), real tokens first in each row
+        binding, past, order, logits = self._bind(self.session, input_ids, attention_mask, position_ids, past)
+        self.session.run_with_iobinding(binding)  # fills logits (batch, new, vocab), real tokens first in each row
         if order is not None:  # back to the caller's left-padded columns
             logits = np.take_along_axis(logits, np.argsort(order, axis=1)[:, :, None], axis=1)
         return torch.from_numpy(logits), past
@@ -202,8 +203,9 @@ class FusedDecoder:
         return session.run_with_iobinding, (binding,)
 
     def _bind(self, session, input_ids, attention_mask, position_ids, past):
-        """Check a step's inputs and bind them, the past buffers as both inputs and outputs; return (binding,
-        the past after the step, each row's column order or None)."""
+        """Check a step's inputs and bind them, the past buffers as both inputs and outputs (once per buffer and
+        session: later steps reuse the binding); return (binding, the past after the step, each row's column
+        order or None, the array the logits will be written to)."""
         from onnxruntime import OrtValue
 
         ids, mask, positions = (_int64_matrix(name, value) for name, value in
@@ -224,15 +226,18 @@ class FusedDecoder:
             ids = np.take_along_axis(ids, order, axis=1)
         feeds = {"input_ids": ids, "seqlens_k": (total - 1).astype(np.int32), "query_seqlens": added.astype(np.int32),
                  "total_sequence_length": np.array(max(int(total.max()), new), np.int32)}
-        binding = session.io_binding()
-        binding.bind_output("logits")  # first: get_outputs() lists outputs in the order they were bound
+        reuse = past.binding is not None and past.binding[0] is session
+        binding = past.binding[1] if reuse else session.io_binding()
+        if not reuse:
+            for past_name, present_name, value in zip(self.past_names, self.present_names, past.values):
+                binding.bind_ortvalue_input(past_name, value)
+                binding.bind_ortvalue_output(present_name, value)  # the same buffer: written in place
+        logits = np.empty((ids.shape[0], new, self.vocab_size), np.float32)  # (batch, new, vocab)
+        binding.bind_ortvalue_output("logits", OrtValue.ortvalue_from_numpy(logits))
         for name, array in feeds.items():
             binding.bind_ortvalue_input(name, OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array)))
-        for past_name, present_name, value in zip(self.past_names, self.present_names, past.values):
-            binding.bind_ortvalue_input(past_name, value)
-            binding.bind_ortvalue_output(present_name, value)  # the same buffer: written in place
-        grown = FusedPast(past.arrays, past.batch, past.length + new, total, past.values)
-        return binding, grown, order
+        grown = FusedPast(past.arrays, past.batch, past.length + new, total, past.values, binding=(session, binding))
+        return binding, grown, order, logits
 
     def _checked_past(self, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray, past) -> FusedPast:
         batch, new = ids.shape
