@@ -236,7 +236,8 @@ def _generate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="smollm2, or a shipped GPT: gpt-small, gpt-medium or gpt-large")
     parser.add_argument("prompt")
     parser.add_argument("--max-new-tokens", type=int, default=32)
-    parser.add_argument("--backend", default="eager", help="eager, compile, onnx or onnx-int8")
+    parser.add_argument("--backend", default="eager", help="eager, compile, onnx, onnx-int8, or (SmolLM2) the fused "
+                        "graph: fused, fused-int8, fused-int4")
     parser.add_argument("--no-cache", action="store_true", help="recompute the whole prefix every step")
     parser.add_argument("--batch", type=int, default=1, help="decode the prompt this many times in one batch")
     parser.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
