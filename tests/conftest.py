@@ -40,3 +40,13 @@ def names_gpt(names_data):
 
     torch.manual_seed(0)
     return build_model("gpt", names_data.vocab, n_layer=2, n_embd=32, n_head=4, n_positions=16).eval()
+
+
+@pytest.fixture(scope="session")
+def smol():
+    """SmolLM2-135M-Instruct as a decodable CausalLM (from the local GGUF; offline), loaded once per worker."""
+    from lmlab.inference.decode import as_causal_lm
+    from lmlab.models.pretrained import load_smollm2
+
+    model, tokenizer = load_smollm2()
+    return as_causal_lm(model, tokenizer, name="SmolLM2-135M")

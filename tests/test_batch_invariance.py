@@ -31,14 +31,6 @@ def gpt():
     return as_causal_lm(load_checkpoint("data/gpt-small").eval(), name="gpt-small")
 
 
-@pytest.fixture(scope="module")
-def smol():
-    from lmlab.models.pretrained import load_smollm2
-
-    model, tokenizer = load_smollm2()
-    return as_causal_lm(model, tokenizer, name="SmolLM2-135M")
-
-
 @pytest.mark.parametrize("backend", [b for b in DECODED if not b.startswith("fused")])  # fused: Llama-family only
 def test_a_shipped_gpt_answers_the_same_alone_and_in_a_batch(gpt, backend):
     found = batch_invariance(gpt, GPT_PROMPTS, backend, batch=8, new_tokens=16)

@@ -23,14 +23,6 @@ def lm(gpt):
     return as_causal_lm(gpt, name="gpt-small")
 
 
-@pytest.fixture(scope="module")
-def smol():
-    from lmlab.models.pretrained import load_smollm2
-
-    model, tokenizer = load_smollm2()
-    return as_causal_lm(model, tokenizer, name="SmolLM2-135M")
-
-
 def assert_same_or_near_tie(got, alone, tolerance=1e-4):
     """Tokens must match; where they first differ, the two best logits of the lone run must tie within rounding."""
     for j, (a, b) in enumerate(zip(got, alone.tokens[0])):

@@ -6,21 +6,12 @@ import torch
 
 from lmlab.compress.export import graph_op_counts, profile_step
 from lmlab.compress.fused import fused_decoder
-from lmlab.inference.decode import as_causal_lm, generate
+from lmlab.inference.decode import generate
 from lmlab.inference.step import DecodeStep, positions
 
 PROMPTS = ["The capital of France is", "Once upon a time, in a land far away, there lived", "2 + 2 =",
            "def fibonacci(n):", "The three primary colors are", "Water boils at", "My favourite book is",
            "In 1492, Columbus"]
-
-
-@pytest.fixture(scope="module")
-def smol():
-    from lmlab.models.pretrained import load_smollm2
-
-    torch.manual_seed(0)
-    model, tokenizer = load_smollm2()
-    return as_causal_lm(model, tokenizer, name="SmolLM2-135M")
 
 
 @pytest.fixture(scope="module")

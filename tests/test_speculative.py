@@ -28,14 +28,6 @@ def small():
     return as_causal_lm(load_checkpoint("data/gpt-small").eval(), name="gpt-small")
 
 
-@pytest.fixture(scope="module")
-def smol():
-    from lmlab.models.pretrained import load_smollm2
-
-    model, tokenizer = load_smollm2()
-    return as_causal_lm(model, tokenizer, name="SmolLM2-135M")
-
-
 def verse_prompts(count: int) -> list[str]:
     """``count`` KJV verses spread over the book, each twice (a reply that may copy from its prompt), cut short."""
     verses = kjv_verses()

@@ -61,7 +61,6 @@ BLOCK_SIZE = QUANT_BLOCKS["int8"]  # 64 weights per step: a row's int8 output is
 FORMAT_VERSION = 4  # part of the cache key: bump when the export or the quantization changes (4: blocks of 64)
 DECODER_VERSION = 3  # part of a decoder graph's key: bump when the decoder's export changes (3: blocks of 64)
 OPTIMIZATIONS = ("disabled", "basic", "extended", "all")  # ONNX Runtime's graph optimization levels
-Quantizer = Callable[[Path, Path, "str | None"], None]  # (float32 graph, quantized graph to write, scheme)
 
 
 class OnnxLogits(nn.Module):
@@ -186,10 +185,10 @@ def _graph(core: nn.Module, inputs: tuple[str, ...], example: tuple[torch.Tensor
 
 
 def _cached_graph(name: Callable[[str | None], str], export_float32: Callable[[Path], None],
-                  quantization: str | None, cache: bool, model_name: str, quantize: Quantizer | None = None) -> Path:
-    """Return the cached graph ``name(quantization)``, else export it (``export_float32(path)``), quantize it and
-    cache it. A cached float32 graph of the same model, ``name(None)``, is quantized instead of exporting again.
-    ``quantize(source, target, quantization)`` writes the quantized graph (default: ``_quantize``'s schemes)."""
+                  quantization: str | None, cache: bool, model_name: str) -> Path:
+    """Return the cached graph ``name(quantization)``, else export it (``export_float32(path)``), quantize it
+    (``_quantize``) and cache it. A cached float32 graph of the same model, ``name(None)``, is quantized instead of
+    exporting again."""
     target = cache_dir() / "onnx" / name(quantization)
     if cache and target.is_file():
         return target
@@ -198,12 +197,12 @@ def _cached_graph(name: Callable[[str | None], str], export_float32: Callable[[P
         with cache_lock(f"onnx-{name(quantization)}"):
             if target.is_file():
                 return target
-            return _export_graph(target, name, export_float32, quantization, cache, model_name, quantize)
-    return _export_graph(target, name, export_float32, quantization, cache, model_name, quantize)
+            return _export_graph(target, name, export_float32, quantization, cache, model_name)
+    return _export_graph(target, name, export_float32, quantization, cache, model_name)
 
 
 def _export_graph(target: Path, name: Callable[[str | None], str], export_float32: Callable[[Path], None],
-                  quantization: str | None, cache: bool, model_name: str, quantize: Quantizer | None = None) -> Path:
+                  quantization: str | None, cache: bool, model_name: str) -> Path:
     """Export (or reuse the cached float32 graph), quantize, and write the graph to ``target`` atomically."""
     with tempfile.TemporaryDirectory() as folder:
         exported = Path(folder) / "model.onnx"
@@ -217,7 +216,7 @@ def _export_graph(target: Path, name: Callable[[str | None], str], export_float3
             prepared = Path(folder) / "prepared.onnx"
             _fold_constant_transposes(exported, prepared)
         final = Path(folder) / "final.onnx"
-        (quantize or _quantize)(prepared, final, quantization)
+        _quantize(prepared, final, quantization)
         if quantization is not None and not _int8_matmuls(final):
             raise RuntimeError(f"quantization={quantization!r} turned no matrix product of {model_name} into int8")
         if not cache:
@@ -327,7 +326,9 @@ def _fold_constant_transposes(source: Path, target: Path) -> None:
 
 
 def _quantize(source: Path, target: Path, quantization: str | None) -> None:
-    """Write the graph with its constant-weight MatMuls in int8 (or, for None, as one float32 file)."""
+    """Write the graph with its constant-weight MatMuls quantized (None: as one float32 file): "dynamic"
+    (MatMulInteger), "blockwise" or "int8" (8-bit MatMulNBits), "int4" (4-bit MatMulNBits; lmlab.compress.fused),
+    in blocks of QUANT_BLOCKS[format]."""
     import onnx
 
     if quantization is None:
@@ -342,8 +343,9 @@ def _quantize(source: Path, target: Path, quantization: str | None) -> None:
             quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, per_channel=True,
                              op_types_to_quantize=["MatMul"], extra_options={"MatMulConstBOnly": True})
         else:
-            _blockwise(onnx.load(str(source)), BLOCK_SIZE).save_model_to_file(str(target),
-                                                                              use_external_data_format=False)
+            fmt = "int4" if quantization == "int4" else "int8"
+            _blockwise(onnx.load(str(source)), QUANT_BLOCKS[fmt], 4 if fmt == "int4" else 8).save_model_to_file(
+                str(target), use_external_data_format=False)
 
 
 def _blockwise(graph_model, block_size: int, bits: int = 8):
@@ -461,7 +463,31 @@ class OnnxPast:
         return f"OnnxPast(layers={len(self.values) // 2}, batch={self.batch}, length={self.length})"
 
 
-class OnnxDecoder:
+class _CpuStep:
+    """What every ONNX Runtime decode step shares (``OnnxDecoder``, ``lmlab.compress.fused.FusedDecoder``): its
+    session runs on the CPU, and a whole sequence is one call from an empty cache."""
+
+    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
+                 past: Any = None) -> tuple[torch.Tensor, Any]:
+        """Run one step: (logits (batch, new, vocab), the grown past); each decoder has its own."""
+        raise NotImplementedError
+
+    @property
+    def device(self) -> torch.device:
+        """Where the inputs go: ONNX Runtime runs this session on the CPU."""
+        return torch.device("cpu")
+
+    def place(self, device: torch.device) -> torch.device:
+        """Return the CPU, whatever ``device`` was asked for: the session runs there only."""
+        return self.device
+
+    def sequence_logits(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Return the logits at every position of (batch, n) ids from an empty cache: (batch, n, vocab) float32."""
+        positions = torch.arange(input_ids.shape[1]).expand(input_ids.shape[0], -1)  # (batch, n)
+        return self(input_ids, torch.ones_like(input_ids), positions, None)[0]
+
+
+class OnnxDecoder(_CpuStep):
     """One decode step of a causal LM with its KV cache, exported to ONNX and run by ONNX Runtime.
 
     Made by ``onnx_decoder``. A call takes the new tokens and the past of the previous call and returns
@@ -492,20 +518,6 @@ class OnnxDecoder:
         self.stored_bytes = _initializer_bytes(path)
         self.source_parameters = source_parameters  # how many weights the exported model had
         self.backend = {None: "onnx", "blockwise": "onnx-int8"}.get(quantization, f"onnx-{quantization}")
-
-    @property
-    def device(self) -> torch.device:
-        """Where the inputs go: ONNX Runtime runs this session on the CPU."""
-        return torch.device("cpu")
-
-    def place(self, device: torch.device) -> torch.device:
-        """Return the CPU, whatever ``device`` was asked for: the session runs there only."""
-        return self.device
-
-    def sequence_logits(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """Return the logits at every position of (batch, n) ids from an empty cache: (batch, n, vocab) float32."""
-        positions = torch.arange(input_ids.shape[1]).expand(input_ids.shape[0], -1)  # (batch, n)
-        return self(input_ids, torch.ones_like(input_ids), positions, None)[0]
 
     def to_pairs(self, past: OnnxPast | Sequence) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Return the past as per-layer (keys, values) torch tensors, each (batch, kv_heads, length, head_dim)."""

@@ -44,8 +44,8 @@ import torch
 from torch import nn
 
 from lmlab.compress.export import (
-    _blockwise,
     _cached_graph,
+    _CpuStep,
     _fingerprint,
     _initializer_bytes,
     _int64_matrix,
@@ -58,7 +58,6 @@ from lmlab.models.protocols import is_transformers_causal_lm
 FUSED_FORMATS = ("float32", "int8", "int4")
 FUSED_VERSION = 2  # part of a fused graph's key: bump when the graph's construction changes
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM",)  # SmolLM2, Llama: RMSNorm, rotary, grouped-query attention, SiLU
-_BITS = {"int8": 8, "int4": 4}
 
 
 class FusedPast:
@@ -90,7 +89,7 @@ class FusedPast:
                 f"capacity={self.capacity})")
 
 
-class FusedDecoder:
+class FusedDecoder(_CpuStep):
     """One decode step of a Llama-architecture causal LM as lmlab's own fused ONNX graph, with a KV buffer
     allocated once (made by ``fused_decoder``; see the module's docstring).
 
@@ -115,20 +114,6 @@ class FusedDecoder:
         self.past_names = [f"past_{kind}.{i}" for i in range(self.num_layers) for kind in ("key", "value")]
         self.present_names = [name.replace("past_", "present_") for name in self.past_names]
         self.output_names = ["logits", *self.present_names]
-
-    @property
-    def device(self) -> torch.device:
-        """Where the inputs go: ONNX Runtime runs this session on the CPU."""
-        return torch.device("cpu")
-
-    def place(self, device: torch.device) -> torch.device:
-        """Return the CPU, whatever ``device`` was asked for: the session runs there only."""
-        return self.device
-
-    def sequence_logits(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """Return the logits at every position of (batch, n) ids from an empty cache: (batch, n, vocab) float32."""
-        positions = torch.arange(input_ids.shape[1]).expand(input_ids.shape[0], -1)  # (batch, n)
-        return self(input_ids, torch.ones_like(input_ids), positions, None)[0]
 
     def empty_past(self, batch: int, capacity: int | None = None) -> FusedPast:
         """Allocate the buffers for ``batch`` rows of ``capacity`` positions (default max_length), zeroed."""
@@ -297,7 +282,7 @@ def fused_decoder(model: nn.Module, fmt: str = "int8", threads: int | None = Non
 
     quantization = None if fmt == "float32" else fmt
     path = _cached_graph(name, lambda target: _build_graph(model, target), quantization, cache,
-                         type(model).__name__, quantize=_quantize_nbits)
+                         type(model).__name__)
     decoder = FusedDecoder(path, fmt, config, threads, max_length)
     if not cache:  # the session holds the graph now: leave no temporary file behind
         import shutil
@@ -339,24 +324,6 @@ def _rotary_tables(config) -> tuple[np.ndarray, np.ndarray]:
     inv_freq = 1.0 / (_rope_theta(config) ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
     angles = torch.outer(torch.arange(config.max_position_embeddings).float(), inv_freq)  # (positions, dim / 2)
     return angles.cos().numpy(), angles.sin().numpy()
-
-
-def _quantize_nbits(source: Path, target: Path, quantization: str | None) -> None:
-    """Write the graph with every constant-weight MatMul as MatMulNBits: ``quantization`` "int8" or "int4"."""
-    import contextlib
-    import io
-    import warnings
-
-    import onnx
-
-    if quantization is None:
-        onnx.save(onnx.load(str(source)), str(target))
-        return
-    quiet = io.StringIO()
-    with warnings.catch_warnings(), contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
-        warnings.simplefilter("ignore")
-        _blockwise(onnx.load(str(source)), QUANT_BLOCKS[quantization], _BITS[quantization]).save_model_to_file(
-            str(target), use_external_data_format=False)
 
 
 def _build_graph(model: nn.Module, path: Path) -> None:
