@@ -351,7 +351,12 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-batch", type=int, default=8, help="most requests decoded together")
     parser.add_argument("--max-queue", type=int, default=64, help="most requests waiting; beyond it: HTTP 429")
     parser.add_argument("--policy", default="continuous", help="continuous, static or sequential batching")
-    parser.add_argument("--prefix-cache", type=int, default=0, help="prompt prefixes whose KV state is kept (0: off)")
+    parser.add_argument("--prefix-cache", type=int, default=0, help="prefix cache (0: off): token blocks kept (fused "
+                        "formats), or declared prompt prefixes kept (the others)")
+    parser.add_argument("--chunk-tokens", type=int, default=None, help="fused formats: prompt tokens prefilled per "
+                        "engine round (0: whole prompts; default 32)")
+    parser.add_argument("--cache-tokens", type=int, default=None, help="fused formats: the KV cache's budget in "
+                        "positions, all requests together (default: every slot full)")
     parser.add_argument("--reply-cache", type=int, default=0, help="greedy replies kept for repeated prompts (0: off)")
     parser.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (default: "
                         "$LMLAB_API_KEY, else no key)")
@@ -368,7 +373,8 @@ def _serve(args) -> None:
                max_queue=args.max_queue, policy=args.policy, prefix_cache=args.prefix_cache,
                reply_cache=args.reply_cache, api_key=args.api_key, threads=args.threads,
                max_body_bytes=args.max_body_bytes, prune_fraction=args.prune_fraction,
-               speculative=args.speculative, draft_k=args.draft_k)
+               speculative=args.speculative, draft_k=args.draft_k, chunk_tokens=args.chunk_tokens,
+               cache_tokens=args.cache_tokens)
 
 
 def _sweep_arguments(parser: argparse.ArgumentParser) -> None:

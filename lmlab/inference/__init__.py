@@ -13,7 +13,7 @@ Modules, each importing only those above it in the course:
   greedy's tokens.
 """
 
-from lmlab.inference.sampling import SamplingParams, pick, sample, sampling_params, sampling_probs
+from lmlab.inference.sampling import SamplingParams, pick, pick_rows, sample, sampling_params, sampling_probs
 from lmlab.inference.step import (
     PAD_MULTIPLE, DecodeStep, TorchStep, crop_past, every_logit, left_pad, left_pad_to, next_logits, past_length,
     positions,
@@ -32,7 +32,8 @@ from lmlab.inference.speculative import (
 
 __all__ = [
     "BACKENDS", "PAD_MULTIPLE", "CausalLM", "as_causal_lm", "DecodeStep", "TorchStep", "make_step", "left_pad",
-    "left_pad_to", "positions", "next_logits", "SamplingParams", "sampling_params", "pick", "sample", "Generation",
+    "left_pad_to", "positions", "next_logits", "SamplingParams", "sampling_params", "pick", "pick_rows", "sample",
+    "Generation",
     "StreamedToken", "generate", "stream", "stream_speed", "littles_law", "batch_littles_law", "sampling_probs",
     "kv_cache_bytes", "past_bytes", "break_even", "compare_steps", "score_ids", "cost_by_position",
     "position_cost_plot", "position_ratios", "Invariance", "batch_invariance", "why_rows_differ",

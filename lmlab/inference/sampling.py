@@ -118,6 +118,29 @@ def pick(logits: torch.Tensor, params: SamplingParams, generator: torch.Generato
     return torch.multinomial(probs, 1, generator=generator).squeeze(1)
 
 
+
+def pick_rows(logits: torch.Tensor, params: Sequence[SamplingParams],
+              generators: Sequence[torch.Generator | None]) -> list[int]:
+    """Choose the next token of every row of (B, vocab) logits, row i with ``params[i]`` and ``generators[i]``.
+
+    What ``pick`` gives each row alone, computed together: the greedy rows in one argmax, the sampled rows'
+    distributions (``sampling_probs``) in one pass per distinct (T, k, p), then one draw per row from its own
+    generator (a seeded reply must not depend on the rows beside it). Raises ValueError when the lengths differ.
+    """
+    if not len(params) == len(generators) == logits.shape[0]:
+        raise ValueError(f"logits has {logits.shape[0]} rows, params {len(params)}, generators {len(generators)}; "
+                         f"give one setting and one generator per row")
+    tokens = logits.argmax(dim=-1).tolist()  # (B,): right for every greedy row
+    groups: dict[tuple, list[int]] = {}
+    for i, p in enumerate(params):
+        if p.sample:
+            groups.setdefault((p.temperature, p.top_k, p.top_p), []).append(i)
+    for (temperature, top_k, top_p), rows in groups.items():
+        probs = sampling_probs(logits[rows], temperature, top_k, top_p)  # (rows, vocab)
+        for j, i in enumerate(rows):
+            tokens[i] = int(torch.multinomial(probs[j:j + 1], 1, generator=generators[i])[0, 0])
+    return tokens
+
 def sample(model: LanguageModel, prompt: Sequence[str] = (), max_tokens: int = 30, seed: int = 0,
            temperature: float = 1.0) -> list[str]:
     """Draw tokens one at a time from a fixed-window model's P(w | context) until </s> or ``max_tokens``; seeded.

@@ -3,28 +3,28 @@
 Introduced in notebooks/07_realtime_pipeline.ipynb; ``lmlab.serving.app`` puts an ``Engine`` behind HTTP.
 
 A decode step costs about the same for one row as for eight (it reads every weight once either way, chapter 06),
-so a server that answers several people at once should run their steps together. The ``Engine`` keeps one
+so a server that answers several people at once should run their steps together. An ``Engine`` keeps one
 running batch and, at every step,
 
-1. drops the rows whose reply ended or whose client went away (their slot and KV cache are freed at once);
+1. drops the rows whose reply ended or whose client went away (their KV cache is freed at once);
 2. admits waiting requests (``policy``): "continuous" admits whenever a slot is free, "static" only when the
    whole batch has finished (request-level batching), "sequential" one request at a time;
-3. prefills the admitted prompts in one left-padded pass (their first tokens: the time to first token; a prompt
-   whose prefix is cached runs alone after it) and merges their KV caches into the batch: rows are left-padded
-   to a common length L, with an attention mask that hides the padding;
-4. runs ONE decode step for every row: ids (B, 1), mask (B, L + 1), positions (B, 1) = each row's own length.
+3. prefills what the admitted prompts need (their first tokens: the time to first token);
+4. runs ONE decode step for every row, each at its own position, and picks every row's token.
 
 Every row computes exactly what it would alone, so a greedy reply's tokens do not depend on its neighbours: the
-padding, the positions, the forward pass and the pick are ``lmlab.inference.step``'s and
-``lmlab.inference.sampling``'s, the code ``lmlab.inference.decode.generate`` runs, so one ``SamplingParams`` gives one
-reply through both.
-A ``prefix_cache`` keeps the KV state of a shared prompt prefix (a system prompt and FAQ); a request that
-starts with it prefills only the rest.
+forward pass and the pick are ``lmlab.inference.step``'s and ``lmlab.inference.sampling``'s, the code
+``lmlab.inference.decode.generate`` runs, so one ``SamplingParams`` gives one reply through both.
 
-``speculative="prompt-lookup"``: while ONE greedy request is in the engine (the batch holds it alone and nobody
-waits), each step drafts ``draft_k`` tokens by prompt lookup and verifies them in one pass
-(``lmlab.inference.speculative.verify``): the same tokens, often several per pass. As soon as a second request
-arrives the batch decodes one token per row again (speculation here is for batch size 1).
+Two schedulers share this module's requests, events and bookkeeping; ``Engine(...)`` picks by the step:
+
+- ``lmlab.serving.slots.SlotEngine`` (lmlab's fused graphs, backends "fused", "fused-int8", "fused-int4"): the
+  second generation. Its KV cache is one preallocated buffer of slots (``lmlab.serving.kvcache``): joining and
+  leaving copy nothing; admission counts free cache memory and preempts when decoding outgrows it; a long prompt
+  is prefilled in chunks under a per-step token budget between decode steps; any shared prompt prefix is found
+  by hashing full token blocks.
+- ``lmlab.serving.dense.DenseEngine`` (any other step: eager PyTorch, the exported ONNX graphs): the first
+  generation, whose steps read one dense left-padded cache, so rows joining and leaving re-pad and copy it.
 """
 
 from __future__ import annotations
@@ -36,13 +36,14 @@ import threading
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import ClassVar
 
+import numpy as np
 import torch
 
 from lmlab.inference.decode import CausalLM, make_step
-from lmlab.inference.sampling import SamplingParams, pick, sampling_params
-from lmlab.inference.speculative import check_exact, prompt_lookup, verify
-from lmlab.inference.step import PAD_MULTIPLE, DecodeStep, Pairs, left_pad, left_pad_to, next_logits
+from lmlab.inference.sampling import SamplingParams, pick_rows, sampling_params
+from lmlab.inference.step import DecodeStep
 from lmlab.measure.runtime import check_int, torch_threads
 from lmlab.measure.timing import Stopwatch
 
@@ -159,6 +160,33 @@ class LRU:
             self.hits = self.misses = 0
 
 
+class Detokenizer:
+    """Text of a reply token by token, without decoding the whole reply at every token.
+
+    Each new token decodes only the tokens since the last piece sent (``prefix``) and those not yet sent: a piece
+    is sent when it adds text and does not end in the replacement character "\\ufffd" (a character whose bytes
+    are split across tokens waits for its last byte). ``skip`` (the end-of-sequence id) adds no text. The pieces
+    add up to ``decode(tokens)``: the same text the whole decode gives, in O(1) tokens decoded per token.
+    """
+
+    def __init__(self, decode: Callable[[Sequence[int]], str], skip: int | None = None):
+        self.decode, self.skip = decode, skip
+        self.tokens: list[int] = []
+        self.prefix = self.read = 0  # tokens[prefix:read] made the last piece's context; tokens[read:] are unsent
+
+    def add(self, token: int) -> str:
+        """Take one token; return the text it completes ("" while a character is incomplete, or for ``skip``)."""
+        if token == self.skip:
+            return ""
+        self.tokens.append(token)
+        before = self.decode(self.tokens[self.prefix:self.read])
+        text = self.decode(self.tokens[self.prefix:])
+        if len(text) > len(before) and not text.endswith("\ufffd") and text.startswith(before):
+            self.prefix, self.read = self.read, len(self.tokens)
+            return text[len(before):]
+        return ""
+
+
 @dataclass
 class _Request:
     ticket: Ticket
@@ -168,57 +196,70 @@ class _Request:
     stop_at_eos: bool
     prefix_len: int
     clock: Stopwatch  # started at arrival; the stamps below are its elapsed ms (no GPU wait: sync=False)
+    detokenizer: Detokenizer
     admitted_ms: float = math.nan  # arrival -> admitted to a prefill
     first_ms: float = math.nan  # arrival -> first token picked
     prefill_ms: float = 0.0
     prefix_hit: bool = False
     new: list[int] = field(default_factory=list)
-    shown: str = ""
     generator: torch.Generator | None = None
+    slot: int | None = None  # SlotEngine: the request's row of the KV buffer
+    target: list[int] = field(default_factory=list)  # SlotEngine: the ids its prefill computes
+    done: int = 0  # SlotEngine: positions of its slot computed so far
+    hashes: list[bytes] = field(default_factory=list)  # SlotEngine: the names of its prompt's full blocks
+    order: int = 0  # SlotEngine: admission order (the newest is preempted first)
+    swapped: np.ndarray | None = None  # SlotEngine: a preempted request's keys and values, until readmitted
 
 
 class Engine:
     """Run one model for many requests at once: a thread that prefills, batches and decodes.
 
-    ``lm`` is a ``decode.CausalLM``; ``backend`` one of ``decode.BACKENDS`` (or pass a ready ``step``).
-    ``max_batch`` bounds the rows decoded together, ``max_queue`` the requests waiting for a slot
-    (``submit`` raises ``QueueFull`` beyond it). ``prefix_cache`` is how many prompt prefixes keep their KV
-    state (0: off). ``threads``: torch's (and ONNX Runtime's) thread count for the engine. ``speculative``
-    ("prompt-lookup" or None) speculates ``draft_k`` tokens per pass while one greedy request runs alone.
-    Raises ValueError for an unknown policy or speculative method, or an out-of-range bound.
+    ``lm`` is a ``decode.CausalLM``; ``backend`` one of ``decode.BACKENDS`` (or pass a ready ``step``): a fused
+    backend gets a ``SlotEngine``, any other a ``DenseEngine`` (see the module's docstring); the options below
+    are both's. ``max_batch`` bounds the rows decoded together, ``max_queue`` the requests waiting for a slot
+    (``submit`` raises ``QueueFull`` beyond it). ``prefix_cache``: the prefix cache's size, 0 for off (the
+    SlotEngine's is in blocks of tokens, the DenseEngine's in declared prefixes). ``threads``: torch's (and
+    ONNX Runtime's) thread count for the engine. Each scheduler documents its own further options.
+    Raises ValueError for an unknown policy or an out-of-range bound.
     """
 
+    schedulers: ClassVar[list[type[Engine]]] = []  # every subclass, as defined (lmlab.serving imports both)
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        Engine.schedulers.append(cls)
+
+    @classmethod
+    def runs(cls, backend: str, step: DecodeStep | None) -> bool:
+        """Whether this scheduler runs the step (or the step ``backend`` makes)."""
+        return False
+
+    def __new__(cls, lm: CausalLM, *args, backend: str = "eager", step: DecodeStep | None = None, **options):
+        if cls is Engine:  # the scheduler that runs this step
+            runs = [kind for kind in Engine.schedulers if kind.runs(backend, step)]
+            if not runs:
+                raise ValueError(f"backend={backend!r}: no scheduler runs it; import lmlab.serving (it defines them)")
+            cls = runs[0]
+        return super().__new__(cls)
+
     def __init__(self, lm: CausalLM, *, backend: str = "eager", step: DecodeStep | None = None, max_batch: int = 8,
-                 max_queue: int = 64, policy: str = "continuous", prefix_cache: int = 0, threads: int | None = None,
-                 speculative: str | None = None, draft_k: int = 4):
+                 max_queue: int = 64, policy: str = "continuous", threads: int | None = None):
         if policy not in POLICIES:
             raise ValueError(f"policy={policy!r} is unknown; use one of {POLICIES}")
-        if speculative not in (None, "prompt-lookup"):
-            raise ValueError(f"speculative={speculative!r} is unknown; the server speculates by None or "
-                             f"'prompt-lookup' (a draft model is generate's, not the server's)")
-        self.speculative, self.draft_k = speculative, check_int("draft_k", draft_k, 1, 64)
-        self.drafted = self.accepted = 0  # speculation's counts: drafted tokens, and those the model agreed with
         self.lm = lm
         self.threads = threads
         self.step = step if step is not None else make_step(lm, backend, threads)
-        if speculative:
-            check_exact(self.step)  # an int8 verify pass would not give greedy's tokens
         self.backend = self.step.backend
         self.max_batch = check_int("max_batch", max_batch, 1, 256)
         self.max_queue = check_int("max_queue", max_queue, 0)
         self.policy = policy
-        self.prefixes = LRU(prefix_cache)
         self.steps = 0  # decode steps run
         self.rows_stepped = 0  # sum over steps of the batch size
         self.finished: Counter[str] = Counter()  # requests ended, by finish reason
         self._ids = itertools.count()
         self._waiting: deque[_Request] = deque()
         self._rows: list[_Request] = []
-        self._prefilling = 0  # admitted, being prefilled (or held), not yet in the batch
-        self._held: list[tuple[list[_Request], Pairs, torch.Tensor]] = []  # prefilled, waiting to line up: _join
         self._counts = threading.Lock()  # `active` reads the batch and the prefilling count together
-        self._past = None  # the batch's KV cache, in the step's own format
-        self._mask: torch.Tensor | None = None  # (B, L) 1 for real positions, 0 for left padding
         self._wake = threading.Condition()
         self._stop = False
         self._thread: threading.Thread | None = None
@@ -251,7 +292,7 @@ class Engine:
     def active(self) -> int:
         """Requests admitted: in the running batch, or being prefilled to join it."""
         with self._counts:
-            return len(self._rows) + self._prefilling
+            return len(self._rows) + self._prefilling_count()
 
     @property
     def waiting(self) -> int:
@@ -265,7 +306,8 @@ class Engine:
 
     def configure(self, *, policy: str | None = None, max_batch: int | None = None,
                   prefix_cache: int | None = None) -> None:
-        """Change the policy, the batch bound or the prefix cache's size (clearing it). Raises ValueError."""
+        """Change the policy, the batch bound or the prefix cache's size (clearing it), when idle; reset the
+        counts. Raises ValueError for a setting out of range."""
         if policy is not None and policy not in POLICIES:
             raise ValueError(f"policy={policy!r} is unknown; use one of {POLICIES}")
         if max_batch is not None:
@@ -274,11 +316,10 @@ class Engine:
             check_int("prefix_cache", prefix_cache, 0)
         with self._wake:
             self.policy = policy or self.policy
-            self.max_batch = max_batch or self.max_batch
-            if prefix_cache is not None:
-                self.prefixes = LRU(prefix_cache)
-            self.steps = self.rows_stepped = self.drafted = self.accepted = 0
+            self._resize(max_batch or self.max_batch, prefix_cache)
+            self.steps = self.rows_stepped = 0
             self.finished.clear()
+            self._reset_counts()
 
     def check(self, ids: Sequence[int], max_new_tokens: int) -> None:
         """Raise ValueError if the prompt is empty, holds an unknown id, or does not fit the window."""
@@ -287,11 +328,17 @@ class Engine:
         vocab = self.lm.config.vocab_size
         if min(ids) < 0 or max(ids) >= vocab:
             raise ValueError(f"prompt holds a token id outside [0, {vocab - 1}]")
-        check_int("max_new_tokens", max_new_tokens, 1, self.lm.window)
-        if len(ids) + max_new_tokens > self.lm.window:
+        window = self.window
+        check_int("max_new_tokens", max_new_tokens, 1, window)
+        if len(ids) + max_new_tokens > window:
             raise ValueError(f"max_new_tokens={max_new_tokens} with a {len(ids)}-token prompt needs "
-                             f"{len(ids) + max_new_tokens} positions; {self.lm.name}'s window is "
-                             f"{self.lm.window}: use max_new_tokens <= {self.lm.window - len(ids)}")
+                             f"{len(ids) + max_new_tokens} positions; this engine holds {window} per reply "
+                             f"({self.lm.name}): use max_new_tokens <= {window - len(ids)}")
+
+    @property
+    def window(self) -> int:
+        """The most positions (prompt + reply) one request may take."""
+        return self.lm.window
 
     def submit(self, ids: Sequence[int], max_new_tokens: int = 32, *, sampling: SamplingParams | None = None,
                stop_at_eos: bool = True, prefix_len: int = 0, callback: Callable[[Event], None] | None = None,
@@ -301,7 +348,8 @@ class Engine:
         with one generator per request; ``sample``, ``temperature``, ``top_k``, ``top_p``, ``seed`` are the older
         spelling of the same settings.
 
-        ``prefix_len``: how many leading tokens are a shared prefix worth caching (the system prompt).
+        ``prefix_len``: how many leading tokens are a shared prefix worth caching (the system prompt; the
+        DenseEngine's prefix cache needs it, the SlotEngine finds shared prefixes itself).
         ``callback`` receives each event in the engine's thread instead of the ticket's queue.
         Raises ValueError for a prompt or settings out of range, QueueFull when ``max_queue`` requests wait.
         """
@@ -311,7 +359,7 @@ class Engine:
         check_int("prefix_len", prefix_len, 0, len(ids))
         ticket = Ticket(next(self._ids), callback)
         request = _Request(ticket, ids, max_new_tokens, params, stop_at_eos, prefix_len,
-                           Stopwatch(sync=False).start())
+                           Stopwatch(sync=False).start(), Detokenizer(self.lm.decode, self.lm.eos_id))
         with self._wake:
             if self._stop:
                 raise QueueFull("the engine is stopping")
@@ -328,258 +376,91 @@ class Engine:
             raise RuntimeError(done.error)
         return tokens
 
-    # -- the engine's thread ---------------------------------------------------------------------------------
+    # -- the engine's thread: what a scheduler provides ------------------------------------------------------
+
+    def _prefilling_count(self) -> int:
+        raise NotImplementedError
+
+    def _busy(self) -> bool:
+        """Whether anything is admitted (called with the lock held)."""
+        raise NotImplementedError
+
+    def _admit(self) -> list[_Request]:
+        """Take the waiting requests the policy (and the cache) let in now (called with the lock held)."""
+        raise NotImplementedError
+
+    def _iterate(self, admitted: list[_Request]) -> None:
+        """One round: drop the cancelled, prefill, decode one step."""
+        raise NotImplementedError
+
+    def _admitted(self) -> list[_Request]:
+        """Every request the scheduler holds outside the waiting queue."""
+        raise NotImplementedError
+
+    def _clear(self) -> None:
+        """Forget every admitted request and free its cache."""
+        raise NotImplementedError
+
+    def _resize(self, max_batch: int, prefix_cache: int | None) -> None:
+        self.max_batch = max_batch
+
+    def _reset_counts(self) -> None:
+        pass
 
     def _run(self) -> None:
         with torch_threads(self.threads), torch.inference_mode():
             while True:
                 with self._wake:
-                    while not self._stop and not self._rows and not self._waiting and not self._held:
+                    while not self._stop and not self._busy() and not self._waiting:
                         self._wake.wait(0.5)
                     if self._stop:
                         break
                     admitted = self._admit()
-                    self._prefilling = len(admitted) + self._held_rows()
                 try:
-                    self._drop_cancelled()
-                    self._prefill_all(admitted)
-                    self._join_held()
-                    self._prefilling = self._held_rows()
-                    if self._rows:
-                        self._decode()
+                    self._iterate(admitted)
                 except Exception as error:  # a fault in the scheduler itself: end what runs, keep serving
-                    for request in self._rows + [r for requests, _, _ in self._held for r in requests]:
+                    for request in self._admitted():
                         self._finish(request, "error", f"{type(error).__name__}: {error}")
-                    self._rows, self._past, self._mask, self._prefilling, self._held = [], None, None, 0, []
-            for request in list(self._rows) + [r for requests, _, _ in self._held for r in requests] + list(
-                    self._waiting):
+                    self._clear()
+            for request in self._admitted() + list(self._waiting):
                 self._finish(request, "cancelled")
-            self._rows, self._waiting, self._held = [], deque(), []
-            self._past = self._mask = None
+            self._waiting = deque()
+            self._clear()
 
-    def _admit(self) -> list[_Request]:
-        """Take the waiting requests the policy lets in now (called with the lock held)."""
-        slots = 1 if self.policy == "sequential" else self.max_batch
-        if self.policy == "static" and (self._rows or self._held):
-            return []
+    # -- what every scheduler does to a request --------------------------------------------------------------
+
+    def _take_waiting(self, slots: int, fits: Callable[[_Request], bool] = lambda request: True) -> list[_Request]:
+        """Pop waiting requests while fewer than ``slots`` are admitted and the next one ``fits`` (cancelled ones
+        end here)."""
         admitted: list[_Request] = []
-        while self._waiting and len(self._rows) + self._held_rows() + len(admitted) < slots:
-            request = self._waiting.popleft()
+        while self._waiting and len(admitted) < slots:
+            request = self._waiting[0]
             if request.ticket.cancelled.is_set():
-                self._finish(request, "cancelled")
+                self._finish(self._waiting.popleft(), "cancelled")
                 continue
-            admitted.append(request)
+            if not fits(request):
+                break
+            admitted.append(self._waiting.popleft())
         return admitted
-
-    def _drop_cancelled(self) -> None:
-        keep = [i for i, r in enumerate(self._rows) if not r.ticket.cancelled.is_set()]
-        if len(keep) < len(self._rows):
-            for i, request in enumerate(self._rows):
-                if i not in keep:
-                    self._finish(request, "cancelled")
-            self._keep_rows(keep)
-
-    def _prefill_all(self, requests: list[_Request]) -> None:
-        """Prefill the admitted requests: those with a cached prefix one by one, the others in one left-padded
-        batch (one pass for all their prompts, as the decode steps share one pass)."""
-        plain = [r for r in requests if self._cached_prefix(r.ids, r.prefix_len, count=False)[0] is None]
-        for request in requests:
-            if request not in plain:
-                self._prefill(request)
-        if len(plain) == 1:
-            self._prefill(plain[0])
-        elif plain:
-            self._prefill_batch(plain)
-
-    def _prefill_batch(self, requests: list[_Request]) -> None:
-        """One pass over several prompts, left-padded: ids and mask (k, L), positions from each first real token."""
-        prefill = Stopwatch(sync=False).start()
-        for request in requests:
-            request.admitted_ms = request.clock.elapsed_ms()
-        ids, mask = (t.to(self.step.device) for t in left_pad([r.ids for r in requests], self.lm.pad_id,
-                                                              PAD_MULTIPLE))  # (k, L), L a multiple of 4: _join
-        longest = ids.shape[1]
-        try:
-            last, past = next_logits(self.step, ids, mask, None)  # (k, vocab): each row's last real token predicts
-            pairs = self.step.to_pairs(past)
-            tokens = []
-            for i, request in enumerate(requests):
-                pad = longest - len(request.ids)
-                if request.prefix_len and request.prefix_len < len(request.ids) and self.prefixes.max_entries:
-                    self.prefixes.put(tuple(request.ids[:request.prefix_len]),
-                                      [(k[i:i + 1, :, pad:pad + request.prefix_len].clone(),
-                                        v[i:i + 1, :, pad:pad + request.prefix_len].clone()) for k, v in pairs])
-                tokens.append(self._pick(request, last[i:i + 1]))
-        except Exception as error:  # these requests fail; the running batch goes on
-            for request in requests:
-                self._finish(request, "error", f"{type(error).__name__}: {error}")
-            return
-        prefill_ms = prefill.elapsed_ms()
-        keep = []
-        for i, (request, token) in enumerate(zip(requests, tokens)):
-            request.first_ms, request.prefill_ms = request.clock.elapsed_ms(), prefill_ms
-            if self._emit_token(request, token):
-                keep.append(i)
-        if keep:
-            index = torch.tensor(keep, device=mask.device)
-            self._join([requests[i] for i in keep], [(k.index_select(0, index), v.index_select(0, index))
-                                                     for k, v in pairs], mask.index_select(0, index))
-
-    def _prefill(self, request: _Request) -> None:
-        """Run the prompt alone (after its cached prefix, if any), pick its first token, join the batch."""
-        request.admitted_ms = request.clock.elapsed_ms()
-        ids = request.ids
-        try:
-            cached, start = self._cached_prefix(ids, request.prefix_len)
-            device = self.step.device
-            if cached is None:  # the whole prompt, padded as the decode loop pads it alone (see _join)
-                feed, mask = (t.to(device) for t in left_pad([ids], self.lm.pad_id, PAD_MULTIPLE))  # (1, width)
-            else:
-                feed = torch.tensor([ids[start:]], device=device)  # (1, new): what the cached prefix does not hold
-                mask = torch.ones((1, len(ids)), dtype=torch.long, device=device)
-            pad = mask.shape[1] - len(ids)
-            past = self.step.from_pairs(cached) if cached is not None else None
-            last, past = next_logits(self.step, feed, mask, past)
-            pairs = self.step.to_pairs(past)
-            if request.prefix_len and cached is None and request.prefix_len < len(ids):
-                self.prefixes.put(tuple(ids[:request.prefix_len]),
-                                  [(k[:, :, pad:pad + request.prefix_len].clone(),
-                                    v[:, :, pad:pad + request.prefix_len].clone()) for k, v in pairs])
-            request.prefix_hit = cached is not None
-            token = self._pick(request, last)
-        except Exception as error:  # this request fails; the batch goes on
-            self._finish(request, "error", f"{type(error).__name__}: {error}")
-            return
-        request.first_ms = request.clock.elapsed_ms()
-        request.prefill_ms = request.first_ms - request.admitted_ms
-        if self._emit_token(request, token):
-            self._join([request], pairs, mask)
-
-    def _cached_prefix(self, ids: list[int], prefix_len: int, count: bool = True):
-        if self.prefixes.max_entries == 0 or not 0 < prefix_len < len(ids):
-            return None, 0
-        key = tuple(ids[:prefix_len])
-        cached = self.prefixes.get(key) if count else self.prefixes.peek(key)
-        return (cached, prefix_len) if cached is not None else (None, 0)
-
-    def _join(self, requests: list[_Request], pairs: Pairs, mask: torch.Tensor) -> None:
-        """Merge new rows' caches (k, heads, l, dim per layer) and mask (k, l) into the batch's, left-padding
-        both to a common length.
-
-        A prompt is prefilled padded to a multiple of PAD_MULTIPLE, as the decode loop pads it alone, and rows
-        join only when the two lengths differ by a multiple of 4 (else they are held, and join within 3 decode
-        steps): a row's padding then changes by multiples of 4 only, and it computes the same bits as it would
-        alone (``lmlab.inference.invariance``). A prompt whose prefix came from the prefix cache is the exception:
-        its cached keys and values were computed in another prompt's alignment.
-        """
-        if self._mask is not None and self._rows and (self._mask.shape[1] - mask.shape[1]) % PAD_MULTIPLE:
-            self._held.append((requests, pairs, mask))
-            return
-        if not self._rows:
-            self._mask, self._past = mask, self.step.from_pairs(pairs)
-        else:
-            assert self._mask is not None  # a batch with rows has a mask
-            batch_pairs = self.step.to_pairs(self._past)
-            length = max(mask.shape[1], self._mask.shape[1])
-            merged = [(torch.cat([left_pad_to(bk, length), left_pad_to(k, length)]),
-                       torch.cat([left_pad_to(bv, length), left_pad_to(v, length)]))
-                      for (bk, bv), (k, v) in zip(batch_pairs, pairs)]
-            self._mask = torch.cat([left_pad_to(self._mask, length), left_pad_to(mask, length)])
-            self._past = self.step.from_pairs(merged)
-        with self._counts:  # they move from prefilling to the batch in one step, as `active` sees it
-            self._rows = self._rows + list(requests)
-            self._prefilling = max(0, self._prefilling - len(requests))
-
-    def _held_rows(self) -> int:
-        return sum(len(requests) for requests, _, _ in self._held)
-
-    def _join_held(self) -> None:
-        """Join the held rows whose length now lines up with the batch's (all of them into an empty batch)."""
-        held, self._held = self._held, []
-        for requests, pairs, mask in held:
-            self._join(requests, pairs, mask)
-
-    def _keep_rows(self, keep: list[int]) -> None:
-        """Keep only the rows ``keep`` (the others' caches are freed), and trim padding no row needs."""
-        if not keep:
-            self._rows, self._past, self._mask = [], None, None
-            return
-        assert self._mask is not None  # a batch with rows has a mask
-        index = torch.tensor(keep, device=self._mask.device)
-        mask = self._mask.index_select(0, index)
-        first = int(mask.any(0).nonzero()[0])  # the first column some row still uses
-        first -= first % PAD_MULTIPLE  # trim padding by a multiple of 4 only: see _join
-        self._mask = mask[:, first:]
-        self._past = self.step.from_pairs([(k.index_select(0, index)[:, :, first:],
-                                            v.index_select(0, index)[:, :, first:])
-                                           for k, v in self.step.to_pairs(self._past)])
-        self._rows = [self._rows[i] for i in keep]
-
-    def _decode(self) -> None:
-        """One decode step for every row of the batch (a speculative pass for a greedy request alone)."""
-        rows = self._rows
-        if self.speculative and len(rows) == 1 and not self._waiting and not rows[0].sampling.sample:
-            self._speculate(rows[0])
-            return
-        assert self._mask is not None  # a batch with rows has a mask
-        feed = torch.tensor([[r.new[-1]] for r in rows], device=self._mask.device)  # (B, 1): each row's newest
-        mask = torch.cat([self._mask, torch.ones_like(feed)], dim=1)  # (B, L + 1): positions = each row's length
-        try:
-            last, past = next_logits(self.step, feed, mask, self._past)  # (B, vocab)
-        except Exception as error:  # a failed step ends the rows it ran; the engine goes on
-            for request in rows:
-                self._finish(request, "error", f"{type(error).__name__}: {error}")
-            self._rows, self._past, self._mask = [], None, None
-            return
-        self.steps += 1
-        self.rows_stepped += len(rows)
-        self._past, self._mask = past, mask
-        greedy = pick(last, SamplingParams.greedy(), None).tolist()  # (B,): one argmax for every greedy row
-        keep = []
-        for i, request in enumerate(rows):
-            token = self._pick(request, last[i:i + 1]) if request.sampling.sample else greedy[i]
-            if self._emit_token(request, token):
-                keep.append(i)
-        if len(keep) < len(rows):
-            self._keep_rows(keep)
-
-    def _speculate(self, request: _Request) -> None:
-        """Draft up to ``draft_k`` tokens by prompt lookup, verify them in one pass, send the tokens kept."""
-        assert self._mask is not None  # a batch with rows has a mask
-        pad = int(self._mask.shape[1] - self._mask.sum())  # one row alone: its left padding (a multiple of 4 wide)
-        sequence = request.ids + request.new
-        room = min(self.draft_k, request.max_new_tokens - len(request.new) - 1)
-        drafts = prompt_lookup(sequence, room) if room > 0 else []
-        try:
-            new, self._past = verify(self.step, self._past, sequence, drafts, pad)  # all but the newest token cached
-        except Exception as error:  # a failed pass ends the request; the engine goes on
-            self._finish(request, "error", f"{type(error).__name__}: {error}")
-            self._rows, self._past, self._mask = [], None, None
-            return
-        self.steps, self.rows_stepped = self.steps + 1, self.rows_stepped + 1
-        self.drafted, self.accepted = self.drafted + len(drafts), self.accepted + len(new) - 1
-        self._mask = torch.ones((1, pad + len(sequence) + len(new) - 1), dtype=torch.long, device=self._mask.device)
-        self._mask[:, :pad] = 0
-        for token in new:
-            if not self._emit_token(request, token):
-                self._keep_rows([])
-                return
 
     def _pick(self, request: _Request, logits: torch.Tensor) -> int:
         """The request's next token from its (1, vocab) logits, with its own generator (made at its first pick)."""
-        if request.sampling.sample and request.generator is None:
-            request.generator = request.sampling.generator(logits.device)
-        return int(pick(logits, request.sampling, request.generator)[0])
+        return self._pick_rows([request], logits)[0]
+
+    def _pick_rows(self, requests: Sequence[_Request], logits: torch.Tensor) -> list[int]:
+        """Each request's next token from the (B, vocab) logits, row by row, each with its own generator (made at
+        its first pick): greedy rows in one argmax, sampled rows' distributions in one pass per setting."""
+        for request in requests:
+            if request.sampling.sample and request.generator is None:
+                request.generator = request.sampling.generator(logits.device)
+        return pick_rows(logits, [r.sampling for r in requests], [r.generator for r in requests])
 
     def _emit_token(self, request: _Request, token: int) -> bool:
         """Send one token to its request; return whether the request goes on."""
         request.new.append(token)
         eos = self.lm.eos_id is not None and token == self.lm.eos_id
         if not eos or not request.stop_at_eos:  # an end-of-sequence token is a token like any other when ignored
-            text = self.lm.decode([t for t in request.new if t != self.lm.eos_id])
-            piece = text[len(request.shown):] if text.startswith(request.shown) else text
-            request.shown = text
-            request.ticket._emit(Event("token", token=token, text=piece))
+            request.ticket._emit(Event("token", token=token, text=request.detokenizer.add(token)))
         if request.ticket.cancelled.is_set():
             self._finish(request, "cancelled")
             return False

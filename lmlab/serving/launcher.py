@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from lmlab.measure.runtime import check_int
 from lmlab.measure.timing import Stopwatch
@@ -32,11 +33,14 @@ def serve(model: str = "smollm2", format: str = "float32", *, host: str = "127.0
           max_batch: int = 8, max_queue: int = 64, policy: str = "continuous", prefix_cache: int = 0,
           reply_cache: int = 0, api_key: str | None = None, threads: int | None = None,
           max_body_bytes: int = 1_000_000, prune_fraction: float = 0.3, log_level: str = "warning",
-          speculative: str | None = None, draft_k: int = 4) -> None:
+          speculative: str | None = None, draft_k: int = 4, chunk_tokens: int | None = None,
+          cache_tokens: int | None = None) -> None:
     """Load the model, then serve it until SIGINT or SIGTERM (in-flight replies get 5 s to finish).
 
     ``api_key`` defaults to ``$LMLAB_API_KEY`` (none: no key needed). ``speculative="prompt-lookup"`` speculates
-    ``draft_k`` tokens per pass while one greedy request is alone in the engine. Raises ValueError for a bad
+    ``draft_k`` tokens per pass while one greedy request is alone in the engine (non-fused formats).
+    ``chunk_tokens`` (the prefill's tokens per round; 0: whole prompts) and ``cache_tokens`` (the KV cache's budget
+    in positions) are the slot engine's, for the fused formats (None: its defaults). Raises ValueError for a bad
     setting.
     """
     import uvicorn  # uvicorn: only a running server needs it
@@ -45,8 +49,13 @@ def serve(model: str = "smollm2", format: str = "float32", *, host: str = "127.0
     check_int("max_body_bytes", max_body_bytes, 1)
     api_key = api_key if api_key is not None else (os.environ.get(API_KEY_ENV) or None)
     served = load_served(model, format, prune_fraction)
+    options: dict[str, Any] = {"prefix_cache": prefix_cache, "speculative": speculative, "draft_k": draft_k}
+    if chunk_tokens is not None:
+        options["chunk_tokens"] = chunk_tokens or None  # 0: whole prompts
+    if cache_tokens is not None:
+        options["cache_tokens"] = cache_tokens
     engine = Engine(served.lm, backend=BACKEND_OF[format], max_batch=max_batch, max_queue=max_queue, policy=policy,
-                    prefix_cache=prefix_cache, threads=threads, speculative=speculative, draft_k=draft_k)
+                    threads=threads, **options)
     app = build_app(served, engine, api_key=api_key, reply_cache=reply_cache, max_body_bytes=max_body_bytes)
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5,
                             access_log=False)
