@@ -17,8 +17,8 @@ milliseconds. The packages follow the course; each imports only the packages abo
   padding, positions, crop), sampling (SamplingParams, pick, sample), invariance (a row's tokens alone and in a
   batch), position_cost, speculative (draft and verify: greedy's tokens in fewer passes)
 - ``lmlab.serving``    engine (continuous batching), kvcache (KV slots, prefix blocks), slots (the second-generation
-  scheduler: chunked prefill, prefix caching, preemption), dense (the first), served, protocol, app, launcher
-  (the OpenAI-compatible HTTP server), clients, loadgen, reference
+  scheduler: chunked prefill, prefix caching, preemption), dense (the first), interference, served, protocol, app,
+  launcher (the OpenAI-compatible HTTP server), clients, loadgen, reference
 - ``lmlab.scale``      distributed (torchrun: data, tensor, pipeline parallel), sweep (grids on Ray)
 - ``lmlab.tasks``      classify (text classifiers), vectors (word2vec, GloVe's loss)
 - ``lmlab.notebook``   widgets (the interactive panels)

@@ -148,3 +148,16 @@ def test_batched_picks_are_each_rows_pick_alone():
     assert together == apart
     with pytest.raises(ValueError, match="one setting and one generator per row"):
         pick_rows(logits, params[:2], [None, None])
+
+
+def test_interference_run_records_every_streams_tokens_and_the_newcomers_first(smol, step):
+    from lmlab.serving.interference import prefill_interference
+
+    streams = [smol.encode(q) for q in ["Hello", "How are you?", "One two"]]
+    run = prefill_interference(smol, step, streams, smol.encode(FAQ)[:120], chunk_tokens=16, tokens=12, warm=4)
+    assert [len(s) for s in run.stamps_ms] == [12, 12, 12]
+    assert all(np.all(np.diff(s) >= 0) for s in run.stamps_ms) and run.first_token_ms > run.arrival_ms
+    summary = run.summary()
+    assert summary["itl_p99_ms"] >= summary["itl_p50_ms"] > 0 and summary["newcomer_ttft_ms"] > 0
+    with pytest.raises(ValueError, match="warm=12"):
+        prefill_interference(smol, step, streams, [1, 2], chunk_tokens=16, tokens=12, warm=12)

@@ -8,6 +8,8 @@ Modules, each importing only those above it in the course:
 - ``slots``: The second-generation scheduler: KV slots, admission by cache memory, chunked prefill, automatic prefix
   caching.
 - ``dense``: The first-generation scheduler: one dense, left-padded KV cache for the whole batch.
+- ``interference``: Prefill-decode interference: what a long prompt's prefill does to the streams already decoding,
+  and how chunked prefill bounds it.
 - ``loadgen``: An open-loop load generator for an OpenAI-compatible chat server: Poisson arrivals, streamed replies.
 - ``reference``: transformers' own continuous batching, timed on CPU: the reference implementation that
   benchmarks/bench_serve.py compares lmlab's server against.
@@ -26,6 +28,7 @@ from lmlab.serving.engine import LRU, POLICIES, Detokenizer, Engine, Event, Queu
 from lmlab.serving.kvcache import PrefixBlocks, SlotCache, block_hashes
 from lmlab.serving.slots import SlotEngine
 from lmlab.serving.dense import DenseEngine
+from lmlab.serving.interference import Interference, interference_plot, prefill_interference
 from lmlab.serving.loadgen import (
     DEADLINE_GRACE_S, METRICS, Budget, LoadReport, RequestRecord, default_bodies, load_plot, poisson_arrivals,
     run_load, run_load_sync, sustainable_rate, table,
@@ -39,7 +42,8 @@ from lmlab.serving.clients import reply_stages
 
 __all__ = [
     "POLICIES", "QueueFull", "Event", "Ticket", "LRU", "Engine", "Detokenizer", "SlotCache", "PrefixBlocks",
-    "block_hashes", "SlotEngine", "DenseEngine", "METRICS", "DEADLINE_GRACE_S", "poisson_arrivals",
+    "block_hashes", "SlotEngine", "DenseEngine", "Interference", "prefill_interference", "interference_plot",
+    "METRICS", "DEADLINE_GRACE_S", "poisson_arrivals",
     "RequestRecord", "LoadReport", "table", "default_bodies", "run_load", "run_load_sync", "load_plot", "Budget",
     "sustainable_rate", "transformers_continuous_batching", "FORMATS", "BACKEND_OF", "SERVED_MODELS", "API_KEY_ENV",
     "ROLES", "ServedModel", "load_served", "chat_template_ids", "RequestError", "ChatRequest", "error_body",
