@@ -245,11 +245,13 @@ class _Relay:
     with other jobs; 16 prompts x 32 streamed tokens sent at once, max batch 8; CPU seconds per thread from
     /proc, median of 3 interleaved rounds): the engine in-process 19.3 ms CPU per token; the server's engine and
     torch threads 20.2 ms, its event loop (HTTP, SSE, this relay) 0.25 ms, and the load generator in its own
-    process 0.27 ms. So the HTTP side costs about 1% of a token: the engine needs no process of its own. With one
-    wake-up per batch the event loop took 0.23 ms per token (within the noise). Wall-clock tokens/s swung from 24
-    to 41 between identical rounds on the shared vCPUs (in-process 25.7, old app 24.7, this app 29.3 tokens/s,
-    medians), so a gap of a third in one run is within that swing; and an in-process engine at max batch 16 needs
-    10.9 ms CPU per token against 18.7 at max batch 8, so compare the two paths at the same max batch.
+    process 0.27 ms. So the HTTP side costs about 1% of a token: the engine needs no process of its own. With this
+    relay the event loop took 0.23 ms per token (within the noise); counted in the server, it woke once per 2.1
+    events (gpt-small, 32 streamed clients) and per 2.5 (SmolLM2, 16), not once per step of 8: the self-pipe write
+    lets go of the GIL and the loop drains at once. Wall-clock tokens/s swung from 24 to 41 between identical
+    rounds on the shared vCPUs (in-process 25.7, old app 24.7, this app 29.3 tokens/s, medians), so a gap of a
+    third in one run is within that swing; and an in-process engine at max batch 16 needs 10.9 ms CPU per token
+    against 18.7 at max batch 8, so compare the two paths at the same max batch.
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop):
