@@ -9,6 +9,7 @@ import pytest
 from openai import OpenAI
 
 from lmlab.inference.decode import as_causal_lm, generate
+from lmlab.measure.timing import Stopwatch
 from lmlab.models.checkpoints import load_checkpoint
 from lmlab.serving.launcher import running_server
 
@@ -272,3 +273,89 @@ def test_fault_storm_leaves_the_server_up_correct_and_at_its_memory_baseline(ser
         assert record.text == expected[texts[record.index % len(texts)]]
     assert health["status"] == "ok" and health["active"] == 0 and health["waiting"] == 0
     assert after_mb < baseline_mb + 25, f"memory grew from {baseline_mb:.0f} MB to {after_mb:.0f} MB"
+
+
+def finished_total(server) -> int:
+    return sum(server.health()["finished"].values())
+
+
+def test_identical_greedy_requests_in_flight_are_answered_by_one_engine_request(server):
+    """Six identical greedy requests at once, streamed and whole: one reply, the engine runs it once."""
+    server.configure(reply_cache=4)  # empty; coalescing is on with the reply cache
+    request = body("the lord is my shepherd", max_tokens=100, ignore_eos=True)
+    before = finished_total(server)
+    client = OpenAI(base_url=f"{server.base_url}/v1", api_key=KEY)
+    replies: dict[int, str] = {}
+
+    def ask(i: int) -> None:
+        if i % 2:
+            stream = client.chat.completions.create(model="gpt-small", messages=request["messages"], max_tokens=100,
+                                                    temperature=0, stream=True, extra_body={"ignore_eos": True})
+            replies[i] = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+        else:
+            replies[i] = chat(server.base_url, request).json()["choices"][0]["message"]["content"]
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    cache = server.health()["reply_cache"]
+    assert len(replies) == 6 and len(set(replies.values())) == 1 and replies[0]
+    assert finished_total(server) == before + 1  # the engine ran it once
+    assert cache["coalesced"] >= 1 and cache["coalesced"] + cache["hits"] == 5
+    server.configure(reply_cache=0)
+
+
+def test_a_coalesced_request_gets_its_whole_reply_when_the_first_client_leaves(server):
+    """The first client leaves while its request waits behind others; the one coalesced onto it still listens."""
+    server.configure(reply_cache=4, max_batch=1)  # one row at a time: the request waits behind two blockers
+    request = body("blessed are the meek", max_tokens=100, ignore_eos=True)
+    alone = chat(server.base_url, request).json()  # the reply, run alone (the cache is cleared below)
+    server.configure(reply_cache=4, max_batch=1)
+    blockers = [threading.Thread(target=chat, args=(server.base_url, body(t, max_tokens=120, ignore_eos=True)))
+                for t in ("in the beginning", "for god so")]
+    for blocker in blockers:
+        blocker.start()
+    deadline = time.monotonic() + 10
+    while server.health()["waiting"] < 1 and time.monotonic() < deadline:  # one blocker runs, one waits
+        time.sleep(0.005)
+    follower: list[httpx.Response] = []
+    with httpx.stream("POST", f"{server.base_url}/v1/chat/completions", json={**request, "stream": True},
+                      headers=AUTH, timeout=60):
+        thread = threading.Thread(target=lambda: follower.append(chat(server.base_url, request)))
+        thread.start()
+        while server.health()["reply_cache"]["coalesced"] < 1 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert server.health()["finished"].get("length", 0) < 2  # both blockers not done: the request still waits
+    thread.join(60)
+    for blocker in blockers:
+        blocker.join(60)
+    health = server.health()
+    assert follower[0].status_code == 200
+    assert follower[0].json()["choices"][0]["message"] == alone["choices"][0]["message"]
+    assert follower[0].json()["timing"]["coalesced"] and "cancelled" not in health["finished"]
+    server.configure(reply_cache=0, max_batch=4)
+
+
+def test_a_whole_reply_client_that_hangs_up_frees_its_slot_before_the_reply_would_end(server):
+    """A non-streamed client leaves a third of the way into its reply; its row leaves the batch at once."""
+    import socket
+
+    server.configure(reply_cache=0)
+    request = json.dumps(body("and god said let there be", max_tokens=120, ignore_eos=True)).encode()
+    whole = Stopwatch(sync=False).start()
+    assert chat(server.base_url, request).status_code == 200
+    full_ms = whole.elapsed_ms()  # the reply's whole duration, measured here
+    head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {KEY}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(request)}\r\n\r\n").encode()
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        sent = Stopwatch(sync=False).start()
+        sock.sendall(head + request)
+        time.sleep(full_ms / 3e3)
+    while server.health()["active"] and sent.elapsed_ms() < 10 * full_ms:
+        time.sleep(0.002)
+    freed_ms = sent.elapsed_ms()
+    health = server.health()
+    assert health["active"] == 0 and health["finished"].get("cancelled", 0) == 1
+    assert freed_ms < full_ms, f"freed after {freed_ms:.0f} ms; the whole reply takes {full_ms:.0f} ms"
