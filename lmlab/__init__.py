@@ -17,7 +17,7 @@ milliseconds. The packages follow the course; each imports only the packages abo
   padding, positions, crop), sampling (SamplingParams, pick, sample), invariance (a row's tokens alone and in a
   batch), position_cost, speculative (draft and verify: greedy's tokens in fewer passes)
 - ``lmlab.serving``    engine (continuous batching), served, protocol, app, launcher (the OpenAI-compatible HTTP
-  server), clients, loadgen, reference
+  server), clients, loadgen, reference, grounding (the assistant's accuracy on its FAQ, retrieval, grounded prompts)
 - ``lmlab.scale``      distributed (torchrun: data, tensor, pipeline parallel), sweep (grids on Ray)
 - ``lmlab.tasks``      classify (text classifiers), vectors (word2vec, GloVe's loss)
 - ``lmlab.notebook``   widgets (the interactive panels)
