@@ -22,6 +22,8 @@ Modules, each importing only those above it in the course:
   on a free port.
 - ``clients``: What a client measures of the chat server: where one streamed reply's milliseconds go, stage by
   stage.
+- ``grounding``: The shop assistant on its own task: does a reply agree with the FAQ it was given, and which prompt
+  helps it? An evaluation set, BM25 retrieval of FAQ lines, three prompts compared.
 """
 
 from lmlab.serving.engine import LRU, POLICIES, Detokenizer, Engine, Event, QueueFull, Ticket
@@ -39,6 +41,11 @@ from lmlab.serving.protocol import ROLES, ChatRequest, RequestError, error_body,
 from lmlab.serving.app import ChatApp, build_app
 from lmlab.serving.launcher import API_KEY_ENV, RunningServer, free_port, running_server, serve, start_server
 from lmlab.serving.clients import reply_stages
+from lmlab.serving.grounding import (
+    CHAPTER_INSTRUCTIONS, GROUNDED_INSTRUCTIONS, PROMPTS, FaqItem, PromptRun, answer_all, check_answer,
+    compare_prompts, faq_accuracy, faq_messages, grounded_messages, load_faq, load_faq_eval, prompt_table,
+    retrieval_messages, retrieve,
+)
 
 __all__ = [
     "POLICIES", "QueueFull", "Event", "Ticket", "LRU", "Engine", "Detokenizer", "SlotCache", "PrefixBlocks",
@@ -48,5 +55,7 @@ __all__ = [
     "sustainable_rate", "transformers_continuous_batching", "FORMATS", "BACKEND_OF", "SERVED_MODELS", "API_KEY_ENV",
     "ROLES", "ServedModel", "load_served", "chat_template_ids", "RequestError", "ChatRequest", "error_body",
     "parse_request", "build_app", "ChatApp", "serve", "free_port", "RunningServer", "start_server",
-    "running_server", "reply_stages",
+    "running_server", "reply_stages", "CHAPTER_INSTRUCTIONS", "GROUNDED_INSTRUCTIONS", "PROMPTS", "FaqItem",
+    "PromptRun", "load_faq", "load_faq_eval", "check_answer", "faq_accuracy", "retrieve", "faq_messages",
+    "grounded_messages", "retrieval_messages", "answer_all", "compare_prompts", "prompt_table",
 ]
