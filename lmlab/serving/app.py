@@ -180,7 +180,8 @@ class ChatApp:
                              "finished": dict(engine.finished),
                              "mean_batch": None if math.isnan(engine.mean_batch) else engine.mean_batch,
                              "reply_cache": {**_cache_state(self.replies), "coalesced": self.coalesced},
-                             "prefix_cache": _cache_state(engine.prefixes), "pid": os.getpid(),
+                             "prefix_cache": _cache_state(engine.prefixes), "kv_cache": engine.cache_state(),
+                             "pid": os.getpid(),
                              "speculative": {"method": engine.speculative, "draft_k": engine.draft_k,
                                              "drafted": engine.drafted, "accepted": engine.accepted}})
 

@@ -376,6 +376,10 @@ class Engine:
             raise RuntimeError(done.error)
         return tokens
 
+    def cache_state(self) -> dict:
+        """The KV cache as /health shows it (the scheduler's own fields; {} where it keeps none)."""
+        return {}
+
     # -- the engine's thread: what a scheduler provides ------------------------------------------------------
 
     def _prefilling_count(self) -> int:
