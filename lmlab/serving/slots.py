@@ -9,8 +9,9 @@ of the KV buffer at its own length. One round of the engine's thread:
    (``cache_tokens``): a request takes a slot (``lmlab.serving.kvcache.SlotCache``) and, if its prompt starts with
    blocks another prompt computed, a copy of their keys and values (``PrefixBlocks``, ``prefix_cache`` blocks of
    ``block`` tokens; 0: off).
-3. **Prefill in chunks**: the admitted prompts are computed in pieces of at most ``chunk_tokens`` tokens per round,
-   oldest first (``chunk_tokens=None``: whole prompts), each piece one pass over its slot. A long prompt then
+3. **Prefill in chunks**: while streams are decoding, the admitted prompts are computed in pieces of at most
+   ``chunk_tokens`` tokens per round, oldest first (``chunk_tokens=None``, or no stream decoding: whole prompts),
+   each piece one pass over its slot. A long prompt then
    delays each running stream's next token by one piece, not by its whole prefill (prefill-decode interference).
    A prompt's last piece picks its first token; its full blocks join the prefix cache.
 4. **Decode** one token for every running request in ONE pass over slots [0, highest taken]: ids (B, 1), each row's
@@ -40,7 +41,7 @@ from lmlab.serving.engine import Engine, _Request
 from lmlab.serving.kvcache import PrefixBlocks, SlotCache
 
 SLOTTED_BACKENDS = ("fused", "fused-int8", "fused-int4")
-DEFAULT_CHUNK_TOKENS = 32  # a piece of prefill per round: about one decode step of 8 rows (chapter 07 measures it)
+DEFAULT_CHUNK_TOKENS = 16  # a piece of prefill per round: p99 gap <= 2x median with a 1,000-token newcomer (bench_engine)
 
 
 def slotted(backend: str, step: DecodeStep | None) -> bool:
@@ -201,8 +202,9 @@ class SlotEngine(Engine):
     # -- prefill ---------------------------------------------------------------------------------------------
 
     def _prefill_round(self) -> None:
-        """Compute up to ``chunk_tokens`` prompt positions, oldest prefill first, one pass per piece."""
-        budget = math.inf if self.chunk_tokens is None else self.chunk_tokens
+        """Compute up to ``chunk_tokens`` prompt positions, oldest prefill first, one pass per piece (whole
+        prompts while no stream is decoding: there is no one to keep waiting)."""
+        budget = math.inf if self.chunk_tokens is None or not self._rows else self.chunk_tokens
         for request in list(self._prefills):
             if budget <= 0:
                 break
