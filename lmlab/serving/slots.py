@@ -41,7 +41,7 @@ from lmlab.serving.engine import Engine, _Request
 from lmlab.serving.kvcache import PrefixBlocks, SlotCache
 
 SLOTTED_BACKENDS = ("fused", "fused-int8", "fused-int4")
-DEFAULT_CHUNK_TOKENS = 16  # a piece of prefill per round: p99 gap <= 2x median with a 1,000-token newcomer (bench_engine)
+DEFAULT_CHUNK_TOKENS = 16  # prefill per round: p99 gap <= 2x its median with a 1,000-token newcomer (bench_engine)
 
 
 def slotted(backend: str, step: DecodeStep | None) -> bool:
