@@ -8,6 +8,7 @@ import pytest
 from lmlab.measure.results import Result
 from lmlab.serving import loadgen
 from lmlab.serving.loadgen import (
+    Budget,
     LoadReport,
     RequestRecord,
     default_bodies,
@@ -18,11 +19,11 @@ from lmlab.serving.loadgen import (
 )
 
 
-def rec(index, sent_s, e2e_ms, status=200, ttft_ms=10.0, tokens=5, error=None, disconnected=False):
+def rec(index, sent_s, e2e_ms, status=200, ttft_ms=10.0, tokens=5, error=None, disconnected=False, itl_ms=()):
     """A hand-built record; tpot follows its definition (e2e - ttft) / (tokens - 1)."""
     tpot_ms = (e2e_ms - ttft_ms) / (tokens - 1) if tokens >= 2 else math.nan
     return RequestRecord(index=index, sent_s=sent_s, status=status, ttft_ms=ttft_ms, e2e_ms=e2e_ms,
-                         completion_tokens=tokens, prompt_tokens=3, tpot_ms=tpot_ms, itl_ms=(), text="x",
+                         completion_tokens=tokens, prompt_tokens=3, tpot_ms=tpot_ms, itl_ms=tuple(itl_ms), text="x",
                          error=error, disconnected=disconnected)
 
 
@@ -93,6 +94,43 @@ def test_percentiles_over_completed_records_only():
         report.percentiles("latency")
 
 
+def test_inter_token_percentiles_pool_every_gap_of_completed_requests():
+    records = [rec(0, 0.0, 100.0, itl_ms=(10.0, 20.0)), rec(1, 0.0, 100.0, itl_ms=(30.0, 40.0, 50.0)),
+               rec(2, 0.0, 100.0, itl_ms=(math.nan,)), rec(3, 0.0, 100.0, itl_ms=()),
+               rec(4, 0.0, 100.0, status=0, error="ReadTimeout", itl_ms=(9000.0,))]
+    report = LoadReport.from_records(records, 1.0)
+    # pooled gaps 10..50 (the failed request's and the nan are left out): linear interpolation
+    assert report.percentiles("itl_ms", (50, 90)) == pytest.approx({50: 30.0, 90: 46.0})
+    assert report.summary()["p90_itl_ms"] == pytest.approx(46.0)
+    no_gaps = LoadReport.from_records([rec(0, 0.0, 50.0, tokens=1)], 1.0)
+    assert math.isnan(no_gaps.percentiles("itl_ms", (90,))[90])
+
+
+def test_budget_checks_ttft_tpot_and_the_pooled_inter_token_gaps():
+    smooth = [rec(i, 0.1 * i, 500.0, ttft_ms=100.0, itl_ms=(90.0,) * 4) for i in range(10)]
+    assert Budget().met_by(LoadReport.from_records(smooth, 1.0))
+    # the same mean pace (TPOT 100 ms), but one gap in four is a 250 ms stall: p90 ITL 250 ms > 100 ms
+    stalls = [rec(i, 0.1 * i, 500.0, ttft_ms=100.0, itl_ms=(50.0, 50.0, 50.0, 250.0)) for i in range(10)]
+    report = LoadReport.from_records(stalls, 1.0)
+    assert not Budget().met_by(report)
+    assert Budget(itl_p90_ms=300.0).met_by(report) and Budget(itl_p90_ms=None).met_by(report)
+    assert not Budget(ttft_p90_ms=50.0).met_by(LoadReport.from_records(smooth, 1.0))
+    assert not Budget().met_by(LoadReport.from_records(smooth + [rec(10, 1.0, 5.0, status=429, error="full")], 1.0))
+    assert Budget().met_by(LoadReport.from_records([rec(0, 0.0, 50.0, tokens=1)], 1.0))  # no gaps: not failed
+    assert Budget().itl_p90_ms == 100.0
+    for bad in (dict(itl_p90_ms=0.0), dict(itl_p90_ms=-5.0), dict(ttft_p90_ms=math.nan), dict(tokens_per_s=0)):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            Budget(**bad)
+
+
+def test_a_stream_that_ends_after_its_finish_reason_is_complete_without_done():
+    """transformers serve ends its stream after the usage chunk, with no data: [DONE]: the request still
+    counts as completed, timed by the client's own clock."""
+    p = loadgen._Progress(0, sent_s=0.0, status=200, token_s=[0.1, 0.2], pieces=["a", "b"], end_s=0.3,
+                          finished=True)
+    assert p.record().ok and p.record().itl_ms == pytest.approx((100.0,))
+
+
 def test_mean_in_flight_and_littles_law_on_known_intervals():
     # in flight: [0, 1], [0.5, 1.5], [1, 3]  ->  ∫ N dt = 1 + 1 + 2 = 4 over T = 3 s
     records = [rec(0, 0.0, 1000.0, tokens=3), rec(1, 0.5, 1000.0, tokens=5), rec(2, 1.0, 2000.0, tokens=4)]
@@ -141,7 +179,7 @@ def test_table_has_one_row_per_report_and_units_in_its_columns():
     frame = table(reports)
     assert len(frame) == 2 and list(frame["offered_rate_per_s"]) == [1, 2]
     for column in ("completed", "errors", "throughput_rps", "tokens_per_s", "duration_s",
-                   "p50_ttft_ms", "p90_tpot_ms", "p99_e2e_ms"):
+                   "p50_ttft_ms", "p90_tpot_ms", "p99_e2e_ms", "p99_itl_ms"):
         assert column in frame.columns
     assert reports[0].summary()["completed"] == 4
 
@@ -152,7 +190,7 @@ def test_load_plot_draws_latency_and_throughput_panels():
     fig = load_plot(reports, title="test")
     lat_ax, tput_ax = fig.axes
     assert lat_ax.get_yscale() == "log" and "ms" in lat_ax.get_ylabel()
-    assert len(lat_ax.get_lines()) == 4  # p50 and p90 of TTFT and e2e
+    assert len(lat_ax.get_lines()) == 6  # p50 and p90 of TTFT, e2e and the inter-token gap
     assert "y = x" in " ".join(t.get_text() for t in tput_ax.get_legend().get_texts())
     assert list(tput_ax.get_lines()[1].get_xdata()) == [1.0, 2.0, 4.0]  # the infinite rate is left out
     assert reports[1].arrival_rate_per_s == pytest.approx(2.0) and math.isnan(reports[3].arrival_rate_per_s)

@@ -11,8 +11,8 @@ Modules, each importing only those above it in the course:
 - ``interference``: Prefill-decode interference: what a long prompt's prefill does to the streams already decoding,
   and how chunked prefill bounds it.
 - ``loadgen``: An open-loop load generator for an OpenAI-compatible chat server: Poisson arrivals, streamed replies.
-- ``reference``: transformers' own continuous batching, timed on CPU: the reference implementation that
-  benchmarks/bench_serve.py compares lmlab's server against.
+- ``reference``: transformers' own continuous batching, timed on CPU in this process: the reference that
+  benchmarks/bench_serve.py falls back on when `transformers serve` cannot run.
 - ``served``: The models the chat server serves: a registry name and a format become a decode loop and a chat
   prompt.
 - ``protocol``: OpenAI's chat-completions protocol at the server's edge: checking a request, and the shapes of

@@ -6,7 +6,11 @@ cannot keep up shows it as growing latency and as throughput below the offered r
 streamed (server-sent events) and timed per token:
 
     ttft_ms = first content chunk - send        e2e_ms = end of stream - send
-    tpot_ms = (e2e_ms - ttft_ms) / (tokens - 1)  Little's law: mean in flight L = throughput λ × mean latency W
+    tpot_ms = (e2e_ms - ttft_ms) / (tokens - 1)  itl_ms = the gaps between consecutive content chunks
+    Little's law: mean in flight L = throughput λ × mean latency W
+
+Every time comes from the client's own clock, so any OpenAI-compatible server can be measured (lmlab's server,
+``transformers serve``, llama.cpp's ``llama-server``); lmlab's ``timing`` extras are kept beside, never needed.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from lmlab.measure.results import Result
 from lmlab.measure.runtime import check_int
 from lmlab.measure.timing import Timing
 
-METRICS = ("ttft_ms", "tpot_ms", "e2e_ms")
+METRICS = ("ttft_ms", "tpot_ms", "e2e_ms", "itl_ms")  # itl_ms pools every gap of every request
 DEADLINE_GRACE_S = 1.0  # the run's deadline is last arrival + timeout_s + this
 
 
@@ -96,6 +100,7 @@ class _Progress:
     end_s: float = math.nan
     error: str | None = None
     disconnected: bool = False
+    finished: bool = False  # a choice arrived with a finish_reason
 
     def record(self) -> RequestRecord:
         """Freeze what was received: tpot_ms = (e2e_ms - ttft_ms) / (tokens - 1), nan below 2 tokens."""
@@ -158,13 +163,15 @@ async def _send(client: httpx.AsyncClient, url: str, body: dict, headers: dict, 
                     p.usage = chunk.get("usage") or p.usage
                     p.timing = chunk.get("timing") or p.timing
                     choices = chunk.get("choices") or []
+                    p.finished = p.finished or bool(choices and choices[0].get("finish_reason"))
                     if choices and _is_token(choices[0].get("delta") or {}):
                         p.token_s.append(time.perf_counter() - t0)
                         p.pieces.append(choices[0]["delta"]["content"])
                         if stop_after is not None and len(p.token_s) >= stop_after:
                             p.disconnected = True  # leaving the `async with` closes the connection
                             return
-                p.error = "stream ended before data: [DONE]"
+                if not p.finished:  # some servers (transformers serve) end the stream without data: [DONE]
+                    p.error = "stream ended before data: [DONE] or a finish_reason"
     except TimeoutError:
         p.error = f"timed out after {timeout_s:g} s"
     except Exception as exc:  # a load run records failures; it does not stop at the first one
@@ -233,12 +240,16 @@ class LoadReport:
     def percentiles(self, metric: str = "ttft_ms", qs: Sequence[float] = (50, 90, 99)) -> dict[float, float]:
         """Return {q: q-th percentile of ``metric``} over completed requests (nan where there are none).
 
-        Linear interpolation between order statistics (numpy's default). Raises ValueError for a metric
-        not in ttft_ms, tpot_ms, e2e_ms.
+        Linear interpolation between order statistics (numpy's default). "itl_ms" pools the inter-token gaps of
+        every completed request (a request of n tokens gives n − 1 of them), so a long reply weighs by its
+        length, as a user watching the stream feels it. Raises ValueError for a metric not in ttft_ms, tpot_ms,
+        e2e_ms, itl_ms.
         """
         if metric not in METRICS:
             raise ValueError(f"metric={metric!r} is not a request metric; use one of {METRICS}")
-        values = [getattr(r, metric) for r in self.completed if math.isfinite(getattr(r, metric))]
+        pooled = ([gap for r in self.completed for gap in r.itl_ms] if metric == "itl_ms"
+                  else [getattr(r, metric) for r in self.completed])
+        values = [v for v in pooled if math.isfinite(v)]
         timing = Timing.of(values) if values else None
         return {q: timing.percentile_ms(q) if timing else math.nan for q in qs}
 
@@ -269,7 +280,8 @@ class LoadReport:
                 "server_ratio": self.server_in_flight / predicted if predicted > 0 else math.nan}
 
     def summary(self) -> dict[str, float]:
-        """Return the headline numbers: offered rate, counts, throughput, tokens/s, p50/p90/p99 of each metric."""
+        """Return the headline numbers: offered rate, counts, throughput, tokens/s, p50/p90/p99 of each metric
+        (TTFT, TPOT, end-to-end and the pooled inter-token gaps)."""
         row = {"offered_rate_per_s": self.offered_rate_per_s, "arrival_rate_per_s": self.arrival_rate_per_s,
                "requests": len(self.records),
                "completed": len(self.completed), "errors": self.errors, "duration_s": self.duration_s,
@@ -391,7 +403,8 @@ def run_load_sync(*args, **kwargs) -> LoadReport:
 
 
 def load_plot(reports: Sequence[LoadReport], title: str = "Serving under open-loop Poisson load") -> Figure:
-    """Draw p50/p90 TTFT and e2e latency (ms, log) and throughput against the arrival rate, with y = x.
+    """Draw p50/p90 TTFT, e2e latency and inter-token gap (ms, log) and throughput against the arrival rate,
+    with y = x.
 
     The x axis is each run's arrival rate as sent (``arrival_rate_per_s``): a short Poisson run sends faster or
     slower than its offered rate by chance. A server that keeps up has throughput = arrival rate (y = x); where
@@ -405,7 +418,8 @@ def load_plot(reports: Sequence[LoadReport], title: str = "Serving under open-lo
         raise ValueError("reports has no report at a finite offered rate: nothing to plot")
     rates = [r.arrival_rate_per_s for r in reports]  # the load really sent, which a short run draws off the offered
     fig, (lat_ax, tput_ax) = plt.subplots(1, 2, figsize=(15, 6.5))
-    for metric, label, color in (("ttft_ms", "TTFT", "tab:blue"), ("e2e_ms", "end-to-end", "tab:orange")):
+    for metric, label, color in (("ttft_ms", "TTFT", "tab:blue"), ("e2e_ms", "end-to-end", "tab:orange"),
+                                 ("itl_ms", "inter-token", "tab:purple")):
         p = [r.percentiles(metric, (50, 90)) for r in reports]
         lat_ax.plot(rates, [x[50] for x in p], "o-", color=color, ms=8, lw=2, label=f"{label} p50")
         lat_ax.plot(rates, [x[90] for x in p], "s--", color=color, ms=7, lw=1.5, label=f"{label} p90")
@@ -428,18 +442,31 @@ def load_plot(reports: Sequence[LoadReport], title: str = "Serving under open-lo
 
 @dataclass(frozen=True)
 class Budget:
-    """A service level: p90 time to first token within ``ttft_p90_ms`` and at least ``tokens_per_s``
-    per user at p90 (p90 time per output token ≤ 1000 / tokens_per_s), with every request completed."""
+    """A service level: p90 time to first token within ``ttft_p90_ms``, at least ``tokens_per_s`` per user at
+    p90 (p90 time per output token ≤ 1000 / tokens_per_s), the p90 of the pooled inter-token gaps within
+    ``itl_p90_ms`` (the stall a reader sees mid-reply, which TPOT averages away), every request completed.
+
+    ``itl_p90_ms=None`` leaves the gaps unchecked. Raises ValueError for a bound that is not a number > 0.
+    """
 
     ttft_p90_ms: float = 1000.0
     tokens_per_s: float = 10.0
+    itl_p90_ms: float | None = 100.0
+
+    def __post_init__(self) -> None:
+        _check_positive("ttft_p90_ms", self.ttft_p90_ms, "ms", allow_inf=True)
+        _check_positive("tokens_per_s", self.tokens_per_s, "tokens/s", allow_inf=True)
+        if self.itl_p90_ms is not None:
+            _check_positive("itl_p90_ms", self.itl_p90_ms, "ms (None: unchecked)", allow_inf=True)
 
     def met_by(self, report: LoadReport) -> bool:
-        """Whether the report meets the budget: no failed request, p90 TTFT and p90 TPOT within bounds."""
+        """Whether the report meets the budget: no failed request, p90 TTFT, TPOT and ITL within bounds (a
+        metric with no samples, such as ITL of one-token replies, does not fail it)."""
         if report.errors or len(report.completed) < len(report.records):
             return False
-        ttft, tpot = report.percentiles("ttft_ms", (90,))[90], report.percentiles("tpot_ms", (90,))[90]
-        return ttft <= self.ttft_p90_ms and (math.isnan(tpot) or tpot <= 1000.0 / self.tokens_per_s)
+        ttft, tpot, itl = (report.percentiles(m, (90,))[90] for m in ("ttft_ms", "tpot_ms", "itl_ms"))
+        return (ttft <= self.ttft_p90_ms and (math.isnan(tpot) or tpot <= 1000.0 / self.tokens_per_s)
+                and (self.itl_p90_ms is None or math.isnan(itl) or itl <= self.itl_p90_ms))
 
 
 def sustainable_rate(base_url: str, bodies: Sequence[dict], rates: Sequence[float], budget: Budget = Budget(),

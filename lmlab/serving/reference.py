@@ -1,5 +1,6 @@
-"""transformers' own continuous batching, timed on CPU: the reference implementation that
-benchmarks/bench_serve.py compares lmlab's server against. Not used by the notebooks.
+"""transformers' own continuous batching, timed on CPU in this process: the reference that
+benchmarks/bench_serve.py falls back on when `transformers serve` (the same engine behind HTTP) cannot run. Not used
+by the notebooks.
 
 It drives ``model.continuous_batching_context_manager`` (the engine behind ``model.generate_batch``): a
 background thread schedules the requests into one paged KV cache and decodes them together, greedy.
