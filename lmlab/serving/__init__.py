@@ -32,8 +32,8 @@ from lmlab.serving.slots import SlotEngine
 from lmlab.serving.dense import DenseEngine
 from lmlab.serving.interference import Interference, interference_plot, prefill_interference
 from lmlab.serving.loadgen import (
-    DEADLINE_GRACE_S, METRICS, Budget, LoadReport, RequestRecord, default_bodies, load_plot, poisson_arrivals,
-    run_load, run_load_sync, sustainable_rate, table,
+    DEADLINE_GRACE_S, METRICS, Budget, LoadReport, RequestRecord, chat_bodies, default_bodies, load_plot,
+    poisson_arrivals, run_load, run_load_sync, sustainable_rate, table,
 )
 from lmlab.serving.reference import transformers_continuous_batching
 from lmlab.serving.served import BACKEND_OF, FORMATS, SERVED_MODELS, ServedModel, chat_template_ids, load_served
@@ -50,8 +50,8 @@ from lmlab.serving.grounding import (
 __all__ = [
     "POLICIES", "QueueFull", "Event", "Ticket", "LRU", "Engine", "Detokenizer", "SlotCache", "PrefixBlocks",
     "block_hashes", "SlotEngine", "DenseEngine", "Interference", "prefill_interference", "interference_plot",
-    "METRICS", "DEADLINE_GRACE_S", "poisson_arrivals",
-    "RequestRecord", "LoadReport", "table", "default_bodies", "run_load", "run_load_sync", "load_plot", "Budget",
+    "METRICS", "DEADLINE_GRACE_S", "poisson_arrivals", "RequestRecord", "LoadReport", "table", "default_bodies",
+    "chat_bodies", "run_load", "run_load_sync", "load_plot", "Budget",
     "sustainable_rate", "transformers_continuous_batching", "FORMATS", "BACKEND_OF", "SERVED_MODELS", "API_KEY_ENV",
     "ROLES", "ServedModel", "load_served", "chat_template_ids", "RequestError", "ChatRequest", "error_body",
     "parse_request", "build_app", "ChatApp", "serve", "free_port", "RunningServer", "start_server",

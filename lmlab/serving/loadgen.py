@@ -321,10 +321,18 @@ def default_bodies(questions: Sequence[str], model: str, max_tokens: int, system
     """
     if isinstance(questions, str) or not questions:
         raise ValueError(f"questions={questions!r} is out of range; use a non-empty list of strings")
-    check_int("max_tokens", max_tokens)
     head = [{"role": "system", "content": system}] if system is not None else []
-    return [{"model": model, "messages": head + [{"role": "user", "content": q}], "max_tokens": max_tokens,
-             "temperature": 0, "stream": True, "stream_options": {"include_usage": True}} for q in questions]
+    return chat_bodies([head + [{"role": "user", "content": q}] for q in questions], model, max_tokens)
+
+
+def chat_bodies(conversations: Sequence[list[dict]], model: str, max_tokens: int, **settings) -> list[dict]:
+    """Return one streaming chat-completions body per list of messages: greedy (temperature 0), usage included,
+    and any further ``settings`` (e.g. ``ignore_eos=True``). Raises ValueError for none or max_tokens < 1."""
+    if not conversations:
+        raise ValueError("conversations is empty; give at least one list of messages")
+    check_int("max_tokens", max_tokens)
+    return [{"model": model, "messages": list(messages), "max_tokens": max_tokens, "temperature": 0, "stream": True,
+             "stream_options": {"include_usage": True}, **settings} for messages in conversations]
 
 
 async def run_load(base_url: str, bodies: Sequence[dict], rate_per_s: float, *, seed: int = 0,
