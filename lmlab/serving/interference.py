@@ -40,8 +40,9 @@ class Interference:
     newcomer_tokens: int
 
     def gaps_ms(self) -> np.ndarray:
-        """The streams' inter-token gaps from the newcomer's arrival on (every stream pooled)."""
-        gaps = [np.diff([t for t in stamps if t >= self.arrival_ms]) for stamps in self.stamps_ms]
+        """The streams' inter-token gaps that end after the newcomer's arrival (every stream pooled): the gap
+        that spans the arrival, in which a whole prefill would fall, and every later one."""
+        gaps = [np.diff(stamps)[np.asarray(stamps[1:]) > self.arrival_ms] for stamps in self.stamps_ms]
         return np.concatenate(gaps)
 
     def summary(self) -> dict[str, float]:
