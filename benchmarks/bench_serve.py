@@ -421,6 +421,7 @@ def save(path: Path, record: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as tmp:
         json.dump(record, tmp, indent=1, default=str)
+    os.chmod(tmp.name, 0o644)  # a temporary file is private; the results are not
     os.replace(tmp.name, path)
 
 
