@@ -179,8 +179,9 @@ def start_process(args: list[str], env: dict, port: int, timeout_s: float) -> Ru
 
 
 def start_lmlab(fmt: str, max_batch: int, threads: int) -> Peer:
+    """lmlab's server with its prefix cache on (256 blocks of 16 tokens), as llama-server reuses its prompt cache."""
     server = start_server("smollm2", format=fmt, max_batch=max_batch, env={"LMLAB_THREADS": str(threads)},
-                          wait=True, timeout_s=600)
+                          prefix_cache=256, wait=True, timeout_s=600)
     return Peer(f"lmlab {fmt}", server, {"model": "smollm2", "ignore_eos": True})
 
 
