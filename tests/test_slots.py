@@ -161,3 +161,52 @@ def test_interference_run_records_every_streams_tokens_and_the_newcomers_first(s
     assert summary["itl_p99_ms"] >= summary["itl_p50_ms"] > 0 and summary["newcomer_ttft_ms"] > 0
     with pytest.raises(ValueError, match="warm=12"):
         prefill_interference(smol, step, streams, [1, 2], chunk_tokens=16, tokens=12, warm=12)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from transformers import AutoTokenizer
+
+    from lmlab.models.pretrained import cache_dir
+
+    return AutoTokenizer.from_pretrained(cache_dir() / "smollm2-135m-instruct", local_files_only=True)
+
+
+@pytest.mark.parametrize("fmt", ["fused", "fused-int8", "fused-int4"])
+def test_a_real_server_on_slots_gives_every_reply_its_lone_tokens_and_leaks_nothing(smol, tokenizer, fmt):
+    """A fused server with chunks of 5 tokens, the prefix cache on and a KV budget two prompts of P tokens fill
+    but for 4 positions. 24 chat requests whose system messages share FAQ prefixes of arbitrary lengths, then 3
+    of P tokens, each batch sent at once (the 3 must preempt): each reply the text of its prompt decoded alone
+    by generate; afterwards every slot free, nothing held, the buffer's bytes those of the formula."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from openai import OpenAI
+
+    from lmlab.serving.launcher import running_server
+    from lmlab.serving.served import chat_template_ids
+
+    step = make_step(smol, fmt, threads=1)
+    rng = random.Random(1)
+    chats = [[{"role": "system", "content": FAQ[:rng.randrange(1, 450)]},
+              {"role": "user", "content": f"Question {i}: can I pay by card?"}] for i in range(24)]
+    tight = [[{"role": "system", "content": FAQ[:300]}, {"role": "user", "content": f"Question {d}"}] for d in "123"]
+    ids = [chat_template_ids(tokenizer, chat, generation=True) for chat in chats + tight]
+    width = len(ids[-1])
+    assert {len(i) for i in ids[-3:]} == {width} and max(len(i) for i in ids) + 6 <= 2 * width + 4
+    expected = [smol.decode([t for t in alone(smol, step, i, 6) if t != smol.eos_id]) for i in ids]
+    with running_server("smollm2", format=fmt, max_batch=4, prefix_cache=64, chunk_tokens=5,
+                        cache_tokens=2 * (width + 1) + 2, reply_cache=0) as server:
+        client = OpenAI(base_url=f"{server.base_url}/v1", api_key="none", timeout=120)
+
+        def complete(chat):
+            return client.chat.completions.create(model="smollm2", messages=chat, max_tokens=6, temperature=0,
+                                                  extra_body={"ignore_eos": True}).choices[0].message.content
+
+        with ThreadPoolExecutor(max_workers=12) as pool:
+            replies = list(pool.map(complete, chats)) + list(pool.map(complete, tight))
+        health = server.health()
+    kv = health["kv_cache"]
+    assert replies == expected
+    assert kv["free_slots"] == kv["slots"] == 4 and kv["used_tokens"] == 0 and health["active"] == 0
+    assert kv["buffer_bytes"] == 2 * step.num_layers * step.kv_heads * step.head_dim * step.max_length * 4 * 4
+    assert kv["preemptions"] > 0 and kv["prefix_hit_tokens"] > 0
