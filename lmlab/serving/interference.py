@@ -87,14 +87,16 @@ def prefill_interference(lm: CausalLM, step: DecodeStep, streams: Sequence[Seque
 
 
 def interference_plot(runs: Sequence[Interference], title: str) -> Figure:
-    """Each stream's inter-token gaps against time, one panel per run, the newcomer's prefill shaded."""
+    """Each stream's inter-token gaps against time from just before the newcomer's arrival, one panel per run,
+    the newcomer's prefill shaded."""
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(runs), figsize=(7.5 * len(runs), 6), sharey=True, squeeze=False)
     for ax, run in zip(axes[0], runs):
         for stamps in run.stamps_ms:
             times = np.asarray(stamps)
-            ax.plot(times[1:] / 1000, np.diff(times), "o", ms=5, alpha=0.6)
+            shown = times[1:] > run.arrival_ms - 250  # from just before the arrival: the streams' own start left out
+            ax.plot(times[1:][shown] / 1000, np.diff(times)[shown], "o", ms=5, alpha=0.6)
         ax.axvspan(run.arrival_ms / 1000, run.first_token_ms / 1000, color="tab:red", alpha=0.15,
                    label=f"newcomer's {run.newcomer_tokens}-token prefill")
         ax.set_yscale("log")

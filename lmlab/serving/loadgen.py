@@ -421,7 +421,7 @@ def load_plot(reports: Sequence[LoadReport], title: str = "Serving under open-lo
     ValueError if no report has a finite offered rate.
     """
     finite = (r for r in reports if math.isfinite(r.offered_rate_per_s) and math.isfinite(r.arrival_rate_per_s))
-    reports = sorted(finite, key=lambda r: r.offered_rate_per_s)
+    reports = sorted(finite, key=lambda r: r.arrival_rate_per_s)  # several seeds of one rate: left to right
     if not reports:
         raise ValueError("reports has no report at a finite offered rate: nothing to plot")
     rates = [r.arrival_rate_per_s for r in reports]  # the load really sent, which a short run draws off the offered
