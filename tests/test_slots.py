@@ -164,7 +164,7 @@ def test_interference_run_records_every_streams_tokens_and_the_newcomers_first(s
 
 
 @pytest.fixture(scope="module")
-def tokenizer():
+def tokenizer(smol):  # smol first: loading it writes the tokenizer folder into the cache
     from transformers import AutoTokenizer
 
     from lmlab.models.pretrained import cache_dir
