@@ -17,10 +17,8 @@ At every step it
 
 Its costs, which the slot engine removes: every join and leave copies every row's cache; short rows attend over
 the longest row's padding; a newcomer's whole prefill runs between two decode steps and stalls every stream; the
-prefix cache knows only a declared prefix (``prefix_len``: the system prompt).
-
-A ``prefix_cache`` keeps the KV state of a shared prompt prefix (a system prompt and FAQ); a request that
-starts with it prefills only the rest.
+prefix cache knows only a declared prefix (``prefix_len``: the system prompt), whose KV state it keeps so that a
+request starting with it prefills only the rest.
 
 ``speculative="prompt-lookup"``: while ONE greedy request is in the engine (the batch holds it alone and nobody
 waits), each step drafts ``draft_k`` tokens by prompt lookup and verifies them in one pass
