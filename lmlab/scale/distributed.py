@@ -24,9 +24,8 @@ import copy
 import json
 import os
 import sys
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from typing import TYPE_CHECKING, TypeVar, cast
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, cast
 
 import torch
 import torch.distributed as dist
@@ -35,11 +34,12 @@ from torch import nn
 from lmlab.data.corpora import TokenizedCorpus, document_batches, load_kjv, tokenize_corpus
 from lmlab.data.shipped import DATA_DIR
 from lmlab.measure.results import atomic_write_text
-from lmlab.measure.runtime import check_int, describe_environment, use_threads
-from lmlab.measure.timing import Stopwatch, Timing
+from lmlab.measure.runtime import check_int, describe_environment
+from lmlab.measure.timing import Timing
 from lmlab.models.neural import GPTLanguageModel
 from lmlab.models.registry import load_model, model_entry, names
 from lmlab.models.scoring import score_summary, score_tokens
+from lmlab.scale.group import Clock, init_process_group, rank_and_world, slowest_rank, timed
 
 if TYPE_CHECKING:  # transformers is imported where a model is built; the casts below only name its types
     from transformers import GPT2LMHeadModel, LlamaForCausalLM
@@ -51,51 +51,7 @@ PARALLEL_MODELS = names("gpt") + names("llm")  # SmolLM2: data parallel, and ten
 SMOLLM2_WINDOW = 64  # SmolLM2 scores the test verses' text in windows of this many of its tokens
 ALLREDUCE_BYTES = (1_000, 16_000, 256_000, 1_000_000, 4_000_000, 16_000_000)
 
-T = TypeVar("T")
 Answer = dict[str, float] | torch.Tensor | None  # a scheme's result on a rank: scores, logits, or none here
-
-
-class Clock:
-    """Milliseconds spent communicating, summed over every collective or message sent through ``comm``."""
-
-    def __init__(self) -> None:
-        self.comm_ms = 0.0
-
-    @contextmanager
-    def comm(self) -> Iterator[None]:
-        with Stopwatch() as watch:  # on a GPU, it first finishes the compute queued before: not counted here
-            yield
-        self.comm_ms += watch.ms
-
-    def all_reduce(self, tensor: torch.Tensor) -> torch.Tensor:
-        """Sum ``tensor`` over all ranks in place (timed); a no-op on one process."""
-        if dist.is_initialized() and dist.get_world_size() > 1:
-            with self.comm():
-                dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-        return tensor
-
-
-def rank_and_world() -> tuple[int, int]:
-    """Return (rank, world size): the process group's, or (0, 1) when none is running."""
-    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-
-
-def init_process_group(threads: int | None = None) -> torch.device:
-    """Join the group torchrun describes (RANK, WORLD_SIZE, MASTER_ADDR in the environment); return the device.
-
-    NCCL with one GPU per local rank when there are enough GPUs, else gloo on CPU. Each rank uses ``threads``
-    torch threads (default: ``$LMLAB_THREADS`` or 1). Raises ValueError if no launcher set the environment.
-    """
-    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
-        raise ValueError("RANK and WORLD_SIZE are unset; start this under torchrun (python -m torch.distributed.run)")
-    use_threads(threads)
-    if torch.cuda.is_available() and torch.cuda.device_count() >= int(os.environ.get("LOCAL_WORLD_SIZE", 1)):
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-        torch.cuda.set_device(device)
-        dist.init_process_group("nccl", device_id=device)
-        return device
-    dist.init_process_group("gloo")
-    return torch.device("cpu")
 
 
 # --- data parallel: every rank scores its shard of whole batches; one all_reduce gathers the sums ------------
@@ -356,28 +312,6 @@ def amdahl_speedup(parallel_fraction: float, n: int) -> float:
 # --- one row per scheme -------------------------------------------------------------------------------------
 
 
-def _timed(work: Callable[[Clock], T], repeat: int, together: bool = True,
-           warm_up: bool = True) -> tuple[float, float, T]:
-    """Run work(clock) once to warm up, then ``repeat`` times: (median wall ms, median comm ms, last result).
-
-    With ``together``, all ranks start each repeat at a barrier. Raises ValueError for repeat < 1.
-    """
-    check_int("repeat", repeat, 1)
-    if warm_up:
-        work(Clock())
-    walls: list[float] = []
-    comms: list[float] = []
-    for _ in range(repeat):
-        clock = Clock()
-        if together and dist.is_initialized():
-            dist.barrier()
-        with Stopwatch() as watch:
-            out = work(clock)
-        walls.append(watch.ms)
-        comms.append(clock.comm_ms)
-    return Timing.of(walls).median_ms, Timing.of(comms).median_ms, out
-
-
 def run_scheme(scheme: str, model_name: str = "gpt-small", *, batch_size: int = 32, documents: int | None = None,
                micro_batches: int = 4, repeat: int = 3, device: torch.device | None = None) -> dict:
     """Run one scheme on every rank of the group and return its row (the same on every rank).
@@ -448,34 +382,17 @@ def _smollm2_work(scheme: str, batch_size: int,
     return tensor, lambda: model(input_ids=batch).logits
 
 
-def slowest_rank(shares: Sequence[tuple[float, float]]) -> tuple[float, float, float]:
-    """Split the slowest rank's time into computing and communicating: (wall_ms, compute_ms, communication_ms).
-
-    ``shares`` holds each rank's (wall ms, communication ms). The slowest rank r = argmax wallᵣ sets the scheme's
-    time; compute = wallᵣ − commᵣ, its own communication, not the ranks' mean (which would mix in a rank that
-    waited less or more). Introduced in notebooks/08_parallel_and_distributed.ipynb (where the time goes).
-    Raises ValueError for no ranks or a rank whose communication is negative or exceeds its wall time.
-    """
-    if not shares:
-        raise ValueError("shares is empty: give each rank's (wall ms, communication ms)")
-    for rank, (wall, comm) in enumerate(shares):
-        if not 0 <= comm <= wall:
-            raise ValueError(f"shares[{rank}]=({wall!r}, {comm!r}): communication must lie in [0, wall ms]")
-    wall_ms, comm_ms = max(shares, key=lambda share: share[0])
-    return wall_ms, wall_ms - comm_ms, comm_ms
-
-
 def _row(scheme: str, model_name: str, batch_size: int, work: Callable[[Clock], Answer],
          single: Callable[[], Answer], repeat: int) -> dict:
     """Time ``work`` on every rank and ``single`` on the rank that holds the answer; return the scheme's row."""
     rank, world = rank_and_world()
     warm_up = scheme != "data"  # a whole split is many batches: its first ones warm up
-    wall_ms, comm_ms, out = _timed(work, repeat, warm_up=warm_up)
+    wall_ms, comm_ms, out = timed(work, repeat, warm_up=warm_up)
     single_ms, diff = float("nan"), float("nan")
     judge = world - 1 if scheme == "pipeline" else 0  # the rank that holds the full answer
     if rank == judge:
         with torch.no_grad():
-            single_ms, _, reference = _timed(lambda clock: single(), repeat, together=False, warm_up=warm_up)
+            single_ms, _, reference = timed(lambda clock: single(), repeat, together=False, warm_up=warm_up)
         diff = _max_diff(out, reference)
     if dist.is_initialized():
         dist.barrier()  # the other ranks wait here while the judge times the single process
