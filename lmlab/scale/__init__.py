@@ -2,6 +2,8 @@
 
 Modules, each importing only those above it in the course:
 - ``group``: The process group every scheme runs in: rank and world size, a clock for the time spent talking.
+- ``scaling``: A model of scaling out, from measured parameters and the config: each scheme on N ranks up to its
+  cap (contention, imbalance, all-reduce and send costs, the bubble), checked against its own measured points.
 - ``distributed``: Parallel inference with torch.distributed: data, tensor and pipeline parallel, and what
   communication costs.
 - ``sweep``: Sweeps that scale out: a grid of models x methods x settings x batch sizes, one results row per
@@ -9,11 +11,15 @@ Modules, each importing only those above it in the course:
 """
 
 from lmlab.scale.group import Clock, init_process_group, rank_and_world, slowest_rank, timed
+from lmlab.scale.scaling import (
+    MESSAGE_BYTES, STORED_ROWS, amdahl_speedup, batch_work, check_model, contention, fit_allreduce, fit_latency,
+    fit_residuals, macs_per_token, rank_shares, ring_allreduce_ms, scaling_model, scaling_parameters, scheme_cap,
+    sendrecv_ms, stage_bounds, stored_parameters, tensor_parallel_devices,
+)
 from lmlab.scale.distributed import (
-    ALLREDUCE_BYTES, PARALLEL_MODELS, SCHEMES, SMOLLM2_WINDOW, RowParallel, allreduce_ms, amdahl_speedup,
-    data_parallel_evaluate, fit_allreduce, launch, llama_parameters, main, pipeline_forward,
-    ring_allreduce_ms, run_parallel, run_scheme, scaling_model, score_shard, score_windows, scores,
-    shard_gpt, shard_llama_mlp, smollm2_windows, stage_bounds, torchrun_command,
+    ALLREDUCE_BYTES, PARALLEL_MODELS, SCHEMES, SMOLLM2_WINDOW, RowParallel, allreduce_ms, data_parallel_evaluate,
+    launch, llama_parameters, main, pipeline_forward, run_parallel, run_scheme, score_shard, score_windows, scores,
+    shard_gpt, shard_llama_mlp, smollm2_windows, torchrun_command,
 )
 from lmlab.scale.sweep import (
     DEFAULT_VALUES, ENGINES, LOG_ENV, RESULT_FIELDS, Setting, check_setting, default_values, load_rows, make_grid,
@@ -26,6 +32,8 @@ __all__ = [
     "RowParallel", "shard_gpt", "shard_llama_mlp", "stage_bounds", "pipeline_forward", "allreduce_ms",
     "amdahl_speedup", "slowest_rank", "run_scheme", "torchrun_command", "launch", "run_parallel", "fit_allreduce",
     "ring_allreduce_ms", "scaling_model", "llama_parameters", "main", "timed", "ENGINES", "LOG_ENV", "RESULT_FIELDS",
-    "DEFAULT_VALUES", "Setting", "default_values", "check_setting", "make_grid", "run_setting", "load_rows",
-    "rows_to_results", "start_ray", "parse_values", "sweep_command",
+    "DEFAULT_VALUES", "MESSAGE_BYTES", "STORED_ROWS", "batch_work", "check_model", "contention", "fit_latency",
+    "fit_residuals", "macs_per_token", "rank_shares", "scaling_parameters", "scheme_cap", "sendrecv_ms",
+    "stored_parameters", "tensor_parallel_devices", "Setting", "default_values", "check_setting", "make_grid",
+    "run_setting", "load_rows", "rows_to_results", "start_ray", "parse_values", "sweep_command",
 ]

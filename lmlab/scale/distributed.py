@@ -40,6 +40,10 @@ from lmlab.models.neural import GPTLanguageModel
 from lmlab.models.registry import load_model, model_entry, names
 from lmlab.models.scoring import score_summary, score_tokens
 from lmlab.scale.group import Clock, init_process_group, rank_and_world, slowest_rank, timed
+from lmlab.scale.scaling import amdahl_speedup, stage_bounds
+from lmlab.scale.scaling import fit_allreduce as fit_allreduce  # moved there; imported back so old imports work
+from lmlab.scale.scaling import ring_allreduce_ms as ring_allreduce_ms
+from lmlab.scale.scaling import scaling_model as scaling_model
 
 if TYPE_CHECKING:  # transformers is imported where a model is built; the casts below only name its types
     from transformers import GPT2LMHeadModel, LlamaForCausalLM
@@ -212,18 +216,6 @@ def shard_llama_mlp(model: nn.Module, rank: int, world: int, clock: Clock) -> nn
 # --- pipeline parallel: contiguous stages of layers, activations passed rank to rank in micro-batches --------
 
 
-def stage_bounds(n_layer: int, world: int, head_cost: float = 0.0) -> list[tuple[int, int]]:
-    """Split blocks 0..n_layer-1 into ``world`` contiguous stages of about equal cost; the last also runs the head.
-
-    A block costs 1 and the output layer ``head_cost`` blocks (for a GPT, vocab · d / (12 d²) = vocab / (12 d),
-    its weights over a block's); stage s ends at the block nearest (s + 1) · (n_layer + head_cost) / world.
-    """
-    target = (n_layer + head_cost) / world
-    ends = [min(n_layer, max(0, round(target * (s + 1)))) for s in range(world - 1)] + [n_layer]
-    ends = [max(ends[: i + 1]) for i in range(world)]  # never step back
-    return list(zip([0] + ends[:-1], ends))
-
-
 def pipeline_forward(model: GPTLanguageModel, inputs: torch.Tensor, mask: torch.Tensor, micro_batches: int = 4,
                      clock: Clock | None = None) -> torch.Tensor | None:
     """Run the GPT as a pipeline, GPipe-style: stage r takes micro-batch m from rank r−1 and sends it to r+1.
@@ -296,17 +288,6 @@ def allreduce_ms(sizes_bytes=ALLREDUCE_BYTES, repeat: int = 20) -> list[dict]:
         rows.append({"scheme": "allreduce", "bytes": size, "world_size": world, "median_ms": timing.median_ms,
                      "p90_ms": timing.p90_ms})
     return rows
-
-
-def amdahl_speedup(parallel_fraction: float, n: int) -> float:
-    """Return Amdahl's speed-up on n workers, a model: S(n) = 1 / ((1 − p) + p / n).
-
-    Raises ValueError if p is outside [0, 1] or n < 1.
-    """
-    if not 0.0 <= parallel_fraction <= 1.0:
-        raise ValueError(f"parallel_fraction={parallel_fraction!r} is out of range; use a fraction in [0, 1]")
-    check_int("n", n, 1)
-    return 1.0 / ((1.0 - parallel_fraction) + parallel_fraction / n)
 
 
 # --- one row per scheme -------------------------------------------------------------------------------------
@@ -505,53 +486,6 @@ def run_parallel(schemes: Sequence[str], model_name: str = "gpt-small", nproc_pe
             raise RuntimeError(f"torchrun exited with code {done.returncode}:\n{(done.stdout + done.stderr)[-3000:]}")
         with open(save, encoding="utf-8") as handle:
             return json.load(handle)
-
-
-# --- a model of scaling, from one measured run -------------------------------------------------------------
-
-
-def fit_allreduce(rows: Sequence[dict]) -> tuple[float, float]:
-    """Fit all_reduce times on 2 ranks to t(bytes) = a + b · bytes (least squares); return (a ms, b ms per byte).
-
-    a is the fixed cost of a call (latency), 1/b the bandwidth. Raises ValueError unless the rows are
-    ``allreduce_ms`` rows of one world size 2 with at least two message sizes.
-    """
-    if len({r["bytes"] for r in rows}) < 2 or {r["world_size"] for r in rows} != {2}:
-        raise ValueError("rows must be allreduce_ms rows measured on 2 ranks, with at least two message sizes")
-    x = torch.tensor([float(r["bytes"]) for r in rows], dtype=torch.float64)
-    y = torch.tensor([float(r["median_ms"]) for r in rows], dtype=torch.float64)
-    b = float(((x - x.mean()) * (y - y.mean())).sum() / ((x - x.mean()) ** 2).sum())
-    return max(float(y.mean()) - b * float(x.mean()), 0.0), max(b, 0.0)
-
-
-def ring_allreduce_ms(message_bytes: float, n: int, a_ms: float, b_ms_per_byte: float) -> float:
-    """Predict an all_reduce on n ranks from the 2-rank fit (a model): ring all-reduce sends 2 (n − 1) / n of the
-    message from each rank in 2 (n − 1) steps, so t_n = (n − 1) · a + 2 (n − 1) / n · b · bytes (t_2 = a + b · bytes).
-    """
-    check_int("n", n, 1)
-    return (n - 1) * a_ms + 2 * (n - 1) / n * b_ms_per_byte * message_bytes
-
-
-def scaling_model(row: dict, n: int) -> dict:
-    """Predict a scheme's ms and speed-up on n ranks from its measured row (a model, not a measurement).
-
-    From the single-process time T1 and the compute time on w ranks, C_w = s + p / w, it takes the part that
-    splits, p = (T1 − C_w) · w / (w − 1), and the part every rank repeats, s = T1 − p (the embeddings and
-    output layer a tensor-parallel rank keeps whole, a pipeline's imbalance). Communication grows like a ring
-    all-reduce's traffic per rank, 2 (n − 1) / n: comm_n = comm_w · (n − 1) / n · w / (w − 1).
-    T_n = s + p / n + comm_n; speed-up = T1 / T_n. Raises ValueError for a row measured on one rank or n < 1.
-    """
-    check_int("n", n, 1)
-    w = row["world_size"]
-    if w < 2:
-        raise ValueError(f"world_size={w} in the row: the model needs a run on 2 or more ranks")
-    t1 = row["single_ms"]
-    parallel = min(max((t1 - row["compute_ms"]) * w / (w - 1), 0.0), t1)
-    serial = t1 - parallel
-    comm = row["communication_ms"] * (n - 1) / n * w / (w - 1)
-    total = serial + parallel / n + comm
-    return {"scheme": row["scheme"], "n": n, "model_ms": total, "model_speedup": t1 / total,
-            "serial_share": serial / t1, "comm_ms": comm}
 
 
 # --- model parallelism by arithmetic ------------------------------------------------------------------------
