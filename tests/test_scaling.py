@@ -109,6 +109,8 @@ def test_caps_refuse():
     with pytest.raises(ValueError, match="allreduce"):
         S.scaling_model({"scheme": "allreduce"}, 2, p)
     assert S.scheme_cap("tensor", p) == (4, "4 heads: N must divide them")
+    curve = S.model_curve({"scheme": "tensor", "single_ms": 1.0}, p, [1, 2, 3, 4, 8, 16])
+    assert [r["n"] for r in curve] == [1, 2, 4] and {r["kind"] for r in curve} == {"model"}
 
 
 def test_the_model_reproduces_the_stored_run(stored):

@@ -13,8 +13,8 @@ Modules, each importing only those above it in the course:
 from lmlab.scale.group import Clock, init_process_group, rank_and_world, slowest_rank, timed
 from lmlab.scale.scaling import (
     MESSAGE_BYTES, STORED_ROWS, amdahl_speedup, batch_work, check_model, contention, fit_allreduce, fit_latency,
-    fit_residuals, macs_per_token, rank_shares, ring_allreduce_ms, scaling_model, scaling_parameters, scheme_cap,
-    sendrecv_ms, stage_bounds, stored_parameters, tensor_parallel_devices,
+    fit_residuals, macs_per_token, model_curve, rank_shares, ring_allreduce_ms, scaling_model, scaling_parameters,
+    scheme_cap, sendrecv_ms, stage_bounds, stored_parameters, tensor_parallel_devices,
 )
 from lmlab.scale.distributed import (
     ALLREDUCE_BYTES, PARALLEL_MODELS, SCHEMES, SMOLLM2_WINDOW, RowParallel, allreduce_ms, data_parallel_evaluate,
@@ -33,7 +33,7 @@ __all__ = [
     "amdahl_speedup", "slowest_rank", "run_scheme", "torchrun_command", "launch", "run_parallel", "fit_allreduce",
     "ring_allreduce_ms", "scaling_model", "llama_parameters", "main", "timed", "ENGINES", "LOG_ENV", "RESULT_FIELDS",
     "DEFAULT_VALUES", "MESSAGE_BYTES", "STORED_ROWS", "batch_work", "check_model", "contention", "fit_latency",
-    "fit_residuals", "macs_per_token", "rank_shares", "scaling_parameters", "scheme_cap", "sendrecv_ms",
+    "fit_residuals", "macs_per_token", "model_curve", "rank_shares", "scaling_parameters", "scheme_cap", "sendrecv_ms",
     "stored_parameters", "tensor_parallel_devices", "Setting", "default_values", "check_setting", "make_grid",
     "run_setting", "load_rows", "rows_to_results", "start_ray", "parse_values", "sweep_command",
 ]

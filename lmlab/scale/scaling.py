@@ -263,7 +263,7 @@ def scheme_cap(scheme: str, params: dict, row: dict | None = None) -> tuple[int,
     if scheme == "tensor":
         return cfg["n_head"], f"{cfg['n_head']} heads: N must divide them"
     if scheme == "pipeline":
-        return cfg["n_layer"], f"{cfg['n_layer']} blocks: a stage needs at least one"
+        return cfg["n_layer"], f"{cfg['n_layer']} blocks: at most one stage per block"
     if scheme == "ddp" and row is not None:
         return row["global_batch"], f"{row['global_batch']} documents in the global batch: one per rank at least"
     raise ValueError(f"scheme={scheme!r} is not modelled; use data, tensor, pipeline or ddp (with its row)")
@@ -355,11 +355,26 @@ def scaling_model(row: dict, n: int, params: dict) -> dict:
             "kappa": params["kappa"], "waiting_ms": 0.0, "bubble_ms": 0.0, **parts, "cap": cap, "cap_reason": reason}
 
 
+def model_curve(row: dict, params: dict, ranks: Sequence[int] | None = None) -> list[dict]:
+    """``scaling_model(row, n, params)`` for each n in ``ranks`` that the scheme can use (default: every n from 1
+    to its cap; tensor: the divisors of the heads); an n beyond the cap is left out, not guessed."""
+    cap, _ = scheme_cap(row["scheme"], params, row)
+    usable = [n for n in (ranks or range(1, cap + 1))
+              if 1 <= n <= cap and not (row["scheme"] == "tensor" and cap % n)]
+    return [scaling_model(row, n, params) for n in usable]
+
+
 def check_model(measured_rows: Sequence[dict], params: dict) -> list[dict]:
     """For each measured scheme row (data, tensor, pipeline, ddp) on 2 or more ranks: its measured wall ms, the
     model's, relative error = predicted / measured − 1, and the model's parts (compute, communication, waiting,
     bubble). The data row is where κ was measured, so its compute is reproduced by construction
     (``kappa_from_here``); the others are predictions from parameters measured elsewhere.
+
+    measured_communication_ms is the row's time inside collectives and sends, which includes waiting: at each
+    of tensor parallelism's 2 · n_layer all-reduces a rank waits for the other to arrive (their compute jitters
+    when they share cores), and a pipeline's last stage waits in recv through the bubble. The model's
+    communication_ms is the transfer alone (the all-reduce and send fits, measured after a barrier), so the two
+    differ by that waiting; compare walls, and read the difference of the parts as the waiting the model lacks.
     """
     out = []
     for row in measured_rows:
