@@ -19,19 +19,26 @@ import time
 
 from lmlab.measure.results import atomic_write_text
 from lmlab.measure.runtime import describe_environment
-from lmlab.scale.distributed import run_parallel
-from lmlab.scale.scaling import STORED_ROWS, check_model, stored_parameters
+from lmlab.scale.distributed import run_parallel, torchrun_command
+from lmlab.scale.scaling import STORED_ROWS, check_model, fit_residuals, stored_parameters
 
 MODEL, DOCUMENTS, BATCH, MICRO_BATCHES = "gpt-large", 256, 32, 4
+SCHEMES = ["data", "tensor", "pipeline", "allreduce"]
+SENDRECV = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m",
+            "lmlab.scale.scaling"]
 TIMEOUT_S = 900
+
+
+def _shell(command: list[str]) -> str:
+    """The command as one would type it: one thread per rank, ``python`` for this interpreter."""
+    return "OMP_NUM_THREADS=1 python " + " ".join(command[1:])
 
 
 def sendrecv_rows() -> list[dict]:
     """Run ``python -m lmlab.scale.scaling`` (send/recv by size) under torchrun on 2 ranks; return rank 0's rows."""
     with tempfile.TemporaryDirectory(prefix="lmlab-sendrecv-") as folder:
         save = os.path.join(folder, "rows.json")
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                   "-m", "lmlab.scale.scaling", "--save", save]
+        command = [*SENDRECV, "--save", save]
         subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=TIMEOUT_S, check=True,
                        capture_output=True)
         with open(save, encoding="utf-8") as handle:
@@ -39,20 +46,25 @@ def sendrecv_rows() -> list[dict]:
 
 
 def main() -> None:
-    rows = run_parallel(["data", "tensor", "pipeline", "allreduce"], MODEL, 2, documents=DOCUMENTS,
-                        batch_size=BATCH, micro_batches=MICRO_BATCHES, timeout_s=TIMEOUT_S)
+    rows = run_parallel(SCHEMES, MODEL, 2, documents=DOCUMENTS, batch_size=BATCH, micro_batches=MICRO_BATCHES,
+                        timeout_s=TIMEOUT_S)
     rows += sendrecv_rows()
     record = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
               "environment": describe_environment("cpu", threads=1),
-              "commands": [f"python -m lmlab parallel --scheme data tensor pipeline allreduce --model {MODEL} "
-                           f"--documents {DOCUMENTS} --batch-size {BATCH} --micro-batches {MICRO_BATCHES}",
-                           "python -m torch.distributed.run --standalone --nproc-per-node 2 -m lmlab.scale.scaling"],
+              "commands": [_shell(torchrun_command(SCHEMES, MODEL, 2, documents=DOCUMENTS, batch_size=BATCH,
+                                                   micro_batches=MICRO_BATCHES)),
+                           _shell(SENDRECV)],
               "run_by": "python benchmarks/bench_scaling.py",
               "model": MODEL, "documents": DOCUMENTS, "batch_size": BATCH, "micro_batches": MICRO_BATCHES,
               "rows": rows}
     atomic_write_text(STORED_ROWS, json.dumps(record, indent=1) + "\n")
     print(f"saved {STORED_ROWS}")
     measured, params = stored_parameters()
+    for scheme, (a, b) in (("allreduce", (params["a_ms"], params["b_ms_per_byte"])),
+                           ("sendrecv", (params["p2p_a_ms"], params["p2p_b_ms_per_byte"]))):
+        print(f"{scheme}: a = {a:.3f} ms, b = {b * 1e6:.3f} ms/MB; fitted / measured by size:",
+              [(r["bytes"], round(r["fitted_over_measured"], 2)) for r in fit_residuals(measured, scheme, a, b)])
+    print(f"contention kappa = {params['kappa']:.3f}")
     for check in check_model(measured, params):
         print({k: round(v, 3) if isinstance(v, float) else v for k, v in check.items()})
 
