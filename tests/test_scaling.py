@@ -92,6 +92,8 @@ def test_tensor_pipeline_and_ddp_formulas():
     grads = 0.5 + 1e-3 * 4000
     assert step2["no_overlap_ms"] == pytest.approx(55 + grads)
     assert step2["wall_ms"] == pytest.approx(max(55, 55 / 3 + grads))
+    checked = S.check_model([ddp, {"scheme": "allreduce", "bytes": 4, "world_size": 2}], p)  # DDP's row accepted
+    assert len(checked) == 1 and checked[0]["relative_error"] == pytest.approx(step2["wall_ms"] / 60 - 1)
 
 
 def test_caps_refuse():
