@@ -1,7 +1,9 @@
-"""Scaling out: parallel and distributed inference (torchrun), sweeps on Ray.
+"""Scaling out: parallel and distributed inference and training (torchrun), sweeps on Ray.
 
 Modules, each importing only those above it in the course:
 - ``group``: The process group every scheme runs in: rank and world size, a clock for the time spent talking.
+- ``training``: Distributed training: DDP, ZeRO (sharded optimizer state) and FSDP2 against one process on the
+  same batches, with bytes per rank against the ZeRO formulas.
 - ``distributed``: Parallel inference with torch.distributed: data, tensor and pipeline parallel, and what
   communication costs.
 - ``sweep``: Sweeps that scale out: a grid of models x methods x settings x batch sizes, one results row per
@@ -9,6 +11,10 @@ Modules, each importing only those above it in the course:
 """
 
 from lmlab.scale.group import Clock, init_process_group, rank_and_world, slowest_rank, timed
+from lmlab.scale.training import (
+    MODES, STAGE_OF, TRAINING_MODELS, allreduce_alone_ms, bucket_elements, check_training, exposed_communication_ms,
+    formula_bytes, global_batches, held_bytes, nll_sum, shard_bound_bytes, share, train_parallel, training_model,
+)
 from lmlab.scale.distributed import (
     ALLREDUCE_BYTES, PARALLEL_MODELS, SCHEMES, SMOLLM2_WINDOW, RowParallel, allreduce_ms, amdahl_speedup,
     data_parallel_evaluate, fit_allreduce, launch, llama_parameters, main, pipeline_forward,
@@ -27,5 +33,7 @@ __all__ = [
     "amdahl_speedup", "slowest_rank", "run_scheme", "torchrun_command", "launch", "run_parallel", "fit_allreduce",
     "ring_allreduce_ms", "scaling_model", "llama_parameters", "main", "timed", "ENGINES", "LOG_ENV", "RESULT_FIELDS",
     "DEFAULT_VALUES", "Setting", "default_values", "check_setting", "make_grid", "run_setting", "load_rows",
-    "rows_to_results", "start_ray", "parse_values", "sweep_command",
+    "rows_to_results", "start_ray", "parse_values", "sweep_command", "MODES", "STAGE_OF", "TRAINING_MODELS",
+    "allreduce_alone_ms", "bucket_elements", "check_training", "exposed_communication_ms", "formula_bytes",
+    "global_batches", "held_bytes", "nll_sum", "shard_bound_bytes", "share", "train_parallel", "training_model",
 ]
