@@ -614,7 +614,7 @@ def main(argv: list[str] | None = None) -> int:
                 rows += allreduce_ms(repeat=max(args.repeat, 20))
             elif scheme in MODES:
                 rows.append(train_parallel(scheme, args.model, steps=args.steps, global_batch=args.global_batch,
-                                           repeat=args.repeat))
+                                           repeat=args.repeat, device=device))
             else:
                 rows.append(run_scheme(scheme, args.model, batch_size=args.batch_size, documents=args.documents,
                                        micro_batches=args.micro_batches, repeat=args.repeat, device=device))

@@ -221,7 +221,7 @@ def bucket_elements(elements: int, bucket_mb: float) -> list[int]:
     return sizes
 
 
-def allreduce_alone_ms(elements: int, bucket_mb: float, repeat: int) -> float:
+def allreduce_alone_ms(elements: int, bucket_mb: float, repeat: int, device: torch.device | None = None) -> float:
     """Median ms of all-reducing ``elements`` float32 gradients in DDP's buckets, nothing else running.
 
     One warm-up, then ``repeat`` timed rounds, each after a barrier; a round all-reduces every bucket in turn.
@@ -229,7 +229,7 @@ def allreduce_alone_ms(elements: int, bucket_mb: float, repeat: int) -> float:
     """
     if not dist.is_initialized() or dist.get_world_size() == 1:
         return 0.0
-    buckets = [torch.zeros(n) for n in bucket_elements(elements, bucket_mb)]
+    buckets = [torch.zeros(n, device=device) for n in bucket_elements(elements, bucket_mb)]
     times: list[float] = []
     for _ in range(repeat + 1):
         dist.barrier()
@@ -292,7 +292,8 @@ def _rank_run(mode: str, model: GPTLanguageModel, batches: Sequence[Batch], lr: 
 
 
 def train_parallel(mode: str, model_name: str = "gpt-large", *, steps: int = 6, global_batch: int = 32,
-                   lr: float = 1e-3, seed: int = 0, bucket_mb: float = 25.0, repeat: int = 5) -> dict:
+                   lr: float = 1e-3, seed: int = 0, bucket_mb: float = 25.0, repeat: int = 5,
+                   device: torch.device | None = None) -> dict:
     """Train ``model_name`` for ``steps`` global batches under ``mode`` on every rank; return the row (every rank's).
 
     Rank 0 also trains the one-process reference (same weights, same global batches, plain Adam, the ranks'
@@ -306,14 +307,18 @@ def train_parallel(mode: str, model_name: str = "gpt-large", *, steps: int = 6, 
       in DDP's buckets (``allreduce_alone_ms``). Both NaN for fsdp (no ``no_sync``; it gathers as it goes).
     Bytes: ``held_bytes`` on each rank against ``formula_bytes`` for the mode's ZeRO stage (ddp 0, zero 1,
     fsdp 3); stage 2 (gradients sharded too) is given as a formula only: no torch engine runs it on its own.
+    ``device``: where each rank trains (``init_process_group``'s answer: CPU under gloo, its GPU under NCCL).
     Raises ValueError for an unknown mode or model, or a setting out of range.
     """
     rank, world = rank_and_world()
     check_training(mode, model_name, steps, global_batch, lr, bucket_mb, repeat, world)
     model, data = training_model(model_name, seed)
-    batches = global_batches(data, steps, global_batch, model.config.n_positions, seed)
+    device = device or torch.device("cpu")
+    model.gpt.to(device)
+    batches = [cast(Batch, tuple(t.to(device) for t in batch))
+               for batch in global_batches(data, steps, global_batch, model.config.n_positions, seed)]
     mine = _rank_run(mode, model, batches, lr, bucket_mb, repeat)
-    alone_ms = allreduce_alone_ms(sum(p.numel() for p in model.gpt.parameters()), bucket_mb, repeat)
+    alone_ms = allreduce_alone_ms(sum(p.numel() for p in model.gpt.parameters()), bucket_mb, repeat, device)
     key = (model_name, steps, global_batch, lr, seed, torch.get_num_threads())
     mine["single"] = _reference(model.gpt, batches, lr, key) if rank == 0 else None
     ranks = [mine] * world
