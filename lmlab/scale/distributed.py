@@ -439,8 +439,10 @@ def torchrun_command(scheme: str | Sequence[str], model_name: str, nproc_per_nod
     """Return the torchrun command line that runs ``scheme`` (one, or several in turn) on nnodes × nproc_per_node ranks.
 
     One machine: ``--standalone``. Several: ``--nnodes N --rdzv-backend c10d --rdzv-endpoint HOST:PORT``, the
-    same command started on every machine. ``steps`` and ``global_batch`` set the training schemes' run (ddp,
-    zero, fsdp: ``lmlab.scale.training.train_parallel``). Raises ValueError, naming the argument, for an unknown
+    same command started on every machine (rehearsed on one machine in tests/test_training.py: two launchers with
+    endpoint 127.0.0.1:PORT meet as they are; torch 2.13's c10d needs no ``is_host`` or static rendezvous).
+    ``steps`` and ``global_batch`` set the training schemes' run (ddp, zero, fsdp:
+    ``lmlab.scale.training.train_parallel``). Raises ValueError, naming the argument, for an unknown
     scheme or model, a count below 1, several nodes without an endpoint, or heads that do not divide among the
     ranks (tensor).
     """
