@@ -21,7 +21,8 @@ milliseconds. The packages follow the course; each imports only the packages abo
   launcher (the OpenAI-compatible HTTP server), clients, loadgen, reference, grounding (the assistant's accuracy on
   its FAQ, retrieval, grounded prompts)
 - ``lmlab.scale``      group (the process group), scaling (a model of N ranks, checked on its measured points),
-                      distributed (torchrun: data, tensor, pipeline parallel), sweep (grids on Ray)
+                      training (DDP, ZeRO, FSDP2 against one process), distributed (torchrun: data, tensor,
+                      pipeline parallel), sweep (grids on Ray)
 - ``lmlab.tasks``      classify (text classifiers), vectors (word2vec, GloVe's loss)
 - ``lmlab.notebook``   widgets (the interactive panels)
 - ``lmlab.cli``        ``python -m lmlab COMMAND``

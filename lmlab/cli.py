@@ -15,6 +15,8 @@
   parallel --scheme data|tensor|pipeline|allreduce --model GPT [--nproc-per-node N --nnodes N --rdzv-endpoint H:P]
                            run one parallel scheme under torchrun (lmlab.scale.distributed); rank 0 prints its row:
                            wall, compute and communication ms against the single process, speed-up, max difference
+                           --scheme ddp|zero|fsdp [--steps N --global-batch B]: distributed training
+                           (lmlab.scale.training): losses, tokens/s and bytes per rank against one process
   serve [--model M --format F --port P --max-batch N --max-queue N --policy P --api-key K --speculative ...]
                            an OpenAI-compatible chat server on 127.0.0.1 (lmlab.serving), until Ctrl-C or SIGTERM
   classify TASK --model linear|bilstm|cnn|transformer [--steps N] [--save FILE]
@@ -321,7 +323,8 @@ def _hardware(args) -> None:
 
 
 def _parallel_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--scheme", default="data", help="data, tensor, pipeline or allreduce (latency by size)")
+    parser.add_argument("--scheme", default="data", help="data, tensor, pipeline or allreduce (latency by size); "
+                        "training: ddp, zero (ZeRO-1) or fsdp (FSDP2)")
     parser.add_argument("--model", default="gpt-small",
                         help="a shipped GPT (gpt-small, gpt-medium, gpt-large) or smollm2 (data and tensor only)")
     parser.add_argument("--nproc-per-node", type=int, default=2, help="ranks (processes) on each machine")
@@ -333,12 +336,16 @@ def _parallel_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeat", type=int, default=3, help="timed repeats (median)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads per rank (default: 1)")
     parser.add_argument("--save", default=None, help="rank 0 writes the row(s) to this JSON file")
+    parser.add_argument("--steps", type=int, default=None, help="ddp, zero, fsdp: global batches trained (default 6)")
+    parser.add_argument("--global-batch", type=int, default=None, help="ddp, zero, fsdp: documents per step, all "
+                        "ranks together (default 32)")
 
 
 def _parallel(args) -> int:
     return launch(args.scheme, args.model, args.nproc_per_node, nnodes=args.nnodes, rdzv_endpoint=args.rdzv_endpoint,
                   batch_size=args.batch_size, documents=args.documents, micro_batches=args.micro_batches,
-                  repeat=args.repeat, threads=args.threads, save=args.save)
+                  repeat=args.repeat, threads=args.threads, save=args.save, steps=args.steps,
+                  global_batch=args.global_batch)
 
 
 def _serve_arguments(parser: argparse.ArgumentParser) -> None:
@@ -411,8 +418,8 @@ COMMANDS = (
     Command("generate", "stream a reply, then its TTFT and tokens/s (lmlab.inference.decode)", _generate_arguments,
             _generate),
     Command("hardware", "memory bandwidth, matmul GFLOP/s and decode floors", _threads_argument, _hardware),
-    Command("parallel", "data, tensor or pipeline parallel inference under torchrun", _parallel_arguments,
-            _parallel),
+    Command("parallel", "data, tensor or pipeline parallel inference, or DDP/ZeRO/FSDP training, under torchrun",
+            _parallel_arguments, _parallel),
     Command("serve", "an OpenAI-compatible chat server with continuous batching", _serve_arguments, _serve),
     Command("sweep", "a grid of models x methods x settings, one results row each", _sweep_arguments,
             sweep_command),

@@ -1,9 +1,11 @@
-"""Scaling out: parallel and distributed inference (torchrun), sweeps on Ray.
+"""Scaling out: parallel and distributed inference and training (torchrun), sweeps on Ray.
 
 Modules, each importing only those above it in the course:
 - ``group``: The process group every scheme runs in: rank and world size, a clock for the time spent talking.
 - ``scaling``: A model of scaling out, from measured parameters and the config: each scheme on N ranks up to its
   cap (contention, imbalance, all-reduce and send costs, the bubble), checked against its own measured points.
+- ``training``: Distributed training: DDP, ZeRO (sharded optimizer state) and FSDP2 against one process on the
+  same batches, with bytes per rank against the ZeRO formulas.
 - ``distributed``: Parallel inference with torch.distributed: data, tensor and pipeline parallel, and what
   communication costs.
 - ``sweep``: Sweeps that scale out: a grid of models x methods x settings x batch sizes, one results row per
@@ -15,6 +17,10 @@ from lmlab.scale.scaling import (
     MESSAGE_BYTES, STORED_ROWS, amdahl_speedup, batch_work, check_model, contention, fit_allreduce, fit_latency,
     fit_residuals, macs_per_token, model_curve, rank_shares, ring_allreduce_ms, scaling_model, scaling_parameters,
     scheme_cap, sendrecv_ms, stage_bounds, stored_parameters, tensor_parallel_devices,
+)
+from lmlab.scale.training import (
+    MODES, STAGE_OF, TRAINING_MODELS, allreduce_alone_ms, bucket_elements, check_training, exposed_communication_ms,
+    formula_bytes, global_batches, held_bytes, nll_sum, shard_bound_bytes, share, train_parallel, training_model,
 )
 from lmlab.scale.distributed import (
     ALLREDUCE_BYTES, PARALLEL_MODELS, SCHEMES, SMOLLM2_WINDOW, RowParallel, allreduce_ms, data_parallel_evaluate,
@@ -35,5 +41,8 @@ __all__ = [
     "DEFAULT_VALUES", "MESSAGE_BYTES", "STORED_ROWS", "batch_work", "check_model", "contention", "fit_latency",
     "fit_residuals", "macs_per_token", "model_curve", "rank_shares", "scaling_parameters", "scheme_cap", "sendrecv_ms",
     "stored_parameters", "tensor_parallel_devices", "Setting", "default_values", "check_setting", "make_grid",
-    "run_setting", "load_rows", "rows_to_results", "start_ray", "parse_values", "sweep_command",
+    "run_setting", "load_rows", "rows_to_results", "start_ray", "parse_values", "sweep_command", "MODES", "STAGE_OF",
+    "TRAINING_MODELS",
+    "allreduce_alone_ms", "bucket_elements", "check_training", "exposed_communication_ms", "formula_bytes",
+    "global_batches", "held_bytes", "nll_sum", "shard_bound_bytes", "share", "train_parallel", "training_model",
 ]

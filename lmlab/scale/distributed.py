@@ -44,13 +44,14 @@ from lmlab.scale.scaling import amdahl_speedup, stage_bounds
 from lmlab.scale.scaling import fit_allreduce as fit_allreduce  # moved there; imported back so old imports work
 from lmlab.scale.scaling import ring_allreduce_ms as ring_allreduce_ms
 from lmlab.scale.scaling import scaling_model as scaling_model
+from lmlab.scale.training import MODES, TRAINING_MODELS, train_parallel
 
 if TYPE_CHECKING:  # transformers is imported where a model is built; the casts below only name its types
     from transformers import GPT2LMHeadModel, LlamaForCausalLM
     from transformers.models.gpt2.modeling_gpt2 import GPT2Block
     from transformers.pytorch_utils import Conv1D
 
-SCHEMES = ("data", "tensor", "pipeline", "allreduce")
+SCHEMES = ("data", "tensor", "pipeline", "allreduce") + MODES  # MODES: training (lmlab.scale.training)
 PARALLEL_MODELS = names("gpt") + names("llm")  # SmolLM2: data parallel, and tensor parallel of its MLPs
 SMOLLM2_WINDOW = 64  # SmolLM2 scores the test verses' text in windows of this many of its tokens
 ALLREDUCE_BYTES = (1_000, 16_000, 256_000, 1_000_000, 4_000_000, 16_000_000)
@@ -414,18 +415,27 @@ def _tensor_forward(model: GPTLanguageModel, clock: Clock, inputs: torch.Tensor,
 def torchrun_command(scheme: str | Sequence[str], model_name: str, nproc_per_node: int = 2, *, nnodes: int = 1,
                      rdzv_endpoint: str | None = None, batch_size: int = 32, documents: int | None = None,
                      micro_batches: int = 4, repeat: int = 3, threads: int | None = None,
-                     save: str | None = None) -> list[str]:
+                     save: str | None = None, steps: int | None = None,
+                     global_batch: int | None = None) -> list[str]:
     """Return the torchrun command line that runs ``scheme`` (one, or several in turn) on nnodes × nproc_per_node ranks.
 
     One machine: ``--standalone``. Several: ``--nnodes N --rdzv-backend c10d --rdzv-endpoint HOST:PORT``, the
-    same command started on every machine. Raises ValueError, naming the argument, for an unknown scheme or model,
-    a count below 1, several nodes without an endpoint, or heads that do not divide among the ranks (tensor).
+    same command started on every machine (rehearsed on one machine in tests/test_training.py: two launchers with
+    endpoint 127.0.0.1:PORT meet as they are; torch 2.13's c10d needs no ``is_host`` or static rendezvous).
+    ``steps`` and ``global_batch`` set the training schemes' run (ddp, zero, fsdp:
+    ``lmlab.scale.training.train_parallel``). Raises ValueError, naming the argument, for an unknown
+    scheme or model, a count below 1, several nodes without an endpoint, or heads that do not divide among the
+    ranks (tensor).
     """
     schemes = [scheme] if isinstance(scheme, str) else list(scheme)
     for one in schemes or [""]:
         if one not in SCHEMES:
             raise ValueError(f"scheme={one!r} is unknown; use one of {SCHEMES}")
     model_entry(model_name, PARALLEL_MODELS, "is not one the schemes run")
+    if set(schemes) & set(MODES):
+        model_entry(model_name, TRAINING_MODELS, "is not one the training schemes run")
+        check_int("steps", steps if steps is not None else 6, 2)
+        check_int("global_batch", global_batch if global_batch is not None else 32, nproc_per_node * nnodes)
     if model_name == "smollm2" and "pipeline" in schemes:
         raise ValueError("scheme='pipeline' runs on the shipped GPTs; SmolLM2 takes 'data' or 'tensor'")
     for name, value in (("nproc_per_node", nproc_per_node), ("nnodes", nnodes), ("batch_size", batch_size),
@@ -445,7 +455,8 @@ def torchrun_command(scheme: str | Sequence[str], model_name: str, nproc_per_nod
     where = (["--nnodes", str(nnodes), "--rdzv-backend", "c10d", "--rdzv-endpoint", rdzv_endpoint,
               "--rdzv-id", "lmlab"] if rdzv_endpoint else ["--standalone"])
     options = {"--batch-size": batch_size, "--documents": documents, "--micro-batches": micro_batches,
-               "--repeat": repeat, "--threads": threads, "--save": save}
+               "--repeat": repeat, "--threads": threads, "--save": save, "--steps": steps,
+               "--global-batch": global_batch}
     return ([sys.executable, "-m", "torch.distributed.run", *where, "--nproc-per-node", str(nproc_per_node),
              "-m", "lmlab.scale.distributed", "--scheme", *schemes, "--model", model_name]
             + [str(x) for key, value in options.items() if value is not None for x in (key, value)])
@@ -521,6 +532,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3, help="timed repeats (median)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads per rank (default 1)")
     parser.add_argument("--save", default=None, help="rank 0 writes the rows to this JSON file")
+    parser.add_argument("--steps", type=int, default=6, help="training schemes: global batches trained")
+    parser.add_argument("--global-batch", type=int, default=32, help="training schemes: documents per step, all ranks")
     args = parser.parse_args(argv)
     try:
         for scheme in args.scheme:
@@ -535,6 +548,9 @@ def main(argv: list[str] | None = None) -> int:
         for scheme in args.scheme:
             if scheme == "allreduce":
                 rows += allreduce_ms(repeat=max(args.repeat, 20))
+            elif scheme in MODES:
+                rows.append(train_parallel(scheme, args.model, steps=args.steps, global_batch=args.global_batch,
+                                           repeat=args.repeat, device=device))
             else:
                 rows.append(run_scheme(scheme, args.model, batch_size=args.batch_size, documents=args.documents,
                                        micro_batches=args.micro_batches, repeat=args.repeat, device=device))
