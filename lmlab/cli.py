@@ -333,12 +333,14 @@ def _parallel_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeat", type=int, default=3, help="timed repeats (median)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads per rank (default: 1)")
     parser.add_argument("--save", default=None, help="rank 0 writes the row(s) to this JSON file")
+    parser.add_argument("--memory-budget-mb", type=float, default=None,
+                        help="tensor: refuse a GPT whose weights per rank exceed this many MB (sharded loading)")
 
 
 def _parallel(args) -> int:
     return launch(args.scheme, args.model, args.nproc_per_node, nnodes=args.nnodes, rdzv_endpoint=args.rdzv_endpoint,
                   batch_size=args.batch_size, documents=args.documents, micro_batches=args.micro_batches,
-                  repeat=args.repeat, threads=args.threads, save=args.save)
+                  repeat=args.repeat, threads=args.threads, save=args.save, memory_budget_mb=args.memory_budget_mb)
 
 
 def _serve_arguments(parser: argparse.ArgumentParser) -> None:

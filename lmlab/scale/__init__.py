@@ -2,6 +2,8 @@
 
 Modules, each importing only those above it in the course:
 - ``group``: The process group every scheme runs in: rank and world size, a clock for the time spent talking.
+- ``sharding``: Weights that are really sharded: each tensor-parallel rank reads only its slice of the
+  safetensors file; vocabulary-parallel embedding, output layer and cross-entropy; a memory budget.
 - ``distributed``: Parallel inference with torch.distributed: data, tensor and pipeline parallel, and what
   communication costs.
 - ``sweep``: Sweeps that scale out: a grid of models x methods x settings x batch sizes, one results row per
@@ -9,8 +11,13 @@ Modules, each importing only those above it in the course:
 """
 
 from lmlab.scale.group import Clock, init_process_group, rank_and_world, slowest_rank, timed
+from lmlab.scale.sharding import (
+    RowParallel, ShardedBlock, SliceReader, TensorInfo, VocabParallelGPT, check_budget_mb, check_memory_budget,
+    gpt_corpus, load_tensor_parallel_gpt, peak_rss, planned_bytes, read_header, slice_plan, split_range,
+    vocab_parallel_nll,
+)
 from lmlab.scale.distributed import (
-    ALLREDUCE_BYTES, PARALLEL_MODELS, SCHEMES, SMOLLM2_WINDOW, RowParallel, allreduce_ms, amdahl_speedup,
+    ALLREDUCE_BYTES, PARALLEL_MODELS, SCHEMES, SMOLLM2_WINDOW, allreduce_ms, amdahl_speedup,
     data_parallel_evaluate, fit_allreduce, launch, llama_parameters, main, pipeline_forward,
     ring_allreduce_ms, run_parallel, run_scheme, scaling_model, score_shard, score_windows, scores,
     shard_gpt, shard_llama_mlp, smollm2_windows, stage_bounds, torchrun_command,
@@ -27,5 +34,7 @@ __all__ = [
     "amdahl_speedup", "slowest_rank", "run_scheme", "torchrun_command", "launch", "run_parallel", "fit_allreduce",
     "ring_allreduce_ms", "scaling_model", "llama_parameters", "main", "timed", "ENGINES", "LOG_ENV", "RESULT_FIELDS",
     "DEFAULT_VALUES", "Setting", "default_values", "check_setting", "make_grid", "run_setting", "load_rows",
-    "rows_to_results", "start_ray", "parse_values", "sweep_command",
+    "rows_to_results", "start_ray", "parse_values", "sweep_command", "SliceReader", "TensorInfo", "read_header",
+    "split_range", "slice_plan", "planned_bytes", "check_budget_mb", "check_memory_budget", "peak_rss",
+    "ShardedBlock", "VocabParallelGPT", "vocab_parallel_nll", "load_tensor_parallel_gpt", "gpt_corpus",
 ]
