@@ -15,6 +15,8 @@
   parallel --scheme data|tensor|pipeline|allreduce --model GPT [--nproc-per-node N --nnodes N --rdzv-endpoint H:P]
                            run one parallel scheme under torchrun (lmlab.scale.distributed); rank 0 prints its row:
                            wall, compute and communication ms against the single process, speed-up, max difference
+                           (tensor: each rank loads only its weight slices; --memory-budget-mb MB refuses a GPT
+                           whose weights per rank exceed MB)
   serve [--model M --format F --port P --max-batch N --max-queue N --policy P --api-key K --speculative ...]
                            an OpenAI-compatible chat server on 127.0.0.1 (lmlab.serving), until Ctrl-C or SIGTERM
   classify TASK --model linear|bilstm|cnn|transformer [--steps N] [--save FILE]

@@ -100,6 +100,7 @@ class SliceReader:
         self.path = Path(path)
         self.tensors = read_header(self.path)
         self.bytes_read = 0
+        self.largest_bytes = 0  # the largest tensor it returned: never a whole split tensor
         self._fd = os.open(self.path, os.O_RDONLY)
 
     def close(self) -> None:
@@ -120,10 +121,15 @@ class SliceReader:
             done += got
         self.bytes_read += done
 
+    def _fresh(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        out = torch.empty(shape, dtype=dtype)
+        self.largest_bytes = max(self.largest_bytes, out.numel() * out.element_size())
+        return out
+
     def rows(self, name: str, start: int, stop: int) -> torch.Tensor:
         """Rows [start, stop) of tensor ``name`` (the first dimension): one contiguous read."""
         info = self.tensors[name]
-        out = torch.empty((stop - start, *info.shape[1:]), dtype=info.dtype)
+        out = self._fresh((stop - start, *info.shape[1:]), info.dtype)
         row_bytes = math.prod(info.shape[1:]) * info.itemsize
         self._read(_bytes_of(out), info.start + start * row_bytes)
         return out
@@ -134,7 +140,7 @@ class SliceReader:
         info = self.tensors[name]
         rows, cols = (1, info.shape[0]) if len(info.shape) == 1 else info.shape
         width = sum(stop - start for start, stop in ranges)
-        out = torch.empty((width,) if len(info.shape) == 1 else (rows, width), dtype=info.dtype)
+        out = self._fresh((width,) if len(info.shape) == 1 else (rows, width), info.dtype)
         view, size = _bytes_of(out), info.itemsize
         for row in range(rows):
             at = row * width * size
@@ -284,7 +290,9 @@ def peak_rss() -> Iterator[dict[str, float]]:
     """Measure the peak resident memory a block adds: peak_mb = (VmHWM after − VmRSS before) · 1024 / 1e6.
 
     Linux only (VmHWM is reset by writing "5" to /proc/self/clear_refs); elsewhere peak_mb is nan. Memory the
-    process freed earlier and reuses is not counted: measure in a fresh process, before other work.
+    process freed earlier and reuses is not counted: measure in a fresh process, before other work. VmRSS counts
+    file-backed pages too: library code run for the first time (about 3 MB for a first load in a fresh Python,
+    about 1 MB under torchrun after the group's start), and the pages of a memory-mapped file once they are read.
     """
     out = {"peak_mb": math.nan, "rss_before_mb": math.nan}
     try:
@@ -442,8 +450,9 @@ def load_tensor_parallel_gpt(model_name: str, rank: int, world: int, clock: Cloc
     What each rank reads is ``slice_plan``'s (heads, MLP units, vocabulary rows; positions and norms whole). With
     ``memory_budget_mb``, ``check_memory_budget`` refuses before any weight is read. The module's ``load_row`` holds
     ``planned_bytes``' fields plus parameter_bytes_per_rank (Σ numel · itemsize of its parameters), bytes_read,
-    peak_load_mb (``peak_rss`` around reading and building), memory_budget_mb. Raises ValueError for a model that
-    is not a shipped GPT, a rank or world that does not fit its heads, or weights over the budget.
+    largest_read_bytes (the largest tensor read: a slice, never a whole split tensor), peak_load_mb (``peak_rss``
+    around reading and building), memory_budget_mb. Raises ValueError for a model that is not a shipped GPT, a rank
+    or world that does not fit its heads, or weights over the budget.
     """
     path, card = _gpt_files(model_name, data_dir)
     config = card["config"]
@@ -466,7 +475,8 @@ def load_tensor_parallel_gpt(model_name: str, rank: int, world: int, clock: Cloc
         del weights
     held = sum(p.numel() * p.element_size() for p in module.parameters())
     module.load_row = {**plan_row, "parameter_bytes_per_rank": held, "whole_parameter_bytes": plan_row["whole_bytes"],
-                       "bytes_read": reader.bytes_read, "peak_load_mb": peak["peak_mb"],
+                       "bytes_read": reader.bytes_read, "largest_read_bytes": reader.largest_bytes,
+                       "peak_load_mb": peak["peak_mb"],
                        "memory_budget_mb": memory_budget_mb}
     return module
 
