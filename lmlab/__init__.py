@@ -21,8 +21,8 @@ milliseconds. The packages follow the course; each imports only the packages abo
   launcher (the OpenAI-compatible HTTP server), clients, loadgen, reference, grounding (the assistant's accuracy on
   its FAQ, retrieval, grounded prompts)
 - ``lmlab.scale``      group (the process group), scaling (a model of N ranks, checked on its measured points),
-                      training (DDP, ZeRO, FSDP2 against one process), distributed (torchrun: data, tensor,
-                      pipeline parallel), sweep (grids on Ray)
+                      training (DDP, ZeRO, FSDP2 against one process), sharding (tensor-parallel weights read
+                      slice by slice), distributed (torchrun: data, tensor, pipeline parallel), sweep (grids on Ray)
 - ``lmlab.tasks``      classify (text classifiers), vectors (word2vec, GloVe's loss)
 - ``lmlab.notebook``   widgets (the interactive panels)
 - ``lmlab.cli``        ``python -m lmlab COMMAND``
@@ -51,6 +51,7 @@ MOVED = {
     "quantize_study": "lmlab.compress.quantize_study", "experiment": "lmlab.compress.experiment",
     "decode": "lmlab.inference.decode", "batching": "lmlab.serving.engine", "serve": "lmlab.serving.launcher",
     "loadgen": "lmlab.serving.loadgen", "reference": "lmlab.serving.reference",
+    "sharding": "lmlab.scale.sharding",
     "distributed": "lmlab.scale.distributed", "sweep": "lmlab.scale.sweep", "classify": "lmlab.tasks.classify",
     "vectors": "lmlab.tasks.vectors", "widgets": "lmlab.notebook.widgets",
 }

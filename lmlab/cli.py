@@ -15,6 +15,8 @@
   parallel --scheme data|tensor|pipeline|allreduce --model GPT [--nproc-per-node N --nnodes N --rdzv-endpoint H:P]
                            run one parallel scheme under torchrun (lmlab.scale.distributed); rank 0 prints its row:
                            wall, compute and communication ms against the single process, speed-up, max difference
+                           (tensor: each rank loads only its weight slices; --memory-budget-mb MB refuses a GPT
+                           whose weights per rank exceed MB)
                            --scheme ddp|zero|fsdp [--steps N --global-batch B]: distributed training
                            (lmlab.scale.training): losses, tokens/s and bytes per rank against one process
   serve [--model M --format F --port P --max-batch N --max-queue N --policy P --api-key K --speculative ...]
@@ -339,13 +341,15 @@ def _parallel_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=None, help="ddp, zero, fsdp: global batches trained (default 6)")
     parser.add_argument("--global-batch", type=int, default=None, help="ddp, zero, fsdp: documents per step, all "
                         "ranks together (default 32)")
+    parser.add_argument("--memory-budget-mb", type=float, default=None,
+                        help="tensor: refuse a GPT whose weights per rank exceed this many MB (sharded loading)")
 
 
 def _parallel(args) -> int:
     return launch(args.scheme, args.model, args.nproc_per_node, nnodes=args.nnodes, rdzv_endpoint=args.rdzv_endpoint,
                   batch_size=args.batch_size, documents=args.documents, micro_batches=args.micro_batches,
                   repeat=args.repeat, threads=args.threads, save=args.save, steps=args.steps,
-                  global_batch=args.global_batch)
+                  global_batch=args.global_batch, memory_budget_mb=args.memory_budget_mb)
 
 
 def _serve_arguments(parser: argparse.ArgumentParser) -> None:

@@ -6,6 +6,8 @@ Modules, each importing only those above it in the course:
   cap (contention, imbalance, all-reduce and send costs, the bubble), checked against its own measured points.
 - ``training``: Distributed training: DDP, ZeRO (sharded optimizer state) and FSDP2 against one process on the
   same batches, with bytes per rank against the ZeRO formulas.
+- ``sharding``: Weights that are really sharded: each tensor-parallel rank reads only its slice of the
+  safetensors file; vocabulary-parallel embedding, output layer and cross-entropy; a memory budget.
 - ``distributed``: Parallel inference with torch.distributed: data, tensor and pipeline parallel, and what
   communication costs.
 - ``sweep``: Sweeps that scale out: a grid of models x methods x settings x batch sizes, one results row per
@@ -22,8 +24,13 @@ from lmlab.scale.training import (
     MODES, STAGE_OF, TRAINING_MODELS, allreduce_alone_ms, bucket_elements, check_training, exposed_communication_ms,
     formula_bytes, global_batches, held_bytes, nll_sum, shard_bound_bytes, share, train_parallel, training_model,
 )
+from lmlab.scale.sharding import (
+    RowParallel, ShardedBlock, SliceReader, TensorInfo, VocabParallelGPT, check_budget_mb, check_memory_budget,
+    gpt_corpus, load_tensor_parallel_gpt, peak_rss, planned_bytes, read_header, slice_plan, split_range,
+    vocab_parallel_nll,
+)
 from lmlab.scale.distributed import (
-    ALLREDUCE_BYTES, PARALLEL_MODELS, SCHEMES, SMOLLM2_WINDOW, RowParallel, allreduce_ms, data_parallel_evaluate,
+    ALLREDUCE_BYTES, PARALLEL_MODELS, SCHEMES, SMOLLM2_WINDOW, allreduce_ms, data_parallel_evaluate,
     launch, llama_parameters, main, pipeline_forward, run_parallel, run_scheme, score_shard, score_windows, scores,
     shard_gpt, shard_llama_mlp, smollm2_windows, torchrun_command,
 )
@@ -45,4 +52,8 @@ __all__ = [
     "TRAINING_MODELS",
     "allreduce_alone_ms", "bucket_elements", "check_training", "exposed_communication_ms", "formula_bytes",
     "global_batches", "held_bytes", "nll_sum", "shard_bound_bytes", "share", "train_parallel", "training_model",
+    "DEFAULT_VALUES", "Setting", "default_values", "check_setting", "make_grid", "run_setting", "load_rows",
+    "rows_to_results", "start_ray", "parse_values", "sweep_command", "SliceReader", "TensorInfo", "read_header",
+    "split_range", "slice_plan", "planned_bytes", "check_budget_mb", "check_memory_budget", "peak_rss",
+    "ShardedBlock", "VocabParallelGPT", "vocab_parallel_nll", "load_tensor_parallel_gpt", "gpt_corpus",
 ]

@@ -38,12 +38,13 @@ from lmlab.measure.runtime import check_int, describe_environment
 from lmlab.measure.timing import Timing
 from lmlab.models.neural import GPTLanguageModel
 from lmlab.models.registry import load_model, model_entry, names
-from lmlab.models.scoring import score_summary, score_tokens
+from lmlab.models.scoring import IGNORE, score_summary, score_tokens
 from lmlab.scale.group import Clock, init_process_group, rank_and_world, slowest_rank, timed
 from lmlab.scale.scaling import amdahl_speedup, stage_bounds
 from lmlab.scale.scaling import fit_allreduce as fit_allreduce  # moved there; imported back so old imports work
 from lmlab.scale.scaling import ring_allreduce_ms as ring_allreduce_ms
 from lmlab.scale.scaling import scaling_model as scaling_model
+from lmlab.scale.sharding import RowParallel, check_budget_mb, gpt_corpus, load_tensor_parallel_gpt
 from lmlab.scale.training import MODES, TRAINING_MODELS, train_parallel
 
 if TYPE_CHECKING:  # transformers is imported where a model is built; the casts below only name its types
@@ -136,23 +137,6 @@ def data_parallel_evaluate(model: GPTLanguageModel, data: TokenizedCorpus, split
 # --- tensor parallel (Megatron): columns of the first matrix, rows of the second, one all_reduce per pair -----
 
 
-class RowParallel(nn.Module):
-    """Multiply by this rank's row slice, sum the partial products over ranks, add the bias once.
-
-    y = Σ_r x_r W_r + b, where x_r are this rank's columns of x (its heads, or its MLP units) and W_r: (in/N, out).
-    """
-
-    def __init__(self, weight_in_out: torch.Tensor, bias: torch.Tensor | None, clock: Clock):
-        super().__init__()
-        self.weight = nn.Parameter(weight_in_out.detach().clone().contiguous(), requires_grad=False)
-        self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
-        self.clock = clock
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.clock.all_reduce(x @ self.weight)  # (..., out): partial sums, then their total
-        return y if self.bias is None else y + self.bias
-
-
 def _conv1d(weight_in_out: torch.Tensor, bias: torch.Tensor) -> Conv1D:
     from transformers.pytorch_utils import Conv1D
 
@@ -168,7 +152,10 @@ def shard_gpt(model: GPTLanguageModel, rank: int, world: int, clock: Clock) -> G
 
     Attention: heads [rank·H/N, (rank+1)·H/N) (their q, k, v columns of c_attn, their rows of c_proj). MLP: units
     [rank·4d/N, (rank+1)·4d/N) (columns of c_fc, rows of c_proj). Embeddings, layer norms and the output layer
-    stay whole on every rank. Raises ValueError if the heads do not divide among ``world`` ranks.
+    stay whole on every rank. It deep-copies the whole model first, so every rank holds it all while sharding:
+    the "tensor" scheme loads only each rank's slices instead (``lmlab.scale.sharding.load_tensor_parallel_gpt``);
+    this one stays to show the split on a model already in memory. Raises ValueError if the heads do not divide
+    among ``world`` ranks.
     """
     heads, d = model.config.n_head, model.config.n_embd
     if heads % world:
@@ -195,8 +182,9 @@ def shard_llama_mlp(model: nn.Module, rank: int, world: int, clock: Clock) -> nn
     """Return a copy of a Llama (SmolLM2) with each MLP split: gate/up rows (output units) and down columns.
 
     down(silu(gate(x)) · up(x)) = Σ_r down_r(silu(gate_r(x)) · up_r(x)). Attention stays whole on every rank:
-    SmolLM2's 9 query heads and 3 KV heads do not divide among 2 ranks. Raises ValueError if the MLP width
-    does not divide among ``world`` ranks.
+    SmolLM2's 9 query heads and 3 KV heads do not divide among 2 ranks. It deep-copies the whole model: every rank
+    loads and holds all of SmolLM2 (only the shipped GPTs load sharded, ``lmlab.scale.sharding``). Raises
+    ValueError if the MLP width does not divide among ``world`` ranks.
     """
     shard = cast("LlamaForCausalLM", copy.deepcopy(model).eval())  # SmolLM2 is a Llama
     width = shard.config.intermediate_size
@@ -295,14 +283,16 @@ def allreduce_ms(sizes_bytes=ALLREDUCE_BYTES, repeat: int = 20) -> list[dict]:
 
 
 def run_scheme(scheme: str, model_name: str = "gpt-small", *, batch_size: int = 32, documents: int | None = None,
-               micro_batches: int = 4, repeat: int = 3, device: torch.device | None = None) -> dict:
+               micro_batches: int = 4, repeat: int = 3, device: torch.device | None = None,
+               memory_budget_mb: float | None = None) -> dict:
     """Run one scheme on every rank of the group and return its row (the same on every rank).
 
     Work: "data" scores the test split (its first ``documents``) in batches of ``batch_size`` documents;
     "tensor" and "pipeline" run the forward pass on the first ``batch_size`` test documents, as one batch. For
     "smollm2" (data and tensor only) the documents are ``smollm2_windows`` of its own tokens. Rank 0 also
     times the single-process model on the same work. speed-up = single_ms / wall_ms; the Amdahl model takes
-    communication as the part that does not split: p = 1 − comm_ms / single_ms.
+    communication as the part that does not split: p = 1 − comm_ms / single_ms. "tensor" on a GPT is
+    ``_tensor_row``'s: sharded loading, a memory budget, per-token scores.
     Raises ValueError for an unknown scheme or model, or a setting out of range.
     """
     if scheme not in SCHEMES[:3]:
@@ -313,6 +303,8 @@ def run_scheme(scheme: str, model_name: str = "gpt-small", *, batch_size: int = 
     if entry.kind == "llm":
         smollm2_work, smollm2_single = _smollm2_work(scheme, batch_size, documents)
         return _row(scheme, model_name, batch_size, smollm2_work, smollm2_single, repeat)
+    if scheme == "tensor":
+        return _tensor_row(model_name, batch_size, documents, repeat, device, memory_budget_mb)
     rank, world = rank_and_world()
     model, data = load_model(model_name)
     model = model.eval().to(device or torch.device("cpu"))
@@ -322,13 +314,9 @@ def run_scheme(scheme: str, model_name: str = "gpt-small", *, batch_size: int = 
     first = data.head("test", min(batch_size, len(data.ids["test"])))
     inputs, _, mask = next(document_batches(first, "test", batch_size, max_len=model.config.n_positions))
 
-    tp = shard_gpt(model, rank, world, Clock()) if scheme == "tensor" else None
-
     def work(clock: Clock) -> Answer:
         if scheme == "data":
             return data_parallel_evaluate(model, data, "test", batch_size, clock)
-        if tp is not None:  # the tensor scheme's shard
-            return _tensor_forward(tp, clock, inputs, mask)
         return pipeline_forward(model, inputs, mask, micro_batches, clock)
 
     def single() -> Answer:
@@ -336,6 +324,54 @@ def run_scheme(scheme: str, model_name: str = "gpt-small", *, batch_size: int = 
             return scores(score_shard(model, data, "test", batch_size))
         return model.gpt(input_ids=inputs.to(model.device), attention_mask=mask.to(model.device)).logits
     return _row(scheme, model_name, batch_size, work, single, repeat)
+
+
+def _tensor_row(model_name: str, batch_size: int, documents: int | None, repeat: int, device: torch.device | None,
+                memory_budget_mb: float | None) -> dict:
+    """The tensor scheme on a shipped GPT: each rank loads only its slices (``load_tensor_parallel_gpt``), then
+    scores the first ``batch_size`` test documents: per-token −ln P and argmax guesses through the
+    vocabulary-parallel cross-entropy, never gathering (batch, time, vocab) logits.
+
+    The reference is the single-process model's per-token −ln P = −log_softmax(z)[target] and argmax(z), computed
+    by the judge rank (rank 0), which loads the whole model for it after the ranks' loads were measured; with a
+    ``memory_budget_mb`` the reference is skipped (single_ms and max_diff are nan). max_diff = max |difference| over
+    the per-token −ln P (nats) and the guess ids (a different guess counts ≥ 1). The row adds, as the largest over
+    ranks, parameter_bytes_per_rank, planned_mb, peak_load_mb, and whole_parameter_bytes and memory_budget_mb.
+    """
+    rank, world = rank_and_world()
+    device = device or torch.device("cpu")
+    tp = load_tensor_parallel_gpt(model_name, rank, world, memory_budget_mb=memory_budget_mb).to(device)
+    data = gpt_corpus(model_name)
+    if documents is not None:
+        data = data.head("test", check_int("documents", documents, 1))
+    first = data.head("test", min(batch_size, len(data.ids["test"])))
+    inputs, targets, mask = (t.to(device) for t in next(document_batches(first, "test", batch_size,
+                                                                         max_len=tp.wpe.shape[0])))
+    padded = targets == IGNORE
+
+    def work(clock: Clock) -> Answer:
+        tp.set_clock(clock)
+        nll, guess = tp.score(inputs, targets)
+        return torch.stack([nll, guess.double().masked_fill(padded, -1)])  # (2, batch, time)
+
+    whole: list[GPTLanguageModel] = []
+
+    def single() -> Answer:
+        if not whole:  # the warm-up call loads it, untimed
+            whole.append(cast(GPTLanguageModel, load_model(model_name)[0]).eval().to(device))
+        logits = whole[0].gpt(input_ids=inputs, attention_mask=mask).logits.float()  # (batch, time, vocab)
+        nll = -torch.log_softmax(logits, -1).gather(-1, targets.clamp(min=0)[..., None]).squeeze(-1)
+        return torch.stack([nll.double().masked_fill(padded, 0.0), logits.argmax(-1).double().masked_fill(padded, -1)])
+
+    row = _row("tensor", model_name, batch_size, work, None if memory_budget_mb else single, repeat)
+    loads = [tp.load_row] * world
+    if dist.is_initialized():
+        dist.all_gather_object(loads, tp.load_row)
+    row.update({key: max(load[key] for load in loads) for key in ("parameter_bytes_per_rank", "planned_mb",
+                                                                   "peak_load_mb")})
+    row.update(whole_parameter_bytes=tp.load_row["whole_parameter_bytes"], memory_budget_mb=memory_budget_mb,
+               diff_kind="absolute per-token nll and guess ids")
+    return row
 
 
 def _smollm2_work(scheme: str, batch_size: int,
@@ -365,14 +401,16 @@ def _smollm2_work(scheme: str, batch_size: int,
 
 
 def _row(scheme: str, model_name: str, batch_size: int, work: Callable[[Clock], Answer],
-         single: Callable[[], Answer], repeat: int) -> dict:
-    """Time ``work`` on every rank and ``single`` on the rank that holds the answer; return the scheme's row."""
+         single: Callable[[], Answer] | None, repeat: int) -> dict:
+    """Time ``work`` on every rank and ``single`` on the rank that holds the answer; return the scheme's row.
+
+    Without ``single`` (no reference), single_ms, speedup and max_diff are nan."""
     rank, world = rank_and_world()
     warm_up = scheme != "data"  # a whole split is many batches: its first ones warm up
     wall_ms, comm_ms, out = timed(work, repeat, warm_up=warm_up)
     single_ms, diff = float("nan"), float("nan")
     judge = world - 1 if scheme == "pipeline" else 0  # the rank that holds the full answer
-    if rank == judge:
+    if rank == judge and single is not None:
         with torch.no_grad():
             single_ms, _, reference = timed(lambda clock: single(), repeat, together=False, warm_up=warm_up)
         diff = _max_diff(out, reference)
@@ -404,19 +442,11 @@ def _max_diff(out: Answer, reference: Answer) -> float:
     raise RuntimeError("this rank holds no answer to compare with the single process's")
 
 
-def _tensor_forward(model: GPTLanguageModel, clock: Clock, inputs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    for module in model.modules():
-        if isinstance(module, RowParallel):
-            module.clock = clock
-    with torch.no_grad():
-        return model.gpt(input_ids=inputs.to(model.device), attention_mask=mask.to(model.device)).logits
-
-
 def torchrun_command(scheme: str | Sequence[str], model_name: str, nproc_per_node: int = 2, *, nnodes: int = 1,
                      rdzv_endpoint: str | None = None, batch_size: int = 32, documents: int | None = None,
                      micro_batches: int = 4, repeat: int = 3, threads: int | None = None,
-                     save: str | None = None, steps: int | None = None,
-                     global_batch: int | None = None) -> list[str]:
+                     save: str | None = None, steps: int | None = None, global_batch: int | None = None,
+                     memory_budget_mb: float | None = None) -> list[str]:
     """Return the torchrun command line that runs ``scheme`` (one, or several in turn) on nnodes × nproc_per_node ranks.
 
     One machine: ``--standalone``. Several: ``--nnodes N --rdzv-backend c10d --rdzv-endpoint HOST:PORT``, the
@@ -424,8 +454,9 @@ def torchrun_command(scheme: str | Sequence[str], model_name: str, nproc_per_nod
     endpoint 127.0.0.1:PORT meet as they are; torch 2.13's c10d needs no ``is_host`` or static rendezvous).
     ``steps`` and ``global_batch`` set the training schemes' run (ddp, zero, fsdp:
     ``lmlab.scale.training.train_parallel``). Raises ValueError, naming the argument, for an unknown
-    scheme or model, a count below 1, several nodes without an endpoint, or heads that do not divide among the
-    ranks (tensor).
+    scheme or model, a count below 1, several nodes without an endpoint, heads that do not divide among the
+    ranks (tensor), or a memory_budget_mb that is not a positive number (the ranks check the weights against it
+    when they load).
     """
     schemes = [scheme] if isinstance(scheme, str) else list(scheme)
     for one in schemes or [""]:
@@ -443,6 +474,7 @@ def torchrun_command(scheme: str | Sequence[str], model_name: str, nproc_per_nod
         if value is not None:
             check_int(name, value, 1)
     check_int("micro_batches", micro_batches, 1, batch_size)
+    check_budget_mb(memory_budget_mb)
     if nnodes > 1 and not rdzv_endpoint:
         raise ValueError(f"nnodes={nnodes} needs rdzv_endpoint='HOST:PORT', the address every machine can reach")
     if model_name == "smollm2":  # its MLPs are split: 1536 units
@@ -456,7 +488,7 @@ def torchrun_command(scheme: str | Sequence[str], model_name: str, nproc_per_nod
               "--rdzv-id", "lmlab"] if rdzv_endpoint else ["--standalone"])
     options = {"--batch-size": batch_size, "--documents": documents, "--micro-batches": micro_batches,
                "--repeat": repeat, "--threads": threads, "--save": save, "--steps": steps,
-               "--global-batch": global_batch}
+               "--global-batch": global_batch, "--memory-budget-mb": memory_budget_mb}
     return ([sys.executable, "-m", "torch.distributed.run", *where, "--nproc-per-node", str(nproc_per_node),
              "-m", "lmlab.scale.distributed", "--scheme", *schemes, "--model", model_name]
             + [str(x) for key, value in options.items() if value is not None for x in (key, value)])
@@ -534,6 +566,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--save", default=None, help="rank 0 writes the rows to this JSON file")
     parser.add_argument("--steps", type=int, default=6, help="training schemes: global batches trained")
     parser.add_argument("--global-batch", type=int, default=32, help="training schemes: documents per step, all ranks")
+    parser.add_argument("--memory-budget-mb", type=float, default=None,
+                        help="tensor: refuse to load a GPT whose weights per rank exceed this many MB")
     args = parser.parse_args(argv)
     try:
         for scheme in args.scheme:
@@ -553,7 +587,8 @@ def main(argv: list[str] | None = None) -> int:
                                            repeat=args.repeat, device=device))
             else:
                 rows.append(run_scheme(scheme, args.model, batch_size=args.batch_size, documents=args.documents,
-                                       micro_batches=args.micro_batches, repeat=args.repeat, device=device))
+                                       micro_batches=args.micro_batches, repeat=args.repeat, device=device,
+                                       memory_budget_mb=args.memory_budget_mb))
         if dist.get_rank() == 0:
             _report(rows, args.save)
         dist.barrier()  # leave together: a rank that tears down early can abort its peer's gloo threads
