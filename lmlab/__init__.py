@@ -20,8 +20,8 @@ milliseconds. The packages follow the course; each imports only the packages abo
   scheduler: chunked prefill, prefix caching, preemption), dense (the first), interference, served, protocol, app,
   launcher (the OpenAI-compatible HTTP server), clients, loadgen, reference, grounding (the assistant's accuracy on
   its FAQ, retrieval, grounded prompts)
-- ``lmlab.scale``      group (the process group), distributed (torchrun: data, tensor, pipeline parallel),
-                      sweep (grids on Ray)
+- ``lmlab.scale``      group (the process group), pipeline (stages, micro-batches, the bubble, GPipe and 1F1B
+                      training), distributed (torchrun: data, tensor, pipeline parallel), sweep (grids on Ray)
 - ``lmlab.tasks``      classify (text classifiers), vectors (word2vec, GloVe's loss)
 - ``lmlab.notebook``   widgets (the interactive panels)
 - ``lmlab.cli``        ``python -m lmlab COMMAND``

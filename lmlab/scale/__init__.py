@@ -2,6 +2,8 @@
 
 Modules, each importing only those above it in the course:
 - ``group``: The process group every scheme runs in: rank and world size, a clock for the time spent talking.
+- ``pipeline``: Pipeline parallelism: each rank loads only its stage of layers; micro-batches, the bubble, and
+  training under two schedules (GPipe, 1F1B) equal to one process.
 - ``distributed``: Parallel inference with torch.distributed: data, tensor and pipeline parallel, and what
   communication costs.
 - ``sweep``: Sweeps that scale out: a grid of models x methods x settings x batch sizes, one results row per
@@ -9,6 +11,10 @@ Modules, each importing only those above it in the course:
 """
 
 from lmlab.scale.group import Clock, init_process_group, rank_and_world, slowest_rank, timed
+from lmlab.scale.pipeline import (
+    SCHEDULES, Stage, bubble_predicted, load_stage, peak_activations, pipeline_train_step, run_pipeline_training,
+    schedule_order, stage_corpus, whole_parameter_bytes,
+)
 from lmlab.scale.distributed import (
     ALLREDUCE_BYTES, PARALLEL_MODELS, SCHEMES, SMOLLM2_WINDOW, RowParallel, allreduce_ms, amdahl_speedup,
     data_parallel_evaluate, fit_allreduce, launch, llama_parameters, main, pipeline_forward,
@@ -27,5 +33,7 @@ __all__ = [
     "amdahl_speedup", "slowest_rank", "run_scheme", "torchrun_command", "launch", "run_parallel", "fit_allreduce",
     "ring_allreduce_ms", "scaling_model", "llama_parameters", "main", "timed", "ENGINES", "LOG_ENV", "RESULT_FIELDS",
     "DEFAULT_VALUES", "Setting", "default_values", "check_setting", "make_grid", "run_setting", "load_rows",
-    "rows_to_results", "start_ray", "parse_values", "sweep_command",
+    "rows_to_results", "start_ray", "parse_values", "sweep_command", "SCHEDULES", "Stage", "load_stage",
+    "whole_parameter_bytes", "stage_corpus", "schedule_order", "peak_activations", "bubble_predicted",
+    "pipeline_train_step", "run_pipeline_training",
 ]
