@@ -307,13 +307,13 @@ def _pipeline_scheme(model_name: str, batch_size: int, documents: int | None, mi
     logits, also loads the whole model for the single-process reference."""
     rank, world = rank_and_world()
     stage = load_stage(model_name, rank, world).to(device or torch.device("cpu"))
-    data = stage_corpus(model_name)
+    whole, data = load_model(model_name) if rank == world - 1 else (None, stage_corpus(model_name))
     if documents is not None:
         data = data.head("test", check_int("documents", documents, 1))
     first = data.head("test", min(batch_size, len(data.ids["test"])))
     inputs, _, mask = next(document_batches(first, "test", batch_size, max_len=stage.config.n_positions))
     check_int("micro_batches", micro_batches, 1, inputs.shape[0])
-    whole = load_model(model_name)[0].eval().to(stage.device) if rank == world - 1 else None
+    whole = None if whole is None else whole.eval().to(stage.device)
 
     def single() -> Answer:
         if whole is None:

@@ -22,6 +22,7 @@ longer holds the whole model; ``pipeline_train_step`` runs one training step und
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Sequence
@@ -147,8 +148,10 @@ def whole_parameter_bytes(model_name: str) -> int:
         return sum(math.prod(tensors.get_slice(k).get_shape()) * 4 for k in tensors.keys())  # float32
 
 
+@functools.lru_cache(maxsize=2)
 def stage_corpus(model_name: str) -> TokenizedCorpus:
-    """The tokenized corpus a shipped GPT was trained on (as its card says), without loading the model."""
+    """The tokenized corpus a shipped GPT was trained on (as its card says), without loading the model; read once
+    per process (a TokenizedCorpus is never modified)."""
     card = json.loads((DATA_DIR / f"{model_name}.json").read_text(encoding="utf-8"))
     return tokenize_corpus(load_corpus(card["corpus"]), min_count=card["min_count"])
 
@@ -358,10 +361,11 @@ def run_pipeline_training(model_name: str = "gpt-large", schedule: str | Sequenc
     check_int("repeat", repeat, 1)
     rank, world = rank_and_world()
     stage = load_stage(model_name, rank, world)
-    batch = next(document_batches(stage_corpus(model_name), "train", batch_size, max_len=stage.config.n_positions))
+    whole, data = load_model(model_name) if rank == world - 1 else (None, stage_corpus(model_name))
+    batch = next(document_batches(data, "train", batch_size, max_len=stage.config.n_positions))
     for m in counts or [0]:
         check_int("micro_batches", m, 1, batch[0].shape[0])
-    single = _single_step(model_name, batch, repeat) if rank == world - 1 else None
+    single = None if whole is None else _single_step(whole, batch, repeat)
     return [_training_row(stage, model_name, one, m, batch, single, repeat) for one in schedules for m in counts]
 
 
@@ -370,10 +374,10 @@ def _loss(logits: torch.Tensor, targets: torch.Tensor, tokens: int) -> torch.Ten
                                        reduction="sum") / tokens
 
 
-def _single_step(model_name: str, batch: Batch, repeat: int) -> dict:
+def _single_step(model: GPTLanguageModel, batch: Batch, repeat: int) -> dict:
     """One process: the whole model's forward and backward on the batch, timed (median of ``repeat`` after a warm-up);
     its loss and its gradients by the stages' parameter names."""
-    model = cast(GPTLanguageModel, load_model(model_name)[0]).eval()
+    model.eval()  # dropout off, as in the stages
     hf = cast("GPT2LMHeadModel", model.gpt)
     inputs, targets, mask = batch
     tokens = int((targets != IGNORE).sum())
