@@ -75,6 +75,15 @@ def test_schedules_order_forwards_and_backwards():
     assert P.bubble_predicted(1, 4) == 0 and P.bubble_predicted(4, 1) == 3 / 4 and P.bubble_predicted(2, 8) == 1 / 9
 
 
+def test_the_pipeline_model_is_sends_plus_the_bubble():
+    free = P.pipeline_model_ms(120.0, 2, 4)  # t = 120 / 8 = 15 ms per slot, 5 slots
+    assert free["model_ms"] == 75.0 and free["model_speedup"] == pytest.approx(8 / 5) and free["bubble"] == 0.2
+    assert P.pipeline_model_ms(120.0, 2, 4, message_ms=1.0)["model_ms"] == 80.0
+    assert P.pipeline_model_ms(120.0, 1, 1)["model_speedup"] == 1.0
+    with pytest.raises(ValueError, match="message_ms=-1"):
+        P.pipeline_model_ms(120.0, 2, 4, message_ms=-1.0)
+
+
 def test_stage_bounds_moved_and_still_importable():
     assert D.stage_bounds is P.stage_bounds and D.pipeline_forward is P.pipeline_forward
     assert P.stage_bounds(4, 2, head_cost=2.6) == [(0, 3), (3, 4)]

@@ -13,7 +13,7 @@ Modules, each importing only those above it in the course:
 from lmlab.scale.group import Clock, init_process_group, rank_and_world, slowest_rank, timed
 from lmlab.scale.pipeline import (
     SCHEDULES, Stage, bubble_predicted, load_stage, peak_activations, pipeline_train_step, run_pipeline_training,
-    schedule_order, stage_corpus, whole_parameter_bytes,
+    pipeline_model_ms, schedule_order, stage_corpus, whole_parameter_bytes,
 )
 from lmlab.scale.distributed import (
     ALLREDUCE_BYTES, PARALLEL_MODELS, SCHEMES, SMOLLM2_WINDOW, RowParallel, allreduce_ms, amdahl_speedup,
@@ -35,5 +35,6 @@ __all__ = [
     "DEFAULT_VALUES", "Setting", "default_values", "check_setting", "make_grid", "run_setting", "load_rows",
     "rows_to_results", "start_ray", "parse_values", "sweep_command", "SCHEDULES", "Stage", "load_stage",
     "whole_parameter_bytes", "stage_corpus", "schedule_order", "peak_activations", "bubble_predicted",
+    "pipeline_model_ms",
     "pipeline_train_step", "run_pipeline_training",
 ]

@@ -66,7 +66,8 @@ class Stage(nn.Module):
     """Stage ``rank`` of ``world``: GPT-2 blocks [start, stop), the embeddings on the first stage, ln_f and the
     output layer on the last. The output layer is tied to the token embedding wte, so the last stage holds wte too
     (as the output layer: logits = ln_f(h) · wteᵀ). Parameter names are the whole model's after ``transformer.``.
-    Dropout is off (eval mode): a step is deterministic, so it can equal one process's.
+    ``load_stage`` returns it in eval mode, dropout off: a training step is deterministic and can equal one
+    process's (gradients flow in eval mode too).
     """
 
     def __init__(self, hf: GPT2LMHeadModel, rank: int, world: int):
@@ -79,7 +80,6 @@ class Stage(nn.Module):
         self.wpe = gpt.wpe if self.first else None
         self.h = nn.ModuleDict({str(i): gpt.h[i] for i in range(self.start, self.stop)})
         self.ln_f = gpt.ln_f if self.last else None
-        self.eval()
 
     @classmethod
     def of_model(cls, model: GPTLanguageModel, rank: int = 0, world: int = 1) -> Stage:
@@ -116,7 +116,7 @@ class Stage(nn.Module):
         """Logits = ln_f(h) · wteᵀ: (micro, time, vocab). Last stage only."""
         if self.ln_f is None or self.wte is None:
             raise RuntimeError(f"stage {self.rank} holds no output layer; the last stage does")
-        return self.ln_f(h) @ self.wte.weight.T
+        return nn.functional.linear(self.ln_f(h), self.wte.weight)  # what the tied lm_head computes
 
 
 def load_stage(model_name: str, rank: int, world: int) -> Stage:
@@ -248,6 +248,26 @@ def bubble_predicted(stages: int, micro_batches: int) -> float:
     return (stages - 1) / (micro_batches + stages - 1)
 
 
+def pipeline_model_ms(single_ms: float, stages: int, micro_batches: int, message_ms: float = 0.0) -> dict:
+    """Predict a pipeline's step from one process's time T1 (a model, not a measurement): point-to-point sends and
+    the bubble, not an all-reduce.
+
+    Each of p equal stages spends t = T1 / (p · m) on a micro-batch, plus ``message_ms`` c to pass it on (one send
+    forward; in training also one back). The last micro-batch leaves the last stage after m + p − 1 such slots:
+    T = (m + p − 1) · (t + c); speed-up = T1 / T, at most p · m / (m + p − 1) when messages are free.
+    Raises ValueError for a count below 1 or a negative time.
+    """
+    check_int("stages", stages, 1)
+    check_int("micro_batches", micro_batches, 1)
+    if not (single_ms >= 0 and message_ms >= 0):
+        raise ValueError(f"single_ms={single_ms!r}, message_ms={message_ms!r}: times must be >= 0 ms")
+    slots = micro_batches + stages - 1
+    total = slots * (single_ms / (stages * micro_batches) + message_ms)
+    return {"stages": stages, "micro_batches": micro_batches, "model_ms": total,
+            "model_speedup": single_ms / total if total else float("nan"),
+            "bubble": bubble_predicted(stages, micro_batches)}
+
+
 class _Busy:
     """Sums the milliseconds a stage spends computing: ``with busy: ...`` around each forward and backward."""
 
@@ -347,7 +367,8 @@ def run_pipeline_training(model_name: str = "gpt-large", schedule: str | Sequenc
     documents. The last rank (it holds the loss) also loads the whole model and times one process's forward and
     backward on the same batch, the reference. Each row (the same on every rank): wall_ms = the slowest rank's
     median step; speedup = single_ms / wall_ms; bubble_predicted = (p − 1) / (m + p − 1); bubble_measured per
-    rank = 1 − busy / wall (medians over the repeats); peak_activations per rank; the loss against one
+    rank = 1 − busy / wall (medians over the repeats: idle includes sending, receiving and waiting, so it exceeds
+    the prediction by what messages cost); communication_ms per rank; peak_activations per rank; the loss against one
     process's (max_loss_diff) and the largest absolute gradient difference, every parameter gathered to the last
     rank (max_grad_diff); parameter_bytes per rank against whole_parameter_bytes.
     Raises ValueError for an unknown schedule or model, or a count out of range.
@@ -414,7 +435,8 @@ def _training_row(stage: Stage, model_name: str, schedule: str, micro_batches: i
     if dist.is_initialized():
         dist.gather_object(grads, gathered if single is not None else None, dst=stage.world - 1)
     mine = {"wall_ms": wall_ms, "bubble": 1 - busy_ms / wall_ms, "peak": steps[-1]["peak_activations"],
-            "bytes": stage.parameter_bytes, "loss": steps[-1]["loss"], "comm_ms": steps[-1]["communication_ms"]}
+            "bytes": stage.parameter_bytes, "loss": steps[-1]["loss"],
+            "comm_ms": Timing.of([s["communication_ms"] for s in steps[1:]]).median_ms}
     if single is not None:
         merged = {name: grad for share in gathered for name, grad in share.items()}  # wte: equal on both ends
         if set(merged) != set(single["grads"]):
