@@ -320,9 +320,9 @@ def _pipeline_scheme(model_name: str, batch_size: int, documents: int | None, mi
             raise RuntimeError(f"rank {rank} holds no whole model; the last rank is the judge")
         return whole.gpt(input_ids=inputs.to(whole.device), attention_mask=mask.to(whole.device)).logits
 
-    return _row("pipeline", model_name, batch_size, lambda clock: pipeline_forward(stage, inputs, mask,
-                                                                                  micro_batches, clock),
-                single, repeat)
+    row = _row("pipeline", model_name, batch_size,
+               lambda clock: pipeline_forward(stage, inputs, mask, micro_batches, clock), single, repeat)
+    return {**row, "micro_batches": micro_batches}
 
 
 def _smollm2_work(scheme: str, batch_size: int,
