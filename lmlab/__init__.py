@@ -22,7 +22,8 @@ milliseconds. The packages follow the course; each imports only the packages abo
   its FAQ, retrieval, grounded prompts)
 - ``lmlab.scale``      group (the process group), scaling (a model of N ranks, checked on its measured points),
                       training (DDP, ZeRO, FSDP2 against one process), sharding (tensor-parallel weights read
-                      slice by slice), distributed (torchrun: data, tensor, pipeline parallel), sweep (grids on Ray)
+                      slice by slice), pipeline (stages, micro-batches, the bubble, GPipe and 1F1B training),
+                      distributed (torchrun: data, tensor, pipeline parallel), sweep (grids on Ray)
 - ``lmlab.tasks``      classify (text classifiers), vectors (word2vec, GloVe's loss)
 - ``lmlab.notebook``   widgets (the interactive panels)
 - ``lmlab.cli``        ``python -m lmlab COMMAND``

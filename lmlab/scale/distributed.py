@@ -40,7 +40,9 @@ from lmlab.models.neural import GPTLanguageModel
 from lmlab.models.registry import load_model, model_entry, names
 from lmlab.models.scoring import IGNORE, score_summary, score_tokens
 from lmlab.scale.group import Clock, init_process_group, rank_and_world, slowest_rank, timed
-from lmlab.scale.scaling import amdahl_speedup, stage_bounds
+from lmlab.scale.pipeline import SCHEDULES, load_stage, pipeline_forward, stage_corpus
+from lmlab.scale.pipeline import stage_bounds as stage_bounds  # moved there; still importable from here
+from lmlab.scale.scaling import amdahl_speedup
 from lmlab.scale.scaling import fit_allreduce as fit_allreduce  # moved there; imported back so old imports work
 from lmlab.scale.scaling import ring_allreduce_ms as ring_allreduce_ms
 from lmlab.scale.scaling import scaling_model as scaling_model
@@ -52,7 +54,7 @@ if TYPE_CHECKING:  # transformers is imported where a model is built; the casts 
     from transformers.models.gpt2.modeling_gpt2 import GPT2Block
     from transformers.pytorch_utils import Conv1D
 
-SCHEMES = ("data", "tensor", "pipeline", "allreduce") + MODES  # MODES: training (lmlab.scale.training)
+SCHEMES = ("data", "tensor", "pipeline", "allreduce", *SCHEDULES, *MODES)  # training: lmlab.scale.pipeline, .training
 PARALLEL_MODELS = names("gpt") + names("llm")  # SmolLM2: data parallel, and tensor parallel of its MLPs
 SMOLLM2_WINDOW = 64  # SmolLM2 scores the test verses' text in windows of this many of its tokens
 ALLREDUCE_BYTES = (1_000, 16_000, 256_000, 1_000_000, 4_000_000, 16_000_000)
@@ -202,55 +204,6 @@ def shard_llama_mlp(model: nn.Module, rank: int, world: int, clock: Clock) -> nn
     return shard
 
 
-# --- pipeline parallel: contiguous stages of layers, activations passed rank to rank in micro-batches --------
-
-
-def pipeline_forward(model: GPTLanguageModel, inputs: torch.Tensor, mask: torch.Tensor, micro_batches: int = 4,
-                     clock: Clock | None = None) -> torch.Tensor | None:
-    """Run the GPT as a pipeline, GPipe-style: stage r takes micro-batch m from rank r−1 and sends it to r+1.
-
-    Rank 0 embeds, every rank runs its blocks (``stage_bounds``), the last applies ln_f and the output layer
-    and returns the logits, (batch, time, vocab); the other ranks return None. Every rank must hold the same
-    ``inputs`` and ``mask`` (batch, time). Raises ValueError if micro_batches is not in [1, batch].
-    """
-    from transformers.masking_utils import create_causal_mask
-
-    check_int("micro_batches", micro_batches, 1, inputs.shape[0])
-    clock = clock or Clock()
-    rank, world = rank_and_world()
-    hf = cast("GPT2LMHeadModel", model.gpt)  # transformers' GPT-2, run block by block; nn.Module types it loosely
-    gpt, cfg = hf.transformer, model.config
-    start, stop = stage_bounds(cfg.n_layer, world, cfg.vocab_size / (12 * cfg.n_embd))[rank]
-    device = model.device
-    outputs, pending = [], []
-    with torch.no_grad():
-        for ids, m in zip(inputs.to(device).tensor_split(micro_batches), mask.to(device).tensor_split(micro_batches)):
-            positions = torch.arange(ids.shape[1], device=device)[None, :]  # (1, time)
-            if rank == 0:
-                h = gpt.wte(ids) + gpt.wpe(positions)  # (micro, time, d)
-            else:
-                h = torch.empty(*ids.shape, cfg.n_embd, device=device)
-                with clock.comm():
-                    dist.recv(h, src=rank - 1)
-            causal = create_causal_mask(config=gpt.config, inputs_embeds=h, attention_mask=m, cache=None,
-                                        position_ids=positions)
-            for block in gpt.h[start:stop]:
-                h = block(h, None, causal, position_ids=positions)
-            if rank < world - 1:
-                h = h.contiguous()  # kept alive in pending until its send completes
-                with clock.comm():
-                    request = dist.isend(h, dst=rank + 1)
-                if request is None:  # isend returns None only to a rank outside the group
-                    raise RuntimeError(f"rank {rank} is not in the process group it sends in")
-                pending.append((h, request))
-            else:
-                outputs.append(hf.lm_head(gpt.ln_f(h)))  # (micro, time, vocab)
-        with clock.comm():
-            for _, request in pending:
-                request.wait()
-    return torch.cat(outputs) if outputs else None
-
-
 # --- the cost of communication ------------------------------------------------------------------------------
 
 
@@ -288,7 +241,9 @@ def run_scheme(scheme: str, model_name: str = "gpt-small", *, batch_size: int = 
     """Run one scheme on every rank of the group and return its row (the same on every rank).
 
     Work: "data" scores the test split (its first ``documents``) in batches of ``batch_size`` documents;
-    "tensor" and "pipeline" run the forward pass on the first ``batch_size`` test documents, as one batch. For
+    "tensor" and "pipeline" run the forward pass on the first ``batch_size`` test documents, as one batch (each
+    pipeline rank loads only its stage, ``lmlab.scale.pipeline.load_stage``; the last also loads the whole model
+    as the single-process reference). For
     "smollm2" (data and tensor only) the documents are ``smollm2_windows`` of its own tokens. Rank 0 also
     times the single-process model on the same work. speed-up = single_ms / wall_ms; the Amdahl model takes
     communication as the part that does not split: p = 1 − comm_ms / single_ms. "tensor" on a GPT is
@@ -305,6 +260,8 @@ def run_scheme(scheme: str, model_name: str = "gpt-small", *, batch_size: int = 
         return _row(scheme, model_name, batch_size, smollm2_work, smollm2_single, repeat)
     if scheme == "tensor":
         return _tensor_row(model_name, batch_size, documents, repeat, device, memory_budget_mb)
+    if scheme == "pipeline":
+        return _pipeline_scheme(model_name, batch_size, documents, micro_batches, repeat, device)
     rank, world = rank_and_world()
     model, data = load_model(model_name)
     model = model.eval().to(device or torch.device("cpu"))
@@ -317,7 +274,7 @@ def run_scheme(scheme: str, model_name: str = "gpt-small", *, batch_size: int = 
     def work(clock: Clock) -> Answer:
         if scheme == "data":
             return data_parallel_evaluate(model, data, "test", batch_size, clock)
-        return pipeline_forward(model, inputs, mask, micro_batches, clock)
+        raise RuntimeError(f"scheme={scheme!r} has no work here")
 
     def single() -> Answer:
         if scheme == "data":
@@ -372,6 +329,28 @@ def _tensor_row(model_name: str, batch_size: int, documents: int | None, repeat:
     row.update(whole_parameter_bytes=tp.load_row["whole_parameter_bytes"], memory_budget_mb=memory_budget_mb,
                diff_kind="absolute per-token nll and guess ids")
     return row
+def _pipeline_scheme(model_name: str, batch_size: int, documents: int | None, micro_batches: int, repeat: int,
+                     device: torch.device | None) -> dict:
+    """The "pipeline" row: every rank loads only its stage (``load_stage``); the last rank, which holds the
+    logits, also loads the whole model for the single-process reference."""
+    rank, world = rank_and_world()
+    stage = load_stage(model_name, rank, world).to(device or torch.device("cpu"))
+    whole, data = load_model(model_name) if rank == world - 1 else (None, stage_corpus(model_name))
+    if documents is not None:
+        data = data.head("test", check_int("documents", documents, 1))
+    first = data.head("test", min(batch_size, len(data.ids["test"])))
+    inputs, _, mask = next(document_batches(first, "test", batch_size, max_len=stage.config.n_positions))
+    check_int("micro_batches", micro_batches, 1, inputs.shape[0])
+    whole = None if whole is None else whole.eval().to(stage.device)
+
+    def single() -> Answer:
+        if whole is None:
+            raise RuntimeError(f"rank {rank} holds no whole model; the last rank is the judge")
+        return whole.gpt(input_ids=inputs.to(whole.device), attention_mask=mask.to(whole.device)).logits
+
+    row = _row("pipeline", model_name, batch_size,
+               lambda clock: pipeline_forward(stage, inputs, mask, micro_batches, clock), single, repeat)
+    return {**row, "micro_batches": micro_batches}
 
 
 def _smollm2_work(scheme: str, batch_size: int,
@@ -444,7 +423,7 @@ def _max_diff(out: Answer, reference: Answer) -> float:
 
 def torchrun_command(scheme: str | Sequence[str], model_name: str, nproc_per_node: int = 2, *, nnodes: int = 1,
                      rdzv_endpoint: str | None = None, batch_size: int = 32, documents: int | None = None,
-                     micro_batches: int = 4, repeat: int = 3, threads: int | None = None,
+                     micro_batches: int | Sequence[int] = 4, repeat: int = 3, threads: int | None = None,
                      save: str | None = None, steps: int | None = None, global_batch: int | None = None,
                      memory_budget_mb: float | None = None) -> list[str]:
     """Return the torchrun command line that runs ``scheme`` (one, or several in turn) on nnodes × nproc_per_node ranks.
@@ -452,9 +431,10 @@ def torchrun_command(scheme: str | Sequence[str], model_name: str, nproc_per_nod
     One machine: ``--standalone``. Several: ``--nnodes N --rdzv-backend c10d --rdzv-endpoint HOST:PORT``, the
     same command started on every machine (rehearsed on one machine in tests/test_training.py: two launchers with
     endpoint 127.0.0.1:PORT meet as they are; torch 2.13's c10d needs no ``is_host`` or static rendezvous).
-    ``steps`` and ``global_batch`` set the training schemes' run (ddp, zero, fsdp:
-    ``lmlab.scale.training.train_parallel``). Raises ValueError, naming the argument, for an unknown
-    scheme or model, a count below 1, several nodes without an endpoint, heads that do not divide among the
+    ``micro_batches``: one count, or several (the pipeline schemes run each; "gpipe" and "1f1b" train,
+    ``lmlab.scale.pipeline.run_pipeline_training``). ``steps`` and ``global_batch`` set the training schemes' run
+    (ddp, zero, fsdp: ``lmlab.scale.training.train_parallel``). Raises ValueError, naming the argument, for an
+    unknown scheme or model, a count below 1, several nodes without an endpoint, heads that do not divide among the
     ranks (tensor), or a memory_budget_mb that is not a positive number (the ranks check the weights against it
     when they load).
     """
@@ -467,13 +447,15 @@ def torchrun_command(scheme: str | Sequence[str], model_name: str, nproc_per_nod
         model_entry(model_name, TRAINING_MODELS, "is not one the training schemes run")
         check_int("steps", steps if steps is not None else 6, 2)
         check_int("global_batch", global_batch if global_batch is not None else 32, nproc_per_node * nnodes)
-    if model_name == "smollm2" and "pipeline" in schemes:
+    if model_name == "smollm2" and {"pipeline", *SCHEDULES} & set(schemes):
         raise ValueError("scheme='pipeline' runs on the shipped GPTs; SmolLM2 takes 'data' or 'tensor'")
     for name, value in (("nproc_per_node", nproc_per_node), ("nnodes", nnodes), ("batch_size", batch_size),
                         ("repeat", repeat), ("documents", documents), ("threads", threads)):
         if value is not None:
             check_int(name, value, 1)
-    check_int("micro_batches", micro_batches, 1, batch_size)
+    counts = [micro_batches] if isinstance(micro_batches, int) else list(micro_batches)
+    for count in counts or [0]:
+        check_int("micro_batches", count, 1, batch_size)
     check_budget_mb(memory_budget_mb)
     if nnodes > 1 and not rdzv_endpoint:
         raise ValueError(f"nnodes={nnodes} needs rdzv_endpoint='HOST:PORT', the address every machine can reach")
@@ -486,12 +468,12 @@ def torchrun_command(scheme: str | Sequence[str], model_name: str, nproc_per_nod
                          f"of {model_name}; use a divisor of {parts}")
     where = (["--nnodes", str(nnodes), "--rdzv-backend", "c10d", "--rdzv-endpoint", rdzv_endpoint,
               "--rdzv-id", "lmlab"] if rdzv_endpoint else ["--standalone"])
-    options = {"--batch-size": batch_size, "--documents": documents, "--micro-batches": micro_batches,
-               "--repeat": repeat, "--threads": threads, "--save": save, "--steps": steps,
-               "--global-batch": global_batch, "--memory-budget-mb": memory_budget_mb}
+    options = {"--batch-size": batch_size, "--documents": documents, "--repeat": repeat, "--threads": threads,
+               "--save": save, "--steps": steps, "--global-batch": global_batch, "--memory-budget-mb": memory_budget_mb}
     return ([sys.executable, "-m", "torch.distributed.run", *where, "--nproc-per-node", str(nproc_per_node),
              "-m", "lmlab.scale.distributed", "--scheme", *schemes, "--model", model_name]
-            + [str(x) for key, value in options.items() if value is not None for x in (key, value)])
+            + [str(x) for key, value in options.items() if value is not None for x in (key, value)]
+            + ["--micro-batches", *(str(count) for count in counts)])
 
 
 def launch(*args, timeout_s: float | None = None, **kwargs) -> int:
@@ -560,7 +542,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="gpt-small", help=f"one of {PARALLEL_MODELS}")
     parser.add_argument("--batch-size", type=int, default=32, help="documents per batch")
     parser.add_argument("--documents", type=int, default=None, help="score only the first N test documents")
-    parser.add_argument("--micro-batches", type=int, default=4, help="pipeline micro-batches")
+    parser.add_argument("--micro-batches", type=int, nargs="+", default=[4],
+                        help="pipeline micro-batches: one count, or several (a row each)")
     parser.add_argument("--repeat", type=int, default=3, help="timed repeats (median)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads per rank (default 1)")
     parser.add_argument("--save", default=None, help="rank 0 writes the rows to this JSON file")
@@ -585,10 +568,11 @@ def main(argv: list[str] | None = None) -> int:
             elif scheme in MODES:
                 rows.append(train_parallel(scheme, args.model, steps=args.steps, global_batch=args.global_batch,
                                            repeat=args.repeat, device=device))
-            else:
-                rows.append(run_scheme(scheme, args.model, batch_size=args.batch_size, documents=args.documents,
-                                       micro_batches=args.micro_batches, repeat=args.repeat, device=device,
-                                       memory_budget_mb=args.memory_budget_mb))
+            elif scheme not in SCHEDULES:  # training runs below, every schedule in one call
+                rows += [run_scheme(scheme, args.model, batch_size=args.batch_size, documents=args.documents,
+                                    micro_batches=count, repeat=args.repeat, device=device,
+                                    memory_budget_mb=args.memory_budget_mb)
+                         for count in (args.micro_batches if scheme == "pipeline" else args.micro_batches[:1])]
         if dist.get_rank() == 0:
             _report(rows, args.save)
         dist.barrier()  # leave together: a rank that tears down early can abort its peer's gloo threads

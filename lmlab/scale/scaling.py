@@ -39,6 +39,7 @@ from lmlab.measure.results import atomic_write_text
 from lmlab.measure.runtime import check_int, describe_environment
 from lmlab.measure.timing import Timing
 from lmlab.scale.group import Clock, init_process_group, rank_and_world
+from lmlab.scale.pipeline import bubble_predicted, stage_bounds
 
 MESSAGE_BYTES = (1_000, 16_000, 256_000, 1_000_000, 4_000_000, 16_000_000)  # as distributed.ALLREDUCE_BYTES
 SCORE_BYTES = 3 * 8  # data parallelism's one all-reduce: [Σ nll, Σ correct, Σ tokens] in float64
@@ -189,18 +190,6 @@ def contention(compute_ms: float, single_ms: float, share: float) -> float:
     return compute_ms / (single_ms * share) - 1
 
 
-def stage_bounds(n_layer: int, world: int, head_cost: float = 0.0) -> list[tuple[int, int]]:
-    """Split blocks 0..n_layer-1 into ``world`` contiguous stages of about equal cost; the last also runs the head.
-
-    A block costs 1 and the output layer ``head_cost`` blocks (for a GPT, vocab · d / (12 d²) = vocab / (12 d),
-    its weights over a block's); stage s ends at the block nearest (s + 1) · (n_layer + head_cost) / world.
-    """
-    target = (n_layer + head_cost) / world
-    ends = [min(n_layer, max(0, round(target * (s + 1)))) for s in range(world - 1)] + [n_layer]
-    ends = [max(ends[: i + 1]) for i in range(world)]  # never step back
-    return list(zip([0] + ends[:-1], ends))
-
-
 # --- the parameters, each measured once or read from the config ---------------------------------------------
 
 
@@ -307,7 +296,7 @@ def _pipeline(row: dict, n: int, p: dict, slow: float) -> dict:
     costs[-1] += head
     step_ms = row["single_ms"] / m * max(costs) / (cfg["n_layer"] + head) * slow
     message = math.ceil(p["batch"] / m) * p["time"] * cfg["n_embd"] * 4
-    return {"compute_ms": m * step_ms, "bubble_ms": (n - 1) * step_ms, "bubble_share": (n - 1) / (m + n - 1),
+    return {"compute_ms": m * step_ms, "bubble_ms": (n - 1) * step_ms, "bubble_share": bubble_predicted(n, m),
             "communication_ms": (n - 1) * (p["p2p_a_ms"] + p["p2p_b_ms_per_byte"] * message),
             "stage_step_ms": step_ms, "message_bytes": message}
 

@@ -46,11 +46,12 @@ from lmlab.data.corpora import TokenizedCorpus, load_corpus, tokenize_corpus
 from lmlab.data.shipped import DATA_DIR
 from lmlab.measure.runtime import check_int
 from lmlab.models.registry import model_entry, names
+from lmlab.models.scoring import IGNORE
 from lmlab.scale.group import Clock
 
 DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
 PREFIX = "gpt.transformer."  # the shipped GPTs' tensor names: gpt.transformer.h.0.attn.c_attn.weight, ...
-IGNORE = -100  # padded targets (lmlab.models.scoring.IGNORE)
+
 
 
 # --- reading slices of a safetensors file --------------------------------------------------------------------
