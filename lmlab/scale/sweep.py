@@ -159,10 +159,10 @@ def run_setting(setting: Setting, repeat: int = 30, threads: int = 1, models: di
 
     This is the task both engines' workers run, in a worker process or a Ray actor. ``models`` is the worker's
     cache of base models, ``{name: load_model(name)}``: a model found there is reused (the row's ``loaded`` is
-    False), a missing one is loaded and kept there (``loaded`` True). Reuse is safe because every method compresses
-    its own copy (a deep copy costs 3 to 7 times less than a load: the GPTs' 10 to 15 ms against 30 to 90 ms on
-    2 Xeon vCPUs) and scoring and timing leave the model as it was. Without ``models``, the model is loaded for
-    this setting alone.
+    False), a missing one is loaded and kept there (``loaded`` True). Reuse needs no copy of its own: every method
+    compresses a deep copy (cheaper than reading the checkpoint again), the ONNX methods export a copy (their
+    graphs cached on disk under a lock that concurrent workers share), and scoring and timing leave the model as it
+    was. Without ``models``, the model is loaded for this setting alone.
     """
     import torch
 
