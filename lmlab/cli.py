@@ -399,8 +399,8 @@ def _sweep_arguments(parser: argparse.ArgumentParser) -> None:
                         "(default: the whole test split)")
     parser.add_argument("--out", required=True, help="JSON rows file; an unfinished sweep there is resumed")
     parser.add_argument("--engine", default="local", help="local (worker processes) or ray")
-    parser.add_argument("--workers", type=int, default=1, help="tasks at once: local processes, or a local Ray "
-                        "instance's slots (a cluster at --address uses its own CPUs)")
+    parser.add_argument("--workers", type=int, default=1, help="settings at once: local processes, or Ray actors "
+                        "(each loads a model once and keeps it; on a cluster at --address too)")
     parser.add_argument("--address", default=None, help="an existing Ray cluster: auto or ray://HOST:10001")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per task (default: 1)")
     parser.add_argument("--repeat", type=int, default=30, help="timed repeats per setting")

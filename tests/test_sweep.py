@@ -83,6 +83,40 @@ def test_local_and_ray_engines_give_the_same_rows(local_run, ray_instance, tmp_p
     assert {r["key"] for r in sw.load_rows(tmp_path / "ray.json")} == set(KEYS)
 
 
+# Five compressed settings of the MLP, then its baseline (which runs on a model methods were applied to), each
+# scored on the first 300 test names (a few ms each: the test times the workers, not the scoring).
+CACHED_GRID = [sw.Setting("mlp-names", method, value, documents=300) for method, value in
+               [("quantize-channel", 8), ("quantize-channel", 4), ("mlp-units", 0.25), ("mlp-units", 0.5),
+                ("magnitude-global", 0.5), (None, None)]]
+SAME = ("accuracy", "perplexity", "size_mb", "params", "setting", "error")
+
+
+def test_ray_actors_load_once(ray_instance, tmp_path):
+    ray_rows = sw.sweep(grid=CACHED_GRID, engine="ray", workers=2, repeat=REPEAT, progress=False)
+    local_rows = sw.sweep(grid=CACHED_GRID, engine="local", workers=1, repeat=REPEAT, progress=False)
+    for rows, workers in ((ray_rows, 2), (local_rows, 1)):
+        assert len({r["worker"] for r in rows}) == workers  # every actor got settings; one local process ran all
+        for worker in {r["worker"] for r in rows}:  # each worker loaded the MLP exactly once, and reused it after
+            mine = [r for r in rows if r["worker"] == worker]
+            assert sum(r["loaded"] for r in mine) == 1, mine
+    assert [r["key"] for r in ray_rows] == [r["key"] for r in local_rows] == [s.key for s in CACHED_GRID]
+    for ours, theirs in zip(ray_rows, local_rows):
+        assert ours["error"] is None
+        for name in SAME:
+            assert ours[name] == theirs[name], (ours["key"], name)  # exact: the same arithmetic on the same weights
+    fresh = sw.run_setting(CACHED_GRID[-1], repeat=REPEAT)  # loaded for itself, in this process
+    assert fresh["loaded"] and not local_rows[-1]["loaded"]
+    assert all(fresh[name] == local_rows[-1][name] for name in SAME)  # the methods left the kept model untouched
+
+
+def test_a_free_worker_takes_a_model_it_has_loaded_first():
+    x, y = sw.Setting("mlp-names"), sw.Setting("gpt-small")
+    pending = [x, y, x]
+    assert sw._pick(pending, mine={"gpt-small"}, anyones={"gpt-small"}) == 1  # its own model
+    assert sw._pick(pending, mine=set(), anyones={"mlp-names"}) == 1  # a model nobody has loaded
+    assert sw._pick(pending, mine=set(), anyones={"mlp-names", "gpt-small"}) == 0  # else the first: no waiting
+
+
 def test_ray_starts_quietly_without_a_dashboard(ray_instance):
     ray, printed = ray_instance
     assert printed == ""  # no dashboard address, no warnings

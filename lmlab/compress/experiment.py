@@ -41,7 +41,7 @@ class _Timed(TypedDict):
 
 def run(model_name: str, method: str | None = None, value: float | None = None, *, batch_size: int = 1,
         repeat: int = 30, documents: int | None = None, data_dir: str | Path = DATA_DIR, device: str = "cpu",
-        threads: int | None = None) -> Result:
+        threads: int | None = None, loaded: tuple | None = None) -> Result:
     """Load a shipped model (``names(MEASURED_KINDS)``), compress it with ``METHODS[method]`` at ``value`` (or not
     at all), and measure it: one results row.
 
@@ -53,6 +53,8 @@ def run(model_name: str, method: str | None = None, value: float | None = None, 
     Raises ValueError for an unknown model or method, a method on an n-gram, or a value outside the method's
     range. ``device`` ("cpu", "cuda", "auto"...) is where a neural model is scored and timed, on ``threads`` torch
     threads for the CPU's share of the work (default ``lmlab.measure.runtime.default_threads()``).
+    ``loaded`` is ``load_model(model_name, data_dir)``'s (model, data) already in memory (a sweep's worker keeps
+    them between settings): every method compresses a copy, and scoring and timing leave the model as it was.
     """
     check_int("batch_size", batch_size, 1)
     check_documents(documents)
@@ -70,7 +72,7 @@ def run(model_name: str, method: str | None = None, value: float | None = None, 
     if on.type != "cpu" and (entry.kind == "ngram" or method in CPU_ONLY_METHODS):
         raise ValueError(f"device={device!r}: {method or model_name!r} runs on the CPU only; use device='cpu'")
     setting = chosen.check(chosen.value if value is None else value) if chosen else None
-    model, data = load_model(model_name, data_dir)
+    model, data = load_model(model_name, data_dir) if loaded is None else loaded
     scored = data if documents is None else data.head("test", documents)
     applied = chosen.apply(model, setting) if chosen and setting is not None else model  # None exactly without chosen
     applied = getattr(applied, "model", applied)  # a method gives a model, or a Compressed holding one

@@ -2,30 +2,37 @@
 
 Introduced in notebooks/08_parallel_and_distributed.ipynb. Each setting is one ``lmlab.compress.experiment.run`` in a
 worker process with a pinned thread count (``threads``, default 1), so timings stay honest however many run
-side by side. Two engines run the same task function, ``run_setting``:
+side by side. Two engines run the same workers, ``CachingWorker`` (``run_setting`` with a cache of the base models
+the worker has loaded: each worker loads a model once, not once per setting), fed by the same dispatcher:
 
-- ``"local"`` (default): ``workers`` processes on this machine (``concurrent.futures``, spawn context);
-- ``"ray"``: Ray tasks, on a local Ray instance with ``workers`` task slots, or on an existing cluster
+- ``"local"`` (default): ``workers`` processes on this machine (``concurrent.futures``, spawn context), each
+  living for the whole sweep;
+- ``"ray"``: ``workers`` Ray actors, on a local Ray instance with ``workers`` CPU slots, or on an existing cluster
   (``address="auto"`` or ``"ray://head:10001"``), so a sweep moves to many machines unchanged. On a cluster,
   every node needs lmlab importable (install it there, or ``ray.init(runtime_env=...)`` yourself before the
   sweep: a sweep uses a Ray connection that is already open and leaves it open).
 
+The dispatcher sends a free worker the next setting of a model it has already loaded, else of a model no worker
+has loaded, else the next setting in grid order (a second worker loads the model rather than idle): each worker
+loads each model at most once (once more after its process died), and no worker waits while settings remain.
+
     python -m lmlab sweep --models mlp-names,gpt-small --methods quantize-channel,mlp-units \\
         --values quantize-channel=8,4 --values mlp-units=0.25,0.5 --out rows.json --workers 2
 
-The rows file is JSON, ``{"kind": "lmlab-sweep", "version": 1, "rows": [...]}``. A row holds the
-``Result`` fields plus ``key`` (the setting, e.g. ``"gpt-small/quantize-channel=4/batch=1"``), ``method``,
-``value``, ``repeat``, ``error`` (None, or ``"ValueError: ..."`` for a setting that failed; the sweep goes
-on), ``seconds`` (the task's wall time), ``host`` and ``finished`` (UTC). The file is rewritten atomically
-after every finished row, so a sweep killed at any moment leaves a valid file, and run again with the same
-``out`` it skips the settings already finished. Settings that ended in an error are run again (an error
-may be passing, such as a lost worker; a deterministic one fails again in seconds). A finished row is kept
-whatever ``repeat`` and ``threads`` it was measured with (use a new file to measure again under other
-conditions), and rows of settings outside the new grid are kept too. A file at ``out`` that is not a sweep
-rows file is refused, never replaced.
+The rows file is JSON, ``{"kind": "lmlab-sweep", "version": 1, "rows": [...]}``. A row holds the ``Result`` fields
+plus ``key`` (the setting, e.g. ``"gpt-small/quantize-channel=4/batch=1"``), ``method``, ``value``, ``repeat``,
+``error`` (None, or ``"ValueError: ..."`` for a setting that failed; the sweep goes on), ``seconds`` (the setting's
+wall time in its worker, a load included), ``host``, ``worker`` (``"host:pid"`` of the process that ran it; None if
+that process died), ``loaded`` (True if the worker loaded the model for this setting, False if it reused the one it
+had) and ``finished`` (UTC). The file is rewritten atomically after every finished row, so a sweep killed at any
+moment leaves a valid file, and run again with the same ``out`` it skips the settings already finished. Settings
+that ended in an error are run again (an error may be passing, such as a lost worker; a deterministic one fails
+again in seconds). A finished row is kept whatever ``repeat`` and ``threads`` it was measured with (use a new file
+to measure again under other conditions), and rows of settings outside the new grid are kept too. A file at ``out``
+that is not a sweep rows file is refused, never replaced.
 
-Hook for tests: if ``$LMLAB_SWEEP_LOG`` names a file, every task appends its key to it as it starts, so
-a test can count the tasks that really ran.
+Hook for tests: if ``$LMLAB_SWEEP_LOG`` names a file, every setting appends its key to it as it starts, so
+a test can count the settings that really ran.
 """
 
 from __future__ import annotations
@@ -35,11 +42,12 @@ import logging
 import multiprocessing
 import os
 import socket
-from collections.abc import Generator, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from collections.abc import Collection, Generator, Hashable, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, Protocol
 
 from lmlab.compress.experiment import MEASURED_KINDS, run
 from lmlab.compress.methods import METHODS
@@ -48,7 +56,7 @@ from lmlab.measure.plots import tradeoff_plot
 from lmlab.measure.results import Result, atomic_write_bytes, atomic_write_text, results_table
 from lmlab.measure.runtime import THREADS_ENV, check_int, describe_environment
 from lmlab.measure.timing import Stopwatch
-from lmlab.models.registry import model_entry, names
+from lmlab.models.registry import load_model, model_entry, names
 
 KIND, VERSION = "lmlab-sweep", 1
 ENGINES = ("local", "ray")
@@ -146,13 +154,17 @@ def make_grid(models: Sequence[str], methods: Sequence[str] = (),
     return list({s.key: s for s in settings}.values())
 
 
-def run_setting(setting: Setting, repeat: int = 30, threads: int = 1) -> dict:
+def run_setting(setting: Setting, repeat: int = 30, threads: int = 1, models: dict | None = None) -> dict:
     """Run one setting on ``threads`` torch threads and return its row; an exception becomes the row's ``error``.
 
-    This is the task both engines run, in a worker process or on a Ray node.
+    This is the task both engines' workers run, in a worker process or a Ray actor. ``models`` is the worker's
+    cache of base models, ``{name: load_model(name)}``: a model found there is reused (the row's ``loaded`` is
+    False), a missing one is loaded and kept there (``loaded`` True). Reuse needs no copy of its own: every method
+    compresses a deep copy (cheaper than reading the checkpoint again), the ONNX methods export a copy (their
+    graphs cached on disk under a lock that concurrent workers share), and scoring and timing leave the model as it
+    was. Without ``models``, the model is loaded for this setting alone.
     """
     import torch
-
 
     os.environ[THREADS_ENV] = str(threads)  # lmlab's timings read it
     torch.set_num_threads(threads)
@@ -160,23 +172,51 @@ def run_setting(setting: Setting, repeat: int = 30, threads: int = 1) -> dict:
         with open(os.environ[LOG_ENV], "a", encoding="utf-8") as log:
             log.write(setting.key + "\n")
     clock = Stopwatch().start()
+    cache = {} if models is None else models
+    loaded = setting.model not in cache
+    worker = f"{socket.gethostname()}:{os.getpid()}"
     try:
+        if loaded:
+            cache[setting.model] = load_model(setting.model)
         result = run(setting.model, setting.method, setting.value, batch_size=setting.batch_size, repeat=repeat,
-                     documents=setting.documents)
+                     documents=setting.documents, loaded=cache[setting.model])
     except Exception as err:  # a failing setting is a row, not the end of the sweep
-        return _row(setting, repeat, error=err, seconds=clock.elapsed_ms() / 1e3)
-    return _row(setting, repeat, result=result, seconds=clock.elapsed_ms() / 1e3)
+        return _row(setting, repeat, error=err, seconds=clock.elapsed_ms() / 1e3, worker=worker, loaded=loaded)
+    return _row(setting, repeat, result=result, seconds=clock.elapsed_ms() / 1e3, worker=worker, loaded=loaded)
+
+
+class CachingWorker:
+    """A sweep's worker that keeps every base model it has loaded, keyed by model name, for the sweep's length.
+
+    The Ray engine runs ``workers`` of them as actors; the local engine keeps one in each of its worker processes.
+    """
+
+    def __init__(self) -> None:
+        self.models: dict[str, tuple] = {}
+
+    def run(self, setting: Setting, repeat: int, threads: int) -> dict:
+        """Run one setting with this worker's models: ``run_setting(setting, repeat, threads, self.models)``."""
+        return run_setting(setting, repeat, threads, self.models)
+
+
+_PROCESS_WORKER = CachingWorker()  # a local engine's worker process runs its settings through this one
+
+
+def _run_in_process(setting: Setting, repeat: int, threads: int) -> dict:
+    """Run one setting in a local engine's worker process, reusing the models that process has loaded."""
+    return _PROCESS_WORKER.run(setting, repeat, threads)
 
 
 def _row(setting: Setting, repeat: int, result: Result | None = None, error: BaseException | None = None,
-         seconds: float = 0.0) -> dict:
+         seconds: float = 0.0, worker: str | None = None, loaded: bool | None = None) -> dict:
     values = dict.fromkeys(RESULT_FIELDS)
     values.update(name=setting.model, technique=setting.method or "uncompressed", batch_size=setting.batch_size,
                   setting=f"{METHODS[setting.method].label} {setting.value:g}" if setting.method else "")
     values.update(result.to_dict() if result else {})
     return {"key": setting.key, **values, "method": setting.method, "value": setting.value, "repeat": repeat,
             "error": None if error is None else f"{type(error).__name__}: {error}", "seconds": round(seconds, 3),
-            "host": socket.gethostname(), "finished": datetime.now(UTC).isoformat(timespec="seconds")}
+            "host": socket.gethostname(), "worker": worker, "loaded": loaded,
+            "finished": datetime.now(UTC).isoformat(timespec="seconds")}
 
 
 def load_rows(path: str | Path) -> list[dict]:
@@ -224,8 +264,9 @@ def sweep(models: Sequence[str] = (), methods: Sequence[str] = (),
 
     The grid is ``grid``, or ``make_grid(models, methods, values, batch_sizes, baseline, documents)``. With
     ``out``, rows are written atomically as they finish and settings already finished there are skipped. ``engine`` is
-    "local" (``workers`` processes) or "ray" (a local Ray instance with ``workers`` task slots, or the
-    cluster at ``address``); each task uses ``threads`` torch threads and ``repeat`` timed calls.
+    "local" (``workers`` processes) or "ray" (``workers`` actors on a local Ray instance, or on the cluster at
+    ``address``); each worker keeps the models it loads, and each setting uses ``threads`` torch threads and
+    ``repeat`` timed calls.
     Raises ValueError, before anything runs, for a bad grid or argument, or an ``out`` that is not a
     sweep rows file.
     """
@@ -248,8 +289,7 @@ def sweep(models: Sequence[str] = (), methods: Sequence[str] = (),
 
     bar = tqdm(total=len(settings), initial=len(settings) - len(todo), desc="sweep", unit="setting",
                disable=not progress)
-    runner = _local(todo, repeat, threads, workers) if engine == "local" else _ray(todo, repeat, threads, workers,
-                                                                                    address)
+    runner = _engine_rows(engine, todo, repeat, threads, workers, address)
     try:
         for row in runner:
             rows[row["key"]] = row
@@ -279,20 +319,99 @@ def _check_run(engine: str, address: str | None, workers: int, threads: int, rep
             raise ValueError("engine='ray' needs Ray: pip install 'ray>=2.9'") from None
 
 
-def _local(todo: list[Setting], repeat: int, threads: int, workers: int) -> Generator[dict, None, None]:
-    """Yield the rows of ``todo`` as ``workers`` spawned processes finish them."""
+class _Workers(Protocol):
+    """An engine's ``workers`` worker slots: a setting is started on the slot chosen, and rows come back."""
+
+    def start(self, slot: int, setting: Setting) -> Hashable: ...
+
+    def finish(self, running: Collection) -> tuple[Hashable, dict | None, Exception | None]: ...
+
+    def replace(self, slot: int) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def _engine_rows(engine: str, todo: list[Setting], repeat: int, threads: int, workers: int,
+                 address: str | None) -> Generator[dict, None, None]:
+    """Yield the rows of ``todo`` as ``engine``'s workers finish them; nothing starts when ``todo`` is empty."""
     if not todo:
         return
-    pool = ProcessPoolExecutor(min(workers, len(todo)), mp_context=multiprocessing.get_context("spawn"))
+    slots = min(workers, len(todo))
+    pool: _Workers = (_LocalWorkers(slots, repeat, threads) if engine == "local"
+                      else _RayWorkers(slots, repeat, threads, address))
+    yield from _dispatched(pool, slots, todo, repeat)
+
+
+def _pick(pending: Sequence[Setting], mine: set[str], anyones: set[str]) -> int:
+    """Return the index in ``pending`` of the setting a free worker runs next.
+
+    The first setting of a model it has loaded; else the first of a model no worker has loaded; else the first
+    (a second worker loads a model rather than wait: no worker idles while settings are pending).
+    """
+    for wanted in (lambda s: s.model in mine, lambda s: s.model not in anyones):
+        found = next((i for i, s in enumerate(pending) if wanted(s)), None)
+        if found is not None:
+            return found
+    return 0
+
+
+def _dispatched(workers: _Workers, slots: int, todo: list[Setting], repeat: int) -> Generator[dict, None, None]:
+    """Yield the rows of ``todo`` as ``slots`` workers finish them, each setting sent to a free worker by ``_pick``.
+
+    A worker that dies gives its setting an error row and its slot a fresh worker (with no models loaded).
+    """
+    pending, running = list(todo), dict[Hashable, tuple[int, Setting]]()
+    models: list[set[str]] = [set() for _ in range(slots)]
+    free = list(range(slots))
     try:
-        futures = {pool.submit(run_setting, s, repeat, threads): s for s in todo}
-        for future in as_completed(futures):
-            try:
-                yield future.result()
-            except Exception as err:  # the worker process died (BrokenProcessPool): record it and go on
-                yield _row(futures[future], repeat, error=err)
+        while pending or running:
+            while free and pending:
+                slot = free.pop(0)
+                setting = pending.pop(_pick(pending, models[slot], set().union(*models)))
+                models[slot].add(setting.model)
+                running[workers.start(slot, setting)] = (slot, setting)
+            handle, row, error = workers.finish(running)
+            slot, setting = running.pop(handle)
+            if row is None:  # the worker process, or its node, died: record it and go on
+                row = _row(setting, repeat, error=error)
+                models[slot].clear()
+                workers.replace(slot)
+            free.append(slot)
+            yield row
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        workers.close()
+
+
+class _LocalWorkers:
+    """``slots`` spawned processes, each a one-process pool so that a setting goes to the process chosen; each
+    lives for the whole sweep and keeps the models it has loaded."""
+
+    def __init__(self, slots: int, repeat: int, threads: int):
+        self.repeat, self.threads = repeat, threads
+        self.pools = [self._pool() for _ in range(slots)]
+
+    @staticmethod
+    def _pool() -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+
+    def start(self, slot: int, setting: Setting) -> Future:
+        return self.pools[slot].submit(_run_in_process, setting, self.repeat, self.threads)
+
+    def finish(self, running: Collection) -> tuple[Future, dict | None, Exception | None]:
+        done, _ = wait(running, return_when=FIRST_COMPLETED)
+        future = next(iter(done))
+        try:
+            return future, future.result(), None
+        except Exception as err:  # BrokenProcessPool: the process died
+            return future, None, err
+
+    def replace(self, slot: int) -> None:
+        self.pools[slot].shutdown(wait=False, cancel_futures=True)
+        self.pools[slot] = self._pool()
+
+    def close(self) -> None:
+        for pool in self.pools:
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 def start_ray(address: str | None = None, workers: int = 1, threads: int = 1) -> bool:
@@ -322,29 +441,37 @@ def start_ray(address: str | None = None, workers: int = 1, threads: int = 1) ->
     return True
 
 
-def _ray(todo: list[Setting], repeat: int, threads: int, workers: int,
-         address: str | None) -> Generator[dict, None, None]:
-    """Yield the rows of ``todo`` as Ray tasks finish them, on a local instance or the cluster at ``address``."""
-    if not todo:
-        return
-    import ray
+class _RayWorkers:
+    """``slots`` Ray actors (``CachingWorker``), each holding ``threads`` CPUs and the models it has loaded, on a local
+    instance or the cluster at ``address``."""
 
-    started = start_ray(address, workers, threads)
-    task = ray.remote(num_cpus=threads)(run_setting)
-    pending = {task.remote(s, repeat, threads): s for s in todo}
-    try:
-        while pending:
-            done, _ = ray.wait(list(pending), num_returns=1)
-            setting = pending.pop(done[0])
-            try:
-                yield ray.get(done[0])
-            except Exception as err:  # the worker or its node died: record it and go on
-                yield _row(setting, repeat, error=err)
-    finally:
-        for ref in pending:
-            ray.cancel(ref, force=True)
-        if started:
-            ray.shutdown()
+    def __init__(self, slots: int, repeat: int, threads: int, address: str | None):
+        import ray
+
+        self.ray, self.repeat, self.threads = ray, repeat, threads
+        self.started = start_ray(address, slots, threads)
+        self.actor: Any = ray.remote(num_cpus=threads)(CachingWorker)
+        self.actors: list[Any] = [self.actor.remote() for _ in range(slots)]
+
+    def start(self, slot: int, setting: Setting) -> Hashable:
+        return self.actors[slot].run.remote(setting, self.repeat, self.threads)
+
+    def finish(self, running: Collection) -> tuple[Hashable, dict | None, Exception | None]:
+        done, _ = self.ray.wait(list(running), num_returns=1)
+        try:
+            return done[0], self.ray.get(done[0]), None
+        except Exception as err:  # RayActorError: the actor or its node died
+            return done[0], None, err
+
+    def replace(self, slot: int) -> None:
+        self.ray.kill(self.actors[slot])
+        self.actors[slot] = self.actor.remote()
+
+    def close(self) -> None:
+        for actor in self.actors:
+            self.ray.kill(actor)
+        if self.started:
+            self.ray.shutdown()
 
 
 def parse_values(texts: Sequence[str] | None, methods: Sequence[str]) -> list[float] | dict[str, list[float]] | None:
