@@ -43,8 +43,8 @@ from lmlab.scale.distributed import (
     shard_llama_mlp, smollm2_windows, torchrun_command,
 )
 from lmlab.scale.sweep import (
-    ENGINES, LOG_ENV, RESULT_FIELDS, Setting, check_setting, default_values, load_rows, make_grid, parse_values,
-    rows_to_results, run_setting, start_ray, sweep, sweep_command,
+    ENGINES, LOG_ENV, RESULT_FIELDS, CachingWorker, Setting, check_setting, default_values, load_rows, make_grid,
+    parse_values, rows_to_results, run_setting, start_ray, sweep, sweep_command,
 )
 
 __all__ = [
@@ -62,6 +62,6 @@ __all__ = [
     "vocab_parallel_nll", "ALLREDUCE_BYTES", "PARALLEL_MODELS", "SCHEMES", "SMOLLM2_WINDOW", "allreduce_ms",
     "data_parallel_evaluate", "launch", "llama_parameters", "main", "run_parallel", "run_scheme", "score_shard",
     "score_windows", "scores", "shard_gpt", "shard_llama_mlp", "smollm2_windows", "torchrun_command", "ENGINES",
-    "LOG_ENV", "RESULT_FIELDS", "Setting", "check_setting", "default_values", "load_rows", "make_grid",
-    "parse_values", "rows_to_results", "run_setting", "start_ray", "sweep", "sweep_command",
+    "LOG_ENV", "RESULT_FIELDS", "CachingWorker", "Setting", "check_setting", "default_values", "load_rows",
+    "make_grid", "parse_values", "rows_to_results", "run_setting", "start_ray", "sweep", "sweep_command",
 ]
