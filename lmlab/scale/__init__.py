@@ -44,7 +44,7 @@ from lmlab.scale.distributed import (
 )
 from lmlab.scale.sweep import (
     ENGINES, LOG_ENV, RESULT_FIELDS, CachingWorker, Setting, check_setting, default_values, load_rows, make_grid,
-    parse_values, rows_to_results, run_setting, start_ray, sweep, sweep_command,
+    parse_values, rows_to_results, run_setting, start_ray, sweep_command,
 )
 
 __all__ = [
@@ -63,5 +63,5 @@ __all__ = [
     "data_parallel_evaluate", "launch", "llama_parameters", "main", "run_parallel", "run_scheme", "score_shard",
     "score_windows", "scores", "shard_gpt", "shard_llama_mlp", "smollm2_windows", "torchrun_command", "ENGINES",
     "LOG_ENV", "RESULT_FIELDS", "CachingWorker", "Setting", "check_setting", "default_values", "load_rows",
-    "make_grid", "parse_values", "rows_to_results", "run_setting", "start_ray", "sweep", "sweep_command",
+    "make_grid", "parse_values", "rows_to_results", "run_setting", "start_ray", "sweep_command",
 ]
