@@ -1,5 +1,5 @@
 """The measured run the scaling model (lmlab.scale.scaling) is checked against: one torchrun launch of the data,
-tensor and pipeline schemes and the all-reduce sizes on gpt-large, and one of send/recv sizes, on 2 ranks.
+tensor and pipeline schemes and the all-reduce and send/recv sizes on gpt-large, on 2 ranks.
 
 Run: .venv/bin/python benchmarks/bench_scaling.py   (about 40 s on two quiet cores)
 
@@ -11,10 +11,6 @@ It then prints ``check_model``: each scheme's measured and predicted wall ms at 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import tempfile
 import time
 
 from lmlab.measure.results import atomic_write_text
@@ -23,9 +19,7 @@ from lmlab.scale.distributed import run_parallel, torchrun_command
 from lmlab.scale.scaling import STORED_ROWS, check_model, fit_residuals, stored_parameters
 
 MODEL, DOCUMENTS, BATCH, MICRO_BATCHES = "gpt-large", 256, 32, 4
-SCHEMES = ["data", "tensor", "pipeline", "allreduce"]
-SENDRECV = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m",
-            "lmlab.scale.scaling"]
+SCHEMES = ["data", "tensor", "pipeline", "allreduce", "sendrecv"]
 TIMEOUT_S = 900
 
 
@@ -34,26 +28,13 @@ def _shell(command: list[str]) -> str:
     return "OMP_NUM_THREADS=1 python " + " ".join(command[1:])
 
 
-def sendrecv_rows() -> list[dict]:
-    """Run ``python -m lmlab.scale.scaling`` (send/recv by size) under torchrun on 2 ranks; return rank 0's rows."""
-    with tempfile.TemporaryDirectory(prefix="lmlab-sendrecv-") as folder:
-        save = os.path.join(folder, "rows.json")
-        command = [*SENDRECV, "--save", save]
-        subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=TIMEOUT_S, check=True,
-                       capture_output=True)
-        with open(save, encoding="utf-8") as handle:
-            return json.load(handle)
-
-
 def main() -> None:
     rows = run_parallel(SCHEMES, MODEL, 2, documents=DOCUMENTS, batch_size=BATCH, micro_batches=MICRO_BATCHES,
                         timeout_s=TIMEOUT_S)
-    rows += sendrecv_rows()
     record = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
               "environment": describe_environment("cpu", threads=1),
               "commands": [_shell(torchrun_command(SCHEMES, MODEL, 2, documents=DOCUMENTS, batch_size=BATCH,
-                                                   micro_batches=MICRO_BATCHES)),
-                           _shell(SENDRECV)],
+                                                   micro_batches=MICRO_BATCHES))],
               "run_by": "python benchmarks/bench_scaling.py",
               "model": MODEL, "documents": DOCUMENTS, "batch_size": BATCH, "micro_batches": MICRO_BATCHES,
               "rows": rows}

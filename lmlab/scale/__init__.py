@@ -24,9 +24,10 @@ from lmlab.scale.pipeline import (
     run_pipeline_training, schedule_order, stage_bounds, stage_corpus, whole_parameter_bytes,
 )
 from lmlab.scale.scaling import (
-    BACKWARD_SHARE, MESSAGE_BYTES, SCORE_BYTES, STORED_ROWS, amdahl_speedup, batch_work, check_model, contention,
-    fit_allreduce, fit_latency, fit_residuals, macs_per_token, model_curve, rank_shares, ring_allreduce_ms,
-    scaling_model, scaling_parameters, scheme_cap, sendrecv_ms, stored_parameters, tensor_parallel_devices,
+    BACKWARD_SHARE, MESSAGE_BYTES, SCORE_BYTES, STORED_ROWS, allreduce_ms, amdahl_speedup, batch_work, check_model,
+    contention, fit_allreduce, fit_latency, fit_residuals, macs_per_token, model_curve, rank_shares,
+    ring_allreduce_ms, scaling_model, scaling_parameters, scheme_cap, sendrecv_ms, stored_parameters,
+    tensor_parallel_devices,
 )
 from lmlab.scale.training import (
     MODES, STAGE_OF, TRAINING_MODELS, allreduce_alone_ms, bucket_elements, check_training, exposed_communication_ms,
@@ -38,9 +39,8 @@ from lmlab.scale.sharding import (
     vocab_parallel_nll,
 )
 from lmlab.scale.distributed import (
-    ALLREDUCE_BYTES, PARALLEL_MODELS, SCHEMES, SMOLLM2_WINDOW, allreduce_ms, data_parallel_evaluate, launch,
-    llama_parameters, main, run_parallel, run_scheme, score_shard, score_windows, scores, shard_gpt,
-    shard_llama_mlp, smollm2_windows, torchrun_command,
+    PARALLEL_MODELS, SCHEMES, SMOLLM2_WINDOW, data_parallel_evaluate, launch, llama_parameters, main, run_parallel,
+    run_scheme, score_shard, score_windows, scores, shard_gpt, shard_llama_mlp, smollm2_windows, torchrun_command,
 )
 from lmlab.scale.sweep import (
     ENGINES, LOG_ENV, RESULT_FIELDS, CachingWorker, Setting, check_setting, default_values, load_rows, make_grid,
@@ -51,17 +51,17 @@ __all__ = [
     "Clock", "init_process_group", "rank_and_world", "slowest_rank", "timed", "SCHEDULES", "Stage",
     "bubble_predicted", "load_stage", "peak_activations", "pipeline_forward", "pipeline_train_step",
     "run_pipeline_training", "schedule_order", "stage_bounds", "stage_corpus", "whole_parameter_bytes",
-    "BACKWARD_SHARE", "MESSAGE_BYTES", "SCORE_BYTES", "STORED_ROWS", "amdahl_speedup", "batch_work", "check_model",
-    "contention", "fit_allreduce", "fit_latency", "fit_residuals", "macs_per_token", "model_curve", "rank_shares",
-    "ring_allreduce_ms", "scaling_model", "scaling_parameters", "scheme_cap", "sendrecv_ms", "stored_parameters",
-    "tensor_parallel_devices", "MODES", "STAGE_OF", "TRAINING_MODELS", "allreduce_alone_ms", "bucket_elements",
-    "check_training", "exposed_communication_ms", "formula_bytes", "global_batches", "held_bytes", "nll_sum",
-    "shard_bound_bytes", "share", "train_parallel", "training_model", "RowParallel", "ShardedBlock", "SliceReader",
-    "TensorInfo", "VocabParallelGPT", "check_budget_mb", "check_memory_budget", "gpt_corpus",
-    "load_tensor_parallel_gpt", "peak_rss", "planned_bytes", "read_header", "slice_plan", "split_range",
-    "vocab_parallel_nll", "ALLREDUCE_BYTES", "PARALLEL_MODELS", "SCHEMES", "SMOLLM2_WINDOW", "allreduce_ms",
-    "data_parallel_evaluate", "launch", "llama_parameters", "main", "run_parallel", "run_scheme", "score_shard",
-    "score_windows", "scores", "shard_gpt", "shard_llama_mlp", "smollm2_windows", "torchrun_command", "ENGINES",
-    "LOG_ENV", "RESULT_FIELDS", "CachingWorker", "Setting", "check_setting", "default_values", "load_rows",
-    "make_grid", "parse_values", "rows_to_results", "run_setting", "start_ray", "sweep_command",
+    "BACKWARD_SHARE", "MESSAGE_BYTES", "SCORE_BYTES", "STORED_ROWS", "allreduce_ms", "amdahl_speedup", "batch_work",
+    "check_model", "contention", "fit_allreduce", "fit_latency", "fit_residuals", "macs_per_token", "model_curve",
+    "rank_shares", "ring_allreduce_ms", "scaling_model", "scaling_parameters", "scheme_cap", "sendrecv_ms",
+    "stored_parameters", "tensor_parallel_devices", "MODES", "STAGE_OF", "TRAINING_MODELS", "allreduce_alone_ms",
+    "bucket_elements", "check_training", "exposed_communication_ms", "formula_bytes", "global_batches",
+    "held_bytes", "nll_sum", "shard_bound_bytes", "share", "train_parallel", "training_model", "RowParallel",
+    "ShardedBlock", "SliceReader", "TensorInfo", "VocabParallelGPT", "check_budget_mb", "check_memory_budget",
+    "gpt_corpus", "load_tensor_parallel_gpt", "peak_rss", "planned_bytes", "read_header", "slice_plan",
+    "split_range", "vocab_parallel_nll", "PARALLEL_MODELS", "SCHEMES", "SMOLLM2_WINDOW", "data_parallel_evaluate",
+    "launch", "llama_parameters", "main", "run_parallel", "run_scheme", "score_shard", "score_windows", "scores",
+    "shard_gpt", "shard_llama_mlp", "smollm2_windows", "torchrun_command", "ENGINES", "LOG_ENV", "RESULT_FIELDS",
+    "CachingWorker", "Setting", "check_setting", "default_values", "load_rows", "make_grid", "parse_values",
+    "rows_to_results", "run_setting", "start_ray", "sweep_command",
 ]

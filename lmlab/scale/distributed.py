@@ -35,14 +35,13 @@ from lmlab.data.corpora import TokenizedCorpus, document_batches, load_kjv, toke
 from lmlab.data.shipped import DATA_DIR
 from lmlab.measure.results import atomic_write_text
 from lmlab.measure.runtime import check_int, describe_environment
-from lmlab.measure.timing import Timing
 from lmlab.models.neural import GPTLanguageModel
 from lmlab.models.registry import load_model, model_entry, names
 from lmlab.models.scoring import IGNORE, score_summary, score_tokens
 from lmlab.scale.group import Clock, init_process_group, rank_and_world, slowest_rank, timed
-from lmlab.scale.pipeline import SCHEDULES, load_stage, pipeline_forward, stage_corpus
+from lmlab.scale.pipeline import SCHEDULES, load_stage, pipeline_forward, run_pipeline_training, stage_corpus
 from lmlab.scale.pipeline import stage_bounds as stage_bounds  # moved there; still importable from here
-from lmlab.scale.scaling import amdahl_speedup
+from lmlab.scale.scaling import allreduce_ms, amdahl_speedup, sendrecv_ms
 from lmlab.scale.scaling import fit_allreduce as fit_allreduce  # moved there; imported back so old imports work
 from lmlab.scale.scaling import ring_allreduce_ms as ring_allreduce_ms
 from lmlab.scale.scaling import scaling_model as scaling_model
@@ -54,10 +53,10 @@ if TYPE_CHECKING:  # transformers is imported where a model is built; the casts 
     from transformers.models.gpt2.modeling_gpt2 import GPT2Block
     from transformers.pytorch_utils import Conv1D
 
-SCHEMES = ("data", "tensor", "pipeline", "allreduce", *SCHEDULES, *MODES)  # training: lmlab.scale.pipeline, .training
+# inference, the message costs by size (lmlab.scale.scaling), then training (lmlab.scale.pipeline, .training)
+SCHEMES = ("data", "tensor", "pipeline", "allreduce", "sendrecv", *SCHEDULES, *MODES)
 PARALLEL_MODELS = names("gpt") + names("llm")  # SmolLM2: data parallel, and tensor parallel of its MLPs
 SMOLLM2_WINDOW = 64  # SmolLM2 scores the test verses' text in windows of this many of its tokens
-ALLREDUCE_BYTES = (1_000, 16_000, 256_000, 1_000_000, 4_000_000, 16_000_000)
 
 Answer = dict[str, float] | torch.Tensor | None  # a scheme's result on a rank: scores, logits, or none here
 
@@ -202,34 +201,6 @@ def shard_llama_mlp(model: nn.Module, rank: int, world: int, clock: Clock) -> nn
             setattr(mlp, name, new)
         mlp.down_proj = RowParallel(mlp.down_proj.weight[:, units].T, None, clock)
     return shard
-
-
-# --- the cost of communication ------------------------------------------------------------------------------
-
-
-def allreduce_ms(sizes_bytes=ALLREDUCE_BYTES, repeat: int = 20) -> list[dict]:
-    """Time all_reduce(SUM) of float32 messages of each size: median and p90 ms over ``repeat`` calls.
-
-    Needs a running process group (every rank must call it with the same sizes). Raises ValueError for a size
-    below 4 bytes or repeat < 1.
-    """
-    check_int("repeat", repeat, 1)
-    _, world = rank_and_world()
-    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
-    rows = []
-    for size in sizes_bytes:
-        check_int("sizes_bytes", size, 4)
-        message = torch.ones(size // 4, device=device)
-        times = []
-        for _ in range(repeat + 2):  # two warm-up calls
-            dist.barrier()
-            clock = Clock()
-            clock.all_reduce(message)
-            times.append(clock.comm_ms)
-        timing = Timing.of(times[2:], warmup=2)
-        rows.append({"scheme": "allreduce", "bytes": size, "world_size": world, "median_ms": timing.median_ms,
-                     "p90_ms": timing.p90_ms})
-    return rows
 
 
 # --- one row per scheme -------------------------------------------------------------------------------------
@@ -565,6 +536,8 @@ def main(argv: list[str] | None = None) -> int:
         for scheme in args.scheme:
             if scheme == "allreduce":
                 rows += allreduce_ms(repeat=max(args.repeat, 20))
+            elif scheme == "sendrecv":
+                rows += sendrecv_ms(repeat=max(args.repeat, 20))
             elif scheme in MODES:
                 rows.append(train_parallel(scheme, args.model, steps=args.steps, global_batch=args.global_batch,
                                            repeat=args.repeat, device=device))
@@ -573,6 +546,9 @@ def main(argv: list[str] | None = None) -> int:
                                     micro_batches=count, repeat=args.repeat, device=device,
                                     memory_budget_mb=args.memory_budget_mb)
                          for count in (args.micro_batches if scheme == "pipeline" else args.micro_batches[:1])]
+        if set(SCHEDULES) & set(args.scheme):
+            rows += run_pipeline_training(args.model, [s for s in args.scheme if s in SCHEDULES], args.micro_batches,
+                                          args.batch_size, args.repeat)
         if dist.get_rank() == 0:
             _report(rows, args.save)
         dist.barrier()  # leave together: a rank that tears down early can abort its peer's gloo threads

@@ -15,19 +15,17 @@ point they predict:
   every rank repeats, and what each pipeline stage runs.
 
 Each scheme has a cap, a rank count beyond which it cannot go: data parallelism needs a batch per rank, tensor
-parallelism a divisor of the heads, a pipeline a block per stage, DDP a document per rank. Run the send/recv
-measurement under torchrun:
+parallelism a divisor of the heads, a pipeline a block per stage, DDP a document per rank. The message costs
+are measured under torchrun, by the launcher in ``lmlab.scale.distributed``:
 
-    python -m torch.distributed.run --standalone --nproc-per-node 2 -m lmlab.scale.scaling --save rows.json
+    python -m lmlab parallel --scheme allreduce sendrecv --model gpt-large --save rows.json
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
-import sys
 from collections.abc import Sequence
 
 import torch
@@ -35,19 +33,43 @@ import torch.distributed as dist
 
 from lmlab.data.corpora import TokenizedCorpus, document_batches
 from lmlab.data.shipped import DATA_DIR
-from lmlab.measure.results import atomic_write_text
-from lmlab.measure.runtime import check_int, describe_environment
+from lmlab.measure.runtime import check_int
 from lmlab.measure.timing import Timing
-from lmlab.scale.group import Clock, init_process_group, rank_and_world
+from lmlab.scale.group import Clock, rank_and_world
 from lmlab.scale.pipeline import bubble_predicted, stage_bounds
 
-MESSAGE_BYTES = (1_000, 16_000, 256_000, 1_000_000, 4_000_000, 16_000_000)  # as distributed.ALLREDUCE_BYTES
+MESSAGE_BYTES = (1_000, 16_000, 256_000, 1_000_000, 4_000_000, 16_000_000)  # the sizes allreduce_ms, sendrecv_ms time
 SCORE_BYTES = 3 * 8  # data parallelism's one all-reduce: [Σ nll, Σ correct, Σ tokens] in float64
 STORED_ROWS = DATA_DIR / "bench" / "parallel-rows.json"  # the measured run check_model is tested on
 BACKWARD_SHARE = 2 / 3  # of a training step's compute: backward ≈ 2 × forward in multiply-adds
 
 
 # --- the cost of a message: measured, and fitted as a + b · bytes -------------------------------------------
+
+
+def allreduce_ms(sizes_bytes: Sequence[int] = MESSAGE_BYTES, repeat: int = 20) -> list[dict]:
+    """Time all_reduce(SUM) of float32 messages of each size: median and p90 ms over ``repeat`` calls.
+
+    Needs a running process group (every rank must call it with the same sizes). Raises ValueError for a size
+    below 4 bytes or repeat < 1.
+    """
+    check_int("repeat", repeat, 1)
+    _, world = rank_and_world()
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    rows = []
+    for size in sizes_bytes:
+        check_int("sizes_bytes", size, 4)
+        message = torch.ones(size // 4, device=device)
+        times = []
+        for _ in range(repeat + 2):  # two warm-up calls
+            dist.barrier()
+            clock = Clock()
+            clock.all_reduce(message)
+            times.append(clock.comm_ms)
+        timing = Timing.of(times[2:], warmup=2)
+        rows.append({"scheme": "allreduce", "bytes": size, "world_size": world, "median_ms": timing.median_ms,
+                     "p90_ms": timing.p90_ms})
+    return rows
 
 
 def sendrecv_ms(sizes_bytes: Sequence[int] = MESSAGE_BYTES, repeat: int = 20) -> list[dict]:
@@ -194,7 +216,7 @@ def contention(compute_ms: float, single_ms: float, share: float) -> float:
 
 
 def scaling_parameters(rows: Sequence[dict], config: dict, data: TokenizedCorpus, *, batch_size: int = 32,
-                       micro_batches: int = 4, vocab_parallel: bool = False) -> dict:
+                       micro_batches: int = 4, vocab_parallel: bool = True) -> dict:
     """Collect the model's parameters from one measured run's rows, the GPT's config and the scored test split.
 
     a, b from the allreduce rows and a_p2p, b_p2p from the sendrecv rows (``fit_latency``); the batches' work
@@ -224,7 +246,7 @@ def scaling_parameters(rows: Sequence[dict], config: dict, data: TokenizedCorpus
 
 
 def stored_parameters(path: str | os.PathLike = STORED_ROWS, model_name: str | None = None,
-                      vocab_parallel: bool = False) -> tuple[list[dict], dict]:
+                      vocab_parallel: bool = True) -> tuple[list[dict], dict]:
     """Read a stored measured run (``STORED_ROWS``: its rows, model, documents, batch size and micro-batches) and
     return (its rows, ``scaling_parameters`` for them). Loads the shipped GPT's config and corpus."""
     from lmlab.models.registry import load_model
@@ -277,13 +299,17 @@ def _data(row: dict, n: int, p: dict, slow: float) -> dict:
 
 
 def _tensor(row: dict, n: int, p: dict, slow: float) -> dict:
-    """Latency of one batch: the repeated part whole, the split part / N, 2 all-reduces per block."""
+    """Latency of one batch: the repeated part whole, the split part / N, 2 all-reduces of the activations per
+    block. Vocabulary-parallel (lmlab.scale.sharding): one more for the embedding, and the cross-entropy's three
+    small ones per token (the max, [Σ exp, the target's logit], the guess)."""
     cfg, message = p["config"], p["batch"] * p["time"] * p["config"]["n_embd"] * 4
     macs = macs_per_token(cfg, p["time"])
     repeated = 0.0 if p["vocab_parallel"] else macs["head"] / (macs["blocks"] + macs["head"])
-    comm = 2 * cfg["n_layer"] * ring_allreduce_ms(message, n, p["a_ms"], p["b_ms_per_byte"])
-    if p["vocab_parallel"]:  # cross-entropy over vocabulary shards: max, Σ exp and the target's logit per token
-        comm += 3 * ring_allreduce_ms(p["batch"] * p["time"] * 4, n, p["a_ms"], p["b_ms_per_byte"])
+    big = 2 * cfg["n_layer"] + (1 if p["vocab_parallel"] else 0)
+    comm = big * ring_allreduce_ms(message, n, p["a_ms"], p["b_ms_per_byte"])
+    if p["vocab_parallel"]:
+        tokens = p["batch"] * p["time"]
+        comm += sum(ring_allreduce_ms(tokens * size, n, p["a_ms"], p["b_ms_per_byte"]) for size in (4, 8, 8))
     return {"compute_ms": row["single_ms"] * (repeated + (1 - repeated) / n) * slow, "communication_ms": comm,
             "repeated_share": repeated, "message_bytes": message}
 
@@ -410,32 +436,3 @@ def tensor_parallel_devices(params: int, bytes_per_param: float, device_bytes: f
                     "heads_per_device": heads // n}
     raise ValueError(f"params={params:,} at {bytes_per_param} bytes do not fit on {heads} devices of "
                      f"{device_bytes:,.0f} bytes (heads={heads} caps tensor parallelism); add pipeline stages")
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point for each rank under torchrun: time send/recv by message size; rank 0 prints (and saves) rows."""
-    parser = argparse.ArgumentParser(prog="python -m lmlab.scale.scaling", description=main.__doc__)
-    parser.add_argument("--repeat", type=int, default=20, help="timed round trips per size (median)")
-    parser.add_argument("--save", default=None, help="rank 0 writes the rows to this JSON file")
-    args = parser.parse_args(argv)
-    try:
-        init_process_group(1)
-        rows = sendrecv_ms(repeat=args.repeat)
-    except ValueError as err:
-        print(f"lmlab.scale.scaling: {err}", file=sys.stderr)
-        return 2
-    if dist.get_rank() == 0:
-        print(describe_environment("cpu", threads=torch.get_num_threads()), f"| backend: {dist.get_backend()}")
-        for row in rows:
-            print(row)
-        if args.save:
-            atomic_write_text(args.save, json.dumps(rows, indent=1) + "\n")
-    dist.barrier()  # leave together, as lmlab.scale.distributed's ranks do
-    return 0
-
-
-if __name__ == "__main__":  # leave without the interpreter's teardown (see lmlab.scale.distributed)
-    code = main()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
