@@ -535,9 +535,9 @@ def main(argv: list[str] | None = None) -> int:
         rows = []
         for scheme in args.scheme:
             if scheme == "allreduce":
-                rows += allreduce_ms(repeat=max(args.repeat, 20))
+                rows += allreduce_ms(repeat=max(args.repeat, 50))
             elif scheme == "sendrecv":
-                rows += sendrecv_ms(repeat=max(args.repeat, 20))
+                rows += sendrecv_ms(repeat=max(args.repeat, 50))
             elif scheme in MODES:
                 rows.append(train_parallel(scheme, args.model, steps=args.steps, global_batch=args.global_batch,
                                            repeat=args.repeat, device=device))
