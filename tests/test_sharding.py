@@ -38,11 +38,10 @@ def whole():
 
 @pytest.fixture(scope="module")
 def rows():
-    """One tensor-scheme row with the single-process reference, one under BUDGET_MB (reference skipped)."""
+    """One tensor-scheme launch under BUDGET_MB, with the single-process reference (a check outside the budget)."""
     options = {"batch_size": 8, "documents": 8, "repeat": 1, "timeout_s": LAUNCH_TIMEOUT_S}
-    checked = D.run_parallel(["tensor"], MODEL, 2, **options)[0]
-    budgeted = D.run_parallel(["tensor"], MODEL, 2, memory_budget_mb=BUDGET_MB, **options)[0]
-    return checked, budgeted
+    row = D.run_parallel(["tensor"], MODEL, 2, memory_budget_mb=BUDGET_MB, **options)[0]
+    return row, row
 
 
 @pytest.mark.parametrize("world", [1, 2, 4])
@@ -164,4 +163,3 @@ def test_two_ranks_are_served_under_the_budget_that_refuses_one(rows):
     assert row["memory_budget_mb"] == BUDGET_MB and row["world_size"] == 2
     assert row["planned_mb"] <= BUDGET_MB and row["peak_load_mb"] <= BUDGET_MB, row
     assert row["wall_ms"] > 0 and row["communication_ms"] > 0
-    assert row["single_ms"] != row["single_ms"]  # nan: no rank loaded the whole model for a reference

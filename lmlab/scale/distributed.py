@@ -261,8 +261,8 @@ def _tensor_row(model_name: str, batch_size: int, documents: int | None, repeat:
     vocabulary-parallel cross-entropy, never gathering (batch, time, vocab) logits.
 
     The reference is the single-process model's per-token −ln P = −log_softmax(z)[target] and argmax(z), computed
-    by the judge rank (rank 0), which loads the whole model for it after the ranks' loads were measured; with a
-    ``memory_budget_mb`` the reference is skipped (single_ms and max_diff are nan). max_diff = max |difference| over
+    by the judge rank (rank 0), which loads the whole model for it after the ranks' loads were measured: a check
+    outside ``memory_budget_mb``, which bounds what the ranks load to serve. max_diff = max |difference| over
     the per-token −ln P (nats) and the guess ids (a different guess counts ≥ 1). The row adds, as the largest over
     ranks, parameter_bytes_per_rank, planned_mb, peak_load_mb, and whole_parameter_bytes and memory_budget_mb.
     """
@@ -291,7 +291,7 @@ def _tensor_row(model_name: str, batch_size: int, documents: int | None, repeat:
         nll = -torch.log_softmax(logits, -1).gather(-1, targets.clamp(min=0)[..., None]).squeeze(-1)
         return torch.stack([nll.double().masked_fill(padded, 0.0), logits.argmax(-1).double().masked_fill(padded, -1)])
 
-    row = _row("tensor", model_name, batch_size, work, None if memory_budget_mb else single, repeat)
+    row = _row("tensor", model_name, batch_size, work, single, repeat)
     loads = [tp.load_row] * world
     if dist.is_initialized():
         dist.all_gather_object(loads, tp.load_row)

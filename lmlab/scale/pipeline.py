@@ -344,8 +344,10 @@ def run_pipeline_training(model_name: str = "gpt-large", schedule: str | Sequenc
                           repeat: int = 3) -> list[dict]:
     """Time training steps of a pipeline on every rank of the group; return one row per schedule × micro-batches.
 
-    Each rank loads only its stage (``load_stage``); the step runs on the first training batch of ``batch_size``
-    documents. The last rank (it holds the loss) also loads the whole model and times one process's forward and
+    Each rank loads only its stage (``load_stage``); the step runs on one training batch of ``batch_size``
+    documents, the first of ``document_batches(..., shuffle=True, seed=0)`` (unshuffled, the first batch holds the
+    shortest documents, a few tokens each: too little work per micro-batch to show a pipeline). The last rank
+    (it holds the loss) also loads the whole model and times one process's forward and
     backward on the same batch, the reference. Each row (the same on every rank): wall_ms = the slowest rank's
     median step; speedup = single_ms / wall_ms; bubble_predicted = (p − 1) / (m + p − 1); bubble_measured per
     rank = 1 − busy / wall (medians over the repeats: idle includes sending, receiving and waiting, so it exceeds
@@ -364,7 +366,7 @@ def run_pipeline_training(model_name: str = "gpt-large", schedule: str | Sequenc
     rank, world = rank_and_world()
     stage = load_stage(model_name, rank, world)
     whole, data = load_model(model_name) if rank == world - 1 else (None, stage_corpus(model_name))
-    batch = next(document_batches(data, "train", batch_size, max_len=stage.config.n_positions))
+    batch = next(document_batches(data, "train", batch_size, max_len=stage.config.n_positions, shuffle=True, seed=0))
     for m in counts or [0]:
         check_int("micro_batches", m, 1, batch[0].shape[0])
     single = None if whole is None else _single_step(whole, batch, repeat)
