@@ -12,13 +12,13 @@
                            --speculative prompt-lookup|draft [--draft-k K --draft MODEL]: greedy's reply in fewer
                            passes (lmlab.inference.speculative), with its acceptance rate and tokens per pass
   hardware [--threads N]   this machine's memory bandwidth and matmul GFLOP/s, and each model's decode floor
-  parallel --scheme data|tensor|pipeline|allreduce --model GPT [--nproc-per-node N --nnodes N --rdzv-endpoint H:P]
-                           run one parallel scheme under torchrun (lmlab.scale.distributed); rank 0 prints its row:
-                           wall, compute and communication ms against the single process, speed-up, max difference
-                           (tensor: each rank loads only its weight slices; --memory-budget-mb MB refuses a GPT
-                           whose weights per rank exceed MB)
-                           --scheme ddp|zero|fsdp [--steps N --global-batch B]: distributed training
-                           (lmlab.scale.training): losses, tokens/s and bytes per rank against one process
+  parallel --scheme S [S ...] --model GPT [--nproc-per-node N --nnodes N --rdzv-endpoint H:P]
+                           run schemes in turn under torchrun (lmlab.scale.distributed); rank 0 prints a row each:
+                           ms on N ranks against the single process, speed-up, compute and communication, the largest
+                           difference from the single process. Inference: data, tensor (each rank loads only its
+                           weight slices; --memory-budget-mb MB refuses weights per rank above MB), pipeline
+                           [--micro-batches M ...]; allreduce, sendrecv: message cost by size; training: ddp, zero,
+                           fsdp [--steps N --global-batch B], gpipe, 1f1b [--micro-batches M ...]
   serve [--model M --format F --port P --max-batch N --max-queue N --policy P --api-key K --speculative ...]
                            an OpenAI-compatible chat server on 127.0.0.1 (lmlab.serving), until Ctrl-C or SIGTERM
   classify TASK --model linear|bilstm|cnn|transformer [--steps N] [--save FILE]
@@ -325,8 +325,9 @@ def _hardware(args) -> None:
 
 
 def _parallel_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--scheme", default="data", help="data, tensor, pipeline or allreduce (latency by size); "
-                        "training: ddp, zero (ZeRO-1) or fsdp (FSDP2)")
+    parser.add_argument("--scheme", nargs="+", default=["data"], help="one or more, run in turn: data, tensor, "
+                        "pipeline (inference); allreduce, sendrecv (message cost by size); ddp, zero (ZeRO-1), fsdp "
+                        "(FSDP2), gpipe, 1f1b (training)")
     parser.add_argument("--model", default="gpt-small",
                         help="a shipped GPT (gpt-small, gpt-medium, gpt-large) or smollm2 (data and tensor only)")
     parser.add_argument("--nproc-per-node", type=int, default=2, help="ranks (processes) on each machine")
@@ -334,7 +335,8 @@ def _parallel_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rdzv-endpoint", default=None, help="HOST:PORT of the rendezvous, as torchrun defines it")
     parser.add_argument("--batch-size", type=int, default=32, help="documents per batch")
     parser.add_argument("--documents", type=int, default=None, help="data: score the first N test documents only")
-    parser.add_argument("--micro-batches", type=int, default=4, help="pipeline micro-batches")
+    parser.add_argument("--micro-batches", type=int, nargs="+", default=[4], help="pipeline micro-batches: one "
+                        "count, or several (a row each)")
     parser.add_argument("--repeat", type=int, default=3, help="timed repeats (median)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads per rank (default: 1)")
     parser.add_argument("--save", default=None, help="rank 0 writes the row(s) to this JSON file")

@@ -92,6 +92,8 @@ def test_tensor_pipeline_and_ddp_formulas():
     grads = 0.5 + 1e-3 * 4000
     assert step2["no_overlap_ms"] == pytest.approx(55 + grads)
     assert step2["wall_ms"] == pytest.approx(max(55, 55 / 3 + grads))
+    update = S.scaling_model({**ddp, "single_optimizer_ms": 10.0}, 2, p)  # every rank repeats the update
+    assert update["wall_ms"] == pytest.approx(max(49.5, 49.5 / 3 + grads) + 10.0)
     checked = S.check_model([ddp, {"scheme": "allreduce", "bytes": 4, "world_size": 2}], p)  # DDP's row accepted
     assert len(checked) == 1 and checked[0]["relative_error"] == pytest.approx(step2["wall_ms"] / 60 - 1)
 

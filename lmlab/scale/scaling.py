@@ -316,7 +316,7 @@ def _tensor(row: dict, n: int, p: dict, slow: float) -> dict:
 
 def _pipeline(row: dict, n: int, p: dict, slow: float) -> dict:
     """Latency of one batch in m micro-batches: (m + N − 1) slowest-stage steps plus N − 1 sends."""
-    cfg, m = p["config"], p["micro_batches"]
+    cfg, m = p["config"], row.get("micro_batches") or p["micro_batches"]
     head = cfg["vocab_size"] / (12 * cfg["n_embd"])
     costs = [stop - start for start, stop in stage_bounds(cfg["n_layer"], n, head)]
     costs[-1] += head
@@ -328,13 +328,17 @@ def _pipeline(row: dict, n: int, p: dict, slow: float) -> dict:
 
 
 def _ddp(row: dict, n: int, p: dict, slow: float) -> dict:
-    """One training step: compute / N, and a ring all-reduce of the gradients (4 bytes each) overlapped with
-    the backward pass: step = forward + max(backward, all-reduce), backward = BACKWARD_SHARE of the compute."""
-    compute = row["single_step_ms"] / n * slow
+    """One training step: the forward and backward / N, the optimizer's step on every rank (DDP repeats it on all
+    the parameters: ``single_optimizer_ms``, 0 if the row lacks it), and a ring all-reduce of the gradients
+    (4 bytes each) overlapped with the backward pass: step = forward + max(backward, all-reduce) + update,
+    backward = BACKWARD_SHARE of the forward and backward."""
+    update = row.get("single_optimizer_ms", 0.0)
+    compute = (row["single_step_ms"] - update) / n * slow
     grads = ring_allreduce_ms(4 * row["parameters"], n, p["a_ms"], p["b_ms_per_byte"])
-    overlapped = max(compute, (1 - BACKWARD_SHARE) * compute + grads)
-    return {"compute_ms": compute, "communication_ms": grads, "no_overlap_ms": compute + grads,
-            "exposed_communication_ms": overlapped - compute, "overlapped_ms": overlapped}
+    overlapped = max(compute, (1 - BACKWARD_SHARE) * compute + grads) + update
+    return {"compute_ms": compute + update, "communication_ms": grads, "no_overlap_ms": compute + grads + update,
+            "exposed_communication_ms": overlapped - compute - update, "overlapped_ms": overlapped,
+            "repeated_ms": update}
 
 
 _SCHEMES = {"data": _data, "tensor": _tensor, "pipeline": _pipeline, "ddp": _ddp}
@@ -352,8 +356,8 @@ def scaling_model(row: dict, n: int, params: dict) -> dict:
       output layer's share of multiply-adds (0 once it is vocabulary-parallel, which adds 3 small all-reduces);
     - pipeline (one batch, m micro-batches): T_N = (m + N − 1) · t_stage + (N − 1) · (a_p2p + b_p2p · micro-batch
       bytes), t_stage = T1 / m · (slowest stage's cost / total) · (1 + κ); the bubble is (N − 1) · t_stage;
-    - ddp (one training step): T_N = max(C, (1 − 2/3) C + ring(4 · parameters bytes)), C = T1 / N · (1 + κ);
-      no_overlap_ms = C + ring(...) is the bound without overlap.
+    - ddp (one training step): T_N = max(C, (1 − 2/3) C + ring(4 · parameters bytes)) + U, C = (T1 − U) / N ·
+      (1 + κ), U the optimizer's step, which every rank repeats; no_overlap_ms = C + ring(...) + U.
 
     speed-up = T1 / T_N. Raises ValueError for an unknown scheme, n < 1, or n beyond the scheme's cap
     (``scheme_cap``: the message names n and the cap).

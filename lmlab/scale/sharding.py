@@ -53,7 +53,6 @@ DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF1
 PREFIX = "gpt.transformer."  # the shipped GPTs' tensor names: gpt.transformer.h.0.attn.c_attn.weight, ...
 
 
-
 # --- reading slices of a safetensors file --------------------------------------------------------------------
 
 

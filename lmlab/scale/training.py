@@ -119,14 +119,16 @@ def _tokens(batch: Batch) -> int:
 
 
 def _train_steps(gpt: nn.Module, optimizer: torch.optim.Optimizer, batches: Sequence[Batch], rank: int,
-                 world: int) -> tuple[list[float], list[float]]:
-    """Train one step per global batch on this rank's share: (Σ NLL of its share per step, step ms per step).
+                 world: int) -> tuple[list[float], list[float], list[float]]:
+    """Train one step per global batch on this rank's share: (Σ NLL of its share, step ms, optimizer ms) per step.
 
     Each step: barrier (ranks start together), forward, backward of loss_r = Σ NLL_r / T_global × p, the
-    optimizer's step. The clock covers forward, backward and step, communication inside them included.
+    optimizer's step. The clock covers forward, backward and step, communication inside them included; the
+    optimizer's step is also timed alone (every DDP rank repeats it on all the parameters).
     """
     sums: list[float] = []
     step_ms: list[float] = []
+    optimizer_ms: list[float] = []
     for batch in batches:
         mine = share(batch, rank, world)
         if world > 1:
@@ -135,10 +137,12 @@ def _train_steps(gpt: nn.Module, optimizer: torch.optim.Optimizer, batches: Sequ
             optimizer.zero_grad(set_to_none=False)
             total = nll_sum(gpt, mine)
             (total * world / _tokens(batch)).backward()
-            optimizer.step()
+            with Stopwatch() as update:
+                optimizer.step()
         sums.append(float(total.detach()))
         step_ms.append(watch.ms)
-    return sums, step_ms
+        optimizer_ms.append(update.ms)
+    return sums, step_ms, optimizer_ms
 
 
 def _wrap(mode: str, gpt: nn.Module, lr: float, bucket_mb: float) -> tuple[nn.Module, torch.optim.Optimizer]:
@@ -269,9 +273,11 @@ def _reference(gpt: nn.Module, batches: Sequence[Batch], lr: float, key: tuple) 
     """Train a copy of ``gpt`` as one process (plain Adam, whole global batches); kept per setting."""
     if key not in _REFERENCES:
         single = copy.deepcopy(gpt)
-        sums, step_ms = _train_steps(single, torch.optim.Adam(single.parameters(), lr=lr), batches, 0, 1)
+        adam = torch.optim.Adam(single.parameters(), lr=lr)
+        sums, step_ms, optimizer_ms = _train_steps(single, adam, batches, 0, 1)
         _REFERENCES[key] = {"losses": [s / _tokens(b) for s, b in zip(sums, batches)],
-                            "step_ms": Timing.of(step_ms[1:]).median_ms}
+                            "step_ms": Timing.of(step_ms[1:]).median_ms,
+                            "optimizer_ms": Timing.of(optimizer_ms[1:]).median_ms}
     return _REFERENCES[key]
 
 
@@ -281,14 +287,14 @@ def _rank_run(mode: str, model: GPTLanguageModel, batches: Sequence[Batch], lr: 
     rank, world = rank_and_world()
     local = copy.deepcopy(model.gpt)  # the same steps without communication, for compute_ms
     wrapped, optimizer = _wrap(mode, copy.deepcopy(model.gpt), lr, bucket_mb)
-    sums, step_ms = _train_steps(wrapped, optimizer, batches, rank, world)
+    sums, step_ms, _ = _train_steps(wrapped, optimizer, batches, rank, world)
     out = {"sums": sums, "step_ms": Timing.of(step_ms[1:]).median_ms, **held_bytes(wrapped, optimizer)}
     synced = no_sync = float("nan")
     if mode != "fsdp" and world > 1:
         mine, scale = share(batches[0], rank, world), world / _tokens(batches[0])
         synced, no_sync = exposed_communication_ms(cast(DistributedDataParallel, wrapped), mine, scale, repeat)
     out.update(synced_ms=synced, no_sync_ms=no_sync)
-    _, local_ms = _train_steps(local, torch.optim.Adam(local.parameters(), lr=lr), batches, rank, world)
+    _, local_ms, _ = _train_steps(local, torch.optim.Adam(local.parameters(), lr=lr), batches, rank, world)
     out["local_ms"] = Timing.of(local_ms[1:]).median_ms
     return out
 
@@ -347,7 +353,8 @@ def _training_row(mode: str, model_name: str, gpt: nn.Module, batches: Sequence[
            "steps": len(batches), "global_batch": len(batches[0][0]), "tokens": tokens, "losses": losses,
            "single_losses": single["losses"], "max_loss_diff": max(diffs),
            "max_loss_rel_diff": max(d / abs(s) for d, s in zip(diffs, single["losses"])),
-           "step_ms": step_ms, "single_step_ms": single["step_ms"], "tokens_per_s": timed_tokens / step_ms * 1e3,
+           "step_ms": step_ms, "single_step_ms": single["step_ms"], "single_optimizer_ms": single["optimizer_ms"],
+           "tokens_per_s": timed_tokens / step_ms * 1e3,
            "single_tokens_per_s": timed_tokens / single["step_ms"] * 1e3, "speedup": single["step_ms"] / step_ms,
            "exposed_communication_ms": max(r["synced_ms"] - r["no_sync_ms"] for r in ranks),
            "synced_backward_ms": max(r["synced_ms"] for r in ranks),
