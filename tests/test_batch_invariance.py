@@ -91,7 +91,11 @@ def test_the_int8_server_replies_the_same_alone_and_among_six_others(model, form
     """A greedy int8 reply sent alone, then again while six other requests decode in the same batches.
 
     With blocks of 128 SmolLM2's replies changed (gpt-small's did not: its margins between the top two tokens
-    are wider than what the kernels' rounding moves).
+    are wider than what the kernels' rounding moves). Prompts are prefilled whole (``chunk_tokens=0``): the slot
+    engine's chunked prefill, on by default, would cut the target's prompt into pieces only when it arrives among
+    decoding streams, and a piece attends to its cached keys in another order than a whole prompt does. In int8
+    that rounding flipped a near-tie in 1 of 4 runs of this test (2026-12-07: "la montagma" against "la
+    maquette" at the 8th token), so this test checks the decode rows' batch invariance, not chunking's.
     """
     import time
     from concurrent.futures import ThreadPoolExecutor
@@ -108,7 +112,8 @@ def test_the_int8_server_replies_the_same_alone_and_among_six_others(model, form
                                                extra_body={"ignore_eos": True})
         return reply.choices[0].message.content
 
-    with running_server(model, format=format, max_batch=8, reply_cache=0) as server:
+    whole = {"chunk_tokens": 0} if format.startswith("fused") else {}  # the dense engine never chunks
+    with running_server(model, format=format, max_batch=8, reply_cache=0, **whole) as server:
         client = OpenAI(base_url=f"{server.base_url}/v1", api_key="none", timeout=60)
         alone = [ask(client, text, target_tokens) for text in prompts[:3]]
         among = []
