@@ -34,11 +34,12 @@ def _env() -> dict:
 
 def test_two_ranks_equal_one_process(tmp_path, small):
     out = tmp_path / "rows.json"
-    command = D.torchrun_command("data", "gpt-small", 2, batch_size=BATCH, documents=EVAL_DOCUMENTS, repeat=1,
-                                 save=str(out))
-    command[command.index("--scheme") + 1: command.index("--scheme") + 2] = ["data", "tensor", "pipeline"]
+    command = [sys.executable, "-m", "lmlab", "parallel", "--scheme", "data", "tensor", "pipeline", "--model",
+               "gpt-small", "--nproc-per-node", "2", "--batch-size", str(BATCH), "--documents", str(EVAL_DOCUMENTS),
+               "--micro-batches", "2", "--repeat", "1", "--save", str(out)]  # lmlab's CLI, end to end
     done = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    assert "communication_ms" in done.stdout and "backend: gloo" in done.stdout
     rows = {row["scheme"]: row for row in json.loads(out.read_text())}
     assert set(rows) == {"data", "tensor", "pipeline"}
 
@@ -56,10 +57,10 @@ def test_two_ranks_equal_one_process(tmp_path, small):
     assert math.isclose(dp["perplexity"], reference["perplexity"], rel_tol=1e-6)
     assert dp["accuracy"] == reference["accuracy"]
 
-    # Tensor and pipeline parallel: the logits of the first batch equal the single-process model's within 1e-5.
+    # Tensor parallel: per-token nll within 1e-4 and the same guesses; pipeline: the logits within 1e-5.
     for scheme in ("tensor", "pipeline"):
         row = rows[scheme]
-        assert row["max_diff"] <= 1e-5, row
+        assert row["max_diff"] <= (1e-4 if scheme == "tensor" else 1e-5), row
         assert row["communication_ms"] > 0 and row["compute_ms"] > 0
         assert math.isclose(row["speedup"], row["single_ms"] / row["wall_ms"])
         assert 0 < row["communication_share"] < 1
@@ -153,14 +154,6 @@ def test_torchrun_command_for_several_machines():
     assert command[command.index("--rdzv-endpoint") + 1] == "10.0.0.1:29400"
     assert command[command.index("--nnodes") + 1] == "2"
     assert "--standalone" in D.torchrun_command("data", "gpt-small", 1)
-
-
-def test_cli_runs_pipeline_end_to_end():
-    command = [sys.executable, "-m", "lmlab", "parallel", "--scheme", "pipeline", "--model", "gpt-small",
-               "--nproc-per-node", "2", "--batch-size", "8", "--micro-batches", "2", "--repeat", "1"]
-    done = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S)
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
-    assert "pipeline" in done.stdout and "communication_ms" in done.stdout and "backend: gloo" in done.stdout
 
 
 def test_the_scaling_model_lives_in_scaling():
