@@ -20,7 +20,6 @@ Results go to data/bench/engine.json (not with --quick), with the hardware, the 
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import statistics
 import time
@@ -28,7 +27,7 @@ from pathlib import Path
 
 from lmlab.data.corpora import load_kjv
 from lmlab.inference.decode import as_causal_lm, generate, make_step
-from lmlab.measure.results import atomic_write_text
+from lmlab.measure.results import write_json
 from lmlab.measure.runtime import describe_environment, seed_everything, use_threads
 from lmlab.models.pretrained import load_smollm2
 from lmlab.serving.dense import DenseEngine
@@ -159,7 +158,7 @@ def main() -> None:
     record["targets"] = targets
     if not args.quick:
         path = Path(__file__).resolve().parents[1] / "data" / "bench" / "engine.json"
-        atomic_write_text(path, json.dumps(record, indent=1, default=float) + "\n")
+        write_json(path, record)
         print(f"saved {path}")
 
 

@@ -49,7 +49,7 @@ import torch
 from lmlab.compress.experiment import run
 from lmlab.inference.decode import CausalLM, as_causal_lm, generate, kv_cache_bytes
 from lmlab.measure.hardware import GPU_PEAKS, decode_floor_ms, matmul_gflops, memory_bandwidth, weight_bytes
-from lmlab.measure.results import atomic_write_text
+from lmlab.measure.results import write_json
 from lmlab.measure.runtime import cpu_model
 from lmlab.measure.timing import time_ms
 from lmlab.models.registry import load_model
@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
 def save(out: Path, stamp: dict, rows: list, errors: list) -> None:
     """Rewrite the whole file after every row (atomically): a run cut short keeps what it measured."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out, json.dumps({**stamp, "rows": rows, "errors": errors}, indent=1) + "\n")
+    write_json(out, {**stamp, "rows": rows, "errors": errors})
 
 
 def machine(device: torch.device, args) -> dict:

@@ -17,11 +17,10 @@ hardware, the date and this command. A missed target is printed as missed: the n
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
-from lmlab.measure.results import atomic_write_text
+from lmlab.measure.results import write_json
 from lmlab.measure.runtime import describe_environment
 from lmlab.scale.distributed import run_parallel
 
@@ -93,7 +92,7 @@ def main() -> None:
               "training": {str(batch): training(args.model, steps, batch, repeat) for batch in batches},
               "evaluation": evaluation(args.model, documents, repeat)}
     if not args.quick:
-        atomic_write_text(OUT, json.dumps(record, indent=1) + "\n")
+        write_json(OUT, record)
         print(f"\nsaved {OUT}")
 
 

@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import sys
 from pathlib import Path
 
-from lmlab.measure.results import atomic_write_text
+from lmlab.measure.results import write_json
 from lmlab.measure.runtime import describe_environment
 from lmlab.scale.distributed import run_parallel
 
@@ -51,7 +50,7 @@ def main() -> None:
     if not args.quick:
         record = {"hardware": describe_environment("cpu", threads=1), "date": datetime.date.today().isoformat(),
                   "command": " ".join([Path(sys.executable).name, *sys.argv]), "rows": rows}
-        atomic_write_text(OUT, json.dumps(record, indent=1) + "\n")
+        write_json(OUT, record)
         print(f"saved {OUT}")
 
 

@@ -10,10 +10,10 @@ It then prints ``check_model``: each scheme's measured and predicted wall ms at 
 
 from __future__ import annotations
 
-import json
+import argparse
 import time
 
-from lmlab.measure.results import atomic_write_text
+from lmlab.measure.results import write_json
 from lmlab.measure.runtime import describe_environment
 from lmlab.scale.distributed import run_parallel, torchrun_command
 from lmlab.scale.scaling import STORED_ROWS, check_model, fit_residuals, stored_parameters
@@ -29,6 +29,7 @@ def _shell(command: list[str]) -> str:
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()  # --help, without measuring
     rows = run_parallel(SCHEMES, MODEL, 2, documents=DOCUMENTS, batch_size=BATCH, micro_batches=MICRO_BATCHES,
                         timeout_s=TIMEOUT_S)
     record = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
@@ -38,7 +39,7 @@ def main() -> None:
               "run_by": "python benchmarks/bench_scaling.py",
               "model": MODEL, "documents": DOCUMENTS, "batch_size": BATCH, "micro_batches": MICRO_BATCHES,
               "rows": rows}
-    atomic_write_text(STORED_ROWS, json.dumps(record, indent=1) + "\n")
+    write_json(STORED_ROWS, record)
     print(f"saved {STORED_ROWS}")
     measured, params = stored_parameters()
     for scheme, (a, b) in (("allreduce", (params["a_ms"], params["b_ms_per_byte"])),

@@ -24,12 +24,11 @@ Results go to data/bench/sweep.json (not with --quick), with the hardware, the d
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import time
 from pathlib import Path
 
-from lmlab.measure.results import atomic_write_text
+from lmlab.measure.results import write_json
 from lmlab.measure.runtime import describe_environment, use_threads
 from lmlab.measure.timing import Stopwatch
 from lmlab.models.registry import load_model
@@ -108,7 +107,7 @@ def main() -> None:
     record["rows_agree"], record["targets"] = agree, targets
     if not args.quick:
         path = Path(__file__).resolve().parents[1] / "data" / "bench" / "sweep.json"
-        atomic_write_text(path, json.dumps(record, indent=1, default=float) + "\n")
+        write_json(path, record)
         print(f"saved {path}")
 
 

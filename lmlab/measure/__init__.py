@@ -22,7 +22,7 @@ from lmlab.measure.stats import (
 )
 from lmlab.measure.results import (
     Result, add_results, atomic_write_bytes, atomic_write_text, check_results_path, load_results, results_table,
-    save_results, with_dense_speed,
+    save_results, with_dense_speed, write_json,
 )
 from lmlab.measure.plots import (
     FONT_SIZE, PERCEPTION_MS, X_AXES, Y_AXES, budget_plot, finish_axes, log_ticks, pareto_frontier, place_labels,
@@ -39,7 +39,8 @@ __all__ = [
     "torch_threads", "pick_device", "synchronize", "seed_everything", "cpu_model", "device_name", "environment",
     "describe_environment", "Timing", "Stopwatch", "format_ms", "time_ms", "background_load", "medians_under_load",
     "Result", "results_table", "with_dense_speed", "save_results", "check_results_path", "add_results",
-    "load_results", "atomic_write_text", "atomic_write_bytes", "FONT_SIZE", "pareto_frontier", "X_AXES", "Y_AXES",
+    "load_results", "atomic_write_text", "atomic_write_bytes", "write_json", "FONT_SIZE", "pareto_frontier",
+    "X_AXES", "Y_AXES",
     "tradeoff_plot", "tradeoff_pair", "plain_log_ticks", "log_ticks", "finish_axes", "place_labels",
     "PERCEPTION_MS", "budget_plot", "FORMATS", "FORMAT_BYTES", "QUANT_BLOCKS", "MATMUL_DTYPES", "GPU_SPECS",
     "GPU_PEAKS", "Bandwidth", "memory_bandwidth", "Throughput", "matmul_gflops", "weight_bytes", "decode_floor_ms",

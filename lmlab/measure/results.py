@@ -165,6 +165,15 @@ def load_results(path: str | Path) -> list[Result]:
     return [Result(**{k: v for k, v in row.items() if k in known}) for row in json.loads(path.read_text())]
 
 
+def write_json(path: str | Path, value) -> Path:
+    """Write ``value`` as indented JSON (other numbers, such as numpy's, as floats) atomically; return the path.
+
+    What every benchmark saves under data/bench (its record: hardware, date, command, rows).
+    """
+    atomic_write_text(path, json.dumps(value, indent=1, default=float) + "\n")
+    return Path(path)
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file and a rename, so a crash never leaves half a file."""
     atomic_write_bytes(path, text.encode("utf-8"))

@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.distributed as dist
@@ -53,6 +53,36 @@ def allreduce_ms(sizes_bytes: Sequence[int] = MESSAGE_BYTES, repeat: int = 20) -
     Needs a running process group (every rank must call it with the same sizes). Raises ValueError for a size
     below 4 bytes or repeat < 1.
     """
+    return _time_messages("allreduce", sizes_bytes, repeat, lambda message, clock: clock.all_reduce(message))
+
+
+def sendrecv_ms(sizes_bytes: Sequence[int] = MESSAGE_BYTES, repeat: int = 20) -> list[dict]:
+    """Time a point-to-point send of float32 messages between ranks 0 and 1: median and p90 ms of one way.
+
+    Ping-pong: rank 0 sends, rank 1 receives and sends the message back; one way = round trip / 2 (as ranks 0
+    and 1 see the same link both ways). Ranks beyond 1 wait at the barriers. Needs a running process group of 2 or
+    more ranks, every rank calling with the same sizes. Raises ValueError for a size below 4 bytes, repeat < 1, or
+    a group of fewer than 2 ranks.
+    """
+    rank, world = rank_and_world()
+    check_int("world_size", world, 2)
+
+    def ping_pong(message: torch.Tensor, clock: Clock) -> None:
+        with clock.comm():
+            if rank == 0:
+                dist.send(message, dst=1)
+                dist.recv(message, src=1)
+            elif rank == 1:
+                dist.recv(message, src=0)
+                dist.send(message, dst=0)
+
+    return _time_messages("sendrecv", sizes_bytes, repeat, ping_pong, calls_per_time=2)
+
+
+def _time_messages(scheme: str, sizes_bytes: Sequence[int], repeat: int,
+                   exchange: Callable[[torch.Tensor, Clock], object], calls_per_time: int = 1) -> list[dict]:
+    """Time ``exchange(message, clock)`` for float32 messages of each size, after a barrier each, two warm-ups
+    first: one row per size with the median and p90 of clock.comm_ms / calls_per_time."""
     check_int("repeat", repeat, 1)
     _, world = rank_and_world()
     device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
@@ -64,44 +94,10 @@ def allreduce_ms(sizes_bytes: Sequence[int] = MESSAGE_BYTES, repeat: int = 20) -
         for _ in range(repeat + 2):  # two warm-up calls
             dist.barrier()
             clock = Clock()
-            clock.all_reduce(message)
-            times.append(clock.comm_ms)
+            exchange(message, clock)
+            times.append(clock.comm_ms / calls_per_time)
         timing = Timing.of(times[2:], warmup=2)
-        rows.append({"scheme": "allreduce", "bytes": size, "world_size": world, "median_ms": timing.median_ms,
-                     "p90_ms": timing.p90_ms})
-    return rows
-
-
-def sendrecv_ms(sizes_bytes: Sequence[int] = MESSAGE_BYTES, repeat: int = 20) -> list[dict]:
-    """Time a point-to-point send of float32 messages between ranks 0 and 1: median and p90 ms of one way.
-
-    Ping-pong: rank 0 sends, rank 1 receives and sends the message back; one way = round trip / 2 (as ranks 0
-    and 1 see the same link both ways). Ranks beyond 1 wait at the barriers. Needs a running process group of 2 or
-    more ranks, every rank calling with the same sizes. Raises ValueError for a size below 4 bytes, repeat < 1, or
-    a group of fewer than 2 ranks.
-    """
-    check_int("repeat", repeat, 1)
-    rank, world = rank_and_world()
-    check_int("world_size", world, 2)
-    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
-    rows = []
-    for size in sizes_bytes:
-        check_int("sizes_bytes", size, 4)
-        message = torch.ones(size // 4, device=device)
-        times = []
-        for _ in range(repeat + 2):  # two warm-up round trips
-            dist.barrier()
-            clock = Clock()
-            with clock.comm():
-                if rank == 0:
-                    dist.send(message, dst=1)
-                    dist.recv(message, src=1)
-                elif rank == 1:
-                    dist.recv(message, src=0)
-                    dist.send(message, dst=0)
-            times.append(clock.comm_ms / 2)
-        timing = Timing.of(times[2:], warmup=2)
-        rows.append({"scheme": "sendrecv", "bytes": size, "world_size": world, "median_ms": timing.median_ms,
+        rows.append({"scheme": scheme, "bytes": size, "world_size": world, "median_ms": timing.median_ms,
                      "p90_ms": timing.p90_ms})
     return rows
 
