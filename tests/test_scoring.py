@@ -21,7 +21,7 @@ from lmlab.models.lm import UniformModel, evaluate
 from lmlab.models.ngram import NGramModel
 from lmlab.models.pretrained import greedy_words, load_smollm2, next_word_scores, perplexity
 from lmlab.models.registry import load_model
-from lmlab.models.scoring import IGNORE, TokenScores, document_scores, score_summary, score_tokens
+from lmlab.models.scoring import IGNORE, TokenScores, document_scores, document_sums, score_summary, score_tokens
 from lmlab.scale.distributed import score_shard, score_windows, scores
 
 REL = 1e-9  # float64 sums of the same float32 log-probabilities, in another order
@@ -301,3 +301,22 @@ def test_smollm2_perplexity_and_next_word_scores_match_the_old_scorers():
     assert new["accuracy"] == pytest.approx(old["accuracy"], rel=FLOAT32_REL)  # old: a float32 mean
     new, old = next_word_scores(model, tokenizer, PARAGRAPH), _old_next_word_scores(model, tokenizer, PARAGRAPH)
     _same(new, old, _old_next_word_scores(model, tokenizer, PARAGRAPH, float64=True))
+
+
+def test_document_sums_total_each_documents_predictions(shipped):
+    data = shipped["names"].head("test", DOCUMENTS)
+    model = NGramModel.fit(shipped["names"], n=3)
+    contexts, targets = data.examples("test", model.context_size)
+    per_doc = document_sums(model.logprob_of(contexts, targets), data, "test")
+    np.testing.assert_allclose(-per_doc, document_scores(model, data, "test")["nll_nats"], rtol=1e-9)
+    with pytest.raises(ValueError, match="values has shape"):
+        document_sums(np.zeros(len(targets) + 1), data, "test")
+
+
+def test_next_word_scores_per_line_adds_up_to_the_totals():
+    model, tokenizer = load_smollm2()
+    text = "in the beginning god created\nthe heaven and the earth\nand the earth was\n"
+    scores = next_word_scores(model, tokenizer, text, per_line=True)
+    assert scores["line_words"].tolist() == [5, 6, 5]  # words after the text's first, each line's newline included
+    assert scores["line_correct"].sum() == round(scores["accuracy"] * scores["words"])
+    assert scores["line_words"].sum() == scores["words"]

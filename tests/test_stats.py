@@ -18,6 +18,7 @@ from lmlab.measure.stats import (
     document_picks,
     paired_accuracy_interval,
     paired_nll_interval,
+    stored_timing_verdict,
     within_noise,
 )
 
@@ -185,3 +186,14 @@ def test_bad_input_is_refused_naming_the_argument():
         compare(first, second, tokens, resamples=50)
     with pytest.raises(ValueError, match="level=1.5"):
         compare(first, second, tokens, level=1.5)
+
+
+def test_stored_timing_verdict_mirrors_the_median_for_the_missing_p10():
+    # reference (10, 12): its range is taken as [8, 12]
+    assert stored_timing_verdict((10.0, 12.0), (5.0, 7.9)) == "faster"
+    assert stored_timing_verdict((10.0, 12.0), (5.0, 8.1)) == "within noise"
+    assert stored_timing_verdict((10.0, 12.0), (14.0, 15.9)) == "slower"  # other's range [12.1, 15.9]
+    assert stored_timing_verdict((10.0, 12.0), (14.0, 16.1)) == "within noise"  # [11.9, 16.1] overlaps
+    for bad in ((0.0, 1.0), (2.0, 1.0), (math.nan, 1.0)):
+        with pytest.raises(ValueError, match="reference_ms"):
+            stored_timing_verdict(bad, (1.0, 1.0))

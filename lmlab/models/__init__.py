@@ -17,7 +17,7 @@ Modules, each importing only those above it in the course:
 """
 
 from lmlab.models.protocols import DocumentModel, LanguageModel, is_transformers_causal_lm
-from lmlab.models.scoring import TokenScores, document_scores, score_summary, score_tokens
+from lmlab.models.scoring import TokenScores, document_scores, document_sums, score_summary, score_tokens
 from lmlab.models.lm import (
     UniformModel, check_contexts, deep_contexts, evaluate, make_context, measure, sequence_logprob, text_scores,
     top_k,
@@ -53,6 +53,6 @@ __all__ = [
     "causal_lm_loss", "CELLS", "lstm_cell", "rnn_cell", "RecurrentConfig", "check_config", "RecurrentLanguageModel",
     "gradient_by_distance", "gradient_plot", "FAMILIES", "by_family", "ladder_takeaways", "MODEL_KINDS",
     "build_model", "model_config", "checkpoint_paths", "save_checkpoint", "load_checkpoint", "KINDS", "LEVELS",
-    "ModelEntry", "REGISTRY", "names", "model_entry", "load_model", "document_scores", "score_tokens",
+    "ModelEntry", "REGISTRY", "names", "model_entry", "load_model", "document_scores", "document_sums", "score_tokens",
     "TokenScores", "score_summary",
 ]

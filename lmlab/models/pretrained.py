@@ -19,6 +19,7 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from lmlab.measure.results import Result
@@ -169,7 +170,7 @@ def perplexity(model, tokenizer, text: str) -> dict[str, float]:
 
 
 @torch.no_grad()
-def next_word_scores(model, tokenizer, text: str) -> dict[str, float]:
+def next_word_scores(model, tokenizer, text: str, per_line: bool = False) -> dict:
     """Score ``text`` (words separated by spaces and newlines) word by word with a sub-word causal LM.
 
     - bits_per_char: −Σ log2 P(token | before) over every token after the first, divided by the
@@ -177,6 +178,9 @@ def next_word_scores(model, tokenizer, text: str) -> dict[str, float]:
     - accuracy: the share of words (after the first) that greedy decoding would produce exactly:
       every sub-word token of the word is the model's top choice given the true text before it, and
       the top choice after the word starts a new word. One teacher-forced pass (``score_tokens``) computes this.
+    - with ``per_line``, also "line_correct" and "line_words": those counts per line of ``text`` (a line's newline
+      is its last word, as </s> is a word model's last prediction; the text's first word has no prediction), so
+      the LLM can be compared with word models verse by verse, paired (``lmlab.measure.stats.compare``).
     Raises ValueError for more tokens than the model's window.
     """
     encoded = tokenizer(text, return_offsets_mapping=True, return_tensors="pt")
@@ -189,9 +193,15 @@ def next_word_scores(model, tokenizer, text: str) -> dict[str, float]:
     best = scored.guesses[0]  # (tokens - 1,): top choice for the NEXT token
     nll = float(scored.nll_nats.sum())
     covered = offsets[-1][1] - offsets[0][1]
-    correct, words = greedy_words(tokenizer, text, offsets, ids[0], best)
-    return {"bits_per_char": nll / covered / math.log(2), "accuracy": correct / words, "words": words,
-            "tokens": ids.shape[1]}
+    hits, lines = _greedy_hits(tokenizer, text, offsets, ids[0], best)
+    correct, words = sum(hits), len(hits)
+    scores = {"bits_per_char": nll / covered / math.log(2), "accuracy": correct / words, "words": words,
+              "tokens": ids.shape[1]}
+    if per_line:
+        count = text.count("\n") + (not text.endswith("\n"))
+        scores["line_correct"] = np.bincount(lines, weights=hits, minlength=count)
+        scores["line_words"] = np.bincount(lines, minlength=count).astype(np.float64)
+    return scores
 
 
 def greedy_words(tokenizer, text: str, offsets: list, ids: torch.Tensor, best: torch.Tensor) -> tuple[int, int]:
@@ -201,16 +211,24 @@ def greedy_words(tokenizer, text: str, offsets: list, ids: torch.Tensor, best: t
     model's top choice after each token. A token starts a word when its text begins with a separator or follows
     one; a word is right when each of its tokens was the top choice and the choice after it starts a new word.
     """
+    hits, _ = _greedy_hits(tokenizer, text, offsets, ids, best)
+    return sum(hits), len(hits)
+
+
+def _greedy_hits(tokenizer, text: str, offsets: list, ids: torch.Tensor, best: torch.Tensor
+                 ) -> tuple[list[int], list[int]]:
+    """``greedy_words``, word by word: 1 or 0 for each word (after the first), and the line of ``text`` it is on."""
     starts = [i for i, (a, b) in enumerate(offsets) if i > 0 and (text[a - 1:a] in (" ", "\n") or
                                                                    text[a:a + 1] in (" ", "\n"))]
+    lines = [text[:offsets[i][0]].count("\n") for i in starts]  # a newline token belongs to the line it ends
     starts.append(len(offsets))
     boundary = [tokenizer.decode([int(t)]).startswith((" ", "\n")) for t in best.tolist()]
-    correct = 0
+    hits = []
     for first, end in zip(starts[:-1], starts[1:]):
         word_ok = all(int(best[i - 1]) == int(ids[i]) for i in range(first, end))
         ends_ok = end >= len(offsets) or boundary[end - 1]
-        correct += word_ok and ends_ok
-    return correct, len(starts) - 1
+        hits.append(int(word_ok and ends_ok))
+    return hits, lines
 
 
 def measure_llm(model, tokenizer, text: str, *, name: str, technique: str, setting: str = "", batch_size: int = 1,

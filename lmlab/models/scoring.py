@@ -139,6 +139,23 @@ def document_scores(model, data: TokenizedCorpus, split: str, batch_size: int = 
     return _as_arrays(parts)
 
 
+def document_sums(values, data: TokenizedCorpus, split: str) -> np.ndarray:
+    """Sum per-prediction ``values`` into one total per document of ``split``: total_d = Σ_{i in d} values_i.
+
+    ``values`` holds one number per prediction of ``data.examples(split, ...)``, in its order (each document's words,
+    then its </s>), e.g. an n-gram's ``logprob_of``; the totals feed the paired comparisons of
+    ``lmlab.measure.stats`` (introduced in notebooks/01_ngram_language_models.ipynb, Kneser-Ney against modified
+    Kneser-Ney). Raises ValueError when ``values`` does not hold one entry per prediction of ``split``.
+    """
+    docs = data._split_ids(split)
+    lengths = np.array([len(doc) + 1 for doc in docs])
+    values = np.asarray(values, dtype=np.float64)
+    if values.ndim != 1 or len(values) != lengths.sum():
+        raise ValueError(f"values has shape {values.shape}; split={split!r} has {lengths.sum()} predictions, "
+                         "give one value per prediction")
+    return np.add.reduceat(values, np.r_[0, np.cumsum(lengths)[:-1]]) if len(docs) else np.zeros(0)
+
+
 def _windowed_document_scores(model, data: TokenizedCorpus, split: str, docs, batch_size: int = 512
                               ) -> dict[str, np.ndarray]:
     """``document_scores`` for a model that reads fixed windows: ``lmlab.models.lm.evaluate``'s predictions, document
