@@ -248,3 +248,26 @@ def test_two_accuracies_are_noise_within_two_standard_errors_of_their_difference
     assert within_noise(a, b) and not within_noise(a, b, se_multiple=1.0)
     assert not within_noise(a, Result("c", "t", "", 0.35, 1.0, 1.1, predictions=1000))  # 0.05 > 2 · 0.0209
     assert accuracy_noise(a, row("no count", 0.5, 1.0)) == pytest.approx(2 * 0.014491, rel=1e-4)
+
+
+def test_place_labels_keeps_labels_off_other_points_and_inside_the_frame():
+    from lmlab.measure.plots import place_labels
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    points = [("gpt-medium", 2.8, 0.3189), ("gpt-large", 4.6, 0.3227), ("far-right", 10.0, 0.30), ("top", 1.5, 0.33)]
+    ax.scatter([p[1] for p in points], [p[2] for p in points])
+    ax.set_xscale("log")
+    ax.set_xlim(1, 10.5)
+    ax.set_ylim(0.29, 0.331)
+    place_labels(ax, points)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    frame = ax.get_window_extent(renderer)
+    for text in ax.texts:
+        box = text.get_window_extent(renderer)
+        assert frame.x0 <= box.x0 and box.x1 <= frame.x1 + 1 and frame.y0 <= box.y0 and box.y1 <= frame.y1 + 1
+        for name, x, y in points:
+            px, py = ax.transData.transform((x, y))
+            if name != text.get_text():
+                assert not box.contains(px, py), (text.get_text(), name)
+    plt.close(fig)

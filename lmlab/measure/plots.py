@@ -250,7 +250,8 @@ def _label(ax: Axes, rows: Sequence[Result], x: str, y: str) -> None:
 
 
 def place_labels(ax: Axes, points: Sequence[tuple[str, float, float]], font_size: int = FONT_SIZE - 2) -> None:
-    """Write each (name, x, y) beside its point, nudging a label up or down when it would overlap one placed before.
+    """Write each (name, x, y) beside its point, nudging a label up or down when it would overlap one placed before
+    or another point's marker.
 
     A nudged label gets a thin line back to its point. Used by the trade-off plot and the roofline
     (``lmlab.measure.hardware.roofline_plot``).
@@ -259,16 +260,27 @@ def place_labels(ax: Axes, points: Sequence[tuple[str, float, float]], font_size
     to_pixels = ax.transData.transform
     scale = ax.figure.dpi / 72  # points to pixels
     height = font_size * 1.25 * scale
-    placed: list[tuple[float, float, float, float]] = []
+    marker = 7 * scale  # half a marker's width, in pixels
+    points_px = {name: to_pixels((x, y)) for name, x, y in points}
+    labels: list[tuple[float, float, float, float]] = []
     for name, x, y in sorted(points, key=lambda p: (p[1], p[2])):
         px, py = to_pixels((x, y))
         width = len(name) * font_size * 0.6 * scale
-        for dx, dy in _LABEL_OFFSETS:
+        placed = [(qx - marker, qy - marker, qx + marker, qy + marker)  # other points, so no label covers one
+                  for other, (qx, qy) in points_px.items() if other != name] + labels
+        inside = ax.bbox.extents  # (left, bottom, right, top) in pixels: a label past the frame is cut off
+        for dx, dy in _LABEL_OFFSETS + [(-8 - width / scale, dy) for _, dy in _LABEL_OFFSETS]:  # right, then left
             bottom = py + dy * scale - (height if dy < 0 else 0)  # labels below their point hang from it
             box = (px + dx * scale, bottom, px + dx * scale + width, bottom + height)
-            if not any(box[0] < b[2] and b[0] < box[2] and box[1] < b[3] and b[1] < box[3] for b in placed):
+            within = inside[0] <= box[0] and box[2] <= inside[2] and inside[1] <= box[1] and box[3] <= inside[3]
+            if within and not any(
+                    box[0] < b[2] and b[0] < box[2] and box[1] < b[3] and b[1] < box[3] for b in placed):
                 break
-        placed.append(box)
+        else:
+            dx, dy = _LABEL_OFFSETS[0]
+            bottom = py + dy * scale
+            box = (px + dx * scale, bottom, px + dx * scale + width, bottom + height)
+        labels.append(box)
         moved = (dx, dy) != _LABEL_OFFSETS[0]
         ax.annotate(name, (x, y), textcoords="offset points", xytext=(dx, dy), fontsize=font_size,
                     va="bottom" if dy > 0 else "top",
