@@ -1,4 +1,5 @@
 import json
+import math
 
 import matplotlib.pyplot as plt
 import pytest
@@ -266,8 +267,11 @@ def test_place_labels_keeps_labels_off_other_points_and_inside_the_frame():
     for text in ax.texts:
         box = text.get_window_extent(renderer)
         assert frame.x0 <= box.x0 and box.x1 <= frame.x1 + 1 and frame.y0 <= box.y0 and box.y1 <= frame.y1 + 1
+        gaps = {}
         for name, x, y in points:
             px, py = ax.transData.transform((x, y))
             if name != text.get_text():
                 assert not box.contains(px, py), (text.get_text(), name)
+            gaps[name] = math.hypot(max(box.x0 - px, 0, px - box.x1), max(box.y0 - py, 0, py - box.y1))
+        assert min(gaps, key=gaps.get) == text.get_text()  # no label sits nearer another row's point
     plt.close(fig)

@@ -241,7 +241,7 @@ def finish_axes(ax: Axes, xlabel: str, ylabel: str, title: str, legend_loc: Lege
 
 
 # Where a label may go relative to its point, in points, tried in this order until one overlaps no other label.
-_LABEL_OFFSETS = [(8, 6), (8, -16), (8, 20), (8, -30), (8, 34), (8, -44)]
+_LABEL_OFFSETS = [(8, 6), (8, -16), (8, 20), (8, -30), (8, 34), (8, -44), (8, 48), (8, -58)]
 
 
 def _label(ax: Axes, rows: Sequence[Result], x: str, y: str) -> None:
@@ -273,8 +273,8 @@ def place_labels(ax: Axes, points: Sequence[tuple[str, float, float]], font_size
             bottom = py + dy * scale - (height if dy < 0 else 0)  # labels below their point hang from it
             box = (px + dx * scale, bottom, px + dx * scale + width, bottom + height)
             within = inside[0] <= box[0] and box[2] <= inside[2] and inside[1] <= box[1] and box[3] <= inside[3]
-            if within and not any(
-                    box[0] < b[2] and b[0] < box[2] and box[1] < b[3] and b[1] < box[3] for b in placed):
+            if within and _nearest_is_own(box, (px, py), [q for other, q in points_px.items() if other != name]) \
+                    and not any(box[0] < b[2] and b[0] < box[2] and box[1] < b[3] and b[1] < box[3] for b in placed):
                 break
         else:
             dx, dy = _LABEL_OFFSETS[0]
@@ -285,6 +285,16 @@ def place_labels(ax: Axes, points: Sequence[tuple[str, float, float]], font_size
         ax.annotate(name, (x, y), textcoords="offset points", xytext=(dx, dy), fontsize=font_size,
                     va="bottom" if dy > 0 else "top",
                     arrowprops=dict(arrowstyle="-", lw=0.6, color="gray", shrinkA=0, shrinkB=4) if moved else None)
+
+
+def _nearest_is_own(box: tuple[float, float, float, float], own: tuple[float, float],
+                    others: Sequence[tuple[float, float]]) -> bool:
+    """True when no other point is as near the label's box as its own point: a label must not sit beside another."""
+    def gap(point: tuple[float, float]) -> float:
+        dx = max(box[0] - point[0], 0.0, point[0] - box[2])
+        dy = max(box[1] - point[1], 0.0, point[1] - box[3])
+        return math.hypot(dx, dy)
+    return all(gap(own) < gap(other) for other in others)
 
 
 # What people perceive (Miller 1968; Card, Robertson and Mackinlay 1991; Nielsen 1993): three orders of magnitude.
