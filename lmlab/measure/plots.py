@@ -261,7 +261,7 @@ def place_labels(ax: Axes, points: Sequence[tuple[str, float, float]], font_size
     scale = ax.figure.dpi / 72  # points to pixels
     height = font_size * 1.25 * scale
     marker = 7 * scale  # half a marker's width, in pixels
-    points_px = {name: to_pixels((x, y)) for name, x, y in points}
+    points_px = {name: tuple(to_pixels((x, y))) for name, x, y in points}
     labels: list[tuple[float, float, float, float]] = []
     for name, x, y in sorted(points, key=lambda p: (p[1], p[2])):
         px, py = to_pixels((x, y))
