@@ -227,10 +227,10 @@ def test_classify_panel_names_unknown_words_and_a_cut_text():
 
     train = kjv_by_book_group().split(seed=0)["train"]
     panel = ClassifyPanel({kind: train_classifier(kind, train, steps=3) for kind in ("linear", "cnn")}, text="maria")
-    assert "read as unknown: maria (every classifier)" in panel.info.value
-    assert "linear, cnn know none of these words" in panel.info.value
+    assert "Not in the vocabulary of every classifier, read as unknown: maria." in panel.info.value
+    assert "linear and cnn know none of these words" in panel.info.value
     panel.text.value = "and jesus said unto them " * 8  # 40 words
-    assert "cnn reads only the first 32 of these 40 words" in panel.info.value
+    assert "cnn reads only the first 32 of these 40 words; the rest is cut." in panel.info.value
     assert "linear reads only" not in panel.info.value  # the bag of n-grams reads every word
     assert "unknown" not in panel.info.value
     png = bytes(panel.chart.value)

@@ -491,18 +491,22 @@ class ClassifyPanel:
         """Plain sentences on what the classifiers could not read of ``text``: unknown words, a cut at max_length."""
         readings = {name: reading(clf, text) for name, clf in self.classifiers.items()}
         unit = "words" if next(iter(self.classifiers.values())).level == "word" else "characters"
-        said = []
+        by_who: dict[tuple[str, ...], list[str]] = {}  # the unknown words, grouped by the classifiers they fool
         for word in dict.fromkeys(w for unknown, *_ in readings.values() for w in unknown):
-            who = [name for name, (unknown, *_) in readings.items() if word in unknown]
-            said.append(f"{word} ({'every classifier' if len(who) == len(readings) else ', '.join(who)})")
-        lines = [f"Not in the vocabulary, read as unknown: {html.escape('; '.join(said))}."] if said else []
+            by_who.setdefault(tuple(n for n, (unknown, *_) in readings.items() if word in unknown), []).append(word)
+        lines = [f"Not in the vocabulary of {'every classifier' if len(who) == len(readings) else _listed(who)}, "
+                 f"read as unknown: {html.escape(', '.join(words))}." for who, words in by_who.items()]
         blind = [name for name, (_, total, _, known) in readings.items() if total and not known]
         if blind:
-            lines.append(f"{html.escape(', '.join(blind))} know{'s' if len(blind) == 1 else ''} none of these "
-                         f"{unit}: {'its' if len(blind) == 1 else 'their'} answer is the same for any such text.")
+            lines.append(f"{_listed(blind)} know{'s' if len(blind) == 1 else ''} none of these {unit}: "
+                         f"{'its' if len(blind) == 1 else 'their'} answer is the same for any such text.")
+        cut: dict[tuple[int, int], list[str]] = {}
         for name, (_, total, kept, _) in readings.items():
             if kept < total:
-                lines.append(f"{html.escape(name)} reads only the first {kept} of these {total} {unit}.")
+                cut.setdefault((kept, total), []).append(name)
+        for (kept, total), names in cut.items():
+            lines.append(f"{_listed(names)} read{'s' if len(names) == 1 else ''} only the first {kept} of these "
+                         f"{total} {unit}; the rest is cut.")
         return lines
 
     def refresh(self) -> None:
@@ -519,6 +523,12 @@ class ClassifyPanel:
         show_figure(self.chart, class_chart(answers, self.classes))
         timings = "; ".join(f"<b>{html.escape(name)}</b> {timing}" for name, (_, timing) in answers.items())
         self.info.value = "<br>".join([timings, *self.notes(self.text.value)])
+
+
+def _listed(names: Sequence[str]) -> str:
+    """"a", "a and b", "a, b and c" (HTML-escaped)."""
+    names = [html.escape(n) for n in names]
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
 
 
 def reading(clf: TextClassifier, text: str) -> tuple[list[str], int, int, int]:
