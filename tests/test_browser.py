@@ -79,14 +79,14 @@ p5.widget""",
 WAIT_S = 60  # the longest wait for one thing to appear (a busy machine starts the kernel and torch slowly)
 
 
-def _notebook(folder: Path) -> Path:
-    cells = [f"GPT_SMALL = {str(ROOT / 'data' / 'gpt-small')!r}", *CELLS]
+def _notebook(folder: Path, cells: list[str] | None = None, name: str = "panels.ipynb") -> Path:
+    cells = cells or [f"GPT_SMALL = {str(ROOT / 'data' / 'gpt-small')!r}", *CELLS]
     notebook = {"cells": [{"cell_type": "code", "execution_count": None, "id": f"c{i}", "metadata": {},
                            "outputs": [], "source": source} for i, source in enumerate(cells)],
                 "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3 (ipykernel)",
                                             "language": "python"}},
                 "nbformat": 4, "nbformat_minor": 5}
-    path = folder / "panels.ipynb"
+    path = folder / name
     path.write_text(json.dumps(notebook), encoding="utf-8")
     return path
 
@@ -105,7 +105,9 @@ def lab(tmp_path_factory):
     port, token = _free_port(), os.urandom(16).hex()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
            "JUPYTER_CONFIG_DIR": str(folder / ".config"), "JUPYTERLAB_SETTINGS_DIR": str(folder / ".settings"),
-           "JUPYTERLAB_WORKSPACES_DIR": str(folder / ".workspaces"), "MPLBACKEND": "Agg"}
+           "JUPYTERLAB_WORKSPACES_DIR": str(folder / ".workspaces"), "JUPYTER_DATA_DIR": str(folder / ".data"),
+           "MPLBACKEND": "Agg"}
+    _saved_notebooks(folder, env)
     command = [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
                f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={folder}",
                "--LabApp.news_url=", "--LabApp.expose_app_in_browser=True",
@@ -134,9 +136,19 @@ def lab(tmp_path_factory):
         log.close()
 
 
-@pytest.fixture(scope="module")
-def browser(lab):
-    """Headless Chromium with the notebook open and every cell run, the widget views rendered."""
+def _saved_notebooks(folder: Path, env: dict) -> None:
+    """saved.ipynb: the descent panel run by nbconvert (which stores the widget state) and trusted, as `make lab`
+    trusts the workbook; untrusted.ipynb: the same file, not trusted."""
+    saved = _notebook(folder, [CELLS[1]], "saved.ipynb")
+    run = [sys.executable, "-m", "jupyter", "nbconvert", "--to", "notebook", "--execute", "--inplace", str(saved)]
+    subprocess.run(run, env=env, check=True, capture_output=True, timeout=2 * WAIT_S)
+    copy = json.loads(saved.read_text(encoding="utf-8"))
+    copy["metadata"]["title"] = "an untrusted copy"  # trust is per content: an identical copy would be trusted too
+    (folder / "untrusted.ipynb").write_text(json.dumps(copy), encoding="utf-8")
+    subprocess.run([sys.executable, "-m", "jupyter", "trust", str(saved)], env=env, check=True, capture_output=True)
+
+
+def _chromium():
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -146,7 +158,13 @@ def browser(lab):
                      "--disable-gpu"):
         options.add_argument(argument)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(DRIVER), options=options)
+    return webdriver.Chrome(service=Service(DRIVER), options=options)
+
+
+@pytest.fixture(scope="module")
+def browser(lab):
+    """Headless Chromium with the notebook open and every cell run, the widget views rendered."""
+    driver = _chromium()
     try:
         url, token = lab
         driver.get(f"{url}/lab/tree/panels.ipynb?token={token}")
@@ -274,3 +292,26 @@ def test_the_console_logged_no_error(browser):
     assert any("lmlab-probe" in entry["message"] for entry in severe), "the browser's console log is not read"
     errors = [entry for entry in severe if "lmlab-probe" not in entry["message"]]
     assert not errors, f"the browser's console logged errors: {errors}"
+
+
+@pytest.mark.parametrize("name, shows", [("saved.ipynb", "the saved view"), ("untrusted.ipynb", "the text")])
+def test_a_saved_panel_shows_before_its_cell_runs(lab, name, shows):
+    from selenium.webdriver.common.by import By
+
+    url, token = lab
+    driver = _chromium()
+    try:
+        driver.get(f"{url}/lab/workspaces/{name.split('.')[0]}/tree/{name}?token={token}")
+        _wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, ".jp-OutputArea-output"), "the saved output")
+        time.sleep(1)
+        for dismiss in driver.find_elements(By.CSS_SELECTOR, ".jp-Dialog .jp-mod-reject"):  # no kernel needed
+            dismiss.click()
+        if shows == "the saved view":  # trusted, with the widget state nbconvert stored: the panel as it was
+            _wait(driver, lambda d: "mini-batch descent" in " ".join(
+                e.text for e in d.find_elements(By.CSS_SELECTOR, ".t-descent .widget-html")), "the saved view")
+        else:  # untrusted: JupyterLab shows the plain-text form, which says what the panel is
+            _wait(driver, lambda d: "DescentPanel: sliders" in " ".join(
+                e.text for e in d.find_elements(By.CSS_SELECTOR, ".jp-OutputArea-output")), "the plain text")
+            assert "VBox(" not in driver.find_element(By.CSS_SELECTOR, ".jp-OutputArea-output").text
+    finally:
+        driver.quit()
