@@ -81,7 +81,8 @@ def test_compression_panel_scores_settings_and_shows_refusals(names_data):
     assert "group_size=3 does not divide the 4 weights" in panel.info.value
     assert panel.chart.value == b""  # no chart of the previous setting under the refusal
     panel.method_choice.value = "per channel"
-    assert ", within noise" in panel.info.value or ", beyond noise" in panel.info.value  # evaluate reports tokens
+    assert ("; within noise by ±2 SE of the difference" in panel.info.value
+            or ", beyond noise by ±2 SE of the difference" in panel.info.value)  # evaluate reports tokens only
     grouped = CompressionPanel({"mlp": (mlp, lambda m: evaluate(m, *pairs))},
                                {"per group of 32": METHODS["quantize-group32"],
                                 "per channel": METHODS["quantize-channel"]})
@@ -236,3 +237,30 @@ def test_classify_panel_names_unknown_words_and_a_cut_text():
     png = bytes(panel.chart.value)
     assert panel.chart.layout.width == f"{int.from_bytes(png[16:20], 'big')}px"
     assert int.from_bytes(png[20:24], "big") <= 6.5 * 72  # fits a laptop screen at its own size
+
+
+def test_compression_panel_compares_paired_where_documents_are_shared(names_data):
+    import numpy as np
+    import torch
+
+    from lmlab.compress.methods import METHODS
+    from lmlab.models.kinds import build_model
+    from lmlab.models.lm import evaluate
+    from lmlab.notebook.widgets import CompressionPanel, accuracy_versus
+
+    torch.manual_seed(0)
+    mlp = build_model("mlp", names_data.vocab, context_size=3, embed_dim=4, hidden_dim=16).eval()
+    contexts, targets = (a[:600] for a in names_data.examples("valid", 3))
+
+    def by_document(model):  # 30 "documents" of 20 predictions each, scored alike for every model
+        parts = [evaluate(model, contexts[i:i + 20], targets[i:i + 20]) for i in range(0, 600, 20)]
+        tokens = np.array([p["tokens"] for p in parts], dtype=float)
+        correct = np.array([p["accuracy"] for p in parts]) * tokens
+        return {**evaluate(model, contexts, targets), "documents": {"correct": correct, "tokens": tokens}}
+
+    panel = CompressionPanel({"mlp": (mlp, by_document)}, {"per channel": METHODS["quantize-channel"]})
+    assert "by paired bootstrap over documents" in panel.info.value
+    panel.sliders["per channel"].value = 2
+    versus = panel.intervals["mlp", "per channel", 2]
+    assert versus is not None and versus.paired and versus.documents == 30
+    assert accuracy_versus({"accuracy": 0.5}, {"accuracy": 0.5}) is None  # nothing to judge noise by: no verdict

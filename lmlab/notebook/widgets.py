@@ -20,7 +20,7 @@ from torch import nn
 from lmlab.data.corpora import tokenize
 from lmlab.inference.decode import CausalLM, make_step, stream, stream_speed
 from lmlab.measure.runtime import check_int
-from lmlab.measure.stats import binomial_se, compare
+from lmlab.measure.stats import Comparison, binomial_se, compare
 from lmlab.measure.timing import Stopwatch, Timing, time_ms
 from lmlab.models.lm import LanguageModel, make_context
 from lmlab.models.neural import GPTLanguageModel
@@ -166,10 +166,14 @@ class CompressionPanel:
     ``models`` maps a name to (model, evaluate), where ``evaluate(model)`` returns a dict with
     "accuracy" and "perplexity" on a fixed validation slice; ``methods`` maps a name to a
     ``lmlab.compress.methods.Method`` (``lmlab.compress.methods.METHODS`` holds every technique of chapters 04 and 05).
-    Every setting tried is kept as a point, so the plot builds up accuracy against the setting; where the
-    evaluation reports its prediction count ("tokens"), a band of ± two standard errors around the uncompressed
-    accuracy shows what is noise. A method that cannot apply to the chosen model (``Method.refuses``) is not
-    offered for it; a setting the method refuses (a ValueError) is shown as the error's message, with no chart.
+    Every setting tried is kept as a point, so the plot builds up accuracy against the setting. Each point's bar is
+    the interval of its difference from the uncompressed accuracy, drawn around the point, so a bar that crosses the
+    dashed line is exactly a difference within noise (``lmlab.measure.stats.compare``): paired over documents where
+    the evaluation also returns ``"documents"`` (per-document "correct" and "tokens" arrays, as
+    ``lmlab.models.scoring.document_scores`` gives them), else ±2 SE of the difference from the prediction count
+    ("tokens"); no bar where neither is reported. A method that cannot apply to the chosen model
+    (``Method.refuses``) is not offered for it; a setting the method refuses (a ValueError) is shown as the error's
+    message, with no chart.
     Introduced in notebooks/04_quantization.ipynb; chapter 05 uses it for pruning.
     """
 
@@ -198,6 +202,7 @@ class CompressionPanel:
         for slider in self.sliders.values():
             slider.observe(lambda _: self.refresh(), names="value")
         self.hidden: dict[str, str] = {}
+        self.intervals: dict[tuple[str, str, float], Comparison | None] = {}
         self._offer()
 
     def _offer(self) -> None:
@@ -272,19 +277,24 @@ class CompressionPanel:
             self.chart.value = b""  # no chart of an earlier setting under this message
             self.info.value = f"<b>{method_name}</b> at {value:g}: {html.escape(str(err))}"
             return
+        reference = self.reference[model_name]
+        versus = accuracy_versus(result, reference)
         points = self.tried.setdefault((model_name, method_name), {})
         points[value] = result["accuracy"]
-        reference = self.reference[model_name]
-        fig = Figure(figsize=(11, 4))
+        self.intervals[model_name, method_name, value] = versus
+        fig = Figure(figsize=(10, 5))
         ax = fig.subplots()
         xs = sorted(points)
         ax.plot(xs, [points[x] for x in xs], "o-", color="tab:blue", ms=7, label="settings tried")
         ax.plot([value], [result["accuracy"]], "o", color="tab:red", ms=11, label="this setting")
         ax.axhline(reference["accuracy"], color="black", ls="--", lw=1.2, label="uncompressed")
-        noise = _two_standard_errors(reference)
-        if noise:
-            ax.axhspan(reference["accuracy"] - noise, reference["accuracy"] + noise, color="gray", alpha=0.2,
-                       label="uncompressed ± 2 standard errors")
+        bars = [(x, c) for x in xs if (c := self.intervals[model_name, method_name, x]) is not None]
+        if bars:
+            lows = [points[x] - (reference["accuracy"] + c.low) for x, c in bars]
+            highs = [reference["accuracy"] + c.high - points[x] for x, c in bars]
+            ax.errorbar([x for x, _ in bars], [points[x] for x, _ in bars], yerr=[lows, highs], fmt="none",
+                        ecolor="tab:blue", capsize=4, label=f"difference from uncompressed, {bars[0][1].how}:\n"
+                                                             "a bar crossing the dashed line is within noise")
         if self.methods[method_name].log:
             ax.set_xscale("log")
         if self.methods[method_name].integer:
@@ -295,12 +305,10 @@ class CompressionPanel:
         ax.set_ylabel("validation accuracy", fontsize=13)
         ax.set_title(f"{model_name}: {method_name}", fontsize=13)
         ax.tick_params(labelsize=12)
-        ax.legend(fontsize=11, loc="upper left", bbox_to_anchor=(1.01, 1))  # beside the axes, never over a point
+        ax.legend(fontsize=11, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)  # under the axes, off the data
         fig.tight_layout()
         show_figure(self.chart, fig)
-        se = (_two_standard_errors(result) / 2, _two_standard_errors(reference) / 2)
-        verdict = ("" if not any(se) else ", within noise"
-                   if compare(result["accuracy"], reference["accuracy"], se=se).within_noise else ", beyond noise")
+        verdict = "" if versus is None else f"; {versus.verdict} by {versus.how}"
         hidden = "".join(f"; not offered here: {name} ({why})" for name, why in self.hidden.items())
         self.info.value = (f"<b>{model_name}</b>, {method_name} at {value:g}: accuracy {result['accuracy']:.4f} "
                            f"(uncompressed {reference['accuracy']:.4f}{verdict}), "
@@ -309,7 +317,20 @@ class CompressionPanel:
                            f"compressed and scored in {result['seconds'] * 1e3:.0f} ms{html.escape(hidden)}")
 
 
-def _two_standard_errors(scores: dict) -> float:
+def accuracy_versus(result: Mapping, reference: Mapping) -> Comparison | None:
+    """Compare a compressed model's accuracy with the uncompressed one's by the one noise rule: paired over
+    documents where both carry ``"documents"`` (per-document "correct" and "tokens"), else ±2 SE of the difference
+    from their prediction counts ("tokens"); None where neither is reported."""
+    if "documents" in result and "documents" in reference:
+        mine, theirs = result["documents"], reference["documents"]
+        return compare(mine["correct"], theirs["correct"], theirs["tokens"])
+    if "tokens" in result and "tokens" in reference:
+        return compare(result["accuracy"], reference["accuracy"],
+                       se=(_two_standard_errors(result) / 2, _two_standard_errors(reference) / 2))
+    return None
+
+
+def _two_standard_errors(scores: Mapping) -> float:
     """2 · sqrt(p (1 − p) / n) (``binomial_se``) for an evaluation that reports its prediction count as "tokens";
     0 otherwise."""
     n = scores.get("tokens")
