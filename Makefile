@@ -43,11 +43,16 @@ ALLOW_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
 LAB_ARGS ?=
 
+# The workbook's own notebooks are trusted first: JupyterLab shows a saved panel (its stored widget view) only in a
+# trusted notebook; an untrusted one shows the panel's plain-text form until its cell runs.
 lab: setup
+	$(BIN)/jupyter trust notebooks/*.ipynb
 	$(BIN)/jupyter lab --notebook-dir=notebooks $(ALLOW_ROOT) $(LAB_ARGS)
 
 # Unit tests run on up to four worker processes (one test file per worker); the notebooks then run one at a time,
-# so no chapter's timings share the machine with another's.
+# so no chapter's timings share the machine with another's. tests/test_browser.py drives every panel in headless
+# Chromium (selenium comes with requirements-dev.txt; Chromium and its driver from the system: Debian's chromium and
+# chromium-driver, which .ci/run installs); without them it skips, saying so.
 WORKERS ?= $(shell $(PYTHON) -c 'import os; print(min(4, os.cpu_count() or 1))')
 
 test: setup-test

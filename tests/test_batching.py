@@ -129,6 +129,8 @@ def test_a_full_queue_refuses_and_bad_requests_raise(gpt):
         engine.submit(ids, 4)
     with pytest.raises(ValueError, match="max_new_tokens=200 .*128"):
         engine.submit(ids, 200)
+    with pytest.raises(ValueError, match="a 130-token prompt .*: shorten the prompt by 6 tokens$"):
+        engine.check([5] * 130, 4)  # no room left for even one new token: no negative max_new_tokens advised
     with pytest.raises(ValueError, match="prompt is empty"):
         engine.submit([], 4)
     with pytest.raises(ValueError, match="temperature"):

@@ -140,6 +140,24 @@ def test_window_error_says_what_fits(lm):
     assert len(generate(lm, PROMPTS[0], 128 - prompt_tokens, stop_at_eos=False).tokens[0]) == 128 - prompt_tokens
 
 
+def test_window_error_for_a_prompt_that_leaves_no_room_says_how_much_to_shorten_it(lm):
+    long_prompt = " ".join(["and god said"] * 50)  # 150 words: more than the 128-position window holds
+    tokens = len(lm.encode(long_prompt))
+    with pytest.raises(ValueError, match="max_new_tokens") as refused:
+        generate(lm, long_prompt, 4)
+    message = str(refused.value)
+    assert "<= -" not in message and f"{tokens}-token prompt" in message
+    assert f"shorten the prompt by {tokens + 4 - 128} tokens" in message
+
+
+def test_stream_of_a_batch_streams_its_first_row(lm):
+    alone = [p.token for p in stream(lm, PROMPTS[0], 6, stop_at_eos=False)]
+    batched = list(stream(lm, PROMPTS[0], 6, stop_at_eos=False, batch=3))
+    assert [p.token for p in batched] == alone and batched[-1].elapsed_ms >= batched[0].elapsed_ms > 0
+    with pytest.raises(ValueError, match="batch=0"):
+        list(stream(lm, PROMPTS[0], 6, batch=0))
+
+
 def test_only_causal_lms_are_wrapped(names_data):
     from lmlab.models.kinds import build_model
 

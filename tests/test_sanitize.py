@@ -19,6 +19,7 @@ EXAMPLES = [
      "CPU: <cpu> | cores: <cores> | torch threads: 1"),
     ("the nodes (63% of it), floor 69.5%", "the nodes ( <share>% of it), floor <share>%"),
     ("L   5.91 in flight", "L <count> in flight"),
+    ("VBox(children=(HBox(children=(Text(value='and god said', description='context'…", "<panel>"),
 ]
 
 
@@ -60,6 +61,13 @@ def test_rule_matches_its_example(index):
 ])
 def test_two_runs_with_different_times_print_the_same(a, b):
     assert sanitize(a) == sanitize(b)
+
+
+def test_a_panel_saved_before_and_after_its_plain_text_form_reads_the_same():
+    from lmlab.notebook.widgets import LIVE
+
+    before = "VBox(children=(FloatLogSlider(value=0.1, description='learning rate', max=0.3, min=-3.0, readout_format…"
+    assert sanitize(before) == sanitize(f"DescentPanel: sliders for the learning rate. {LIVE}") == "<panel>"
 
 
 @pytest.mark.parametrize("text", [

@@ -262,20 +262,23 @@ def generate(lm: CausalLM, prompts: str | Sequence[int] | Sequence[str] | Sequen
 
 def stream(lm: CausalLM, prompt: str | Sequence[int], max_new_tokens: int = 32, *,
            sampling: SamplingParams | None = None, sample: bool | None = None, temperature: float | None = None,
-           top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
+           top_k: int | None = None, top_p: float | None = None, seed: int | None = None, batch: int = 1,
            **options) -> Iterator[StreamedToken]:
     """Yield each new token of one prompt as soon as it exists, with its text and the ms since the call.
 
-    Takes ``generate``'s options; yields exactly the tokens ``generate`` returns. The text of a token is what
+    ``batch`` > 1 decodes the prompt as that many rows at once and streams the first (the times are the
+    batch's). Takes ``generate``'s options; yields exactly the tokens ``generate`` returns. The text of a token is what
     it adds to the decoded reply (a sub-word token can complete a character that earlier ones began).
-    Raises ValueError for a batch of prompts, and as ``generate`` does.
+    Raises ValueError for a batch of prompts, batch < 1, and as ``generate`` does.
     """
     if not isinstance(prompt, str) and len(prompt) and isinstance(prompt[0], (str, list, tuple)):
         raise ValueError("prompt is a batch; stream takes one prompt (a text or a list of token ids)")
+    check_int("batch", batch, 1)
     params = sampling_params(sampling, sample=sample, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
     shown = ""
     ids: list[int] = []
-    for event in _decode_loop(lm, prompt, max_new_tokens, sampling=params, **options):
+    prompts = prompt if batch == 1 else [prompt if isinstance(prompt, str) else list(prompt)] * batch
+    for event in _decode_loop(lm, prompts, max_new_tokens, sampling=params, **options):
         if isinstance(event, Generation):
             return
         token, elapsed_ms = event
@@ -354,10 +357,20 @@ def _checked_rows(lm: CausalLM, prompts, max_new_tokens: int) -> list[list[int]]
     rows = _prompt_ids(lm, prompts)
     longest = max(len(r) for r in rows)
     if longest + max_new_tokens > lm.window:
-        raise ValueError(f"max_new_tokens={max_new_tokens} with a {longest}-token prompt needs "
-                         f"{longest + max_new_tokens} positions; {lm.name}'s window is {lm.window}: use "
-                         f"max_new_tokens <= {lm.window - longest}")
+        raise ValueError(window_message(lm.name, lm.window, longest, max_new_tokens))
     return rows
+
+
+def window_message(name: str, window: int, prompt_tokens: int, max_new_tokens: int) -> str:
+    """Say why a prompt of ``prompt_tokens`` plus ``max_new_tokens`` does not fit a ``window`` of positions, and
+    what would: fewer new tokens while the prompt leaves room for one, else a prompt shorter by so many tokens."""
+    over = prompt_tokens + max_new_tokens - window
+    fix = f"shorten the prompt by {over} tokens"
+    if prompt_tokens < window:
+        fix = f"use max_new_tokens <= {window - prompt_tokens}, or {fix}"
+    needed = prompt_tokens + max_new_tokens
+    return f"max_new_tokens={max_new_tokens} with a {prompt_tokens}-token prompt needs {needed} positions; " \
+           f"{name}'s window is {window}: {fix}"
 
 
 def _step_for(lm: CausalLM, step: DecodeStep | None, backend: str, chosen: torch.device,

@@ -331,9 +331,12 @@ class Engine:
         window = self.window
         check_int("max_new_tokens", max_new_tokens, 1, window)
         if len(ids) + max_new_tokens > window:
+            fix = f"shorten the prompt by {len(ids) + max_new_tokens - window} tokens"
+            if len(ids) < window:
+                fix = f"use max_new_tokens <= {window - len(ids)}, or {fix}"
             raise ValueError(f"max_new_tokens={max_new_tokens} with a {len(ids)}-token prompt needs "
                              f"{len(ids) + max_new_tokens} positions; this engine holds {window} per reply "
-                             f"({self.lm.name}): use max_new_tokens <= {window - len(ids)}")
+                             f"({self.lm.name}): {fix}")
 
     @property
     def window(self) -> int:
