@@ -894,7 +894,7 @@ def onnx_table(steps: pd.DataFrame) -> pd.DataFrame:
     shown["nodes"] = [f"{int(n):>5}" if pd.notna(n) else "    -" for n in steps["nodes"]]
     shown["stored MB"] = [f"{v:.3f}" for v in steps["stored MB"]]
     for column in [c for c in steps.columns if c.startswith("ms, ")]:
-        shown[column] = [f"{format_ms(m)} (p90 {format_ms(p).strip()})"
+        shown[column] = [f"{format_ms(m)} (p90 {format_ms(p)})"  # fixed width: a timing's digits never shift a column
                          for m, p in zip(steps[column], steps["p90 " + column])]
     shown = shown.rename(columns={c: f"{c}: median (p90)" for c in shown.columns if c.startswith("ms, ")})
     # Differences of float32 rounding change with the CPU's vector width; the table says what they are below.
