@@ -245,13 +245,11 @@ def classification_metrics(y_true, y_pred, classes: Sequence[str]) -> ClassMetri
                         float(recall.mean()), float(f1.mean()), confusion, len(truth))
 
 
-def _macro_f1_rows(truth: np.ndarray, pred: np.ndarray, k: int) -> np.ndarray:
-    """Macro F1 of each row of (resamples, n) true and predicted class indices: (resamples,)."""
-    rows = np.arange(len(truth))[:, None] * k  # (resamples, 1)
-    size = len(truth) * k
-    tp = np.bincount((rows + truth)[truth == pred], minlength=size).reshape(-1, k).astype(float)
-    predicted = np.bincount((rows + pred).ravel(), minlength=size).reshape(-1, k).astype(float)
-    actual = np.bincount((rows + truth).ravel(), minlength=size).reshape(-1, k).astype(float)
+def _macro_f1_rows(weights: np.ndarray, truth: np.ndarray, pred: np.ndarray, k: int) -> np.ndarray:
+    """Macro F1 of each row of ``weights`` (resamples, n): row r counts how often each text is in resample r, so
+    TP_c = Σ_t w_t [y_t = c = ŷ_t] and the predicted and true totals likewise. Returns (resamples,)."""
+    truth_hot, pred_hot = np.eye(k)[truth], np.eye(k)[pred]  # (n, k) each
+    tp, predicted, actual = weights @ (truth_hot * pred_hot), weights @ pred_hot, weights @ truth_hot  # (resamples, k)
     precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
     recall = np.divide(tp, actual, out=np.zeros_like(tp), where=actual > 0)
     total = precision + recall
@@ -273,9 +271,12 @@ def compare_macro_f1(y_true, first_pred, second_pred, classes: Sequence[str], le
         raise ValueError(f"y_true, first_pred and second_pred have {len(truth)}, {len(first)} and {len(second)} "
                          "labels; give the same number")
     k = len(classes)
-    delta = float(_macro_f1_rows(truth[None], first[None], k)[0] - _macro_f1_rows(truth[None], second[None], k)[0])
+    whole = np.ones((1, len(truth)))  # every text once: the metric itself
+    delta = float(_macro_f1_rows(whole, truth, first, k)[0] - _macro_f1_rows(whole, truth, second, k)[0])
     picks = document_picks(len(truth), resamples, seed)  # (resamples, n)
-    gaps = _macro_f1_rows(truth[picks], first[picks], k) - _macro_f1_rows(truth[picks], second[picks], k)
+    offsets = np.arange(resamples)[:, None] * len(truth)
+    weights = np.bincount((offsets + picks).ravel(), minlength=resamples * len(truth)).reshape(resamples, -1)
+    gaps = _macro_f1_rows(weights, truth, first, k) - _macro_f1_rows(weights, truth, second, k)
     low, high = np.quantile(gaps, [(1 - level) / 2, (1 + level) / 2])
     return Comparison(delta, float(low), float(high), paired=True, documents=len(truth))
 
