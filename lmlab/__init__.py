@@ -24,7 +24,7 @@ milliseconds. The packages follow the course; each imports only the packages abo
                       training (DDP, ZeRO, FSDP2 against one process), sharding (tensor-parallel weights read
                       slice by slice), pipeline (stages, micro-batches, the bubble, GPipe and 1F1B training),
                       distributed (torchrun: data, tensor, pipeline parallel), sweep (grids on Ray)
-- ``lmlab.tasks``      classify (text classifiers), vectors (word2vec, GloVe's loss)
+- ``lmlab.tasks``      classify (text classifiers), vectors (word2vec, GloVe's loss and a short fit)
 - ``lmlab.notebook``   widgets (the interactive panels)
 - ``lmlab.cli``        ``python -m lmlab COMMAND``
 """

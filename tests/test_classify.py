@@ -19,6 +19,7 @@ from lmlab.tasks.classify import (
     book_group,
     book_group_table,
     classification_metrics,
+    confusion_plot,
     kjv_by_book_group,
     kjv_by_testament,
     load_task,
@@ -272,7 +273,8 @@ def onnx_table():
 
 
 def test_onnx_logits_match_pytorch_at_every_step(onnx_table):
-    assert list(onnx_table["step"]) == ["PyTorch", "ONNX, as trained", "ONNX, class logits only",
+    assert list(onnx_table["step"]) == ["PyTorch (class logits only)", "ONNX, as trained (+ MLM logits, pooler)",
+                                        "ONNX, class logits only",
                                         "ONNX, fused (ORT_ENABLE_ALL)", "ONNX, + BERT fusions"]
     assert (onnx_table["max |logit diff|"] <= 1e-4).all()
 
@@ -280,9 +282,52 @@ def test_onnx_logits_match_pytorch_at_every_step(onnx_table):
 def test_removing_the_lm_head_and_pooler_and_fusing_shrink_the_graph(onnx_table):
     nodes = dict(zip(onnx_table["step"], onnx_table["nodes"]))
     mb = dict(zip(onnx_table["step"], onnx_table["stored MB"]))
-    assert nodes["ONNX, class logits only"] < nodes["ONNX, as trained"]
-    assert mb["ONNX, class logits only"] < mb["ONNX, as trained"]
+    assert nodes["ONNX, class logits only"] < nodes["ONNX, as trained (+ MLM logits, pooler)"]
+    assert mb["ONNX, class logits only"] < mb["ONNX, as trained (+ MLM logits, pooler)"]
     assert nodes["ONNX, + BERT fusions"] < nodes["ONNX, fused (ORT_ENABLE_ALL)"] < nodes["ONNX, class logits only"]
+
+
+def test_onnx_table_and_verdicts_show_spreads(onnx_table):
+    from lmlab.tasks.classify import onnx_table as table
+    from lmlab.tasks.classify import onnx_verdicts
+
+    shown = table(onnx_table)
+    assert "timings" not in shown.columns and "ms, batch 1: median (p90)" in shown.columns
+    assert all("(p90 " in cell for cell in shown["ms, batch 1: median (p90)"])
+    lines = onnx_verdicts(onnx_table)
+    assert len(lines) == 3 and lines[0].startswith("ONNX, as trained (+ MLM logits, pooler) → ONNX, class logits")
+    assert all(("faster" in x or "slower" in x or "within noise" in x) and "batch 4" in x for x in lines)
+    with pytest.raises(ValueError, match="step='ONNX'"):
+        onnx_verdicts(onnx_table, [("ONNX", "PyTorch (class logits only)")])
+
+
+def test_compare_macro_f1_is_paired_and_agrees_with_the_metrics():
+    from lmlab.tasks.classify import compare_macro_f1
+
+    rng = np.random.default_rng(0)
+    truth = rng.integers(0, 3, 300)
+    good = np.where(rng.random(300) < 0.8, truth, rng.integers(0, 3, 300))
+    bad = rng.integers(0, 3, 300)
+    gap = compare_macro_f1(truth, good, bad, ["a", "b", "c"], resamples=200)
+    expected = (classification_metrics(truth, good, ["a", "b", "c"]).f1
+                - classification_metrics(truth, bad, ["a", "b", "c"]).f1)
+    assert gap.delta == pytest.approx(expected) and gap.paired and gap.documents == 300
+    assert gap.verdict == "higher, beyond noise" and gap.low <= gap.delta <= gap.high
+    same = compare_macro_f1(truth, good, good, ["a", "b", "c"], resamples=200)
+    assert same.delta == same.low == same.high == 0.0 and same.within_noise
+    with pytest.raises(ValueError, match="300, 300 and 2"):
+        compare_macro_f1(truth, good, bad[:2], ["a", "b", "c"])
+
+
+def test_confusion_plot_normalizes_rows_with_a_colour_bar():
+    import matplotlib.pyplot as plt
+
+    metrics = classification_metrics([0, 0, 0, 1], [0, 1, 1, 1], ["x", "y"])
+    fig = confusion_plot(metrics, "toy", normalize=True)
+    texts = [t.get_text() for t in fig.axes[0].texts]
+    assert texts == ["0.33\n(1)", "0.67\n(2)", "0.00\n(0)", "1.00\n(1)"]
+    assert len(fig.axes) == 2 and fig.axes[1].get_ylabel() == "share of the true class's texts"
+    plt.close(fig)
 
 
 def test_onnx_steps_refuses_another_model():

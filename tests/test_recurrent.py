@@ -151,7 +151,7 @@ def test_windowed_document_scores_match_evaluate(verses):
 
 
 def test_cost_by_position_times_each_model_at_each_position(verses):
-    from lmlab.inference.position_cost import cost_by_position, position_ratios
+    from lmlab.inference.position_cost import cost_by_position, position_ratios, position_verdicts
 
     gpt = build_model("gpt", verses.vocab, n_layer=1, n_embd=16, n_head=2, n_positions=64).eval()
     ids = verses.stream("valid")[:40]
@@ -160,6 +160,11 @@ def test_cost_by_position_times_each_model_at_each_position(verses):
                                                               ("GPT, KV cache", 1)]
     assert len(rows) == 6 and all(0 < r["median_ms"] <= r["p90_ms"] for r in rows)
     assert set(position_ratios(rows)) == {"LSTM step", "GPT, no cache", "GPT, KV cache"}
+    verdicts = position_verdicts(rows)
+    assert len(verdicts) == 2 and verdicts[1].startswith("position   40: GPT, KV cache takes")
+    assert all(v.endswith(("faster", "slower", "within noise")) for v in verdicts)
+    with pytest.raises(ValueError, match="model='GPT'"):
+        position_verdicts(rows, other="GPT")
     with pytest.raises(ValueError, match="position=41"):
         cost_by_position(tiny(verses.vocab), gpt, ids, positions=(41,), repeat=1)
 

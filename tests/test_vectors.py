@@ -262,3 +262,22 @@ def test_glove_loss_matches_a_direct_loop():
         glove_loss(tensors[0], tensors[1][:2], tensors[2], tensors[3], counts)
     with pytest.raises(ValueError, match="negative"):
         glove_loss(*tensors, -counts)
+
+
+def test_train_glove_lowers_the_loss_and_checks_its_arguments():
+    from lmlab.data.corpora import Vocab
+    from lmlab.tasks.vectors import train_glove
+
+    rng = np.random.default_rng(0)
+    counts = rng.poisson(3.0, size=(12, 12)).astype(float)
+    counts = counts + counts.T
+    vocab = Vocab(("<unk>", "<s>", "</s>") + tuple(f"w{i}" for i in range(9)))
+    glove = train_glove(counts, vocab, dim=4, steps=30, batch_size=50, lr=0.1, seed=0)
+    assert glove.vectors.shape == (12, 4) and len(glove.loss_curve) == 30
+    assert glove.settings["end_loss"] < glove.settings["start_loss"] and glove.settings["pairs"] == (counts > 0).sum()
+    again = train_glove(counts, vocab, dim=4, steps=30, batch_size=50, lr=0.1, seed=0)
+    assert np.array_equal(glove.vectors, again.vectors)  # seeded
+    with pytest.raises(ValueError, match="counts has shape"):
+        train_glove(counts[:5, :5], vocab)
+    with pytest.raises(ValueError, match="lr=0"):
+        train_glove(counts, vocab, lr=0)

@@ -23,7 +23,7 @@ from lmlab.inference.decode import (
     generate, kv_cache_bytes, littles_law, make_step, past_bytes, score_ids, stream, stream_speed,
 )
 from lmlab.inference.invariance import Invariance, batch_invariance, why_rows_differ
-from lmlab.inference.position_cost import cost_by_position, position_cost_plot, position_ratios
+from lmlab.inference.position_cost import cost_by_position, position_cost_plot, position_ratios, position_verdicts
 from lmlab.inference.speculative import (
     INEXACT_BACKENDS, DraftModel, SpeculativeGeneration, check_exact, expected_speedup, expected_tokens_per_pass,
     prompt_lookup, speculative_generate,
@@ -36,7 +36,7 @@ __all__ = [
     "Generation",
     "StreamedToken", "generate", "stream", "stream_speed", "littles_law", "batch_littles_law", "sampling_probs",
     "kv_cache_bytes", "past_bytes", "break_even", "compare_steps", "score_ids", "cost_by_position",
-    "position_cost_plot", "position_ratios", "Invariance", "batch_invariance", "why_rows_differ",
+    "position_cost_plot", "position_ratios", "position_verdicts", "Invariance", "batch_invariance", "why_rows_differ",
     "crop_past", "every_logit", "past_length", "prompt_lookup",
     "DraftModel", "SpeculativeGeneration", "speculative_generate", "verify", "expected_tokens_per_pass",
     "expected_speedup", "speculative_speedup", "INEXACT_BACKENDS", "check_exact",

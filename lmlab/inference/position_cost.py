@@ -11,6 +11,7 @@ import torch
 from lmlab.inference.step import TorchStep
 from lmlab.measure.plots import finish_axes, plain_log_ticks
 from lmlab.measure.runtime import torch_threads
+from lmlab.measure.stats import timing_verdict
 from lmlab.measure.timing import time_ms
 from lmlab.models.recurrent import RecurrentLanguageModel
 
@@ -21,11 +22,13 @@ def cost_by_position(lstm: RecurrentLanguageModel, gpt, token_ids, positions=(1,
 
     At position p the model has read p tokens (``token_ids[:p]``, starting with <s>) and predicts token p + 1:
     - "LSTM step": one ``lstm.step`` on token p with the state after p − 1 tokens: O(1) in p;
-    - "GPT, no cache": a forward pass over all p tokens: O(p) (O(p²) attention);
+    - "GPT, no cache": a forward pass over all p tokens, the output layer on the last position only
+      (``logits_to_keep=1``, the same one row of logits as the other two calls): O(p) (O(p²) attention);
     - "GPT, KV cache": one new token attending to the p − 1 cached keys and values: O(p), small constant.
     The cache is cut back to p − 1 positions after each timed call (``DynamicCache.crop(-1)``, inside the time), so
     every sample is the same step. ``gpt`` is lmlab's GPTLanguageModel. Returns one dict per (model, position)
-    with median_ms and p90_ms (``lmlab.measure.timing.time_ms``, ``repeat`` samples; everything on ``threads`` threads).
+    with median_ms, p90_ms and the ``timing`` itself (``lmlab.measure.timing.time_ms``, ``repeat`` samples;
+    everything on ``threads`` threads).
     Raises ValueError for a position outside [1, len(token_ids)] or beyond either model's window.
     """
     ids = torch.as_tensor(np.asarray(token_ids)).long().flatten()
@@ -52,11 +55,12 @@ def cost_by_position(lstm: RecurrentLanguageModel, gpt, token_ids, positions=(1,
                 return out
 
             calls = {"LSTM step": lambda: lstm.step(prefix[0, -1:], state),
-                     "GPT, no cache": lambda: gpt.gpt(input_ids=prefix).logits[:, -1],
+                     "GPT, no cache": lambda: gpt.gpt(input_ids=prefix, logits_to_keep=1).logits[:, -1],
                      "GPT, KV cache": cached}
             for label, call in calls.items():
                 timing = time_ms(call, repeat=repeat, threads=threads)
-                rows.append({"model": label, "position": p, "median_ms": timing.median_ms, "p90_ms": timing.p90_ms})
+                rows.append({"model": label, "position": p, "median_ms": timing.median_ms, "p90_ms": timing.p90_ms,
+                             "timing": timing})
     return rows
 
 
@@ -90,3 +94,20 @@ def position_ratios(rows: list[dict]) -> dict[str, float]:
         mine = sorted((r for r in rows if r["model"] == label), key=lambda r: r["position"])
         ratios[label] = mine[-1]["median_ms"] / mine[0]["median_ms"]
     return ratios
+
+
+def position_verdicts(rows: list[dict], reference: str = "LSTM step", other: str = "GPT, KV cache") -> list[str]:
+    """Say, at each position of ``cost_by_position``'s rows, whether ``other`` ran faster or slower than
+    ``reference`` beyond the noise of the repeats (``lmlab.measure.stats.timing_verdict``: their p10–p90 ranges
+    do not overlap), with the ratio of medians. Raises ValueError for a model name not in the rows."""
+    by_key = {(r["model"], r["position"]): r for r in rows}
+    for name in (reference, other):
+        if not any(model == name for model, _ in by_key):
+            raise ValueError(f"model={name!r} is not in the rows; use one of {sorted({m for m, _ in by_key})}")
+    lines = []
+    for p in sorted({pos for _, pos in by_key}):
+        ref, oth = by_key[reference, p], by_key[other, p]
+        verdict = timing_verdict(ref["timing"], oth["timing"])
+        lines.append(f"position {p:>4}: {other} takes {oth['median_ms'] / ref['median_ms']:.2f}× the {reference}'s "
+                     f"median -> {verdict}")
+    return lines

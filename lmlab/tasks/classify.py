@@ -40,7 +40,13 @@ from lmlab.data.corpora import kjv_books, kjv_verses, name_frequencies, split_in
 from lmlab.measure.plots import FONT_SIZE, tradeoff_plot
 from lmlab.measure.results import Result
 from lmlab.measure.runtime import check_int, seed_everything, torch_threads
-from lmlab.measure.stats import binomial_se, within_noise  # within_noise: the one rule every chapter uses
+from lmlab.measure.stats import (  # within_noise: the one rule every chapter uses; document_picks: the one resampler
+    Comparison,
+    binomial_se,
+    document_picks,
+    timing_verdict,
+    within_noise,
+)
 from lmlab.measure.timing import Stopwatch, Timing, format_ms, time_ms
 from lmlab.train.loop import _step
 
@@ -237,6 +243,42 @@ def classification_metrics(y_true, y_pred, classes: Sequence[str]) -> ClassMetri
     accuracy = float(tp.sum() / len(truth))
     return ClassMetrics(classes, accuracy, binomial_se(accuracy, len(truth)), float(precision.mean()),
                         float(recall.mean()), float(f1.mean()), confusion, len(truth))
+
+
+def _macro_f1_rows(weights: np.ndarray, truth: np.ndarray, pred: np.ndarray, k: int) -> np.ndarray:
+    """Macro F1 of each row of ``weights`` (resamples, n): row r counts how often each text is in resample r, so
+    TP_c = Σ_t w_t [y_t = c = ŷ_t] and the predicted and true totals likewise. Returns (resamples,)."""
+    truth_hot, pred_hot = np.eye(k)[truth], np.eye(k)[pred]  # (n, k) each
+    tp, predicted, actual = weights @ (truth_hot * pred_hot), weights @ pred_hot, weights @ truth_hot  # (resamples, k)
+    precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
+    recall = np.divide(tp, actual, out=np.zeros_like(tp), where=actual > 0)
+    total = precision + recall
+    return np.divide(2 * precision * recall, total, out=np.zeros_like(tp), where=total > 0).mean(1)
+
+
+def compare_macro_f1(y_true, first_pred, second_pred, classes: Sequence[str], level: float = 0.95,
+                     resamples: int = 2000, seed: int = 0) -> Comparison:
+    """Compare two classifiers' macro F1 on the same texts with the one noise rule, paired: Δ = F1(first) − F1(second)
+    and its percentile interval at ``level`` over bootstrap resamples of the texts (``document_picks``: both
+    classifiers rescored on the same resampled texts, each text a document). Macro F1 is not a mean over texts, so
+    the texts are resampled and the metric recomputed, as ``classification_metrics`` computes it.
+    Raises ValueError as ``classification_metrics`` does, or for fewer than 2 texts.
+    """
+    classes = tuple(classes)
+    truth = _as_indices("y_true", y_true, classes)
+    first, second = _as_indices("first_pred", first_pred, classes), _as_indices("second_pred", second_pred, classes)
+    if not len(truth) == len(first) == len(second):
+        raise ValueError(f"y_true, first_pred and second_pred have {len(truth)}, {len(first)} and {len(second)} "
+                         "labels; give the same number")
+    k = len(classes)
+    whole = np.ones((1, len(truth)))  # every text once: the metric itself
+    delta = float(_macro_f1_rows(whole, truth, first, k)[0] - _macro_f1_rows(whole, truth, second, k)[0])
+    picks = document_picks(len(truth), resamples, seed)  # (resamples, n)
+    offsets = np.arange(resamples)[:, None] * len(truth)
+    weights = np.bincount((offsets + picks).ravel(), minlength=resamples * len(truth)).reshape(resamples, -1)
+    gaps = _macro_f1_rows(weights, truth, first, k) - _macro_f1_rows(weights, truth, second, k)
+    low, high = np.quantile(gaps, [(1 - level) / 2, (1 + level) / 2])
+    return Comparison(delta, float(low), float(high), paired=True, documents=len(truth))
 
 
 def token_list_precision(true_tokens: Sequence, predicted_tokens: Sequence) -> float:
@@ -670,20 +712,30 @@ def tradeoff_summary(rows: Sequence[Result]) -> str:
             f"than {slowest.name}")
 
 
-def confusion_plot(metrics: ClassMetrics, title: str, ax=None):
-    """Draw the confusion matrix as a heat map with the count in each cell: rows true, columns predicted."""
+def confusion_plot(metrics: ClassMetrics, title: str, ax=None, normalize: bool = False):
+    """Draw the confusion matrix as a heat map with a colour bar: rows true, columns predicted. With ``normalize``
+    each row is divided by its total, so a cell reads "the share of the texts of this true class predicted as that
+    class" (the diagonal is each class's recall) and a rare class is as visible as a common one; the cell shows the
+    share and, below it, the count."""
     import matplotlib.pyplot as plt
 
 
     k = len(metrics.classes)
     if ax is None:
-        _, ax = plt.subplots(figsize=(2.2 + 1.1 * k, 1.6 + 1.0 * k))
+        _, ax = plt.subplots(figsize=(3.2 + 1.1 * k, 1.6 + 1.0 * k))
     counts = metrics.confusion
-    ax.imshow(counts, cmap="Blues")
+    totals = np.maximum(counts.sum(1, keepdims=True), 1)
+    shown = counts / totals if normalize else counts
+    top = 1.0 if normalize else max(int(counts.max()), 1)
+    image = ax.imshow(shown, cmap="Blues", vmin=0, vmax=top)
     for i in range(k):
         for j in range(k):
-            ax.text(j, i, f"{counts[i, j]}", ha="center", va="center", fontsize=FONT_SIZE - 2,
-                    color="white" if counts[i, j] > counts.max() / 2 else "black")
+            text = f"{shown[i, j]:.2f}\n({counts[i, j]})" if normalize else f"{counts[i, j]}"
+            ax.text(j, i, text, ha="center", va="center", fontsize=FONT_SIZE - (4 if normalize and k > 4 else 2),
+                    color="white" if shown[i, j] > top / 2 else "black")
+    bar = ax.figure.colorbar(image, ax=ax, fraction=0.046, pad=0.03)
+    bar.set_label("share of the true class's texts" if normalize else "texts", fontsize=FONT_SIZE - 2)
+    bar.ax.tick_params(labelsize=FONT_SIZE - 3)
     ax.set_xticks(range(k), metrics.classes, rotation=35, ha="right", fontsize=FONT_SIZE - 2)
     ax.set_yticks(range(k), metrics.classes, fontsize=FONT_SIZE - 2)
     ax.set_xlabel("predicted class", fontsize=FONT_SIZE)
@@ -745,14 +797,17 @@ def onnx_steps(clf: TransformerClassifier, texts: Sequence[str], batch_sizes: Se
                repeat: int = 20, threads: int | None = None) -> pd.DataFrame:
     """Export the transformer classifier to ONNX as the source does with BERT, one step at a time, and measure.
 
-    Steps: "PyTorch" (eager, the reference); "ONNX, as trained" (every output the module computes: MLM logits,
-    pooler output, class logits; ONNX Runtime's optimizer off); "ONNX, class logits only" (the LM head and the
-    pooler removed; optimizer off); "ONNX, fused (ORT_ENABLE_ALL)" (that graph under ONNX Runtime's optimizer:
-    constant folding, LayerNorm, GELU and MatMul fusions); "ONNX, + BERT fusions" (first rewritten by
+    Steps: "PyTorch (class logits only)" (eager, the reference: ``clf(ids, mask)``, which runs neither head);
+    "ONNX, as trained (+ MLM logits, pooler)" (every output the module computes: MLM logits, pooler output, class
+    logits; ONNX Runtime's optimizer off: more work than the PyTorch row, as its label says); "ONNX, class logits
+    only" (the LM head and the pooler removed; optimizer off); "ONNX, fused (ORT_ENABLE_ALL)" (that graph under
+    ONNX Runtime's optimizer: constant folding, LayerNorm, GELU and MatMul fusions);
+    "ONNX, + BERT fusions" (first rewritten by
     ``onnxruntime.transformers.optimizer.optimize_model(model_type="bert")``: one Attention node per layer,
     EmbedLayerNormalization, SkipLayerNormalization, then ORT_ENABLE_ALL). Columns: nodes (the graph ONNX Runtime
-    runs, after its optimizer), stored MB (its weights), ms per call at each batch size (the ids ready,
-    ``time_ms``), and the largest |logit difference| from PyTorch's class logits on ``texts``. Files go to a
+    runs, after its optimizer), stored MB (its weights), the median and p90 ms per call at each batch size (the ids
+    ready, ``time_ms``), the largest |logit difference| from PyTorch's class logits on ``texts``, and "timings"
+    ({batch size: Timing}, for ``onnx_verdicts``). Files go to a
     temporary folder, deleted after.
     Raises ValueError for a classifier that is not a trained TransformerClassifier or a batch size < 1.
     """
@@ -768,14 +823,15 @@ def onnx_steps(clf: TransformerClassifier, texts: Sequence[str], batch_sizes: Se
     pruned = copy.deepcopy(clf)
     del pruned.mlm
     pruned.bert.pooler = None  # BertModel skips a missing pooler
-    lines = [_step_line("PyTorch", None, clf.size_mb, lambda b: time_ms(clf, ids[:b], mask[:b], repeat=repeat,
-                                                                      threads=threads), batch_sizes, 0.0)]
+    lines = [_step_line("PyTorch (class logits only)", None, clf.size_mb,
+                        lambda b: time_ms(clf, ids[:b], mask[:b], repeat=repeat, threads=threads), batch_sizes, 0.0)]
     with tempfile.TemporaryDirectory(prefix="lmlab-cls-onnx-") as folder:
         full, logits_only, bert_fused = (Path(folder) / name for name in ("full.onnx", "logits.onnx", "bert.onnx"))
         _export_onnx(_AllOutputs(clf), (ids[:2], mask[:2]), ["mlm_logits", "pooler_output", "logits"], full)
         _export_onnx(pruned, (ids[:2], mask[:2]), ["logits"], logits_only)
         _bert_fusions(logits_only, bert_fused, clf.heads, clf.dim)
-        steps = [("ONNX, as trained", full, "disabled"), ("ONNX, class logits only", logits_only, "disabled"),
+        steps = [("ONNX, as trained (+ MLM logits, pooler)", full, "disabled"),
+                 ("ONNX, class logits only", logits_only, "disabled"),
                  ("ONNX, fused (ORT_ENABLE_ALL)", logits_only, "all"), ("ONNX, + BERT fusions", bert_fused, "all")]
         for i, (label, path, level) in enumerate(steps):
             session = _session(path, threads, level)
@@ -822,21 +878,46 @@ def _session_writing(source: Path, target: Path, level: str) -> None:
 
 
 def _step_line(label: str, nodes: int | None, stored_mb: float, timer, batch_sizes, max_diff: float) -> dict:
-    line = {"step": label, "nodes": nodes, "stored MB": stored_mb}
-    line.update({f"ms, batch {b}": timer(b).median_ms for b in batch_sizes})
+    line: dict = {"step": label, "nodes": nodes, "stored MB": stored_mb}
+    timings = {b: timer(b) for b in batch_sizes}
+    line.update({f"ms, batch {b}": t.median_ms for b, t in timings.items()})
+    line.update({f"p90 ms, batch {b}": t.p90_ms for b, t in timings.items()})
     line["max |logit diff|"] = max_diff
+    line["timings"] = timings  # {batch size: Timing}, for timing_verdict
     return line
 
 
 def onnx_table(steps: pd.DataFrame) -> pd.DataFrame:
-    """Return ``onnx_steps``' table as fixed-width strings for printing (times with their unit; a logit difference
-    below 1e-5, float32 rounding that varies from CPU to CPU, as "< 1e-05")."""
-    shown = steps.copy()
+    """Return ``onnx_steps``' table as fixed-width strings for printing: each time as its median with the p90 in
+    brackets (with their unit); a logit difference below 1e-5, float32 rounding that varies from CPU to CPU, as
+    "< 1e-05"."""
+    shown = steps.drop(columns=[c for c in steps.columns if c.startswith("p90 ") or c == "timings"])
     shown["nodes"] = [f"{int(n):>5}" if pd.notna(n) else "    -" for n in steps["nodes"]]
     shown["stored MB"] = [f"{v:.3f}" for v in steps["stored MB"]]
     for column in [c for c in steps.columns if c.startswith("ms, ")]:
-        shown[column] = [format_ms(v) for v in steps[column]]
+        shown[column] = [f"{format_ms(m)} (p90 {format_ms(p)})"  # fixed width: a timing's digits never shift a column
+                         for m, p in zip(steps[column], steps["p90 " + column])]
+    shown = shown.rename(columns={c: f"{c}: median (p90)" for c in shown.columns if c.startswith("ms, ")})
     # Differences of float32 rounding change with the CPU's vector width; the table says what they are below.
     shown["max |logit diff|"] = ["0" if v == 0 else "< 1e-05" if v < 1e-5 else f"{v:.1e}"
                                  for v in steps["max |logit diff|"]]
     return shown
+
+
+def onnx_verdicts(steps: pd.DataFrame, pairs: Sequence[tuple[str, str]] | None = None) -> list[str]:
+    """Say for each (before, after) pair of ``onnx_steps``' rows (default: each step against the one before it,
+    PyTorch's row left out) and each batch size whether ``after`` ran faster or slower than ``before`` beyond the
+    noise of the repeats (``timing_verdict``: their p10–p90 ranges do not overlap), with the ratio of medians.
+    Raises ValueError for a step name not in the table."""
+    by_step = dict(zip(steps["step"], steps["timings"]))
+    names = list(by_step)
+    pairs = list(zip(names[1:-1], names[2:])) if pairs is None else list(pairs)
+    for name in {n for pair in pairs for n in pair}:
+        if name not in by_step:
+            raise ValueError(f"step={name!r} is not in the table; use one of {names}")
+    lines = []
+    for before, after in pairs:
+        parts = [f"batch {b} {by_step[before][b].median_ms / by_step[after][b].median_ms:.2f}× the speed "
+                 f"({timing_verdict(by_step[before][b], by_step[after][b])})" for b in by_step[after]]
+        lines.append(f"{before} → {after}: " + ", ".join(parts))
+    return lines

@@ -11,7 +11,7 @@ score low. The loss of one pair (w, c) with negatives c_1..c_k drawn from the un
 ``WordVectors`` holds the centre vectors v and answers nearest neighbours (cosine similarity) and analogies
 (3CosAdd); ``WordVectors.from_gpt`` wraps a GPT's input embedding the same way, so the two can be compared with
 ``neighbour_overlap``. GloVe (Pennington et al., 2014) fits the same kind of vectors to log co-occurrence counts
-instead: ``cooccurrence`` counts X and ``glove_loss`` computes its objective.
+instead: ``cooccurrence`` counts X, ``glove_loss`` computes its objective and ``train_glove`` minimises it.
 """
 
 from __future__ import annotations
@@ -472,3 +472,54 @@ def glove_loss(w: torch.Tensor, w_tilde: torch.Tensor, b: torch.Tensor, b_tilde:
     xij = torch.from_numpy(x.data[keep]).to(w.dtype)  # (nnz,)
     fit = (w[i] * w_tilde[j]).sum(1) + b[i] + b_tilde[j] - torch.log(xij)  # (nnz,)
     return (glove_weight(xij, x_max, alpha) * fit ** 2).sum()
+
+
+def train_glove(counts, vocab: Vocab, dim: int = 50, steps: int = 300, batch_size: int = 16384, lr: float = 0.05,
+                seed: int = 0, x_max: float = 100.0, alpha: float = 0.75) -> WordVectors:
+    """Fit GloVe's vectors to the co-occurrence counts X (``cooccurrence``) by minimising ``glove_loss``:
+
+        J = Σ_{i,j: X_ij > 0} f(X_ij) (w_i · w̃_j + b_i + b̃_j − ln X_ij)²,
+
+    with AdaGrad (the GloVe paper's optimizer) on batches of ``batch_size`` non-zero X_ij (shuffled, seeded; a new
+    shuffle after each pass) for ``steps`` steps at learning rate ``lr``, from vectors drawn uniformly in ±0.5 / dim
+    and zero biases. Returns ``WordVectors`` of w + w̃ (the paper's choice), with ``loss_curve`` of (step, the batch's
+    J / batch_size) and in ``settings`` the mean J per non-zero X_ij over all of X before and after training
+    (``start_loss``, ``end_loss``). Raises ValueError for a count matrix that is not (V, V) for the vocabulary,
+    dim, steps or batch_size < 1, or lr not positive.
+    """
+    from scipy.sparse import coo_matrix
+
+    for name, value in (("dim", dim), ("steps", steps), ("batch_size", batch_size)):
+        check_int(name, value, 1)
+    if not (math.isfinite(lr) and lr > 0):
+        raise ValueError(f"lr={lr!r} is out of range; use a learning rate > 0, e.g. 0.05")
+    if counts.shape != (len(vocab), len(vocab)):
+        raise ValueError(f"counts has shape {counts.shape}; it needs ({len(vocab)}, {len(vocab)}) for the vocabulary")
+    x = coo_matrix(counts)
+    x = coo_matrix((x.data[x.data > 0], (x.row[x.data > 0], x.col[x.data > 0])), shape=x.shape)
+    generator, rng, v = torch.Generator().manual_seed(seed), np.random.default_rng(seed), len(vocab)
+    w, w_tilde = (((torch.rand(v, dim, generator=generator) - 0.5) / dim).requires_grad_(True) for _ in range(2))
+    b, b_tilde = torch.zeros(v, requires_grad=True), torch.zeros(v, requires_grad=True)
+    params = [w, w_tilde, b, b_tilde]
+    optimizer, curve, order = torch.optim.Adagrad(params, lr=lr), [], np.array([], dtype=np.int64)
+
+    def mean_loss() -> float:
+        with torch.no_grad():
+            return glove_loss(w, w_tilde, b, b_tilde, x, x_max=x_max, alpha=alpha).item() / x.nnz
+
+    start_loss = mean_loss()
+    with Stopwatch() as clock:
+        for step in range(1, steps + 1):
+            if len(order) < batch_size:
+                order = np.concatenate([order, rng.permutation(x.nnz)])
+            pick, order = order[:batch_size], order[batch_size:]
+            batch = coo_matrix((x.data[pick], (x.row[pick], x.col[pick])), shape=x.shape)
+            optimizer.zero_grad()
+            loss = glove_loss(w, w_tilde, b, b_tilde, batch, x_max=x_max, alpha=alpha)
+            loss.backward()
+            optimizer.step()
+            curve.append((step, loss.item() / len(pick)))
+    settings = dict(dim=dim, steps=steps, batch_size=batch_size, lr=lr, seed=seed, x_max=x_max, alpha=alpha,
+                    pairs=x.nnz, start_loss=start_loss, end_loss=mean_loss())
+    vectors = (w + w_tilde).detach().numpy()
+    return WordVectors(vectors, vocab, loss_curve=curve, settings=settings, train_seconds=clock.elapsed_ms() / 1e3)
