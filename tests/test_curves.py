@@ -105,3 +105,37 @@ def test_loss_bands_draw_a_band_per_setting_and_the_target():
         loss_bands({}, "t")
     with pytest.raises(ValueError, match="different steps"):
         loss_bands({"a": [history([1.0, 2.0]), history([1.0, 2.0], every=5)]}, "t")
+
+
+def test_steps_to_stay_below_counts_to_the_step_after_which_it_never_comes_back():
+    from lmlab.train.curves import steps_to_stay_below
+
+    assert steps_to_stay_below([5, 3, 0.5, 2, 0.4, 0.1], 1.0) == 5  # the dip at step 3 comes back up
+    assert steps_to_stay_below([0.5, 0.4], 1.0) == 1
+    assert steps_to_stay_below([5, 0.5, 2], 1.0) is None  # ends above: never settled
+    with pytest.raises(ValueError, match="threshold="):
+        steps_to_stay_below([1.0], float("nan"))
+    with pytest.raises(ValueError, match="values"):
+        steps_to_stay_below([], 1.0)
+
+
+def test_seed_verdict_pairs_seeds_and_calls_small_gaps_noise():
+    from lmlab.train.curves import seed_comparison, seed_verdict
+
+    clear = {"a": [2.40, 2.41, 2.39, 2.42], "b": [2.50, 2.52, 2.49, 2.51]}
+    found = seed_comparison(clear["a"], clear["b"])
+    assert found.delta == pytest.approx(-0.1) and not found.within_noise and found.verdict == "lower, beyond noise"
+    text = seed_verdict(clear, "loss", "{:.3f}".format)
+    assert text.startswith("lowest mean loss over 4 seeds: a: 2.405") and "b: 2.505" in text and "beyond noise" in text
+    # a shared seed effect: b is a little above a on every seed, so pairing by seed finds it
+    shared = {"a": [2.0, 2.5, 3.0], "b": [2.01, 2.51, 3.01]}
+    assert not seed_comparison(shared["a"], shared["b"]).within_noise
+    noisy = {"a": [2.40, 2.50, 2.45], "b": [2.46, 2.44, 2.47]}
+    assert "within noise" in seed_verdict(noisy, "loss")
+    assert "not reached" in seed_verdict({"a": [10, 20], "b": [None, 30]}, "steps")
+    with pytest.raises(ValueError, match="seeds"):
+        seed_comparison([1.0, 2.0], [1.0])
+    with pytest.raises(ValueError, match="seeds"):
+        seed_comparison([1.0], [2.0])
+    with pytest.raises(ValueError, match="values"):
+        seed_verdict({"a": [1.0, 2.0]}, "loss")

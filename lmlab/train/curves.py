@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from lmlab.measure.plots import FONT_SIZE, finish_axes
+from lmlab.measure.stats import Comparison, compare
 from lmlab.measure.timing import Timing, format_ms
 from lmlab.train.loop import History
 
@@ -104,6 +105,71 @@ def spread_verdict(values: dict[str, Sequence[float | None]], what: str,
         lines.append(f"  beyond the seed spread against {', '.join(beyond)} (the ranges do not overlap)")
     if within:
         lines.append(f"  within the seed spread against {', '.join(within)} (the ranges overlap: no winner shown)")
+    return "\n".join(lines)
+
+
+def steps_to_stay_below(values: Sequence[float], threshold: float) -> int | None:
+    """Return the first step t (counting from 1) after which ``values`` stay below ``threshold`` to the end, or None.
+
+    t = min { t : values[s] < threshold for every s >= t }. Unlike the first step below the threshold, a dip that
+    comes back up (the bottom of an oscillation) does not count. "To the end" means to the end of the values given:
+    a longer run could still leave. Raises ValueError for no values or a threshold that is not a finite number.
+    """
+    if not len(values):
+        raise ValueError("values is empty; give the quantity at each step")
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold):
+        raise ValueError(f"threshold={threshold!r} is out of range; use a finite number")
+    settled = None
+    for t in range(len(values), 0, -1):
+        if not values[t - 1] < threshold:
+            break
+        settled = t
+    return settled
+
+
+def seed_comparison(first: Sequence[float], second: Sequence[float]) -> Comparison:
+    """Compare two settings run under the same seeds, paired by seed, with ``lmlab.measure.stats.compare``'s rule.
+
+    Seed i gave both settings the same starting weights and batch order, so the per-seed differences
+    dᵢ = firstᵢ − secondᵢ cancel what the seed does to both. Δ = mean dᵢ, its standard error
+    SE = sd(d) / √n (n seeds, sample standard deviation), and the interval Δ ± 2 SE: ``compare(mean first,
+    mean second, se=(SE, 0))``, the unpaired rule applied to the one estimate Δ. With few seeds SE is itself
+    uncertain and ±2 SE is a little narrow (Student's t with n − 1 degrees of freedom would be wider).
+    Raises ValueError for fewer than two seeds or lists of different lengths.
+    """
+    if len(first) != len(second) or len(first) < 2:
+        raise ValueError(f"first has {len(first)} seeds and second {len(second)}; give the same seeds, at least two")
+    gaps = [a - b for a, b in zip(first, second)]
+    se = statistics.stdev(gaps) / math.sqrt(len(gaps))
+    return compare(statistics.fmean(first), statistics.fmean(second), se=(se, 0.0))
+
+
+def seed_verdict(values: dict[str, Sequence[float | None]], what: str,
+                 show: Callable[[float], str] = "{:.4g}".format) -> str:
+    """Name the setting with the lowest mean ``what`` over seeds and compare it with each other, paired by seed.
+
+    Each comparison is ``seed_comparison``: the difference of the means with ±2 standard errors of the per-seed
+    differences, and "within noise" when that interval holds 0. None stands for "not reached"; a setting with
+    one has no mean, ranks last and is not compared. Raises ValueError for fewer than two settings.
+    """
+    if len(values) < 2:
+        raise ValueError(f"values has {len(values)} setting(s); a verdict compares at least two")
+    def mean(label: str) -> float:
+        return math.inf if any(v is None for v in values[label]) else statistics.fmean(values[label])  # type: ignore
+    order = sorted(values, key=mean)
+    best, seeds = order[0], len(values[order[0]])
+    if math.isinf(mean(best)):
+        return f"every setting missed it on some seed, so none has a mean {what}"
+    lines = [f"lowest mean {what} over {seeds} seeds: {best}: {show(mean(best))}"]
+    for other in order[1:]:
+        if math.isinf(mean(other)):
+            missed = sum(v is None for v in values[other])
+            lines.append(f"  {other}: not reached on {missed} of {len(values[other])} seeds, not compared")
+            continue
+        found = seed_comparison(values[best], values[other])  # type: ignore[arg-type]
+        lines.append(f"  {other}: {show(mean(other))}; {best} minus it: {show(found.delta)} "
+                     f"(interval {show(found.low)} to {show(found.high)}): {found.verdict}")
+    lines.append("  (paired by seed: the mean per-seed difference ± 2 standard errors; within noise if it holds 0)")
     return "\n".join(lines)
 
 
