@@ -167,9 +167,9 @@ def seed_verdict(values: dict[str, Sequence[float | None]], what: str,
             lines.append(f"  {other}: not reached on {missed} of {len(values[other])} seeds, not compared")
             continue
         found = seed_comparison(values[best], values[other])  # type: ignore[arg-type]
-        lines.append(f"  {other}: {show(mean(other))}; {best} minus it: {show(found.delta)} "
-                     f"(interval {show(found.low)} to {show(found.high)}): {found.verdict}")
-    lines.append("  (paired by seed: the mean per-seed difference ± 2 standard errors; within noise if it holds 0)")
+        lines.append(f"  {other}: {show(mean(other))}; difference {show(found.delta)} "
+                     f"({show(found.low)} to {show(found.high)}): {best} {found.verdict}")
+    lines.append(f"  (difference: {best} minus the other, paired by seed, ± 2 standard errors; noise if it holds 0)")
     return "\n".join(lines)
 
 
