@@ -166,3 +166,19 @@ def test_adam_step_ratios_refuse_bad_input():
         adam_step_ratios(np.zeros(5))
     with pytest.raises(ValueError, match="betas="):
         adam_step_ratios(np.zeros((5, 1)), betas=(0.9, 1.0))
+
+
+def test_draw_contours_can_add_a_colour_bar_in_plain_loss_values():
+    import matplotlib.pyplot as plt
+
+    x, y = linear_data(30, seed=2)
+    fig, ax = plt.subplots()
+    bar = draw_contours(ax, x, y, "a title", colorbar=True)
+    assert bar is not None and "J(w, b)" in bar.ax.get_ylabel() and len(fig.axes) == 2
+    fig.canvas.draw()
+    labels = [t.get_text() for t in bar.ax.get_yticklabels() if t.get_text()]
+    assert labels and all("e" not in label and "^" not in label for label in labels)  # plain numbers, not 10^x
+    fig2, ax2 = plt.subplots()
+    assert draw_contours(ax2, x, y, "t") is None and len(fig2.axes) == 1
+    plt.close(fig)
+    plt.close(fig2)

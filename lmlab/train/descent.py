@@ -198,12 +198,29 @@ def loss_surface(x: torch.Tensor, y: torch.Tensor, w_range: tuple[float, float] 
     return w_grid, b_grid, surface
 
 
-def draw_contours(ax, x: torch.Tensor, y: torch.Tensor, title: str, true_line: tuple[float, float] = (2.0, 1.0)):
-    """Draw the contour lines of log10 J(w, b) on ``ax``, mark the true line's (w, b) with a star, label the axes."""
+def draw_contours(ax, x: torch.Tensor, y: torch.Tensor, title: str, true_line: tuple[float, float] = (2.0, 1.0),
+                  colorbar: bool = False):
+    """Draw the contour lines of log10 J(w, b) on ``ax``, mark the true line's (w, b) with a star, label the axes.
+
+    With ``colorbar=True`` a colour bar beside the plot reads the colours back as J itself (ticks in plain numbers,
+    0.1, 1, 10, on the log10 scale the lines are drawn on); returns that Colorbar, else None.
+    """
+    from matplotlib.ticker import FuncFormatter
+
     w_grid, b_grid, surface = loss_surface(x, y)
-    ax.contour(w_grid, b_grid, surface.log10(), levels=25, cmap="viridis")
+    lines = ax.contour(w_grid, b_grid, surface.log10(), levels=25, cmap="viridis")
     ax.plot(*true_line, "k*", ms=16, label=f"true line: w = {true_line[0]:g}, b = {true_line[1]:g}")
     ax.set_xlabel("w", fontsize=14)
     ax.set_ylabel("b", fontsize=14)
     ax.set_title(title, fontsize=14)
     ax.tick_params(labelsize=12)
+    if not colorbar:
+        return None
+    bar = ax.figure.colorbar(lines, ax=ax)
+    bar.set_label("J(w, b) on each line (log scale)", fontsize=14)
+    low, high = float(min(lines.levels)), float(max(lines.levels))
+    nice = [k * 10.0 ** e for e in range(-6, 7) for k in (1, 3)]  # J values worth a tick: 0.1, 0.3, 1, 3, ...
+    bar.set_ticks([math.log10(j) for j in nice if low <= math.log10(j) <= high])
+    bar.ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{10 ** v:.3g}"))
+    bar.ax.tick_params(labelsize=12)
+    return bar
