@@ -9,7 +9,6 @@ from lmlab.train.curves import (
     first_at_or_below,
     format_target_table,
     loss_bands,
-    spread_verdict,
     target_verdict,
     time_to_target,
 )
@@ -43,30 +42,6 @@ def test_time_to_target_is_the_first_evaluation_at_or_below_it():
         time_to_target({"empty": [History()]}, 2.5)
 
 
-def test_a_difference_counts_only_beyond_the_seed_spread():
-    beyond = spread_verdict({"a": [10, 20, 30], "b": [40, 50, 60]}, "steps")
-    assert beyond.splitlines()[0] == "lowest median steps: a: 20 (seeds 10 to 30)"
-    assert "beyond the seed spread against b" in beyond and "within" not in beyond
-    within = spread_verdict({"a": [10, 20, 30], "b": [25, 50, 60]}, "steps")
-    assert "within the seed spread against b" in within and "beyond" not in within
-    mixed = spread_verdict({"b": [35, 40, 45], "a": [10, 20, 30], "c": [30, 31, 32]}, "steps")
-    assert mixed.startswith("lowest median steps: a:")
-    assert "beyond the seed spread against b" in mixed and "within the seed spread against c" in mixed
-    with pytest.raises(ValueError, match="at least two"):
-        spread_verdict({"a": [1]}, "steps")
-    with pytest.raises(ValueError, match="at least one value"):
-        spread_verdict({"a": [1], "b": []}, "steps")
-
-
-def test_not_reached_ranks_last_and_blocks_a_claim():
-    assert "not reached on 2 of 3 seeds" in spread_verdict({"a": [10, 20, 30], "b": [None, 5, None]}, "steps")
-    one_missed = spread_verdict({"a": [10, 20, None], "b": [40, 50, 60]}, "steps")
-    assert "a: 20 (seeds 10 to 20, not reached on 1)" in one_missed  # the median counts a miss as the slowest
-    assert "within the seed spread against b" in one_missed  # a's worst seed never got there
-    assert spread_verdict({"a": [None, None], "b": [None, 1]}, "steps").startswith("no setting reached it")
-    assert "b: not reached on 1 of 2 seeds" in spread_verdict({"a": [1, 2], "b": [None, 1]}, "steps")
-
-
 def test_target_table_and_verdict_print_steps_per_seed_and_times_with_units():
     times = time_to_target(RUNS, 2.5)
     table = format_target_table(times)
@@ -78,10 +53,12 @@ def test_target_table_and_verdict_print_steps_per_seed_and_times_with_units():
     assert masked[2].count("not reached") == 2  # in steps and in milliseconds
     assert len({len(line) for line in lines[1:]}) == 1  # aligned columns
     in_steps, in_ms = target_verdict(times), target_verdict(times, by="ms")
-    assert in_steps.startswith("lowest median steps to 2.5 nats: fast: 20 steps (seeds 10 steps to 20 steps)")
-    assert "beyond the seed spread against slow" in in_steps
-    assert in_ms.startswith("lowest median training milliseconds to 2.5 nats: fast: 60 ms (seeds 30 ms to 60 ms)")
-    assert "within the seed spread against slow" in in_ms  # slow's best seed got there in 60 ms too
+    assert in_steps.startswith("lowest mean steps to 2.5 nats over 3 seeds: fast: 17 steps")
+    assert "slow: not reached on 1 of 3 seeds, not compared" in in_steps  # no mean, so no claim
+    assert in_ms.startswith("lowest mean training milliseconds to 2.5 nats over 3 seeds: fast: 50 ms")
+    reached = time_to_target(RUNS, 2.8)  # every seed of both gets there: the lead is compared, paired by seed
+    assert "slow: 27 steps; difference -17 steps (-23 steps to -10 steps): fast lower, beyond noise" in target_verdict(
+        reached)
     with pytest.raises(ValueError, match="by='s'"):
         target_verdict(times, by="s")
     with pytest.raises(ValueError, match="times is empty"):

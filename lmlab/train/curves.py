@@ -1,8 +1,9 @@
 """Training curves over several seeds: a band per setting, the time to reach a target loss, and an honest verdict.
 
 Introduced in notebooks/03_gradient_descent.ipynb. One seed's curve is one draw: another seed (other initial
-weights, another batch order) gives another curve. So a setting is run under several seeds, drawn as a band
-(min–max over the seeds), and a difference between two settings counts only when their ranges do not overlap.
+weights, another batch order) gives another curve. So a setting is run under several seeds and drawn as a band
+(min–max over the seeds); two settings run under the same seeds are compared paired by seed, with the one noise
+rule of ``lmlab.measure.stats.compare`` (``seed_comparison``, ``seed_verdict``).
 
 The time to target of one run is the first evaluated step whose validation loss is at or below the target,
 and the training milliseconds (evaluations excluded) up to that step; a run that never gets there is
@@ -63,49 +64,6 @@ def time_to_target(runs: dict[str, Sequence[History]], target_nats: float) -> li
             tuple(None if i is None else h.train_ms[i] for h, i in zip(histories, found)),
             tuple(h.train_ms[-1] / h.step[-1] for h in histories)))
     return times
-
-
-def _rank_key(values: Sequence[float | None]) -> tuple[float, float]:
-    """Median, then worst, with None (not reached) as infinity: what 'first' means over seeds."""
-    numbers = [math.inf if v is None else v for v in values]
-    return statistics.median(numbers), max(numbers)
-
-
-def spread_verdict(values: dict[str, Sequence[float | None]], what: str,
-                   show: Callable[[float], str] = "{:.4g}".format) -> str:
-    """Name the setting with the lowest median ``what`` over seeds, and say against which others that is real.
-
-    A difference counts as beyond the seed spread only when the best setting's worst seed is below the other
-    setting's best seed (the min–max ranges do not overlap); otherwise it is within the spread, i.e. not shown.
-    None stands for "not reached" and ranks after every number. Raises ValueError for fewer than two settings
-    or a setting without values.
-    """
-    if len(values) < 2:
-        raise ValueError(f"values has {len(values)} setting(s); a verdict compares at least two")
-    if any(len(v) == 0 for v in values.values()):
-        raise ValueError("every setting needs at least one value (one per seed)")
-    order = sorted(values, key=lambda label: _rank_key(values[label]))
-    best, others = order[0], order[1:]
-    if math.isinf(_rank_key(values[best])[0]):
-        return f"no setting reached it on most seeds, so none is first for {what}"
-
-    def summary(label: str) -> str:
-        numbers = [v for v in values[label] if v is not None]
-        missed, median = len(values[label]) - len(numbers), _rank_key(values[label])[0]
-        if math.isinf(median):
-            return f"{label}: not reached on {missed} of {len(values[label])} seeds"
-        text = f"{label}: {show(median)} (seeds {show(min(numbers))} to {show(max(numbers))}"
-        return text + (f", not reached on {missed})" if missed else ")")
-
-    worst_of_best = _rank_key(values[best])[1]
-    beyond = [o for o in others if worst_of_best < min(math.inf if v is None else v for v in values[o])]
-    within = [o for o in others if o not in beyond]
-    lines = [f"lowest median {what}: {summary(best)}"] + [f"  against {summary(o)}" for o in others]
-    if beyond:
-        lines.append(f"  beyond the seed spread against {', '.join(beyond)} (the ranges do not overlap)")
-    if within:
-        lines.append(f"  within the seed spread against {', '.join(within)} (the ranges overlap: no winner shown)")
-    return "\n".join(lines)
 
 
 def steps_to_stay_below(values: Sequence[float], threshold: float) -> int | None:
@@ -196,17 +154,18 @@ def format_target_table(times: Sequence[TargetTime]) -> str:
 
 
 def target_verdict(times: Sequence[TargetTime], by: str = "steps") -> str:
-    """Say which setting reaches the target first, counted in ``by`` ("steps" or "ms"), and whether that is real.
+    """Say which setting reaches the target first on average, counted in ``by`` ("steps" or "ms"), and whether the
+    lead is beyond noise (``seed_verdict``: paired by seed, the one noise rule).
 
     Steps depend only on the seeds; training milliseconds also on the machine and its load, so a verdict in
     milliseconds can change from one execution to the next. Raises ValueError for another ``by``.
     """
     target = f"{times[0].target_nats:.3g} nats"
     if by == "steps":
-        return spread_verdict({t.label: t.steps for t in times}, f"steps to {target}", "{:.0f} steps".format)
+        return seed_verdict({t.label: t.steps for t in times}, f"steps to {target}", "{:.0f} steps".format)
     if by == "ms":
-        return spread_verdict({t.label: t.train_ms for t in times}, f"training milliseconds to {target}",
-                              lambda ms: format_ms(ms, 6).strip())
+        return seed_verdict({t.label: t.train_ms for t in times}, f"training milliseconds to {target}",
+                            lambda ms: format_ms(ms, 6).strip())
     raise ValueError(f"by={by!r} is not a unit of time to target; use 'steps' or 'ms'")
 
 
