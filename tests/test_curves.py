@@ -49,8 +49,10 @@ def test_target_table_and_verdict_print_steps_per_seed_and_times_with_units():
     assert lines[0] == "target: validation cross-entropy <= 2.5 nats, 3 seeds"
     assert "40, 30, not reached" in lines[2] and "2 of 3" in lines[2] and "3 of 3" in lines[3]
     masked = [re.sub(r"[ ]*-?\d+(?:\.\d+)?(?:e[-+]?\d+)?[ ]?ms\b", " <time>", line) for line in lines]
-    assert masked[2].count("<time>") == 3 and masked[3].count("<time>") == 4  # per reached seed, per step
-    assert masked[2].count("not reached") == 2  # in steps and in milliseconds
+    assert masked[2].count("<time>") == 4 and masked[3].count("<time>") == 4  # median, min, max of reached; per step
+    assert masked[2].count("not reached") == 1  # in steps; the times summarise the seeds that got there
+    assert "60.0 ms" not in lines[2] and "70 ms" in lines[2] and "(     60 ms to      80 ms)" in lines[2]
+    assert format_target_table(time_to_target(RUNS, 2.0)).splitlines()[2].count("not reached") == 4  # 3 seeds, time
     assert len({len(line) for line in lines[1:]}) == 1  # aligned columns
     in_steps, in_ms = target_verdict(times), target_verdict(times, by="ms")
     assert in_steps.startswith("lowest mean steps to 2.5 nats over 3 seeds: fast: 17 steps")

@@ -132,21 +132,30 @@ def seed_verdict(values: dict[str, Sequence[float | None]], what: str,
 
 
 def format_target_table(times: Sequence[TargetTime]) -> str:
-    """Format time-to-target rows: steps and training milliseconds per seed, and milliseconds per step.
+    """Format time-to-target rows: steps per seed, the training milliseconds to the target over the seeds that
+    reached it (median, and min to max), and milliseconds per step.
 
     Times are printed with their unit at a fixed width (``lmlab.measure.timing.format_ms``) so nbval's sanitizer can
-    mask them. Raises ValueError for no rows.
+    mask them, and summarised over seeds so that a row fits a projector's width. Raises ValueError for no rows.
     """
     if not times:
         raise ValueError("times is empty; pass time_to_target's rows")
     width = max(len("setting"), *(len(t.label) for t in times))
     steps = [", ".join("not reached" if s is None else str(s) for s in t.steps) for t in times]
     steps_width = max(len("steps per seed"), *(len(s) for s in steps))
-    ms = [", ".join(f"{'not reached' if m is None else format_ms(m, 8):>11}" for m in t.train_ms) for t in times]
-    ms_width = max(len("training time per seed"), *(len(m) for m in ms))
+
+    def summary(train_ms: Sequence[float | None]) -> str:
+        reached = [m for m in train_ms if m is not None]
+        if not reached:
+            return "not reached"
+        middle = Timing.of(reached).median_ms
+        return f"{format_ms(middle, 7)} ({format_ms(min(reached), 7)} to {format_ms(max(reached), 7)})"
+
+    ms = [summary(t.train_ms) for t in times]
+    ms_width = max(len("training time: median (range)"), *(len(m) for m in ms))
     lines = [f"target: validation cross-entropy <= {times[0].target_nats:.3g} nats, {len(times[0].steps)} seeds",
              f"{'setting':>{width}}  reached  {'steps per seed':<{steps_width}}  "
-             f"{'training time per seed':<{ms_width}}  {'per step':>8}"]
+             f"{'training time: median (range)':<{ms_width}}  {'per step':>8}"]
     for t, seed_steps, seed_ms in zip(times, steps, ms):
         lines.append(f"{t.label:>{width}}  {f'{t.reached} of {len(t.steps)}':<7}  {seed_steps:<{steps_width}}  "
                      f"{seed_ms:<{ms_width}}  {format_ms(Timing.of(t.ms_per_step).median_ms, 5)}")
