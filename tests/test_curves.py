@@ -9,7 +9,6 @@ from lmlab.train.curves import (
     first_at_or_below,
     format_target_table,
     loss_bands,
-    spread_verdict,
     target_verdict,
     time_to_target,
 )
@@ -43,30 +42,6 @@ def test_time_to_target_is_the_first_evaluation_at_or_below_it():
         time_to_target({"empty": [History()]}, 2.5)
 
 
-def test_a_difference_counts_only_beyond_the_seed_spread():
-    beyond = spread_verdict({"a": [10, 20, 30], "b": [40, 50, 60]}, "steps")
-    assert beyond.splitlines()[0] == "lowest median steps: a: 20 (seeds 10 to 30)"
-    assert "beyond the seed spread against b" in beyond and "within" not in beyond
-    within = spread_verdict({"a": [10, 20, 30], "b": [25, 50, 60]}, "steps")
-    assert "within the seed spread against b" in within and "beyond" not in within
-    mixed = spread_verdict({"b": [35, 40, 45], "a": [10, 20, 30], "c": [30, 31, 32]}, "steps")
-    assert mixed.startswith("lowest median steps: a:")
-    assert "beyond the seed spread against b" in mixed and "within the seed spread against c" in mixed
-    with pytest.raises(ValueError, match="at least two"):
-        spread_verdict({"a": [1]}, "steps")
-    with pytest.raises(ValueError, match="at least one value"):
-        spread_verdict({"a": [1], "b": []}, "steps")
-
-
-def test_not_reached_ranks_last_and_blocks_a_claim():
-    assert "not reached on 2 of 3 seeds" in spread_verdict({"a": [10, 20, 30], "b": [None, 5, None]}, "steps")
-    one_missed = spread_verdict({"a": [10, 20, None], "b": [40, 50, 60]}, "steps")
-    assert "a: 20 (seeds 10 to 20, not reached on 1)" in one_missed  # the median counts a miss as the slowest
-    assert "within the seed spread against b" in one_missed  # a's worst seed never got there
-    assert spread_verdict({"a": [None, None], "b": [None, 1]}, "steps").startswith("no setting reached it")
-    assert "b: not reached on 1 of 2 seeds" in spread_verdict({"a": [1, 2], "b": [None, 1]}, "steps")
-
-
 def test_target_table_and_verdict_print_steps_per_seed_and_times_with_units():
     times = time_to_target(RUNS, 2.5)
     table = format_target_table(times)
@@ -74,14 +49,18 @@ def test_target_table_and_verdict_print_steps_per_seed_and_times_with_units():
     assert lines[0] == "target: validation cross-entropy <= 2.5 nats, 3 seeds"
     assert "40, 30, not reached" in lines[2] and "2 of 3" in lines[2] and "3 of 3" in lines[3]
     masked = [re.sub(r"[ ]*-?\d+(?:\.\d+)?(?:e[-+]?\d+)?[ ]?ms\b", " <time>", line) for line in lines]
-    assert masked[2].count("<time>") == 3 and masked[3].count("<time>") == 4  # per reached seed, per step
-    assert masked[2].count("not reached") == 2  # in steps and in milliseconds
+    assert masked[2].count("<time>") == 4 and masked[3].count("<time>") == 4  # median, min, max of reached; per step
+    assert masked[2].count("not reached") == 1  # in steps; the times summarise the seeds that got there
+    assert "60.0 ms" not in lines[2] and "70 ms" in lines[2] and "(     60 ms to      80 ms)" in lines[2]
+    assert format_target_table(time_to_target(RUNS, 2.0)).splitlines()[2].count("not reached") == 4  # 3 seeds, time
     assert len({len(line) for line in lines[1:]}) == 1  # aligned columns
     in_steps, in_ms = target_verdict(times), target_verdict(times, by="ms")
-    assert in_steps.startswith("lowest median steps to 2.5 nats: fast: 20 steps (seeds 10 steps to 20 steps)")
-    assert "beyond the seed spread against slow" in in_steps
-    assert in_ms.startswith("lowest median training milliseconds to 2.5 nats: fast: 60 ms (seeds 30 ms to 60 ms)")
-    assert "within the seed spread against slow" in in_ms  # slow's best seed got there in 60 ms too
+    assert in_steps.startswith("lowest mean steps to 2.5 nats over 3 seeds: fast: 17 steps")
+    assert "slow: not reached on 1 of 3 seeds, not compared" in in_steps  # no mean, so no claim
+    assert in_ms.startswith("lowest mean training milliseconds to 2.5 nats over 3 seeds: fast: 50 ms")
+    reached = time_to_target(RUNS, 2.8)  # every seed of both gets there: the lead is compared, paired by seed
+    assert "slow: 27 steps; difference -17 steps (-23 steps to -10 steps): fast lower, beyond noise" in target_verdict(
+        reached)
     with pytest.raises(ValueError, match="by='s'"):
         target_verdict(times, by="s")
     with pytest.raises(ValueError, match="times is empty"):
@@ -105,3 +84,37 @@ def test_loss_bands_draw_a_band_per_setting_and_the_target():
         loss_bands({}, "t")
     with pytest.raises(ValueError, match="different steps"):
         loss_bands({"a": [history([1.0, 2.0]), history([1.0, 2.0], every=5)]}, "t")
+
+
+def test_steps_to_stay_below_counts_to_the_step_after_which_it_never_comes_back():
+    from lmlab.train.curves import steps_to_stay_below
+
+    assert steps_to_stay_below([5, 3, 0.5, 2, 0.4, 0.1], 1.0) == 5  # the dip at step 3 comes back up
+    assert steps_to_stay_below([0.5, 0.4], 1.0) == 1
+    assert steps_to_stay_below([5, 0.5, 2], 1.0) is None  # ends above: never settled
+    with pytest.raises(ValueError, match="threshold="):
+        steps_to_stay_below([1.0], float("nan"))
+    with pytest.raises(ValueError, match="values"):
+        steps_to_stay_below([], 1.0)
+
+
+def test_seed_verdict_pairs_seeds_and_calls_small_gaps_noise():
+    from lmlab.train.curves import seed_comparison, seed_verdict
+
+    clear = {"a": [2.40, 2.41, 2.39, 2.42], "b": [2.50, 2.52, 2.49, 2.51]}
+    found = seed_comparison(clear["a"], clear["b"])
+    assert found.delta == pytest.approx(-0.1) and not found.within_noise and found.verdict == "lower, beyond noise"
+    text = seed_verdict(clear, "loss", "{:.3f}".format)
+    assert text.startswith("lowest mean loss over 4 seeds: a: 2.405") and "b: 2.505" in text and "beyond noise" in text
+    # a shared seed effect: b is a little above a on every seed, so pairing by seed finds it
+    shared = {"a": [2.0, 2.5, 3.0], "b": [2.01, 2.51, 3.01]}
+    assert not seed_comparison(shared["a"], shared["b"]).within_noise
+    noisy = {"a": [2.40, 2.50, 2.45], "b": [2.46, 2.44, 2.47]}
+    assert "within noise" in seed_verdict(noisy, "loss")
+    assert "not reached" in seed_verdict({"a": [10, 20], "b": [None, 30]}, "steps")
+    with pytest.raises(ValueError, match="seeds"):
+        seed_comparison([1.0, 2.0], [1.0])
+    with pytest.raises(ValueError, match="seeds"):
+        seed_comparison([1.0], [2.0])
+    with pytest.raises(ValueError, match="values"):
+        seed_verdict({"a": [1.0, 2.0]}, "loss")

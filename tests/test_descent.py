@@ -134,3 +134,51 @@ def test_draw_contours_labels_the_plot():
     assert ax.get_legend_handles_labels()[1] == ["true line: w = 2, b = 1"]
     assert ax.collections  # the contour lines
     plt.close(fig)
+
+
+def test_adam_step_ratios_match_the_optimizer_and_start_at_the_gradient_sign():
+    from lmlab.train.descent import adam_step_ratios
+
+    x, y, params = problem(1)
+    params = [params[1].clone().requires_grad_(True)]
+    optimizer, gradients, inside = Adam(params, lr=0.01), [], []
+    for _ in range(30):
+        optimizer.zero_grad()
+        ((x[:, :3] * params[0] - y) ** 2).mean().backward()
+        gradients.append(params[0].grad.clone().numpy())
+        optimizer.step()
+        m_hat, v_hat = optimizer.m[0] / (1 - 0.9 ** optimizer.t), optimizer.v[0] / (1 - 0.999 ** optimizer.t)
+        inside.append((m_hat / (v_hat.sqrt() + 1e-8)).numpy())
+    ratios = adam_step_ratios(np.array(gradients))
+    assert ratios.shape == (30, 3)
+    np.testing.assert_allclose(ratios, np.array(inside), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(ratios[0], np.sign(gradients[0]), atol=1e-6)  # m̂₁ = g₁, v̂₁ = g₁²
+    steady = adam_step_ratios(np.full((50, 1), 0.3))  # a constant gradient: m̂ = g, v̂ = g², ratio 1 at every step
+    np.testing.assert_allclose(steady, 1.0, atol=1e-6)
+    shrinking = adam_step_ratios(0.5 ** np.arange(40.0)[:, None])  # v̂ remembers the early, larger gradients
+    assert shrinking[-1, 0] < 0.05  # ratio 1 at step 1; g fell 2⁴⁰-fold, the ratio only about 50-fold
+
+
+def test_adam_step_ratios_refuse_bad_input():
+    from lmlab.train.descent import adam_step_ratios
+
+    with pytest.raises(ValueError, match="gradients="):
+        adam_step_ratios(np.zeros(5))
+    with pytest.raises(ValueError, match="betas="):
+        adam_step_ratios(np.zeros((5, 1)), betas=(0.9, 1.0))
+
+
+def test_draw_contours_can_add_a_colour_bar_in_plain_loss_values():
+    import matplotlib.pyplot as plt
+
+    x, y = linear_data(30, seed=2)
+    fig, ax = plt.subplots()
+    bar = draw_contours(ax, x, y, "a title", colorbar=True)
+    assert bar is not None and "J(w, b)" in bar.ax.get_ylabel() and len(fig.axes) == 2
+    fig.canvas.draw()
+    labels = [t.get_text() for t in bar.ax.get_yticklabels() if t.get_text()]
+    assert labels and all("e" not in label and "^" not in label for label in labels)  # plain numbers, not 10^x
+    fig2, ax2 = plt.subplots()
+    assert draw_contours(ax2, x, y, "t") is None and len(fig2.axes) == 1
+    plt.close(fig)
+    plt.close(fig2)

@@ -40,3 +40,16 @@ def test_timing_percentiles_interpolate_like_numpy_and_refuse_out_of_range():
     for q in (-1, 101, float("nan")):
         with pytest.raises(ValueError, match="q="):
             timing.percentile_ms(q)
+
+
+def test_block_means_average_consecutive_samples_as_a_per_block_timer_reports_them():
+    from lmlab.measure.timing import Timing, block_means
+
+    timing = Timing.of([1.0, 1.0, 1.0, 9.0, 1.0, 1.0, 1.0, 1.0, 5.0], warmup=2, threads=1)
+    blocks = block_means(timing, 4)  # the ninth sample does not fill a block and is dropped
+    assert blocks.samples_ms == (3.0, 1.0) and blocks.warmup == 2 and blocks.threads == 1
+    assert block_means(timing, 1).samples_ms == timing.samples_ms
+    with pytest.raises(ValueError, match="calls_per_block"):
+        block_means(timing, 10)
+    with pytest.raises(ValueError, match="calls_per_block"):
+        block_means(timing, 0)

@@ -14,7 +14,9 @@ from lmlab.measure.runtime import (
     DEVICE_CHOICES, THREADS_ENV, check_int, check_threads, cpu_model, default_threads, describe_environment,
     device_name, environment, pick_device, seed_everything, synchronize, torch_threads, use_threads,
 )
-from lmlab.measure.timing import Stopwatch, Timing, background_load, format_ms, medians_under_load, time_ms
+from lmlab.measure.timing import (
+    Stopwatch, Timing, background_load, block_means, format_ms, medians_under_load, time_ms,
+)
 from lmlab.measure.stats import (
     SE_MULTIPLE, Comparison, accuracy_interval, accuracy_noise, binomial_se, check_bootstrap, compare, compare_rows,
     compare_to_best, document_picks, paired_accuracy_interval, paired_nll_interval, perplexity_interval,
@@ -38,6 +40,7 @@ __all__ = [
     "THREADS_ENV", "DEVICE_CHOICES", "default_threads", "check_int", "check_threads", "use_threads",
     "torch_threads", "pick_device", "synchronize", "seed_everything", "cpu_model", "device_name", "environment",
     "describe_environment", "Timing", "Stopwatch", "format_ms", "time_ms", "background_load", "medians_under_load",
+    "block_means",
     "Result", "results_table", "with_dense_speed", "save_results", "check_results_path", "add_results",
     "load_results", "atomic_write_text", "atomic_write_bytes", "write_json", "FONT_SIZE", "pareto_frontier",
     "X_AXES", "Y_AXES",

@@ -121,6 +121,21 @@ def time_ms(
     return Timing(samples_ms=samples, threads=used_threads, warmup=warmup, first_ms=first_ms)
 
 
+def block_means(timing: Timing, calls_per_block: int) -> Timing:
+    """Average consecutive samples in blocks of ``calls_per_block`` calls: what a timer that reads the clock once per
+    block reports (``torch.utils.benchmark``'s ``blocked_autorange`` does, and gives the median of its block means).
+
+    Block j's time is mean(samples[j k : (j + 1) k]), k = ``calls_per_block``; samples that do not fill a last block
+    are dropped. A block's mean takes in every slow call inside it, which a median of single calls sets aside.
+    Raises ValueError for k < 1 or a k larger than the number of samples.
+    """
+    check_int("calls_per_block", calls_per_block, 1, timing.repeat)
+    blocks = timing.repeat // calls_per_block
+    samples = np.asarray(timing.samples_ms[:blocks * calls_per_block]).reshape(blocks, calls_per_block)
+    return Timing(samples_ms=tuple(float(ms) for ms in samples.mean(axis=1)), threads=timing.threads,
+                  warmup=timing.warmup, first_ms=timing.first_ms)
+
+
 def _timed_call(fn: Callable[..., Any], args: tuple, kwargs: dict, sync: bool) -> float:
     with Stopwatch(sync) as watch:
         fn(*args, **kwargs)

@@ -8,7 +8,7 @@ Modules, each importing only those above it in the course:
 """
 
 from lmlab.train.descent import (
-    SGD, Adam, Momentum, check_lr, descend, draw_contours, linear_data, loss_surface, squared_error,
+    SGD, Adam, Momentum, adam_step_ratios, check_lr, descend, draw_contours, linear_data, loss_surface, squared_error,
     squared_error_gradient, squared_error_hessian,
 )
 from lmlab.train.loop import (
@@ -17,7 +17,8 @@ from lmlab.train.loop import (
     training_data,
 )
 from lmlab.train.curves import (
-    TargetTime, first_at_or_below, format_target_table, loss_bands, spread_verdict, target_verdict, time_to_target,
+    TargetTime, first_at_or_below, format_target_table, loss_bands, seed_comparison, seed_verdict,
+    steps_to_stay_below, target_verdict, time_to_target,
 )
 
 __all__ = [
@@ -25,6 +26,6 @@ __all__ = [
     "squared_error_hessian", "loss_surface", "draw_contours", "PRESETS", "History", "train_model",
     "compare_optimizers", "training_data", "fine_tune", "distillation_loss", "distill", "preset_data",
     "train_preset", "TimedHistory", "train_timed", "distillation_race", "nll_difference", "describe_race",
-    "race_plot", "TargetTime", "first_at_or_below", "time_to_target", "spread_verdict", "format_target_table",
-    "target_verdict", "loss_bands",
+    "race_plot", "TargetTime", "first_at_or_below", "time_to_target", "format_target_table",
+    "target_verdict", "loss_bands", "adam_step_ratios", "steps_to_stay_below", "seed_comparison", "seed_verdict",
 ]

@@ -1,8 +1,9 @@
 """Training curves over several seeds: a band per setting, the time to reach a target loss, and an honest verdict.
 
 Introduced in notebooks/03_gradient_descent.ipynb. One seed's curve is one draw: another seed (other initial
-weights, another batch order) gives another curve. So a setting is run under several seeds, drawn as a band
-(min–max over the seeds), and a difference between two settings counts only when their ranges do not overlap.
+weights, another batch order) gives another curve. So a setting is run under several seeds and drawn as a band
+(min–max over the seeds); two settings run under the same seeds are compared paired by seed, with the one noise
+rule of ``lmlab.measure.stats.compare`` (``seed_comparison``, ``seed_verdict``).
 
 The time to target of one run is the first evaluated step whose validation loss is at or below the target,
 and the training milliseconds (evaluations excluded) up to that step; a run that never gets there is
@@ -17,6 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from lmlab.measure.plots import FONT_SIZE, finish_axes
+from lmlab.measure.stats import Comparison, compare
 from lmlab.measure.timing import Timing, format_ms
 from lmlab.train.loop import History
 
@@ -64,65 +66,96 @@ def time_to_target(runs: dict[str, Sequence[History]], target_nats: float) -> li
     return times
 
 
-def _rank_key(values: Sequence[float | None]) -> tuple[float, float]:
-    """Median, then worst, with None (not reached) as infinity: what 'first' means over seeds."""
-    numbers = [math.inf if v is None else v for v in values]
-    return statistics.median(numbers), max(numbers)
+def steps_to_stay_below(values: Sequence[float], threshold: float) -> int | None:
+    """Return the first step t (counting from 1) after which ``values`` stay below ``threshold`` to the end, or None.
+
+    t = min { t : values[s] < threshold for every s >= t }. Unlike the first step below the threshold, a dip that
+    comes back up (the bottom of an oscillation) does not count. "To the end" means to the end of the values given:
+    a longer run could still leave. Raises ValueError for no values or a threshold that is not a finite number.
+    """
+    if not len(values):
+        raise ValueError("values is empty; give the quantity at each step")
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold):
+        raise ValueError(f"threshold={threshold!r} is out of range; use a finite number")
+    settled = None
+    for t in range(len(values), 0, -1):
+        if not values[t - 1] < threshold:
+            break
+        settled = t
+    return settled
 
 
-def spread_verdict(values: dict[str, Sequence[float | None]], what: str,
-                   show: Callable[[float], str] = "{:.4g}".format) -> str:
-    """Name the setting with the lowest median ``what`` over seeds, and say against which others that is real.
+def seed_comparison(first: Sequence[float], second: Sequence[float]) -> Comparison:
+    """Compare two settings run under the same seeds, paired by seed, with ``lmlab.measure.stats.compare``'s rule.
 
-    A difference counts as beyond the seed spread only when the best setting's worst seed is below the other
-    setting's best seed (the min–max ranges do not overlap); otherwise it is within the spread, i.e. not shown.
-    None stands for "not reached" and ranks after every number. Raises ValueError for fewer than two settings
-    or a setting without values.
+    Seed i gave both settings the same starting weights and batch order, so the per-seed differences
+    dᵢ = firstᵢ − secondᵢ cancel what the seed does to both. Δ = mean dᵢ, its standard error
+    SE = sd(d) / √n (n seeds, sample standard deviation), and the interval Δ ± 2 SE: ``compare(mean first,
+    mean second, se=(SE, 0))``, the unpaired rule applied to the one estimate Δ. With few seeds SE is itself
+    uncertain and ±2 SE is a little narrow (Student's t with n − 1 degrees of freedom would be wider).
+    Raises ValueError for fewer than two seeds or lists of different lengths.
+    """
+    if len(first) != len(second) or len(first) < 2:
+        raise ValueError(f"first has {len(first)} seeds and second {len(second)}; give the same seeds, at least two")
+    gaps = [a - b for a, b in zip(first, second)]
+    se = statistics.stdev(gaps) / math.sqrt(len(gaps))
+    return compare(statistics.fmean(first), statistics.fmean(second), se=(se, 0.0))
+
+
+def seed_verdict(values: dict[str, Sequence[float | None]], what: str,
+                 show: Callable[[float], str] = "{:.4g}".format) -> str:
+    """Name the setting with the lowest mean ``what`` over seeds and compare it with each other, paired by seed.
+
+    Each comparison is ``seed_comparison``: the difference of the means with ±2 standard errors of the per-seed
+    differences, and "within noise" when that interval holds 0. None stands for "not reached"; a setting with
+    one has no mean, ranks last and is not compared. Raises ValueError for fewer than two settings.
     """
     if len(values) < 2:
         raise ValueError(f"values has {len(values)} setting(s); a verdict compares at least two")
-    if any(len(v) == 0 for v in values.values()):
-        raise ValueError("every setting needs at least one value (one per seed)")
-    order = sorted(values, key=lambda label: _rank_key(values[label]))
-    best, others = order[0], order[1:]
-    if math.isinf(_rank_key(values[best])[0]):
-        return f"no setting reached it on most seeds, so none is first for {what}"
-
-    def summary(label: str) -> str:
-        numbers = [v for v in values[label] if v is not None]
-        missed, median = len(values[label]) - len(numbers), _rank_key(values[label])[0]
-        if math.isinf(median):
-            return f"{label}: not reached on {missed} of {len(values[label])} seeds"
-        text = f"{label}: {show(median)} (seeds {show(min(numbers))} to {show(max(numbers))}"
-        return text + (f", not reached on {missed})" if missed else ")")
-
-    worst_of_best = _rank_key(values[best])[1]
-    beyond = [o for o in others if worst_of_best < min(math.inf if v is None else v for v in values[o])]
-    within = [o for o in others if o not in beyond]
-    lines = [f"lowest median {what}: {summary(best)}"] + [f"  against {summary(o)}" for o in others]
-    if beyond:
-        lines.append(f"  beyond the seed spread against {', '.join(beyond)} (the ranges do not overlap)")
-    if within:
-        lines.append(f"  within the seed spread against {', '.join(within)} (the ranges overlap: no winner shown)")
+    def mean(label: str) -> float:
+        return math.inf if any(v is None for v in values[label]) else statistics.fmean(values[label])  # type: ignore
+    order = sorted(values, key=mean)
+    best, seeds = order[0], len(values[order[0]])
+    if math.isinf(mean(best)):
+        return f"every setting missed it on some seed, so none has a mean {what}"
+    lines = [f"lowest mean {what} over {seeds} seeds: {best}: {show(mean(best))}"]
+    for other in order[1:]:
+        if math.isinf(mean(other)):
+            missed = sum(v is None for v in values[other])
+            lines.append(f"  {other}: not reached on {missed} of {len(values[other])} seeds, not compared")
+            continue
+        found = seed_comparison(values[best], values[other])  # type: ignore[arg-type]
+        lines.append(f"  {other}: {show(mean(other))}; difference {show(found.delta)} "
+                     f"({show(found.low)} to {show(found.high)}): {best} {found.verdict}")
+    lines.append(f"  (difference: {best} minus the other, paired by seed, ± 2 standard errors; noise if it holds 0)")
     return "\n".join(lines)
 
 
 def format_target_table(times: Sequence[TargetTime]) -> str:
-    """Format time-to-target rows: steps and training milliseconds per seed, and milliseconds per step.
+    """Format time-to-target rows: steps per seed, the training milliseconds to the target over the seeds that
+    reached it (median, and min to max), and milliseconds per step.
 
     Times are printed with their unit at a fixed width (``lmlab.measure.timing.format_ms``) so nbval's sanitizer can
-    mask them. Raises ValueError for no rows.
+    mask them, and summarised over seeds so that a row fits a projector's width. Raises ValueError for no rows.
     """
     if not times:
         raise ValueError("times is empty; pass time_to_target's rows")
     width = max(len("setting"), *(len(t.label) for t in times))
     steps = [", ".join("not reached" if s is None else str(s) for s in t.steps) for t in times]
     steps_width = max(len("steps per seed"), *(len(s) for s in steps))
-    ms = [", ".join(f"{'not reached' if m is None else format_ms(m, 8):>11}" for m in t.train_ms) for t in times]
-    ms_width = max(len("training time per seed"), *(len(m) for m in ms))
+
+    def summary(train_ms: Sequence[float | None]) -> str:
+        reached = [m for m in train_ms if m is not None]
+        if not reached:
+            return "not reached"
+        middle = Timing.of(reached).median_ms
+        return f"{format_ms(middle, 7)} ({format_ms(min(reached), 7)} to {format_ms(max(reached), 7)})"
+
+    ms = [summary(t.train_ms) for t in times]
+    ms_width = max(len("training time: median (range)"), *(len(m) for m in ms))
     lines = [f"target: validation cross-entropy <= {times[0].target_nats:.3g} nats, {len(times[0].steps)} seeds",
              f"{'setting':>{width}}  reached  {'steps per seed':<{steps_width}}  "
-             f"{'training time per seed':<{ms_width}}  {'per step':>8}"]
+             f"{'training time: median (range)':<{ms_width}}  {'per step':>8}"]
     for t, seed_steps, seed_ms in zip(times, steps, ms):
         lines.append(f"{t.label:>{width}}  {f'{t.reached} of {len(t.steps)}':<7}  {seed_steps:<{steps_width}}  "
                      f"{seed_ms:<{ms_width}}  {format_ms(Timing.of(t.ms_per_step).median_ms, 5)}")
@@ -130,17 +163,18 @@ def format_target_table(times: Sequence[TargetTime]) -> str:
 
 
 def target_verdict(times: Sequence[TargetTime], by: str = "steps") -> str:
-    """Say which setting reaches the target first, counted in ``by`` ("steps" or "ms"), and whether that is real.
+    """Say which setting reaches the target first on average, counted in ``by`` ("steps" or "ms"), and whether the
+    lead is beyond noise (``seed_verdict``: paired by seed, the one noise rule).
 
     Steps depend only on the seeds; training milliseconds also on the machine and its load, so a verdict in
     milliseconds can change from one execution to the next. Raises ValueError for another ``by``.
     """
     target = f"{times[0].target_nats:.3g} nats"
     if by == "steps":
-        return spread_verdict({t.label: t.steps for t in times}, f"steps to {target}", "{:.0f} steps".format)
+        return seed_verdict({t.label: t.steps for t in times}, f"steps to {target}", "{:.0f} steps".format)
     if by == "ms":
-        return spread_verdict({t.label: t.train_ms for t in times}, f"training milliseconds to {target}",
-                              lambda ms: format_ms(ms, 6).strip())
+        return seed_verdict({t.label: t.train_ms for t in times}, f"training milliseconds to {target}",
+                            lambda ms: format_ms(ms, 6).strip())
     raise ValueError(f"by={by!r} is not a unit of time to target; use 'steps' or 'ms'")
 
 

@@ -95,6 +95,30 @@ class Adam(SGD):
             p -= self.lr * m_hat / (v_hat.sqrt() + self.eps)
 
 
+def adam_step_ratios(gradients, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> np.ndarray:
+    """Return Adam's step in units of α, m̂ₜ / (√v̂ₜ + ε), at each step of a sequence of gradients.
+
+    ``gradients`` has shape (steps, parameters): row t is gₜ. With m₀ = v₀ = 0,
+    mₜ = β1 mₜ₋₁ + (1 − β1) gₜ, vₜ = β2 vₜ₋₁ + (1 − β2) gₜ², m̂ₜ = mₜ / (1 − β1ᵗ), v̂ₜ = vₜ / (1 − β2ᵗ), as ``Adam``
+    computes them; the step Adam takes is α times the returned row. At t = 1 it is sign(g₁) (m̂₁ = g₁, v̂₁ = g₁²);
+    under a steady gradient it stays near ±1; as the gradient shrinks it falls, because v̂ averages g² over about
+    1/(1 − β2) steps and so remembers the larger gradients of earlier steps. Raises ValueError for gradients that
+    are not a 2-d array of at least one step, or betas outside [0, 1).
+    """
+    grads = np.asarray(gradients, dtype=np.float64)
+    if grads.ndim != 2 or len(grads) == 0:
+        raise ValueError(f"gradients={grads.shape!r} (shape) is out of range; give an array (steps >= 1, parameters)")
+    if len(betas) != 2 or not all(0 <= beta < 1 for beta in betas):
+        raise ValueError(f"betas={betas!r} is out of range; use two numbers in [0, 1)")
+    beta1, beta2 = betas
+    m, v, ratios = np.zeros(grads.shape[1]), np.zeros(grads.shape[1]), np.empty_like(grads)
+    for t, g in enumerate(grads, start=1):
+        m = beta1 * m + (1 - beta1) * g
+        v = beta2 * v + (1 - beta2) * g * g
+        ratios[t - 1] = (m / (1 - beta1 ** t)) / (np.sqrt(v / (1 - beta2 ** t)) + eps)
+    return ratios
+
+
 def linear_data(n: int = 100, noise: float = 0.5, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Return x ~ Uniform(-2, 2) and y = 2x + 1 + noise·N(0, 1), float64, seeded."""
     check_int("n", n, 1)
@@ -174,12 +198,29 @@ def loss_surface(x: torch.Tensor, y: torch.Tensor, w_range: tuple[float, float] 
     return w_grid, b_grid, surface
 
 
-def draw_contours(ax, x: torch.Tensor, y: torch.Tensor, title: str, true_line: tuple[float, float] = (2.0, 1.0)):
-    """Draw the contour lines of log10 J(w, b) on ``ax``, mark the true line's (w, b) with a star, label the axes."""
+def draw_contours(ax, x: torch.Tensor, y: torch.Tensor, title: str, true_line: tuple[float, float] = (2.0, 1.0),
+                  colorbar: bool = False):
+    """Draw the contour lines of log10 J(w, b) on ``ax``, mark the true line's (w, b) with a star, label the axes.
+
+    With ``colorbar=True`` a colour bar beside the plot reads the colours back as J itself (ticks in plain numbers,
+    0.1, 1, 10, on the log10 scale the lines are drawn on); returns that Colorbar, else None.
+    """
+    from matplotlib.ticker import FuncFormatter
+
     w_grid, b_grid, surface = loss_surface(x, y)
-    ax.contour(w_grid, b_grid, surface.log10(), levels=25, cmap="viridis")
+    lines = ax.contour(w_grid, b_grid, surface.log10(), levels=25, cmap="viridis")
     ax.plot(*true_line, "k*", ms=16, label=f"true line: w = {true_line[0]:g}, b = {true_line[1]:g}")
     ax.set_xlabel("w", fontsize=14)
     ax.set_ylabel("b", fontsize=14)
     ax.set_title(title, fontsize=14)
     ax.tick_params(labelsize=12)
+    if not colorbar:
+        return None
+    bar = ax.figure.colorbar(lines, ax=ax)
+    bar.set_label("J(w, b) on each line (log scale)", fontsize=14)
+    low, high = float(min(lines.levels)), float(max(lines.levels))
+    nice = [k * 10.0 ** e for e in range(-6, 7) for k in (1, 3)]  # J values worth a tick: 0.1, 0.3, 1, 3, ...
+    bar.set_ticks([math.log10(j) for j in nice if low <= math.log10(j) <= high])
+    bar.ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{10 ** v:.3g}"))
+    bar.ax.tick_params(labelsize=12)
+    return bar
