@@ -40,3 +40,13 @@ def test_timing_percentiles_interpolate_like_numpy_and_refuse_out_of_range():
     for q in (-1, 101, float("nan")):
         with pytest.raises(ValueError, match="q="):
             timing.percentile_ms(q)
+
+
+def test_per_item_divides_every_sample_so_the_noise_rule_applies_per_sequence():
+    batch = Timing.of([8.0, 10.0, 12.0], threads=1)
+    per_row = batch.per_item(4)  # a step of 4 sequences: each sequence's share
+    assert per_row.samples_ms == (2.0, 2.5, 3.0) and per_row.threads == 1
+    assert per_row.median_ms == batch.median_ms / 4 and per_row.p90_ms == pytest.approx(batch.p90_ms / 4)
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="items"):
+            batch.per_item(bad)
