@@ -146,6 +146,19 @@ def test_graph_optimizer_fuses_nodes_and_the_profile_adds_up(gpt, gpt_decoder):
     assert sum(profile["by_op"].values()) == pytest.approx(profile["node_sum_ms"], rel=1e-9)  # the same run
 
 
+def test_nodes_removed_names_the_constant_folded_transpose(gpt, gpt_decoder):
+    # "disabled" keeps the tied output layer's Transpose(weight), run at every step; "basic" folds it into a
+    # constant once (constant folding), so that one node is all it removes from this graph.
+    removed = export.nodes_removed(gpt_decoder, "disabled", "basic")
+    assert [node["op"] for node in removed] == ["Transpose"]
+    (shape,) = removed[0]["constants"].values()
+    assert shape == (gpt.config.vocab_size, gpt.config.n_embd)
+    assert removed[0]["constant_bytes"] == 4 * gpt.config.vocab_size * gpt.config.n_embd  # float32
+    assert export.nodes_removed(gpt_decoder, "basic", "basic") == []
+    with pytest.raises(ValueError, match="after"):
+        export.nodes_removed(gpt_decoder, "disabled", "fastest")
+
+
 def test_profile_step_reports_the_unprofiled_step_timed_by_time_ms(gpt, gpt_decoder, monkeypatch):
     timed = []  # (whether the session timed was profiling, its Timing)
 

@@ -111,7 +111,10 @@ def test_roofline_plot_draws_log_axes():
     ax = fig.axes[0]
     assert ax.get_xscale() == "log" and ax.get_yscale() == "log"
     texts = {t.get_text() for t in ax.texts}
-    assert {"memory-bound", "compute-bound", "decode", "matmul 1024"} <= texts
+    assert {"memory-bound", "compute-bound", "overhead-bound"} <= texts  # every region the plot shades is named
+    keys = [t.get_text() for t in fig.legends[0].get_texts()]  # points are keyed by colour, not labelled beside
+    assert "decode: memory-bound" in keys and "matmul 1024: compute-bound" in keys
+    assert len(ax.collections) >= 3  # the three shaded regions
     assert any(t.startswith("ridge: 5 FLOP/byte") for t in texts)
     assert "test CPU" in ax.get_title()
     assert "FLOP/byte" in ax.get_xlabel() and "GFLOP/s" in ax.get_ylabel()
@@ -159,7 +162,40 @@ def test_regime_follows_the_roofline():
     assert regime(50, 90, 100, 20) == "compute-bound"
     assert regime(0.5, 8, 100, 20) == "memory-bound"  # roof 10 GFLOP/s, 80% of it reached
     assert regime(0.5, 2, 100, 20) == "overhead-bound"  # 20% of the roof
+    # One rule on both sides of the ridge: a point under `reached` of its roof is overhead-bound wherever it sits.
+    assert regime(50, 35, 100, 20) == "overhead-bound"  # right of the ridge, 35% of the peak
+    assert regime(50, 50, 100, 20) == "compute-bound"  # exactly half of the peak
+    assert regime(0.5, 4.7, 100, 20) == "overhead-bound"  # 47% of its roof
+    assert regime(0.5, 5, 100, 20) == "memory-bound"  # exactly half of its roof
+    assert regime(5, 50, 100, 20) == "memory-bound"  # at the ridge: both roofs meet, the memory side holds it
     with pytest.raises(ValueError, match="reached"):
         regime(0.5, 2, 100, 20, reached=1.5)
     with pytest.raises(ValueError, match="bandwidth_gbs"):
         regime(0.5, 2, 100, 0)
+
+
+def test_linear_rows_ms_times_one_weight_at_each_row_count():
+    from lmlab.measure.hardware import linear_rows_ms
+
+    timings = linear_rows_ms(64, 96, (1, 2, 4), threads=1, repeat=3)
+    assert list(timings) == [1, 2, 4]
+    assert all(t.repeat == 3 and t.threads == 1 and t.median_ms > 0 for t in timings.values())
+    for call, argname in ((lambda: linear_rows_ms(0, 8, (1,)), "in_features"),
+                          (lambda: linear_rows_ms(8, 8, ()), "rows"),
+                          (lambda: linear_rows_ms(8, 8, (1, 0)), "rows"),
+                          (lambda: linear_rows_ms(8, 8, (1,), repeat=0), "repeat")):
+        with pytest.raises(ValueError, match=argname):
+            call()
+
+
+def test_gpu_decode_run_keeps_one_run_and_one_statistic_per_column():
+    from lmlab.measure.hardware import gpu_decode_run, gpu_rows
+
+    rows = gpu_rows("decode")
+    for file in rows.file.unique():
+        run = gpu_decode_run(file)
+        assert set(run.file) == {file} and len(run) == (rows.file == file).sum()
+        share = run.floor_ms / run.step_ms  # the floor over the forward alone, only where the run timed it
+        assert run.floor_share.equals(share)
+    with pytest.raises(ValueError, match="file"):
+        gpu_decode_run("no-such-run.json")

@@ -53,3 +53,13 @@ def test_block_means_average_consecutive_samples_as_a_per_block_timer_reports_th
         block_means(timing, 10)
     with pytest.raises(ValueError, match="calls_per_block"):
         block_means(timing, 0)
+
+
+def test_per_item_divides_every_sample_so_the_noise_rule_applies_per_sequence():
+    batch = Timing.of([8.0, 10.0, 12.0], threads=1)
+    per_row = batch.per_item(4)  # a step of 4 sequences: each sequence's share
+    assert per_row.samples_ms == (2.0, 2.5, 3.0) and per_row.threads == 1
+    assert per_row.median_ms == batch.median_ms / 4 and per_row.p90_ms == pytest.approx(batch.p90_ms / 4)
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="items"):
+            batch.per_item(bad)

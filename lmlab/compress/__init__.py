@@ -18,7 +18,8 @@ Modules, each importing only those above it in the course:
 
 from lmlab.compress.export import (
     BLOCK_SIZE, DECODER_VERSION, FORMAT_VERSION, OPTIMIZATIONS, QUANTIZATIONS, OnnxDecoder, OnnxLogits, OnnxPast,
-    conv1d_as_linear, graph_node_counts, graph_op_counts, onnx_matmul, onnx_decoder, onnx_model, profile_step,
+    conv1d_as_linear, graph_node_counts, graph_op_counts, nodes_removed, onnx_matmul, onnx_decoder, onnx_model,
+    profile_step,
 )
 from lmlab.compress.fused import (
     FUSED_FORMATS, FUSED_VERSION, SUPPORTED_ARCHITECTURES, FusedDecoder, FusedPast, fused_decoder,
@@ -43,6 +44,7 @@ from lmlab.compress.quantize_study import (
 __all__ = [
     "QUANTIZATIONS", "BLOCK_SIZE", "FORMAT_VERSION", "DECODER_VERSION", "OPTIMIZATIONS", "OnnxLogits", "onnx_model",
     "conv1d_as_linear", "OnnxPast", "OnnxDecoder", "onnx_decoder", "graph_node_counts", "graph_op_counts",
+    "nodes_removed",
     "profile_step", "onnx_matmul", "FUSED_FORMATS", "FUSED_VERSION", "SUPPORTED_ARCHITECTURES", "FusedPast",
     "FusedDecoder", "fused_decoder", "SCOPES", "MAX_SHARING_BITS", "Compressed", "check_sparsity", "prunable_layers",
     "magnitude_prune", "mlp_blocks", "prune_mlp", "prune_heads", "LowRankLinear", "low_rank", "kmeans_1d",

@@ -757,7 +757,39 @@ def _graph_path(decoder_or_path) -> Path:
     return path
 
 
-def _optimized_op_counts(path: Path, optimization: str) -> dict[str, int]:
+def nodes_removed(decoder_or_path: Any, before: str = "disabled", after: str = "basic") -> list[dict]:
+    """List the nodes that ONNX Runtime's optimizer keeps at level ``before`` but removes at level ``after``.
+
+    A node is matched across the two optimized graphs by its operator, inputs and outputs. Each entry is
+    {"op": operator, "name": node name, "constants": {constant input: shape}, "constant_bytes": their bytes}:
+    a node whose inputs are all constants (a Transpose of a weight) is what constant folding computes once, at
+    load time, instead of at every run. Raises ValueError for an unknown level or a missing graph.
+    """
+    for argument, level in (("before", before), ("after", after)):
+        if level not in OPTIMIZATIONS:
+            raise ValueError(f"{argument}={level!r} is unknown; use one of {OPTIMIZATIONS}")
+    path = _graph_path(decoder_or_path)
+    kept_graph, optimized = _optimized_graph(path, before), _optimized_graph(path, after)
+    kept = {(n.op_type, tuple(n.input), tuple(n.output)) for n in optimized.node}
+    constants = {init.name: init for init in kept_graph.initializer}
+    removed = []
+    for node in kept_graph.node:
+        if (node.op_type, tuple(node.input), tuple(node.output)) in kept:
+            continue
+        shapes = {name: tuple(constants[name].dims) for name in node.input if name in constants}
+        size = sum(int(np.prod(shape)) * _element_bytes(constants[name].data_type) for name, shape in shapes.items())
+        removed.append({"op": node.op_type, "name": node.name, "constants": shapes, "constant_bytes": size})
+    return removed
+
+
+def _element_bytes(data_type: int) -> int:
+    from onnx import helper
+
+    return int(np.dtype(helper.tensor_dtype_to_np_dtype(data_type)).itemsize)
+
+
+def _optimized_graph(path: Path, optimization: str):
+    """The graph as ONNX Runtime's optimizer leaves it at ``optimization`` (weights not loaded: shapes only)."""
     import onnx
     import onnxruntime as ort
 
@@ -770,10 +802,13 @@ def _optimized_op_counts(path: Path, optimization: str) -> dict[str, int]:
         options.add_session_config_entry("session.optimized_model_external_initializers_file_name", "optimized.data")
         options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
         ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        graph = onnx.load(str(written), load_external_data=False).graph
-        counts: dict[str, int] = {}
-        for node in graph.node:
-            counts[node.op_type] = counts.get(node.op_type, 0) + 1
+        return onnx.load(str(written), load_external_data=False).graph
+
+
+def _optimized_op_counts(path: Path, optimization: str) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for node in _optimized_graph(path, optimization).node:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
     return counts
 
 

@@ -33,7 +33,8 @@ from lmlab.measure.plots import (
 from lmlab.measure.hardware import (
     FORMAT_BYTES, FORMATS, GPU_DATA_DIR, GPU_PEAKS, GPU_ROW_KINDS, GPU_ROW_STAMP, GPU_SPECS, QUANT_BLOCKS,
     MATMUL_DTYPES, REGIMES, Bandwidth, Throughput, arithmetic_intensity, decode_floor_ms, gpu_decode_summary,
-    gpu_results, gpu_rows, matmul_gflops, memory_bandwidth, predicted_decode_ms, regime, roofline_plot, weight_bytes,
+    gpu_decode_run, gpu_results, gpu_rows, linear_rows_ms, matmul_gflops, memory_bandwidth, predicted_decode_ms,
+    regime, roofline_plot, weight_bytes,
 )
 
 __all__ = [
@@ -48,7 +49,8 @@ __all__ = [
     "PERCEPTION_MS", "budget_plot", "FORMATS", "FORMAT_BYTES", "QUANT_BLOCKS", "MATMUL_DTYPES", "GPU_SPECS",
     "GPU_PEAKS", "Bandwidth", "memory_bandwidth", "Throughput", "matmul_gflops", "weight_bytes", "decode_floor_ms",
     "predicted_decode_ms", "arithmetic_intensity", "REGIMES", "regime", "roofline_plot", "GPU_DATA_DIR",
-    "GPU_ROW_STAMP", "GPU_ROW_KINDS", "gpu_rows", "gpu_results", "gpu_decode_summary", "SE_MULTIPLE", "binomial_se",
+    "GPU_ROW_STAMP", "GPU_ROW_KINDS", "gpu_rows", "gpu_results", "gpu_decode_summary",
+    "gpu_decode_run", "linear_rows_ms", "SE_MULTIPLE", "binomial_se",
     "document_picks", "accuracy_interval", "paired_accuracy_interval", "Comparison", "compare", "compare_rows",
     "compare_to_best", "paired_nll_interval", "accuracy_noise", "within_noise", "timing_verdict",
     "perplexity_interval", "check_bootstrap",

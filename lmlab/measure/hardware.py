@@ -17,10 +17,11 @@ import dataclasses
 import json
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from numbers import Real
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -28,13 +29,14 @@ import pandas as pd
 import torch
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.patches import Patch
 from matplotlib.transforms import blended_transform_factory
 from torch import nn
 
-from lmlab.measure.plots import FONT_SIZE, finish_axes, place_labels
+from lmlab.measure.plots import FONT_SIZE, finish_axes, plain_log_ticks
 from lmlab.measure.results import Result
 from lmlab.measure.runtime import check_int, check_threads, default_threads, device_name
-from lmlab.measure.timing import time_ms
+from lmlab.measure.timing import Timing, time_ms
 
 FORMATS = ("float32", "bfloat16", "int8", "int4")
 FORMAT_BYTES = {"float32": 4, "bfloat16": 2, "int8": 1, "int4": 0.5}  # bytes per weight of a 2-D matrix
@@ -155,6 +157,32 @@ def matmul_gflops(n: int = 1024, dtype: torch.dtype = torch.float32, threads: in
                       median_ms=timing.median_ms)
 
 
+def linear_rows_ms(in_features: int, out_features: int, rows: Sequence[int], threads: int | None = None,
+                   repeat: int = 15) -> dict[int, Timing]:
+    """Time y = x Wᵀ for one (out_features, in_features) float32 weight at each row count of x (the batch).
+
+    A decode step at batch b runs its matrix products with b rows; the matrix-multiply library picks its kernel
+    by the shape, so the cost need not grow smoothly with b. Each count is timed by ``time_ms`` (three warm-ups,
+    ``repeat`` runs) on ``threads`` threads. Raises ValueError for features outside [1, 65536], no rows or a
+    row count outside [1, 4096], threads < 1 or repeat < 1.
+    """
+    check_int("in_features", in_features, 1, 65536)
+    check_int("out_features", out_features, 1, 65536)
+    if not len(rows):
+        raise ValueError("rows is empty: give the row counts (batch sizes) to time, e.g. (1, 2, 4, 8)")
+    for count in rows:
+        check_int("rows", count, 1, 4096)
+    threads = default_threads() if threads is None else check_threads(threads)
+    check_int("repeat", repeat, 1)
+    generator = torch.Generator().manual_seed(0)  # its own generator: leaves the global seed alone
+    weight = torch.randn(out_features, in_features, generator=generator)  # (out, in)
+    timings = {}
+    for count in rows:
+        x = torch.randn(count, in_features, generator=generator)  # (rows, in)
+        timings[count] = time_ms(torch.nn.functional.linear, x, weight, warmup=3, repeat=repeat, threads=threads)
+    return timings
+
+
 def weight_bytes(model: nn.Module, fmt: str = "float32") -> int:
     """Count the bytes of weights one decode step reads per token, every distinct parameter once.
 
@@ -219,9 +247,12 @@ REGIMES = ("compute-bound", "memory-bound", "overhead-bound")
 
 def regime(intensity: float, achieved_gflops: float, peak_gflops: float, bandwidth_gbs: float,
            reached: float = 0.5) -> str:
-    """Name what limits an operation: "compute-bound" right of the ridge (I > peak / bandwidth), else
-    "memory-bound" if it reaches at least ``reached`` of its roof I · bandwidth, else "overhead-bound"
-    (neither the arithmetic nor the memory traffic explains its time: Python, dispatch, small kernels).
+    """Name what limits an operation, by one rule on both sides of the ridge I* = peak / bandwidth.
+
+    Its roof is min(peak, I · bandwidth). Reaching at least ``reached`` of it, the operation is "memory-bound"
+    at I <= I* (the sloped roof holds it) or "compute-bound" at I > I* (the flat roof); below that share it is
+    "overhead-bound" wherever it sits: neither the arithmetic nor the memory traffic explains its time (Python,
+    dispatch, small kernels).
 
     Raises ValueError for non-positive or non-finite numbers, or ``reached`` outside (0, 1].
     """
@@ -229,18 +260,21 @@ def regime(intensity: float, achieved_gflops: float, peak_gflops: float, bandwid
                         ("peak_gflops", peak_gflops), ("bandwidth_gbs", bandwidth_gbs)):
         _check_real(name, value)
     _check_real("reached", reached, high=1.0)
-    if intensity > peak_gflops / bandwidth_gbs:
-        return "compute-bound"
-    return "memory-bound" if achieved_gflops >= reached * intensity * bandwidth_gbs else "overhead-bound"
+    if achieved_gflops < reached * min(peak_gflops, intensity * bandwidth_gbs):
+        return "overhead-bound"
+    return "compute-bound" if intensity > peak_gflops / bandwidth_gbs else "memory-bound"
 
 
 def roofline_plot(peak_gflops: float, bandwidth_gbs: float, points: list[tuple[str, float, float]],
-                  title: str = "Roofline", hardware: str | None = None, ax: Axes | None = None) -> Figure:
+                  title: str = "Roofline", hardware: str | None = None, ax: Axes | None = None,
+                  reached: float = 0.5) -> Figure:
     """Draw the roofline, attainable GFLOP/s = min(peak, I · bandwidth), on log-log axes, with measured points.
 
     The ridge I* = peak_gflops / bandwidth_gbs (FLOP/byte) divides memory-bound (left) from compute-bound
-    (right). Each point is (name, intensity in FLOP/byte, measured GFLOP/s); an empty list draws the roof
-    alone. The hardware (default: this machine's CPU) is named in the title.
+    (right); below ``reached`` of the roof lies overhead-bound: the three regions ``regime`` names, each shaded
+    and named. Each point is (name, intensity in FLOP/byte, measured GFLOP/s), drawn with its own colour and
+    marker and keyed in a legend beside the axes as "name: regime" (no label can sit beside the wrong point);
+    an empty list draws the roof alone. The hardware (default: this machine's CPU) is named in the title.
     Raises ValueError for peak or bandwidth <= 0, or a point with intensity or GFLOP/s <= 0.
     """
     peak_gflops = _check_real("peak_gflops", peak_gflops)
@@ -254,35 +288,59 @@ def roofline_plot(peak_gflops: float, bandwidth_gbs: float, points: list[tuple[s
     ridge = peak_gflops / bandwidth_gbs  # FLOP/byte
     xs = [ridge] + [p[1] for p in points]
     lo, hi = min(xs) / 10, max(xs) * 10
-    grid = np.geomspace(lo, hi, 200)
-    roof = np.minimum(peak_gflops, grid * bandwidth_gbs)
     if ax is None:
-        fig, ax = plt.subplots(figsize=(11, 6.5))
+        fig, ax = plt.subplots(figsize=(14, 7))
     else:
         fig = cast(Figure, ax.figure)  # an Axes of a subfigure is not drawn here
-    ax.loglog(grid, roof, color="black", lw=2.5,
-              label=f"roof: min({peak_gflops:.4g} GFLOP/s, I × {bandwidth_gbs:.4g} GB/s)")
-    ax.axvspan(lo, ridge, color="tab:blue", alpha=0.07)
-    ax.axvspan(ridge, hi, color="tab:orange", alpha=0.07)
-    ax.axvline(ridge, color="gray", ls="--", lw=1)
-    ax.plot([ridge], [peak_gflops], "D", color="black", ms=9)
-    ax.annotate(f"ridge: {ridge:.3g} FLOP/byte", (ridge, peak_gflops), textcoords="offset points",
-                xytext=(10, -22), fontsize=FONT_SIZE - 2)
-    colors = plt.get_cmap("tab10")
-    for i, (_name, intensity, gflops) in enumerate(points):
-        ax.plot([intensity], [gflops], "o", ms=10, color=colors(i % 10))
-    low_y = min([bandwidth_gbs * lo] + [p[2] for p in points]) / 3
+    low_y = min([reached * bandwidth_gbs * lo] + [p[2] for p in points]) / 3
+    _roofline_regions(ax, peak_gflops, bandwidth_gbs, (lo, hi), low_y, reached)
+    markers = "os^vPX*<>ph"  # not "D": the ridge is a diamond
+    for i, (name, intensity, gflops) in enumerate(points):
+        where = regime(intensity, gflops, peak_gflops, bandwidth_gbs, reached)
+        ax.plot([intensity], [gflops], markers[i % len(markers)], ms=12, color=plt.get_cmap("tab10")(i % 10),
+                markeredgecolor="black", ls="none", label=f"{name}: {where}")
     ax.set_xlim(lo, hi)
     ax.set_ylim(low_y, peak_gflops * 4)
-    place_labels(ax, points)
-    top = blended_transform_factory(ax.transData, ax.transAxes)  # x in data, y in axes fraction
-    ax.text(math.sqrt(lo * ridge), 0.94, "memory-bound", transform=top, ha="center", va="top",
-            fontsize=FONT_SIZE, color="tab:blue")
-    ax.text(math.sqrt(ridge * hi), 0.94, "compute-bound", transform=top, ha="center", va="top",
-            fontsize=FONT_SIZE, color="tab:orange")
     finish_axes(ax, "arithmetic intensity (FLOP/byte), log scale", "attainable throughput (GFLOP/s), log scale",
-                f"{title}\n{device_name('cpu') if hardware is None else hardware}", legend_loc="lower right")
+                f"{title}\n{device_name('cpu') if hardware is None else hardware}")
+    plain_log_ticks(ax.xaxis)
+    plain_log_ticks(ax.yaxis)
+    handles, labels = ax.get_legend_handles_labels()
+    cast(Any, ax.get_legend()).remove()
+    for color, words in (("tab:blue", "memory-bound"), ("tab:orange", "compute-bound"), ("gray", "overhead-bound")):
+        handles.append(Patch(color=color, alpha=0.3))
+        labels.append(f"region: {words}")
+    fig.legend(handles, labels, loc="upper left", bbox_to_anchor=(0.62, 0.95), fontsize=FONT_SIZE - 3,
+               title="points, and the regime each is in", title_fontsize=FONT_SIZE - 3)
+    fig.tight_layout(rect=(0, 0, 0.61, 1))  # the legend beside the axes, never over the data
     return fig
+
+
+def _roofline_regions(ax: Axes, peak_gflops: float, bandwidth_gbs: float, span: tuple[float, float],
+                      low_y: float, reached: float) -> None:
+    """Draw the roof and shade the regions ``regime`` names: memory-bound and compute-bound between ``reached``
+    of the roof and the roof, on either side of the ridge; overhead-bound below ``reached`` of the roof."""
+    lo, hi = span
+    ridge = peak_gflops / bandwidth_gbs
+    grid = np.unique(np.concatenate([np.geomspace(lo, hi, 400), [ridge]]))
+    roof = np.minimum(peak_gflops, grid * bandwidth_gbs)
+    ax.loglog(grid, roof, color="black", lw=2.5,
+              label=f"roof: min({peak_gflops:.4g} GFLOP/s, I × {bandwidth_gbs:.4g} GB/s)")
+    ax.plot(grid, reached * roof, color="dimgray", ls="--", lw=1.5, label=f"{reached:.0%} of the roof")
+    left, right = grid <= ridge, grid >= ridge
+    ax.fill_between(grid[left], reached * roof[left], roof[left], color="tab:blue", alpha=0.15)
+    ax.fill_between(grid[right], reached * roof[right], roof[right], color="tab:orange", alpha=0.15)
+    ax.fill_between(grid, low_y / 10, reached * roof, color="gray", alpha=0.12)
+    ax.axvline(ridge, color="gray", ls=":", lw=1)
+    ax.plot([ridge], [peak_gflops], "D", color="black", ms=9)
+    ax.annotate(f"ridge: {ridge:.3g} FLOP/byte", (ridge, peak_gflops), textcoords="offset points",
+                xytext=(10, 8), fontsize=FONT_SIZE - 2)
+    top = blended_transform_factory(ax.transData, ax.transAxes)  # x in data, y in axes fraction
+    for x, y, words, color in ((math.sqrt(lo * ridge), 0.96, "memory-bound", "tab:blue"),
+                               (math.sqrt(ridge * hi), 0.96, "compute-bound", "tab:orange"),
+                               (math.sqrt(ridge * hi), 0.06, "overhead-bound", "dimgray")):
+        ax.text(x, y, words, transform=top, ha="center", va="top" if y > 0.5 else "bottom", fontsize=FONT_SIZE,
+                color=color, weight="bold")
 
 
 # Figures measured on real GPUs by benchmarks/bench_gpu.py, one JSON file per run: the only GPU figures the
@@ -338,6 +396,27 @@ def gpu_results(folder: str | Path | None = None) -> list[Result]:
         values = {k: v for k, v in row.items() if k in names}
         results.append(Result(**{**values, "name": f"{row['name']}, {where} {row['dtype']}"}))
     return results
+
+
+def gpu_decode_run(file: str, folder: str | Path | None = None) -> pd.DataFrame:
+    """The decode rows of ONE shipped run (``file``, as ``gpu_rows`` names it), one statistic per column.
+
+    Columns: model, device, threads, path, dtype, ``ms_per_token`` (that run's time between two tokens),
+    ``step_ms`` (the forward alone on the GPU's clock, NaN where the run did not time it), ``floor_ms`` (weights
+    and cache over that run's measured read bandwidth) and ``floor_share`` = floor_ms / step_ms (NaN without
+    step_ms). Nothing is mixed across runs: ``gpu_decode_summary`` gives the spread between runs.
+    Raises ValueError for a file with no decode rows.
+    """
+    table = gpu_rows("decode", folder)
+    if table.empty or file not in set(table["file"]):
+        raise ValueError(f"file={file!r} has no decode rows; use one of {sorted(set(table.get('file', [])))}")
+    run = table[table["file"] == file]
+    step = run["step_only_ms"] if "step_only_ms" in run else pd.Series(math.nan, index=run.index)
+    out = pd.DataFrame({"file": run["file"], "model": run["model"], "device": run["device"],
+                        "threads": run.get("threads", math.nan), "path": run["path"], "dtype": run["dtype"],
+                        "ms_per_token": run["decode_ms_per_token"], "step_ms": step, "floor_ms": run["floor_ms"]})
+    out["floor_share"] = out["floor_ms"] / out["step_ms"]
+    return out.reset_index(drop=True)
 
 
 def gpu_decode_summary(folder: str | Path | None = None) -> pd.DataFrame:

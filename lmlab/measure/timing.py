@@ -62,6 +62,13 @@ class Timing:
             raise ValueError(f"q={q!r} is out of range; use a percentile in [0, 100]")
         return float(np.percentile(self.samples_ms, q))
 
+    def per_item(self, items: int) -> Timing:
+        """Return the Timing of one of ``items`` handled together (a sequence of a batch): every sample ÷ items,
+        so ``lmlab.measure.stats.timing_verdict`` can compare per-item costs. Raises ValueError for items < 1."""
+        check_int("items", items, 1)
+        return Timing(samples_ms=tuple(ms / items for ms in self.samples_ms), threads=self.threads,
+                      warmup=self.warmup, first_ms=None if self.first_ms is None else self.first_ms / items)
+
     @classmethod
     def of(cls, samples_ms: Sequence[float], warmup: int = 0, threads: int | None = None) -> Timing:
         """Make a Timing of samples measured one at a time (``Stopwatch``), on ``threads`` torch threads (default:
