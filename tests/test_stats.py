@@ -185,3 +185,19 @@ def test_bad_input_is_refused_naming_the_argument():
         compare(first, second, tokens, resamples=50)
     with pytest.raises(ValueError, match="level=1.5"):
         compare(first, second, tokens, level=1.5)
+
+
+def test_row_timing_verdict_calls_overlapping_median_to_p90_ranges_noise():
+    from types import SimpleNamespace
+
+    from lmlab.measure.stats import row_timing_verdict
+
+    def row(median, p90):
+        return SimpleNamespace(median_ms=median, p90_ms=p90)
+
+    base = row(10.0, 11.0)
+    assert row_timing_verdict(base, row(2.0, 9.9)) == "faster"
+    assert row_timing_verdict(base, row(11.1, 12.0)) == "slower"
+    for other in (row(9.0, 10.0), row(10.5, 10.6), row(11.0, 13.0), row(5.0, 20.0)):  # touching or overlapping
+        assert row_timing_verdict(base, other) == "within noise"
+    assert row_timing_verdict(row(2.0, 9.9), base) == "slower"  # the order is the direction's

@@ -308,3 +308,27 @@ def timing_verdict(reference: Timing, other: Timing, low_q: float = 10, high_q: 
         return "slower"
     return "within noise"
 
+
+
+class Timed(Protocol):
+    """What ``row_timing_verdict`` reads from a row (``lmlab.measure.results.Result``): its median and p90 in ms."""
+
+    @property
+    def median_ms(self) -> float: ...
+
+    @property
+    def p90_ms(self) -> float: ...
+
+
+def row_timing_verdict(reference: Timed, other: Timed) -> str:
+    """Say whether ``other``'s row ran faster or slower than ``reference``'s beyond the noise of their repeats.
+
+    ``timing_verdict``'s rule for rows, which keep only the median and p90 of their samples: "within noise" when
+    the [median, p90] ranges overlap, else "faster" (other's p90 below reference's median) or "slower" (other's
+    median above reference's p90).
+    """
+    if other.p90_ms < reference.median_ms:
+        return "faster"
+    if other.median_ms > reference.p90_ms:
+        return "slower"
+    return "within noise"

@@ -13,7 +13,8 @@ from lmlab.train.descent import (
 )
 from lmlab.train.loop import (
     PRESETS, History, TimedHistory, compare_optimizers, describe_race, distill, distillation_loss,
-    distillation_race, fine_tune, nll_difference, preset_data, race_plot, train_model, train_preset, train_timed,
+    distillation_race, distillation_trials, describe_trials, fine_tune, nll_difference, preset_data, race_plot,
+    train_model, train_preset, train_timed,
     training_data,
 )
 from lmlab.train.curves import (
@@ -26,5 +27,5 @@ __all__ = [
     "compare_optimizers", "training_data", "fine_tune", "distillation_loss", "distill", "preset_data",
     "train_preset", "TimedHistory", "train_timed", "distillation_race", "nll_difference", "describe_race",
     "race_plot", "TargetTime", "first_at_or_below", "time_to_target", "spread_verdict", "format_target_table",
-    "target_verdict", "loss_bands",
+    "target_verdict", "loss_bands", "distillation_trials", "describe_trials",
 ]
