@@ -255,6 +255,13 @@ def test_removal_plot_puts_each_method_on_each_scale_it_has(sweep):
     assert "sharing" not in left and "sharing" in right  # sharing removes no parameter, only bytes
     assert {"unstructured", "heads"} <= set(left) and any(label.startswith("dense") for label in left)
     assert all(ax.get_yscale() == "log" for ax in fig.axes)
+    assert not any(ax.patches for ax in fig.axes)  # no band: the bars are the verdicts' paired intervals
+    dense = sweep[sweep.method == "dense"].iloc[0]
+    first = sweep[sweep.method != "dense"].iloc[0]
+    bars = [c for c in fig.axes[0].containers if c.get_label() == first.method][0]
+    segment = bars.lines[2][0].get_segments()[0]  # the first point's bar, (x, low) to (x, high)
+    assert segment[0][1] == pytest.approx(min(first.perplexity, dense.perplexity * np.exp(first["Δ low"])))
+    assert segment[1][1] == pytest.approx(max(first.perplexity, dense.perplexity * np.exp(first["Δ high"])))
     plt.close(fig)
     with pytest.raises(ValueError, match="no 'dense' row"):
         removal_plot(sweep[sweep.method != "dense"])

@@ -243,3 +243,18 @@ def test_quantize_model_refuses_an_out_that_is_not_a_copy(names_gpt):
     other = nn.Sequential(nn.Linear(3, 4))
     with pytest.raises(ValueError, match="out is not a copy of model"):
         quantize_model(names_gpt, 4, out=other)
+
+
+def test_stored_bits_per_weight_adds_each_step_to_the_codes(gpt):
+    from lmlab.compress.quantize import stored_bits_per_weight
+
+    layers = weight_layers(gpt)
+    weights, rows = sum(layer.matrix.numel() for layer in layers), sum(layer.matrix.shape[0] for layer in layers)
+    assert stored_bits_per_weight(gpt) == 32.0 and stored_bits_per_weight(gpt, 16) == 16.0
+    assert stored_bits_per_weight(gpt, 4, granularity="group", group_size=8) == pytest.approx(4 + 32 / 8)
+    assert stored_bits_per_weight(gpt, 4, symmetric=False, granularity="group", group_size=8) == pytest.approx(9.0)
+    assert stored_bits_per_weight(gpt, 8, granularity="channel") == pytest.approx(8 + 32 * rows / weights)
+    assert stored_bits_per_weight(gpt, 3, granularity="tensor") == pytest.approx(
+        8 * (math.ceil(weights * 3 / 8) + 4 * len(layers)) / weights)
+    with pytest.raises(ValueError, match="bits=12"):
+        stored_bits_per_weight(gpt, 12)

@@ -358,3 +358,20 @@ def test_llm_subject_scores_per_sub_word_token_and_times_a_prefill(slice_):
     assert result.accuracy == subject.reference["accuracy"] and result.corpus == "names test[:12]"
     sweep = bits_sweep(subject, widths=(8,), granularities=("group",))
     assert list(sweep["weights"]) == ["float32", "per group (g = 8)"] and np.isfinite(sweep["perplexity"]).all()
+
+
+def test_bits_plot_places_points_at_their_stored_bits_and_rings_those_beyond_noise():
+    sweep = _fake_sweep()
+    sweep["bits stored"] = sweep["bits"] + np.where(sweep["weights"] == "per group (g = 32)", 1.0, 0.125)
+    sweep.loc[sweep["bits"] == 32, "bits stored"] = 32.0
+    fig = bits_plot(sweep)
+    top = fig.axes[0]
+    lines = {line.get_label(): line for line in top.get_lines()}
+    group = sweep[(sweep["model"] == "a") & (sweep["weights"] == "per group (g = 32)")]
+    drawn = [c for c in top.containers if c.get_label().startswith("per group")][0]
+    assert list(drawn.lines[0].get_xdata()) == list(group["bits stored"])
+    assert list(top.get_xticks()) == list(range(2, 10))  # whole bits covering 2.125 to 9
+    ringed = lines["beyond noise of float32"].get_xdata()  # 0.40 - 0.05 at 4 bits: beyond 2·√2·0.01
+    assert sorted(ringed) == sorted(sweep[(sweep["model"] == "a") & (sweep["bits"] < 5)]["bits stored"])
+    assert "bits stored per weight" in top.get_xlabel()
+    plt.close(fig)

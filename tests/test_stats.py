@@ -18,7 +18,7 @@ from lmlab.measure.stats import (
     document_picks,
     paired_accuracy_interval,
     paired_nll_interval,
-    stored_timing_verdict,
+    row_timing_verdict,
     within_noise,
 )
 
@@ -188,12 +188,16 @@ def test_bad_input_is_refused_naming_the_argument():
         compare(first, second, tokens, level=1.5)
 
 
-def test_stored_timing_verdict_mirrors_the_median_for_the_missing_p10():
+def test_row_timing_verdict_mirrors_the_median_for_the_missing_p10():
+    from types import SimpleNamespace
+
     # reference (10, 12): its range is taken as [8, 12]
-    assert stored_timing_verdict((10.0, 12.0), (5.0, 7.9)) == "faster"
-    assert stored_timing_verdict((10.0, 12.0), (5.0, 8.1)) == "within noise"
-    assert stored_timing_verdict((10.0, 12.0), (14.0, 15.9)) == "slower"  # other's range [12.1, 15.9]
-    assert stored_timing_verdict((10.0, 12.0), (14.0, 16.1)) == "within noise"  # [11.9, 16.1] overlaps
+    assert row_timing_verdict((10.0, 12.0), (5.0, 7.9)) == "faster"
+    assert row_timing_verdict((10.0, 12.0), (5.0, 8.1)) == "within noise"
+    assert row_timing_verdict((10.0, 12.0), (14.0, 15.9)) == "slower"  # other's range [12.1, 15.9]
+    assert row_timing_verdict((10.0, 12.0), (14.0, 16.1)) == "within noise"  # [11.9, 16.1] overlaps
+    rows = SimpleNamespace(median_ms=10.0, p90_ms=12.0), SimpleNamespace(median_ms=5.0, p90_ms=7.9)
+    assert row_timing_verdict(*rows) == "faster" and row_timing_verdict(*rows[::-1]) == "slower"  # rows read alike
     for bad in ((0.0, 1.0), (2.0, 1.0), (math.nan, 1.0)):
-        with pytest.raises(ValueError, match="reference_ms"):
-            stored_timing_verdict(bad, (1.0, 1.0))
+        with pytest.raises(ValueError, match="reference="):
+            row_timing_verdict(bad, (1.0, 1.0))

@@ -168,3 +168,30 @@ def test_race_plot_draws_each_run_and_the_references():
     plt.close(fig)
     with pytest.raises(ValueError, match="runs is empty"):
         race_plot({})
+
+
+def test_distillation_trials_repeat_and_compare_at_equal_steps_and_at_the_end(verses, slice_, names_data):
+    from lmlab.train.loop import describe_trials, distillation_loss, distillation_trials
+
+    student, teacher = tiny_gpt(verses.vocab), tiny_gpt(verses.vocab, seed=5, width=32)
+    before = copy.deepcopy(student.state_dict())
+    settings = dict(steps=2, data_steps=4, evaluation=slice_, split="valid", seeds=(1, 2), temperatures=(1.0, 3.0),
+                    batch_size=4)
+    trials = distillation_trials(student, teacher, verses, **settings)
+    assert list(trials["seed"]) == [1, 1, 2, 2] and list(trials["T"]) == [1.0, 3.0, 1.0, 3.0]
+    assert all(torch.equal(before[k], v) for k, v in student.state_dict().items())  # the student is untouched
+    # the distilled copy is train_timed with distillation_loss on the same seed: by steps, the same loss again
+    again = train_timed(copy.deepcopy(student), verses, evaluation=slice_, split="valid", steps=2, evaluations=1,
+                        seed=2, batch_size=4, loss_fn=distillation_loss(teacher, 3.0, 0.9))
+    row = trials.iloc[3]
+    assert row["distilled"] == again.nll_nats[-1]
+    for name, plain in (("equal steps", "data, equal steps"), ("end", "data, end")):
+        assert row[f"Δ {name}"] == pytest.approx(row["distilled"] - row[plain])
+        assert row[f"low {name}"] <= row[f"Δ {name}"] <= row[f"high {name}"]
+    lines = describe_trials(trials)
+    assert len(lines) == 2 and lines[1].startswith("distilled at T = 3: at equal steps (2): loss ")
+    assert "of 2 seeds; against 4 data-alone steps: loss " in lines[0]
+    with pytest.raises(ValueError, match="multiple of steps"):
+        distillation_trials(student, teacher, verses, **(settings | {"data_steps": 5}))
+    with pytest.raises(ValueError, match="different vocabularies"):
+        distillation_trials(student, tiny_gpt(names_data.vocab), verses, **settings)

@@ -31,7 +31,7 @@ from lmlab.compress.prune import (
 )
 from lmlab.compress.quantize import (
     GRANULARITIES, SCALE_BYTES, ZERO_POINT_BYTES, Grid, check_bits, choose_grid, fake_quantize, model_bytes,
-    quantize_model,
+    quantize_model, stored_bits_per_weight,
 )
 from lmlab.compress.methods import CPU_ONLY_METHODS, METHODS, Method
 from lmlab.compress.experiment import MEASURED_KINDS, run
@@ -50,7 +50,8 @@ __all__ = [
     "magnitude_prune", "mlp_blocks", "prune_mlp", "prune_heads", "LowRankLinear", "low_rank", "kmeans_1d",
     "share_weights", "sweep_methods", "sweep_takeaways", "removal_plot", "time_variants", "measure_variants",
     "beaten_by", "GRANULARITIES", "SCALE_BYTES", "ZERO_POINT_BYTES", "check_bits", "Grid", "choose_grid",
-    "fake_quantize", "quantize_model", "model_bytes", "Method", "METHODS", "CPU_ONLY_METHODS", "MEASURED_KINDS",
+    "fake_quantize", "quantize_model", "model_bytes", "stored_bits_per_weight", "Method", "METHODS", "CPU_ONLY_METHODS",
+    "MEASURED_KINDS",
     "run", "UNITS", "rounding_error_plot", "row_range_plot", "granularity_errors", "Subject", "lm_subject",
     "llm_subject", "bits_sweep", "sweep_table", "bits_plot", "bits_takeaway", "input_ranges", "outlier_plot",
     "runtime_rows", "rows_text", "speed_takeaway", "simulated_rows", "model_rows", "frontier_takeaway",

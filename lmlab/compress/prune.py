@@ -35,7 +35,14 @@ from torch.nn.utils import prune as torch_prune
 from lmlab.measure.plots import finish_axes, plain_log_ticks
 from lmlab.measure.results import with_dense_speed
 from lmlab.measure.runtime import check_int
-from lmlab.measure.stats import binomial_se, paired_nll_interval, perplexity_interval, timing_verdict, within_noise
+from lmlab.measure.stats import (
+    binomial_se,
+    paired_nll_interval,
+    perplexity_interval,
+    row_timing_verdict,
+    timing_verdict,
+    within_noise,
+)
 from lmlab.measure.timing import format_ms, time_ms
 from lmlab.models.lm import LanguageModel, measure
 from lmlab.models.neural import WeightLayer, as_matrix, is_conv1d, weight_layers
@@ -479,9 +486,12 @@ def removal_plot(results: pd.DataFrame, title: str = ""):
     """Draw a ``sweep_methods`` table as perplexity against what was removed, in one unit per panel.
 
     Left: the share of the dense model's non-zero parameters removed (unstructured and structured pruning, low
-    rank; weight sharing removes none). Right: the megabytes the copy needs as it runs (every method; zeros held
-    in a dense matrix still take their bytes). Perplexity on a log axis with its bootstrap interval; the dense
-    model is the dashed line and its band. Returns the figure. Raises ValueError for a table without a dense row.
+    rank; weight sharing removes none). Right: the megabytes the copy is stored in (zeros held in a dense matrix
+    still take their bytes; sharing: codebook + b-bit indices). Perplexity on a log axis; each bar is the paired
+    95% interval of the difference from the dense model (Δ low, Δ high), drawn around the copy's perplexity as
+    dense · exp(Δ): the interval ``sweep_takeaways`` reads, so a bar that crosses the dense model's dashed line is
+    exactly a setting it calls indistinguishable. Returns the figure. Raises ValueError for a table without a dense
+    row.
     """
     import matplotlib.pyplot as plt
 
@@ -495,7 +505,8 @@ def removal_plot(results: pd.DataFrame, title: str = ""):
     methods = [m for m in dict.fromkeys(results.method) if m != "dense"]
     for i, method in enumerate(methods):
         rows = results[results.method == method]
-        error = [rows.perplexity - rows.low, rows.high - rows.perplexity]
+        low, high = dense.perplexity * np.exp(rows["Δ low"]), dense.perplexity * np.exp(rows["Δ high"])
+        error = [np.maximum(rows.perplexity - low, 0), np.maximum(high - rows.perplexity, 0)]
         for ax, x in zip(axes, ("non-zero removed", "MB stored")):
             if x == "non-zero removed" and not rows[x].any():
                 continue  # removes no parameter (weight sharing): nothing to place on this axis
@@ -503,14 +514,13 @@ def removal_plot(results: pd.DataFrame, title: str = ""):
                         color=colors(i % 10), label=method)
     for ax in axes:
         ax.axhline(dense.perplexity, color="black", ls="--", lw=1.2, label=f"dense: {dense.perplexity:.2f}")
-        ax.axhspan(dense.low, dense.high, color="gray", alpha=0.15, label="dense: 95% bootstrap interval")
         ax.set_yscale("log")
         plain_log_ticks(ax.yaxis)
+    bars = "bars: paired 95% interval of the difference from dense"
     finish_axes(axes[0], "share of the dense model's non-zero parameters removed", "perplexity, log scale "
-                "(lower is better)", f"{title}\nparameters removed (bars: 95% bootstrap over documents)")
-    finish_axes(axes[1], "MB the copy needs as it runs (float32; sharing: codebook + b-bit indices)",
-                "perplexity, log scale (lower is better)",
-                f"{title}\nbytes stored (bars: 95% bootstrap over documents)")
+                "(lower is better)", f"{title}\nparameters removed ({bars})")
+    finish_axes(axes[1], "MB stored (float32 matrices; sharing: codebook + b-bit indices)",
+                "perplexity, log scale (lower is better)", f"{title}\nbytes stored ({bars})")
     return fig
 
 
@@ -589,14 +599,16 @@ def measure_variants(models: dict[str, tuple[nn.Module | Compressed, str]], cont
 def beaten_by(rows: Sequence, row) -> dict[str, list[str]]:
     """Name the rows that beat ``row`` (a ``lmlab.measure.results.Result``) on both counts, and how clearly.
 
-    Another row with real (not simulated) speed is faster when its p90 is below ``row``'s median, and more
+    Another row with real (not simulated) speed is faster when its p90 is below ``row``'s p10, mirrored
+    from the median (``lmlab.measure.stats.row_timing_verdict``), and more
     accurate when its accuracy is higher. "clearly": higher beyond noise by the one rule for rows
     (``lmlab.measure.stats.within_noise``: the gap exceeds 2·√(se₁² + se₂²)); "within noise": higher, but not
     beyond it. Returns {"clearly": [...], "within noise": [...]}, names in the rows' order.
     """
     found: dict[str, list[str]] = {"clearly": [], "within noise": []}
     for other in rows:
-        if other is row or other.simulated or not (other.p90_ms < row.median_ms and other.accuracy > row.accuracy):
+        if other is row or other.simulated or not (row_timing_verdict(row, other) == "faster"
+                                                   and other.accuracy > row.accuracy):
             continue
         found["within noise" if within_noise(other, row) else "clearly"].append(other.name)
     return found

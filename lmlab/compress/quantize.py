@@ -9,7 +9,8 @@ The teaching layer is plain torch arithmetic, small enough to read in one sittin
   per output channel or per group of g weights;
 - ``fake_quantize(x, bits, ...)``: round x onto that grid and back to floats;
 - ``quantize_model(model, ...)``: a copy of a model whose weight matrices are fake-quantized;
-- ``model_bytes(model, bits, ...)``: what a model takes stored at a precision, scales and zero points included.
+- ``model_bytes(model, bits, ...)``: what a model takes stored at a precision, scales and zero points included;
+- ``stored_bits_per_weight(model, bits, ...)``: the bits one weight really takes, its code plus its share of the steps.
 
 Fake quantization shows what the rounding costs in accuracy; it saves no time, because the rounded
 numbers are still float32. ``lmlab.compress.export.onnx_model`` runs int8 kernels for real;
@@ -244,3 +245,20 @@ def model_bytes(model: nn.Module, bits: int = 32, *, symmetric: bool = True, gra
     scale_bytes = scales * SCALE_BYTES
     return {"weights": weights, "scales": scale_bytes, "zero_points": zero_points, "other": other,
             "total": weights + scale_bytes + zero_points + other}
+
+
+def stored_bits_per_weight(model: nn.Module, bits: int = 32, *, symmetric: bool = True, granularity: str = "channel",
+                           group_size: int | None = None, embeddings: bool = True) -> float:
+    """Return the bits a quantized weight really takes: its code plus its share of the steps (and zero points).
+
+    bits per weight = 8 · (codes + steps + zero points) / weights = b + (32 + 8·[asymmetric]) / (weights per step),
+    e.g. b + 32/g per group of g (4 bits in groups of 8: 8 bits per weight), over ``model``'s weight matrices
+    (``model_bytes``' count; biases and norms are left out). ``bits=32`` or ``16``: that many. Introduced in
+    notebooks/04_quantization.ipynb. Raises ValueError as ``model_bytes`` does.
+    """
+    counts = model_bytes(model, bits, symmetric=symmetric, granularity=granularity, group_size=group_size,
+                         embeddings=embeddings)
+    if bits in (16, 32):
+        return float(bits)
+    weights = sum(layer.matrix.numel() for layer in weight_layers(model, embeddings=embeddings))
+    return 8 * (counts["weights"] + counts["scales"] + counts["zero_points"]) / weights

@@ -44,11 +44,12 @@ from lmlab.compress.quantize import (
     model_bytes,
     quantize,
     quantize_model,
+    stored_bits_per_weight,
 )
 from lmlab.measure.plots import FONT_SIZE, log_ticks, pareto_frontier, tradeoff_plot
 from lmlab.measure.results import Result, results_table, with_dense_speed
 from lmlab.measure.runtime import check_int
-from lmlab.measure.stats import binomial_se, compare, within_noise
+from lmlab.measure.stats import binomial_se, compare, row_timing_verdict, within_noise
 from lmlab.models.lm import deep_contexts, evaluate, measure
 from lmlab.models.neural import weight_layers
 from lmlab.models.pretrained import measure_llm, perplexity
@@ -211,7 +212,8 @@ def bits_sweep(subject: Subject, widths: Iterable[int] = range(MIN_BITS, MAX_BIT
     """Fake-quantize ``subject``'s model at every width and granularity and score each: one table row per setting.
 
     The first row is float32 (``subject.reference``). Columns: model, unit, corpus, weights ("float32", "per channel",
-    "per group (g = 32)"), bits, accuracy, accuracy_se (sqrt(p (1 − p) / n)), perplexity, predictions (n) and MB (the
+    "per group (g = 32)"), bits, bits stored (per weight, its code plus its share of the float32 steps:
+    ``stored_bits_per_weight``), accuracy, accuracy_se (sqrt(p (1 − p) / n)), perplexity, predictions (n) and MB (the
     codes, steps and float32 leftovers, ``model_bytes``). The model is copied once and re-rounded for each setting.
     Raises ValueError for a width outside [2, 8], an unknown granularity, or groups that do not divide the rows.
     """
@@ -221,7 +223,7 @@ def bits_sweep(subject: Subject, widths: Iterable[int] = range(MIN_BITS, MAX_BIT
     for granularity in granularities:
         if granularity not in GRANULARITIES:
             raise ValueError(f"granularity={granularity!r} is unknown; use one of {GRANULARITIES}")
-    rows = [_sweep_row(subject, "float32", 32, subject.reference, model_bytes(subject.model)["total"])]
+    rows = [_sweep_row(subject, "float32", 32, subject.reference, model_bytes(subject.model)["total"], 32.0)]
     work = None
     for granularity in granularities:
         group = subject.group_size if granularity == "group" else None
@@ -231,13 +233,15 @@ def bits_sweep(subject: Subject, widths: Iterable[int] = range(MIN_BITS, MAX_BIT
             with torch.no_grad():
                 scores = subject.score(work)
             size = model_bytes(subject.model, bits, granularity=granularity, group_size=group)["total"]
-            rows.append(_sweep_row(subject, label, bits, scores, size))
+            stored = stored_bits_per_weight(subject.model, bits, granularity=granularity, group_size=group)
+            rows.append(_sweep_row(subject, label, bits, scores, size, stored))
     return pd.DataFrame(rows)
 
 
-def _sweep_row(subject: Subject, weights: str, bits: int, scores: dict, size_bytes: int) -> dict:
+def _sweep_row(subject: Subject, weights: str, bits: int, scores: dict, size_bytes: int, stored: float) -> dict:
     p, n = scores["accuracy"], scores["tokens"]
     return {"model": subject.name, "unit": subject.unit, "corpus": subject.corpus, "weights": weights, "bits": bits,
+            "bits stored": stored,
             "accuracy": p, "accuracy_se": binomial_se(p, n), "perplexity": scores["perplexity"],
             "predictions": n, "MB": size_bytes / 1e6}
 
@@ -267,26 +271,22 @@ def sweep_table(sweep: pd.DataFrame) -> pd.DataFrame:
 def bits_plot(sweep: pd.DataFrame) -> Figure:
     """Accuracy ± one standard error (top) and perplexity (bottom, log scale) against bits, one column per model.
 
-    Every width measured is a point, with an integer tick at each; float32 is the dashed line, its accuracy ± two
-    standard errors the grey band (what is noise). Each panel names its model's unit and slice.
+    The x axis is what a weight really takes, its code plus its share of the float32 steps (the sweep's "bits
+    stored" column; the code width "bits" where a sweep lacks it), with a plain-number tick at every whole bit.
+    float32 is the dashed line; the grey band is float32 ± 2·√2·SE, the noise of a difference from float32 by the
+    one rule (``lmlab.measure.stats.compare``) for a point with float32's SE; a red ring marks each point whose
+    difference from float32 is beyond that rule with its own SE (as ``bits_takeaway`` calls it). Each panel names
+    its model's unit and slice.
     """
     models = list(dict.fromkeys(sweep["model"]))
+    x = "bits stored" if "bits stored" in sweep else "bits"
     fig, axes = plt.subplots(2, len(models), figsize=(6.3 * len(models), 10), squeeze=False)
     for column, model in enumerate(models):
         part = sweep[sweep["model"] == model]
         top, bottom = axes[0, column], axes[1, column]
         reference = part[part["bits"] == 32].iloc[0]
         quantized = part[part["bits"] < 32]
-        for weights, line in quantized.groupby("weights", sort=False):
-            color = "tab:orange" if weights.startswith("per group") else "tab:blue"  # one colour per granularity
-            top.errorbar(line["bits"], line["accuracy"], yerr=line["accuracy_se"], fmt="o-", lw=2.5, ms=7, capsize=4,
-                         color=color, label=f"{weights} (bars: ±1 SE)")
-            bottom.plot(line["bits"], line["perplexity"], "o-", lw=2.5, ms=7, color=color, label=weights)
-        band = 2 * reference["accuracy_se"]
-        top.axhspan(reference["accuracy"] - band, reference["accuracy"] + band, color="gray", alpha=0.2,
-                    label="float32 ± 2 standard errors")
-        top.axhline(reference["accuracy"], color="black", ls="--", lw=1.2, label="float32")
-        bottom.axhline(reference["perplexity"], color="black", ls="--", lw=1.2, label="float32")
+        _bits_lines(top, bottom, quantized, reference, x)
         bottom.set_yscale("log")
         low, high = min(part["perplexity"]), max(part["perplexity"])
         bottom.set_ylim(low / 1.08, high * 1.08)
@@ -294,14 +294,36 @@ def bits_plot(sweep: pd.DataFrame) -> Figure:
         bottom.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
         bottom.yaxis.set_minor_locator(NullLocator())
         unit = reference["unit"]
+        first, last = int(np.floor(quantized[x].min())), int(np.ceil(quantized[x].max()))
         for ax in (top, bottom):
-            ax.set_xticks(sorted(quantized["bits"].unique()))
+            ax.set_xticks(range(first, last + 1))
             ax.xaxis.set_minor_locator(NullLocator())
-            ax.set_xlim(quantized["bits"].max() + 0.4, quantized["bits"].min() - 0.4)  # fewer bits to the right
-        _finish(top, "bits per weight", f"next-{unit} accuracy", f"{model}: accuracy per {unit}\n{reference['corpus']}")
-        _finish(bottom, "bits per weight", f"perplexity per {unit}, log scale", f"{model}: perplexity per {unit}")
+            ax.set_xlim(last + 0.4, first - 0.4)  # fewer bits to the right
+        xlabel = "bits stored per weight (code + its share of the steps)" if x == "bits stored" else "bits per weight"
+        _finish(top, xlabel, f"next-{unit} accuracy", f"{model}: accuracy per {unit}\n{reference['corpus']}")
+        _finish(bottom, xlabel, f"perplexity per {unit}, log scale", f"{model}: perplexity per {unit}")
     fig.tight_layout()
     return fig
+
+
+def _bits_lines(top: Axes, bottom: Axes, quantized: pd.DataFrame, reference, x: str) -> None:
+    """Draw one model's granularities (accuracy with ±1 SE bars, perplexity), float32's line and noise band, and a
+    red ring on every point beyond the noise of float32."""
+    for weights, line in quantized.groupby("weights", sort=False):
+        color = "tab:orange" if weights.startswith("per group") else "tab:blue"  # one colour per granularity
+        top.errorbar(line[x], line["accuracy"], yerr=line["accuracy_se"], fmt="o-", lw=2.5, ms=7, capsize=4,
+                     color=color, label=f"{weights} (bars: ±1 SE)")
+        bottom.plot(line[x], line["perplexity"], "o-", lw=2.5, ms=7, color=color, label=weights)
+    beyond = quantized[[not compare(r.accuracy, reference.accuracy, se=(r.accuracy_se, reference.accuracy_se)
+                        ).within_noise for r in quantized.itertuples()]]
+    if len(beyond):
+        top.plot(beyond[x], beyond["accuracy"], "o", ms=15, mfc="none", mec="tab:red", mew=2,
+                 label="beyond noise of float32")
+    band = compare(reference["accuracy"], reference["accuracy"], se=(reference["accuracy_se"],) * 2)
+    top.axhspan(reference["accuracy"] + band.low, reference["accuracy"] + band.high, color="gray", alpha=0.2,
+                label="float32 ± 2·√2 SE: noise of a difference")
+    top.axhline(reference["accuracy"], color="black", ls="--", lw=1.2, label="float32")
+    bottom.axhline(reference["perplexity"], color="black", ls="--", lw=1.2, label="float32")
 
 
 def bits_takeaway(sweep: pd.DataFrame) -> list[str]:
@@ -405,14 +427,11 @@ def rows_text(rows: Iterable[Result], heading: str,
     return f"{heading}\n" + results_table(list(rows))[list(columns)].to_string(index=False)
 
 
-def _spread_overlaps(a: Result, b: Result) -> bool:
-    """Whether two timings' [median, p90] intervals overlap: a difference inside them is noise."""
-    return a.median_ms <= b.p90_ms and b.median_ms <= a.p90_ms
-
-
 def speed_takeaway(rows: Mapping[tuple[str, str], Result], baseline: str) -> list[str]:
-    """Compare each variant with its subject's ``baseline`` row: time ratio (with "within noise" when the [median,
-    p90] spreads overlap), accuracy difference against two standard errors, and size. One line per variant."""
+    """Compare each variant with its subject's ``baseline`` row: time ratio ("within noise" by
+    ``lmlab.measure.stats.row_timing_verdict``: the rows' [p10, p90] spreads overlap, p10 mirrored from the
+    median), accuracy difference by ``compare_rows`` (two standard errors of the difference), and size. One line
+    per variant."""
     lines = []
     order = list(dict.fromkeys(name for name, _ in rows))
     for (name, technique), row in sorted(rows.items(), key=lambda item: order.index(item[0][0])):
@@ -420,7 +439,7 @@ def speed_takeaway(rows: Mapping[tuple[str, str], Result], baseline: str) -> lis
         if technique == baseline or base is None:
             continue
         ratio = base.median_ms / row.median_ms
-        speed = ("within noise of" if _spread_overlaps(row, base) else
+        speed = ("within noise of" if row_timing_verdict(base, row) == "within noise" else
                  f"{ratio:.1f}× faster than" if ratio > 1 else f"{1 / ratio:.1f}× slower than")
         change = row.accuracy - base.accuracy
         accuracy = "within noise" if within_noise(row, base) else f"{change:+.4f}, beyond noise"

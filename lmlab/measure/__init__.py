@@ -20,7 +20,7 @@ from lmlab.measure.timing import (
 from lmlab.measure.stats import (
     SE_MULTIPLE, Comparison, accuracy_interval, accuracy_noise, binomial_se, check_bootstrap, compare, compare_rows,
     compare_to_best, document_picks, paired_accuracy_interval, paired_nll_interval, perplexity_interval,
-    timing_verdict, within_noise,
+    row_timing_verdict, timing_verdict, within_noise,
 )
 from lmlab.measure.results import (
     Result, add_results, atomic_write_bytes, atomic_write_text, check_results_path, load_results, results_table,
@@ -52,6 +52,6 @@ __all__ = [
     "GPU_ROW_STAMP", "GPU_ROW_KINDS", "gpu_rows", "gpu_results", "gpu_decode_summary",
     "gpu_decode_run", "linear_rows_ms", "SE_MULTIPLE", "binomial_se",
     "document_picks", "accuracy_interval", "paired_accuracy_interval", "Comparison", "compare", "compare_rows",
-    "compare_to_best", "paired_nll_interval", "accuracy_noise", "within_noise", "timing_verdict",
+    "compare_to_best", "paired_nll_interval", "accuracy_noise", "within_noise", "timing_verdict", "row_timing_verdict",
     "perplexity_interval", "check_bootstrap",
 ]

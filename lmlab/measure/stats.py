@@ -309,22 +309,36 @@ def timing_verdict(reference: Timing, other: Timing, low_q: float = 10, high_q: 
     return "within noise"
 
 
+class Timed(Protocol):
+    """What ``row_timing_verdict`` reads from a row (``lmlab.measure.results.Result``): its median and p90 in ms."""
 
-def stored_timing_verdict(reference_ms: tuple[float, float], other_ms: tuple[float, float]) -> str:
-    """``timing_verdict`` for stored rows that kept only (median, p90) ms, not their samples.
+    @property
+    def median_ms(self) -> float: ...
 
-    The p10 each row lacks is taken as the median mirrored, p10 ≈ 2·median − p90: timings are skewed to the right,
-    so the true p10 lies nearer the median and this range is wider than the true one (the rule errs towards
-    "within noise"). Then the rule of ``timing_verdict``: "faster" when other's p90 is below reference's p10,
-    "slower" when other's p10 is above reference's p90, else "within noise". Introduced in
-    notebooks/02_neural_language_models.ipynb (the shipped GPU figures). Raises ValueError for a time that is not
-    finite and > 0, or a p90 below its median.
+    @property
+    def p90_ms(self) -> float: ...
+
+
+def _median_p90(name: str, row: Timed | tuple[float, float]) -> tuple[float, float]:
+    median, p90 = row if isinstance(row, tuple) else (row.median_ms, row.p90_ms)
+    if not (math.isfinite(median) and math.isfinite(p90) and 0 < median <= p90):
+        raise ValueError(f"{name}=({median!r}, {p90!r}) is out of range; give (median, p90) ms with "
+                         "0 < median <= p90")
+    return median, p90
+
+
+def row_timing_verdict(reference: Timed | tuple[float, float], other: Timed | tuple[float, float]) -> str:
+    """``timing_verdict``'s rule for rows that kept only their median and p90 ms, not their samples.
+
+    A row is a results row (``median_ms``, ``p90_ms``) or a stored pair (median, p90). The p10 each row lacks is
+    taken as the median mirrored, p10 ≈ 2·median − p90: timings are skewed to the right, so the true p10 lies
+    nearer the median and this range is wider than the true one (the rule errs towards "within noise"). Then the
+    rule of ``timing_verdict``: "faster" when other's p90 is below reference's p10, "slower" when other's p10 is
+    above reference's p90, else "within noise". Raises ValueError for a time that is not finite and > 0, or a p90
+    below its median.
     """
-    for name, (median, p90) in (("reference_ms", reference_ms), ("other_ms", other_ms)):
-        if not (math.isfinite(median) and math.isfinite(p90) and 0 < median <= p90):
-            raise ValueError(f"{name}=({median!r}, {p90!r}) is out of range; give (median, p90) ms with "
-                             "0 < median <= p90")
-    (ref_median, ref_high), (median, high) = reference_ms, other_ms
+    ref_median, ref_high = _median_p90("reference", reference)
+    median, high = _median_p90("other", other)
     if high < 2 * ref_median - ref_high:
         return "faster"
     if 2 * median - high > ref_high:

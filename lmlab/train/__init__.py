@@ -13,7 +13,8 @@ from lmlab.train.descent import (
 )
 from lmlab.train.loop import (
     PRESETS, History, TimedHistory, compare_optimizers, describe_race, distill, distillation_loss,
-    distillation_race, fine_tune, nll_difference, preset_data, race_plot, train_model, train_preset, train_timed,
+    distillation_race, distillation_trials, describe_trials, fine_tune, nll_difference, preset_data, race_plot,
+    train_model, train_preset, train_timed,
     training_data,
 )
 from lmlab.train.curves import (
@@ -28,4 +29,5 @@ __all__ = [
     "train_preset", "TimedHistory", "train_timed", "distillation_race", "nll_difference", "describe_race",
     "race_plot", "TargetTime", "first_at_or_below", "time_to_target", "format_target_table",
     "target_verdict", "loss_bands", "adam_step_ratios", "steps_to_stay_below", "seed_comparison", "seed_verdict",
+    "distillation_trials", "describe_trials",
 ]

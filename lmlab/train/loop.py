@@ -15,6 +15,7 @@ from functools import partial
 from typing import Any, Protocol, TypeVar
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -23,7 +24,7 @@ from tqdm.auto import tqdm
 from lmlab.data.corpora import TokenizedCorpus, batches, document_batches, load_corpus, tokenize_corpus
 from lmlab.measure.plots import finish_axes
 from lmlab.measure.runtime import check_int, device_name, seed_everything, torch_threads
-from lmlab.measure.stats import Comparison, paired_nll_interval, perplexity_interval
+from lmlab.measure.stats import Comparison, compare, paired_nll_interval, perplexity_interval
 from lmlab.measure.timing import Stopwatch
 from lmlab.models.checkpoints import save_checkpoint
 from lmlab.models.kinds import build_model
@@ -585,3 +586,71 @@ def race_plot(runs: dict[str, TimedHistory], references: dict[str, float] | None
                 f"perplexity on {corpus or 'the slice'} (lower is better)", f"{title}\n{device_name('cpu')}, "
                 f"{threads} thread{'s' if threads != 1 else ''}; bands: {level:.0%} bootstrap over documents")
     return fig
+
+
+# --- Distillation at equal arithmetic, over several batch orders -------------------------------------------------
+# Introduced in notebooks/05_pruning_and_low_rank.ipynb. Counted in steps, so the numbers repeat run to run.
+
+
+def distillation_trials(student: NeuralLM, teacher: NeuralLM, data: TokenizedCorpus, *, steps: int, data_steps: int,
+                        evaluation: TokenizedCorpus, seeds: Sequence[int] = (1, 2, 3),
+                        temperatures: Sequence[float] = (1.0, 2.0), alpha: float = 0.9, split: str = "test",
+                        **settings) -> pd.DataFrame:
+    """Race copies of ``student``: ``data_steps`` on the data alone against ``steps`` distilled, once per seed.
+
+    For each seed (the batch order) one copy trains on the data alone for ``data_steps`` steps, scored every
+    ``steps`` steps, and one copy per temperature T trains ``steps`` steps on ``distillation_loss(teacher, T,
+    alpha)``, on the same batches in the same order (``train_timed`` by steps, so a rerun gives the same numbers).
+    Each distilled copy is compared, paired over the evaluation documents (``lmlab.measure.stats.compare``), with
+    the data-alone copy at equal steps and at its end (choose ``data_steps`` so that it costs what ``steps``
+    distilled steps cost). Returns one row per seed and temperature: seed, T, steps, data_steps, the three
+    losses in nats per prediction, and for "equal steps" and "end" Δ = distilled − data alone with its interval
+    (Δ, low, high) and verdict. ``student`` is left untouched.
+    Raises ValueError for different vocabularies, data_steps not a multiple of steps, or no seeds or temperatures.
+    """
+    if student.vocab != teacher.vocab:
+        raise ValueError("student and teacher have different vocabularies; distillation compares their "
+                         "next-token distributions, so they must share one")
+    check_int("steps", steps, 1)
+    check_int("data_steps", data_steps, steps)
+    if data_steps % steps:
+        raise ValueError(f"data_steps={data_steps!r} is out of range; use a multiple of steps={steps!r}, so that "
+                         "the data-alone copy is scored at equal steps too")
+    if not seeds or not temperatures:
+        raise ValueError(f"seeds={seeds!r}, temperatures={temperatures!r}: give at least one of each")
+    rows = []
+    for seed in seeds:
+        plain = train_timed(copy.deepcopy(student), data, evaluation=evaluation, steps=data_steps, split=split,
+                            evaluations=data_steps // steps, seed=seed, **settings)
+        at_steps = plain.step.index(steps)
+        for temperature in temperatures:
+            taught = train_timed(copy.deepcopy(student), data, evaluation=evaluation, steps=steps, split=split,
+                                 evaluations=1, seed=seed, loss_fn=distillation_loss(teacher, temperature, alpha),
+                                 **settings)
+            row: dict[str, Any] = {"seed": seed, "T": temperature, "steps": steps, "data_steps": data_steps,
+                   "distilled": taught.nll_nats[-1], "data, equal steps": plain.nll_nats[at_steps],
+                   "data, end": plain.nll_nats[-1]}
+            for name, i in (("equal steps", at_steps), ("end", -1)):
+                found = compare(taught.document_nll[-1], plain.document_nll[i], taught.tokens)
+                row |= {f"Δ {name}": found.delta, f"low {name}": found.low, f"high {name}": found.high,
+                        f"verdict {name}": found.verdict}
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def describe_trials(trials: pd.DataFrame) -> list[str]:
+    """One line per temperature: in how many seeds the distilled copy's loss was lower, higher or within noise of
+    the data-alone copy's, at equal steps and at the data-alone copy's end (``distillation_trials``' verdicts)."""
+    lines = []
+    for temperature, part in trials.groupby("T", sort=False):
+        said = []
+        for name in ("equal steps", "end"):
+            counts = part[f"verdict {name}"].map(lambda v: v.split(",")[0] if v[0] in "hl" else "within noise"
+                                                 ).value_counts()
+            found = ", ".join(f"{word} in {counts[word]}" for word in ("lower", "within noise", "higher")
+                              if word in counts)
+            when = (f"at equal steps ({part['steps'].iloc[0]})" if name == "equal steps" else
+                    f"against {part['data_steps'].iloc[0]} data-alone steps")
+            said.append(f"{when}: loss {found} of {len(part)} seeds")
+        lines.append(f"distilled at T = {temperature:g}: " + "; ".join(said))
+    return lines
