@@ -19,12 +19,13 @@ from torch import nn
 
 from lmlab.data.corpora import tokenize
 from lmlab.inference.decode import CausalLM, make_step, stream, stream_speed
+from lmlab.measure.plots import plain_log_ticks
 from lmlab.measure.runtime import check_int
 from lmlab.measure.stats import Comparison, binomial_se, compare
 from lmlab.measure.timing import Stopwatch, Timing, time_ms
 from lmlab.models.lm import LanguageModel, make_context
 from lmlab.models.neural import GPTLanguageModel
-from lmlab.train.descent import check_lr, descend, squared_error
+from lmlab.train.descent import check_lr, descend, draw_contours, squared_error
 
 if TYPE_CHECKING:
     from lmlab.compress.methods import Method
@@ -118,13 +119,18 @@ class NextTokenPanel:
 
 
 class DescentPanel:
-    """Sliders for the learning rate and batch size of gradient descent on y ≈ w·x + b; redraws the path."""
+    """Sliders for the learning rate and batch size of gradient descent on y ≈ w·x + b; redraws the path.
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, lr: float = 0.1, batch_size: int = 16, steps: int = 60):
+    The loss surface's contours carry a colour bar in J itself; the star marks ``true_line`` (w, b), by default the
+    line ``lmlab.train.descent.linear_data`` draws its points around.
+    """
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, lr: float = 0.1, batch_size: int = 16, steps: int = 60,
+                 true_line: tuple[float, float] = (2.0, 1.0)):
         import ipywidgets as widgets
 
         check_lr(lr)
-        self.x, self.y, self.steps = x, y, steps
+        self.x, self.y, self.steps, self.true_line = x, y, steps, true_line
         self.lr = widgets.FloatLogSlider(value=lr, base=10, min=-3, max=0.3, step=0.05, description="learning rate",
                                          readout_format=".3f", style={"description_width": "initial"})
         self.batch = widgets.IntSlider(value=batch_size, min=1, max=len(x), description="batch size",
@@ -143,14 +149,16 @@ class DescentPanel:
         losses = [float(squared_error(w, b, self.x, self.y)) for w, b in path]
         fig = Figure(figsize=(11, 4.2))
         left, right = fig.subplots(1, 2)
-        w_grid, b_grid = torch.meshgrid(torch.linspace(-3, 5, 80), torch.linspace(-2, 4, 80), indexing="ij")
-        surface = 0.5 * ((self.y[None, None, :] - w_grid[..., None] * self.x - b_grid[..., None]) ** 2).mean(-1)
-        left.contour(w_grid, b_grid, surface.log10(), levels=20, cmap="viridis")
+        draw_contours(left, self.x, self.y, "path on the loss surface", true_line=self.true_line, colorbar=True)
         ws, bs = zip(*path)
         left.plot(ws, bs, "o-", color="tab:red", ms=3)
-        left.set(xlim=(-3, 5), ylim=(-2, 4), xlabel="w", ylabel="b", title="path on the loss surface")
+        left.set(xlim=(-3, 5), ylim=(-2, 4))
         right.semilogy(losses, color="tab:red")
-        right.set(xlabel="step", ylabel="J(w, b), log scale", title="loss")
+        right.set_xlabel("step", fontsize=14)
+        right.set_ylabel("J(w, b), log scale", fontsize=14)
+        right.set_title("loss", fontsize=14)
+        right.tick_params(labelsize=12)
+        plain_log_ticks(right.yaxis)
         fig.tight_layout()
         show_figure(self.chart, fig)
         kind = "batch" if self.batch.value == len(self.x) else "stochastic" if self.batch.value == 1 else "mini-batch"
