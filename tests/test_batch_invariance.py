@@ -93,9 +93,10 @@ def test_the_int8_server_replies_the_same_alone_and_among_six_others(model, form
     With blocks of 128 SmolLM2's replies changed (gpt-small's did not: its margins between the top two tokens
     are wider than what the kernels' rounding moves). Prompts are prefilled whole (``chunk_tokens=0``): the slot
     engine's chunked prefill, on by default, would cut the target's prompt into pieces only when it arrives among
-    decoding streams, and a piece attends to its cached keys in another order than a whole prompt does. In int8
-    that rounding flipped a near-tie in 1 of 4 runs of this test (2026-12-07: "la montagma" against "la
-    maquette" at the 8th token), so this test checks the decode rows' batch invariance, not chunking's.
+    decoding streams. A last piece of ONE position ran ONNX Runtime's one-row float32 kernel, whose rounding int8
+    grew enough to flip a near-tie in 1 of 4 runs of this test (2026-12-07: "la montagma" against "la maquette"
+    at the 8th token); the engine no longer cuts such pieces (``slots.piece_length``, tested in test_slots.py).
+    This test checks the decode rows' batch invariance, not chunking's.
     """
     import time
     from concurrent.futures import ThreadPoolExecutor

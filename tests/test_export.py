@@ -1,5 +1,7 @@
 """Exported graphs in ONNX Runtime: the same answers as PyTorch, int8 that is really int8, a cache that is safe."""
 
+import logging
+
 import numpy as np
 import pytest
 import torch
@@ -110,3 +112,16 @@ def test_smollm2_int8_keeps_its_perplexity(monkeypatch, kjv_corpus):
     assert export._int8_matmuls(exported.path) == 30 * 7 + 1  # every projection of 30 layers, and the output layer
     assert exported.stored_bytes < 0.5 * sum(p.numel() * 4 for p in model.parameters())
     assert np.isfinite(after["bits_per_char"])
+
+
+def test_int8_export_leaves_the_root_logger_as_it_was():
+    """ONNX Runtime's quantizer calls logging.basicConfig(level=INFO) when first imported; httpx's per-request INFO
+    lines then reached chapter 07's output. A fresh interpreter: the import happens once per process."""
+    import subprocess
+    import sys
+
+    code = ("import logging, numpy as np\nfrom lmlab.compress.export import onnx_matmul\n"
+            "onnx_matmul(np.ones((64, 8), np.float32))\nroot = logging.getLogger()\n"
+            "print(root.level, len(root.handlers))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == [str(logging.WARNING), "0"]

@@ -12,7 +12,7 @@ from lmlab.inference.sampling import SamplingParams, pick, pick_rows
 from lmlab.serving.dense import DenseEngine
 from lmlab.serving.engine import Detokenizer, Engine
 from lmlab.serving.kvcache import PrefixBlocks, SlotCache, block_hashes
-from lmlab.serving.slots import SlotEngine
+from lmlab.serving.slots import SlotEngine, piece_length
 
 FAQ = open("data/shop-faq.txt").read()
 
@@ -210,3 +210,43 @@ def test_a_real_server_on_slots_gives_every_reply_its_lone_tokens_and_leaks_noth
     assert kv["free_slots"] == kv["slots"] == 4 and kv["used_tokens"] == 0 and health["active"] == 0
     assert kv["buffer_bytes"] == 2 * step.num_layers * step.kv_heads * step.head_dim * step.max_length * 4 * 4
     assert kv["preemptions"] > 0 and kv["prefix_hit_tokens"] > 0
+
+
+@pytest.mark.parametrize("remaining, budget, expected", [(40, 7, 7), (8, 7, 8), (7, 7, 7), (1, 7, 1), (3, 1, 3),
+                                                         (5, 1, 2), (5, 2, 2), (3, 2, 3), (2, 16, 2), (9, 8, 9)])
+def test_a_prefill_piece_never_has_or_leaves_a_single_position(remaining, budget, expected):
+    assert piece_length(remaining, budget) == expected
+    assert piece_length(remaining, float("inf")) == remaining
+
+
+def test_piece_length_refuses_nothing_to_prefill():
+    with pytest.raises(ValueError, match="remaining"):
+        piece_length(0, 7)
+
+
+def test_chunked_prefill_gives_the_int8_tokens_of_a_whole_prefill_where_one_position_would_be_left(smol, step):
+    """Prompts of 7k + 1 tokens in pieces of 7: a last piece of ONE position would run ONNX Runtime's one-row
+    float32 path (another order of sums: ~1e-5), which int8's rounded activations grew to ~1 logit (measured
+    2026-12-07: 7 of 64 prompt lengths, each one with a one-position last piece). Another stream decodes
+    meanwhile, so the engine prefills in pieces."""
+    text = smol.encode(FAQ)
+    prompts = [text[length:2 * length] for length in (29, 36, 43, 50)]
+    expected = [alone(smol, step, ids, 8) for ids in prompts]
+    with Engine(smol, step=step, max_batch=2, chunk_tokens=7) as engine:
+        stream = engine.submit(text[:20], 120, stop_at_eos=False)  # keeps decoding while the others prefill
+        replies = []
+        for ids in prompts:
+            replies.append(engine.submit(ids, 8, stop_at_eos=False).result(timeout_s=120)[0])
+        stream.result(timeout_s=120)
+    assert replies == expected
+
+
+def test_a_prefix_hit_that_would_leave_one_position_recomputes_the_last_block(smol, step):
+    """A prompt of 2 cached blocks + 1 token: the last block is recomputed with it (a piece of two or more rows)."""
+    base = smol.encode(FAQ)[:32]
+    prompts = [base + smol.encode(" Can I pay by card?"), base + smol.encode(" Hi")[:1]]
+    expected = [alone(smol, step, ids, 8) for ids in prompts]
+    with Engine(smol, step=step, max_batch=2, prefix_cache=64, chunk_tokens=None) as engine:
+        replies = [engine.generate(ids, 8, stop_at_eos=False) for ids in prompts]  # one after the other
+        assert replies == expected
+        assert engine.prefixes.hit_tokens == 32  # both blocks found; the second is recomputed with the last token

@@ -351,8 +351,12 @@ def _quantize(source: Path, target: Path, quantization: str | None) -> None:
 def _blockwise(graph_model, block_size: int, bits: int = 8):
     """Return the graph (ONNX Runtime's ``ONNXModel``) with its constant-weight MatMuls as MatMulNBits: ``bits``-bit
     (8 or 4) symmetric weights, one step per block of ``block_size`` weights, int8 arithmetic (accuracy level 4)."""
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
+    root.setLevel(level)  # its first import calls logging.basicConfig(level=INFO): every library's INFO logs
+    root.handlers[:] = handlers  # (httpx's, one per request) would reach the notebook's output; undo it
     logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)  # no progress logs
     quantizer = MatMulNBitsQuantizer(graph_model, bits=bits, block_size=block_size, is_symmetric=True,
                                      accuracy_level=4)

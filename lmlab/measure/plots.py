@@ -329,5 +329,7 @@ def budget_plot(stages: dict[str, float], title: str = "Where one reply's millis
     ax.set_xlim(0, right)
     ax.set_yticks([])
     ax.set_ylim(-0.5, 0.6)
-    finish_axes(ax, "time since the customer pressed Enter (ms)", "", title, legend_loc="lower right")
+    finish_axes(ax, "time since the customer pressed Enter (ms)", "", title)
+    ax.legend(fontsize=FONT_SIZE - 3, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=3)  # below: off the bar
+    fig.tight_layout()
     return fig

@@ -23,7 +23,7 @@ from matplotlib.figure import Figure
 
 from lmlab.inference.decode import CausalLM
 from lmlab.inference.step import DecodeStep
-from lmlab.measure.plots import FONT_SIZE, finish_axes
+from lmlab.measure.plots import FONT_SIZE, finish_axes, plain_log_ticks
 from lmlab.measure.runtime import check_int
 from lmlab.measure.timing import Stopwatch
 from lmlab.serving.slots import SlotEngine
@@ -96,12 +96,14 @@ def interference_plot(runs: Sequence[Interference], title: str) -> Figure:
         for stamps in run.stamps_ms:
             times = np.asarray(stamps)
             shown = times[1:] > run.arrival_ms - 250  # from just before the arrival: the streams' own start left out
-            ax.plot(times[1:][shown] / 1000, np.diff(times)[shown], "o", ms=5, alpha=0.6)
-        ax.axvspan(run.arrival_ms / 1000, run.first_token_ms / 1000, color="tab:red", alpha=0.15,
+            ax.plot((times[1:][shown] - run.arrival_ms) / 1000, np.diff(times)[shown], "o", ms=5, alpha=0.6)
+        ax.axvspan(0, (run.first_token_ms - run.arrival_ms) / 1000, color="tab:red", alpha=0.15,
                    label=f"newcomer's {run.newcomer_tokens}-token prefill")
         ax.set_yscale("log")
+        plain_log_ticks(ax.yaxis)
         name = "whole prompt" if run.chunk_tokens is None else f"chunks of {run.chunk_tokens} tokens"
-        finish_axes(ax, "time (s)", "gap before each token (ms, log scale)", f"Prefill: {name}")
+        finish_axes(ax, "time since the newcomer arrived (s)", "gap before each token (ms, log scale)",
+                    f"Prefill: {name}")
     fig.suptitle(title, fontsize=FONT_SIZE + 2)
     fig.tight_layout()
     return fig

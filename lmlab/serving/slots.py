@@ -11,7 +11,8 @@ of the KV buffer at its own length. One round of the engine's thread:
    ``block`` tokens; 0: off).
 3. **Prefill in chunks**: while streams are decoding, the admitted prompts are computed in pieces of at most
    ``chunk_tokens`` tokens per round, oldest first (``chunk_tokens=None``, or no stream decoding: whole prompts),
-   each piece one pass over its slot. A long prompt then
+   each piece one pass over its slot, never of a single position unless one is all that is left
+   (``piece_length``: ONNX Runtime computes one row in another order than several). A long prompt then
    delays each running stream's next token by one piece, not by its whole prefill (prefill-decode interference).
    A prompt's last piece picks its first token; its full blocks join the prefix cache.
 4. **Decode** one token for every running request in ONE pass over slots [0, highest taken]: ids (B, 1), each row's
@@ -42,6 +43,21 @@ from lmlab.serving.kvcache import PrefixBlocks, SlotCache
 
 SLOTTED_BACKENDS = ("fused", "fused-int8", "fused-int4")
 DEFAULT_CHUNK_TOKENS = 16  # prefill per round: p99 gap <= 2x its median with a 1,000-token newcomer (bench_engine)
+
+
+def piece_length(remaining: int, budget: float) -> int:
+    """Return how many of a prompt's ``remaining`` positions the next prefill piece computes, within ``budget``.
+
+    p = min(remaining, max(budget, 2)), then p = remaining if that would leave one position. A piece of ONE
+    position runs ONNX Runtime's one-row float32 path (a matrix-vector product: another order of sums than for
+    several rows, ~1e-5 apart), which the int8 graph's rounded activations grow to ~1 logit; rows of a piece of
+    two or more get the bits of a whole prefill. So a piece has one position only when the prompt's whole
+    remainder has one, as a whole prefill's would; it may exceed the budget by up to 2 positions.
+    Raises ValueError for remaining < 1.
+    """
+    check_int("remaining", remaining, 1)
+    piece = int(min(remaining, max(budget, 2)))
+    return remaining if remaining - piece == 1 else piece
 
 
 def slotted(backend: str, step: DecodeStep | None) -> bool:
@@ -172,6 +188,8 @@ class SlotEngine(Engine):
             return
         request.target = request.ids
         request.hashes, found = self.prefixes.match(request.target)
+        if found and len(request.target) - len(found) * self.block == 1:  # one position left: one-row path
+            found = found[:-1]  # recompute the last block with it, as a whole prefill computes them
         for i, block in enumerate(found):
             self.cache.write(request.slot, i * self.block, block)
         request.done = len(found) * self.block
@@ -208,7 +226,7 @@ class SlotEngine(Engine):
         for request in list(self._prefills):
             if budget <= 0:
                 break
-            piece = int(min(len(request.target) - request.done, budget))
+            piece = piece_length(len(request.target) - request.done, budget)  # never a lone position
             budget -= piece
             clock = Stopwatch(sync=False).start()
             try:
