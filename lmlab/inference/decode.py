@@ -69,6 +69,7 @@ class CausalLM:
     pad_id: int
     window: int  # the most positions the model can attend to (prompt + new tokens)
     source: nn.Module  # what was wrapped: lmlab's GPT, or the transformers model itself
+    level: str | None = None  # how lmlab's GPT tokenizes text ("word" or "char"); None for a sub-word tokenizer
 
     @property
     def config(self) -> PretrainedConfig:
@@ -94,7 +95,7 @@ def as_causal_lm(model: nn.Module, tokenizer=None, name: str | None = None, leve
             return "".join(joiner + tok for tok in vocab.decode(ids) if tok not in ("<s>", "</s>"))
 
         return CausalLM(name or f"gpt-{model.config.n_layer}x{model.config.n_embd}", model.gpt, encode, decode,
-                        vocab.eos_id, vocab.eos_id, model.config.n_positions, model)
+                        vocab.eos_id, vocab.eos_id, model.config.n_positions, model, level)
     if is_transformers_causal_lm(model):
         if tokenizer is None:
             raise ValueError(f"tokenizer=None: a {type(model).__name__} needs its tokenizer to turn text into ids")

@@ -11,7 +11,7 @@ import math
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from functools import cache
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import torch
 from matplotlib.figure import Figure
@@ -468,15 +468,10 @@ def reply_html(prompt: str, reply: str) -> str:
 def unknown_words(lm: CausalLM, text: str) -> list[str]:
     """The tokens of ``text`` that a word- or character-level lmlab GPT reads as <unk> (each once, in order);
     [] for a sub-word model, which has no unknown words."""
-    source = lm.source
-    if not isinstance(source, GPTLanguageModel):
+    if lm.level is None:
         return []
-    ids = lm.encode(text)[1:]  # after <s>
-    for level in ("word", "char"):
-        tokens = tokenize(text, level)
-        if len(tokens) == len(ids) and all(source.vocab.stoi.get(t, 0) == i for t, i in zip(tokens, ids)):
-            return list(dict.fromkeys(t for t in tokens if t not in source.vocab))
-    return []
+    vocab = cast(GPTLanguageModel, lm.source).vocab
+    return list(dict.fromkeys(t for t in tokenize(text, lm.level) if t not in vocab))
 
 
 class ClassifyPanel:

@@ -43,6 +43,7 @@ from lmlab.measure.runtime import check_int, seed_everything, torch_threads
 from lmlab.measure.stats import (  # within_noise: the one rule every chapter uses; document_picks: the one resampler
     Comparison,
     binomial_se,
+    check_bootstrap,
     document_picks,
     timing_verdict,
     within_noise,
@@ -262,8 +263,10 @@ def compare_macro_f1(y_true, first_pred, second_pred, classes: Sequence[str], le
     and its percentile interval at ``level`` over bootstrap resamples of the texts (``document_picks``: both
     classifiers rescored on the same resampled texts, each text a document). Macro F1 is not a mean over texts, so
     the texts are resampled and the metric recomputed, as ``classification_metrics`` computes it.
-    Raises ValueError as ``classification_metrics`` does, or for fewer than 2 texts.
+    Raises ValueError as ``classification_metrics`` does, for fewer than 2 texts, or for a ``level`` outside (0, 1)
+    or fewer than 100 ``resamples`` (``check_bootstrap``).
     """
+    check_bootstrap(level, resamples)
     classes = tuple(classes)
     truth = _as_indices("y_true", y_true, classes)
     first, second = _as_indices("first_pred", first_pred, classes), _as_indices("second_pred", second_pred, classes)
