@@ -7,33 +7,15 @@ logged no error. Skips, saying why, where Chromium, its driver or selenium is mi
 """
 
 import json
-import os
-import shutil
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from browsing import ROOT, WAIT_S, chromium, console_errors, jupyter_lab, lab_env, needs_browser, wait
 
-ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-DRIVER = shutil.which("chromedriver")
-try:
-    import selenium  # noqa: F401
-except ImportError:  # pragma: no cover - depends on the machine
-    SELENIUM = False
-else:
-    SELENIUM = True
-
-MISSING = [what for what, found in (("chromium", CHROMIUM), ("chromedriver", DRIVER), ("selenium", SELENIUM))
-           if not found]
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(bool(MISSING), reason=f"no {', '.join(MISSING)} here: the real-browser panel tests need"
-                       " Debian's chromium and chromium-driver and selenium (.ci/run installs them)"),
-]
+pytestmark = [pytest.mark.slow, needs_browser("the real-browser panel tests")]
 
 # One cell per panel; each tags its view with a CSS class the test finds it by.
 CELLS = [
@@ -76,7 +58,6 @@ p5 = ClassifyPanel({kind: train_classifier(kind, train, steps=5) for kind in ("l
 p5.widget.add_class("t-classify")
 p5.widget""",
 ]
-WAIT_S = 60  # the longest wait for one thing to appear (a busy machine starts the kernel and torch slowly)
 
 
 def _notebook(folder: Path, cells: list[str] | None = None, name: str = "panels.ipynb") -> Path:
@@ -91,49 +72,15 @@ def _notebook(folder: Path, cells: list[str] | None = None, name: str = "panels.
     return path
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
     """A JupyterLab server on a free local port with a token, serving a folder that holds the panels' notebook."""
     folder = tmp_path_factory.mktemp("lab")
     _notebook(folder)
-    port, token = _free_port(), os.urandom(16).hex()
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-           "JUPYTER_CONFIG_DIR": str(folder / ".config"), "JUPYTERLAB_SETTINGS_DIR": str(folder / ".settings"),
-           "JUPYTERLAB_WORKSPACES_DIR": str(folder / ".workspaces"), "JUPYTER_DATA_DIR": str(folder / ".data"),
-           "MPLBACKEND": "Agg"}
+    env = lab_env(folder)
     _saved_notebooks(folder, env)
-    command = [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
-               f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={folder}",
-               "--LabApp.news_url=", "--LabApp.expose_app_in_browser=True",
-               "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
-               *(["--allow-root"] if os.geteuid() == 0 else [])]
-    log = (folder / "server.log").open("w")
-    server = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + WAIT_S
-        while time.monotonic() < deadline:
-            assert server.poll() is None, f"jupyter lab exited: {(folder / 'server.log').read_text()[-2000:]}"
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.3)
-        else:
-            pytest.fail(f"jupyter lab did not listen on port {port} within {WAIT_S} s")
-        yield f"http://127.0.0.1:{port}", token
-    finally:
-        server.terminate()
-        try:
-            server.wait(15)
-        except subprocess.TimeoutExpired:
-            server.kill()
-        log.close()
+    with jupyter_lab(folder, env) as (url, token):
+        yield url, token
 
 
 def _saved_notebooks(folder: Path, env: dict) -> None:
@@ -148,23 +95,10 @@ def _saved_notebooks(folder: Path, env: dict) -> None:
     subprocess.run([sys.executable, "-m", "jupyter", "trust", str(saved)], env=env, check=True, capture_output=True)
 
 
-def _chromium():
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1000",
-                     "--disable-gpu"):
-        options.add_argument(argument)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    return webdriver.Chrome(service=Service(DRIVER), options=options)
-
-
 @pytest.fixture(scope="module")
 def browser(lab):
     """Headless Chromium with the notebook open and every cell run, the widget views rendered."""
-    driver = _chromium()
+    driver = chromium()
     try:
         url, token = lab
         driver.get(f"{url}/lab/tree/panels.ipynb?token={token}")
@@ -174,19 +108,14 @@ def browser(lab):
         driver.quit()
 
 
+def _outputs(driver) -> list[str]:
+    from selenium.webdriver.common.by import By
+
+    return [e.text[-500:] for e in driver.find_elements(By.CSS_SELECTOR, ".jp-OutputArea-output")]
+
+
 def _wait(driver, condition, what: str, timeout: float = WAIT_S):
-    from selenium.common.exceptions import TimeoutException
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    try:
-        return WebDriverWait(driver, timeout, poll_frequency=0.2).until(lambda d: condition(d))
-    except TimeoutException:
-        from selenium.webdriver.common.by import By
-
-        if os.environ.get("LMLAB_BROWSER_SHOT"):  # a picture of the page, for whoever debugs this
-            driver.save_screenshot(os.environ["LMLAB_BROWSER_SHOT"])
-        outputs = [e.text[-500:] for e in driver.find_elements(By.CSS_SELECTOR, ".jp-OutputArea-output")]
-        pytest.fail(f"waited {timeout} s for {what}; the cells' outputs: {outputs}")
+    return wait(driver, condition, what, timeout, describe=lambda d: f"the cells' outputs: {_outputs(d)}")
 
 
 def _run_all_cells(driver) -> None:
@@ -287,10 +216,7 @@ def test_classify_panel_names_an_unknown_character(browser):
 
 
 def test_the_console_logged_no_error(browser):
-    browser.execute_script("console.error('lmlab-probe')")  # the log is read at all: this one must be in it
-    severe = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
-    assert any("lmlab-probe" in entry["message"] for entry in severe), "the browser's console log is not read"
-    errors = [entry for entry in severe if "lmlab-probe" not in entry["message"]]
+    errors = console_errors(browser)
     assert not errors, f"the browser's console logged errors: {errors}"
 
 
@@ -299,7 +225,7 @@ def test_a_saved_panel_shows_before_its_cell_runs(lab, name, shows):
     from selenium.webdriver.common.by import By
 
     url, token = lab
-    driver = _chromium()
+    driver = chromium()
     try:
         driver.get(f"{url}/lab/workspaces/{name.split('.')[0]}/tree/{name}?token={token}")
         _wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, ".jp-OutputArea-output"), "the saved output")
