@@ -8,9 +8,10 @@ BIN    := $(VENV)/bin
 # One stamp per requirements set: it is newer than the files it was installed from.
 LAB_STAMP  := $(VENV)/.lab-installed
 TEST_STAMP := $(VENV)/.test-installed
+BOOK_STAMP := $(VENV)/.book-installed
 PIP := $(BIN)/python -m pip --disable-pip-version-check
 
-.PHONY: lab test quick lint setup setup-test bench clean-venv help
+.PHONY: lab test quick lint setup setup-test book book-serve bench clean-venv help
 
 help:
 	@echo "make lab    set up .venv and open JupyterLab on notebooks/"
@@ -18,6 +19,8 @@ help:
 	@echo "make quick  the same tests, skipping those marked slow"
 	@echo "make lint   ruff, mypy and import-linter only (make test runs them too, in tests/test_guardrails.py)"
 	@echo "make bench  run the speed comparisons in benchmarks/"
+	@echo "make book   build the workbook as a website in book/_build/html (from the saved outputs; nothing runs)"
+	@echo "make book-serve  build it and serve it on http://127.0.0.1:$(BOOK_PORT) (search shows page summaries there)"
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "lmlab needs Python 3.11 or newer, this is " + sys.version.split()[0]'
@@ -29,8 +32,12 @@ $(LAB_STAMP): requirements.txt pyproject.toml | $(BIN)/python
 	$(PIP) install -q --no-deps --no-build-isolation -e .
 	@touch $@
 
-$(TEST_STAMP): requirements-dev.txt $(LAB_STAMP)
+$(TEST_STAMP): requirements-dev.txt requirements-book.txt $(LAB_STAMP)
 	$(PIP) install -q -r requirements-dev.txt
+	@touch $@
+
+$(BOOK_STAMP): requirements-book.txt $(LAB_STAMP)
+	$(PIP) install -q -r requirements-book.txt
 	@touch $@
 
 setup: $(LAB_STAMP)
@@ -65,9 +72,19 @@ quick: setup-test
 
 # The guardrails alone, for contributors: lint and import order, types of lmlab/, the layers and no cycles.
 lint: setup-test
-	$(BIN)/ruff check lmlab tests benchmarks
+	$(BIN)/ruff check lmlab tests benchmarks book
 	$(BIN)/mypy
 	$(BIN)/lint-imports
+
+# The book: the committed chapters as a static website, with no network needed to build or read it (book/build.py).
+# Open book/_build/html/index.html directly, or serve it (search then shows each hit's summary too).
+BOOK_PORT ?= 8000
+
+book: $(BOOK_STAMP)
+	$(BIN)/python book/build.py
+
+book-serve: book
+	$(BIN)/python -m http.server $(BOOK_PORT) --bind 127.0.0.1 --directory book/_build/html
 
 bench: setup-test
 	@for script in benchmarks/bench_*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done

@@ -35,7 +35,7 @@ def assert_clean(result: subprocess.CompletedProcess) -> None:
 
 
 def test_ruff_finds_nothing():
-    assert_clean(run_tool("ruff", "check", "lmlab", "tests", "benchmarks"))
+    assert_clean(run_tool("ruff", "check", "lmlab", "tests", "benchmarks", "book"))
 
 
 def test_mypy_finds_no_type_errors_in_lmlab():
