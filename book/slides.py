@@ -87,7 +87,7 @@ LIVE_DEMOS: dict[str, tuple[Demo, ...]] = {
     ),
     "04_quantization": (
         Demo("from lmlab.compress.quantize_study import bits_sweep, llm_subject, lm_subject, sweep_table",
-             "three models quantized from 8 to 2 bits and scored"),
+             "MLP, GPT and SmolLM2 quantized bit by bit, scored"),
         Demo("tradeoff_figure([(kjv_rows, f\"King James next word, batch 1, {slice_name}\", \"word\"),",
              "accuracy against ms: fake and real int8"),
         Demo("from lmlab.notebook.widgets import CompressionPanel", "panel: quantize a model and score it"),
