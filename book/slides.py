@@ -7,8 +7,10 @@ committed notebooks against the rule). The rule:
 
 - a markdown cell holding a `#` or `##` heading (outside fenced code) starts a slide, one holding a `###` heading a
   subslide (a slide below the current one: Space or the down arrow reaches it);
-- a code cell with a figure starts a subslide when its slide already shows a figure or more than FIGURE_AFTER_LINES
-  lines, so each figure is seen whole at projector size instead of below a long scroll;
+- a code cell with a figure starts a subslide when its slide already shows more than FIGURE_AFTER_LINES lines (a
+  figure counts as FIGURE_LINES), so each figure is seen whole at projector size instead of below a scroll;
+- any other cell starts a subslide when its slide already shows more than SLIDE_LINES lines (about two screens), so a
+  long section without headings is cut where a cell begins instead of scrolling on;
 - every other cell continues the slide ("-").
 
 The live demos, the cells an instructor runs in front of the class, are named in LIVE_DEMOS (chapter -> a line of the
@@ -34,8 +36,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
 TAG = "live-demo"
-SLIDE_TYPES = ("slide", "subslide", "fragment", "skip", "notes", "-")
-FIGURE_AFTER_LINES = 20  # at the slides' text size, about what fits above a figure on one 1080p screen
+# Sizes in lines of text at the slides' text size (STYLE below), on a 1080p screen: about 30 lines fill it.
+FIGURE_LINES = 25  # the height of a saved figure
+FIGURE_AFTER_LINES = 20  # about what fits above a figure on one screen
+SLIDE_LINES = 45  # about two screens: beyond it the next cell starts a subslide
 
 # What the slideshow adds to every slide, as the `overlay` setting (HTML that RISE inserts as-is): a style that hides
 # the notebook's "Click to add a cell." footer (it would sit over each slide's first heading) and sets larger text and
@@ -152,31 +156,30 @@ def has_figure(cell: dict) -> bool:
 
 
 def shown_lines(cell: dict) -> int:
-    """About how many lines a cell takes on a slide: its source and its text outputs (a figure counts as none)."""
+    """About how many lines a cell takes on a slide: its source, its text outputs, FIGURE_LINES for each figure."""
     lines = len(source(cell).splitlines())
     for output in cell.get("outputs", []):
         data = output.get("data", {})
-        if not any(key.startswith("image/") for key in data):
-            text = output.get("text", data.get("text/plain", ""))
-            lines += len("".join(text).splitlines())
+        if any(key.startswith("image/") for key in data):
+            lines += FIGURE_LINES
+        else:
+            lines += len("".join(output.get("text", data.get("text/plain", ""))).splitlines())
     return lines
 
 
 def slide_types(cells: list[dict]) -> list[str]:
     """The rule: each cell's RISE slide type (see the module's docstring). The first cell always starts a slide."""
     types: list[str] = []
-    figures, lines = 0, 0  # what the current (sub)slide shows so far
+    lines = 0  # what the current (sub)slide shows so far
     for cell in cells:
         level = heading_level(cell)
         if not types or (level is not None and level <= 2):
             kind = "slide"
-        elif level == 3 or (has_figure(cell) and (figures or lines > FIGURE_AFTER_LINES)):
+        elif level == 3 or lines > (FIGURE_AFTER_LINES if has_figure(cell) else SLIDE_LINES):
             kind = "subslide"
         else:
             kind = "-"
-        if kind != "-":
-            figures, lines = 0, 0
-        figures, lines = figures + has_figure(cell), lines + shown_lines(cell)
+        lines = (0 if kind != "-" else lines) + shown_lines(cell)
         types.append(kind)
     return types
 

@@ -71,8 +71,10 @@ def test_the_rule_on_a_tiny_notebook():
     figure = [{"output_type": "display_data", "data": {"image/png": "", "text/plain": "<Figure>"}, "metadata": {}}]
     cells = [*_tiny()["cells"], _cell("markdown", "Prose first.\n\n### A subsection\n\n```\n# not a heading\n```"),
              _cell("code", "fig1", outputs=figure), _cell("code", "fig2", outputs=figure),
-             _cell("markdown", "```python\n# a comment in fenced code, not a heading\n```")]
-    assert slide_types(cells) == ["slide", "-", "slide", "-", "-", "subslide", "-", "subslide", "-"]
+             _cell("markdown", "```python\n# a comment in fenced code, not a heading\n```"),
+             _cell("code", "long", outputs=[{"output_type": "stream", "name": "stdout", "text": "line\n" * 40}]),
+             _cell("markdown", "What the long output shows.")]  # 1 + 25 + 3 + 1 + 40 lines above it: too far down
+    assert slide_types(cells) == ["slide", "-", "slide", "-", "-", "subslide", "-", "subslide", "-", "-", "subslide"]
 
 
 def test_tags_are_added_and_removed_and_other_metadata_kept():
