@@ -219,6 +219,7 @@ def chapters(folder: Path = NOTEBOOKS) -> dict[str, Path]:
 
 
 def read(path: Path) -> dict:
+    """A notebook file as the dict nbformat's JSON holds."""
     return json.loads(path.read_text(encoding="utf-8"))
 
 

@@ -164,7 +164,7 @@ def slideshow(tmp_path_factory):
 
 
 @pytest.mark.slow
-@needs_browser("the slideshow test")
+@needs_browser("the slides' browser checks")
 def test_a_chapter_opens_as_slides_and_runs_live(slideshow):
     from browsing import console_errors, wait
     from selenium.webdriver.common.action_chains import ActionChains
@@ -187,8 +187,9 @@ def test_a_chapter_opens_as_slides_and_runs_live(slideshow):
          describe=lambda d: _present(d, heading))
     wait(driver, lambda d: _present(d, "return slide.querySelectorAll('mjx-container').length"),
          "the second slide's formulas typeset by MathJax")
-    markdown = _present(driver, "return [...slide.querySelectorAll('.jp-RenderedMarkdown')].map(e => e.innerText)")
-    assert not [text for text in markdown if "$$" in text or re.search(r"\$[^$\s][^$]*\$", text)], "raw TeX left"
+    markdown = "return [...document.querySelectorAll('.reveal .jp-RenderedMarkdown')].map(e => e.innerText)"
+    raw_tex = lambda d: [t for t in d.execute_script(markdown) if "$$" in t or re.search(r"\$[^$\s][^$]*\$", t)]  # noqa: E731
+    wait(driver, lambda d: not raw_tex(d), "no raw TeX left in any slide's Markdown", describe=raw_tex)
 
     figures = sum(has_figure(cell) for cell in notebook["cells"])
     images = driver.execute_script("return [...document.querySelectorAll('.reveal .jp-OutputArea-output img')]"
