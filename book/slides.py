@@ -38,7 +38,7 @@ NOTEBOOKS = ROOT / "notebooks"
 TAG = "live-demo"
 # Sizes in lines of text at the slides' text size (STYLE below), on a 1080p screen: about 30 lines fill it.
 FIGURE_LINES = 25  # the height of a saved figure
-FIGURE_AFTER_LINES = 20  # about what fits above a figure on one screen
+FIGURE_AFTER_LINES = 12  # what fits above a figure on the same screen (headings and wrapped prose take more)
 SLIDE_LINES = 45  # about two screens: beyond it the next cell starts a subslide
 
 # What the slideshow adds to every slide, as the `overlay` setting (HTML that RISE inserts as-is): a style that hides
