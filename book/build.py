@@ -28,20 +28,15 @@ import time
 import tomllib
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-BOOK = ROOT / "book"
-NOTEBOOKS = ROOT / "notebooks"
+BOOK = Path(__file__).resolve().parent
+sys.path.insert(0, str(BOOK))  # book/slides.py: the chapters, and their run times
+
+from slides import ROOT, chapters, read  # noqa: E402
+
 BUILD = BOOK / "_build"
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
-
-
-def chapters(folder: Path = NOTEBOOKS) -> list[Path]:
-    """The chapters in course order (their file names start with the chapter's number)."""
-    found = sorted(folder.glob("[0-9][0-9]_*.ipynb"))
-    if not found:
-        raise ValueError(f"folder={str(folder)!r} holds no chapters; expected files named NN_title.ipynb")
-    return found
+INSTRUCTORS = "presenting"  # the page made of the README's section for instructors
 
 
 def check_executed(path: Path, notebook: dict) -> None:
@@ -142,7 +137,19 @@ def _front_page(titles: list[tuple[str, str]], package_names: list[str]) -> str:
             "figures. To run a chapter yourself, clone the repository and run `make lab`: it sets everything up and "
             "opens JupyterLab on the notebooks/ folder; each chapter's page says which notebook to open.\n\n"
             f"```{{toctree}}\n:caption: Chapters\n:maxdepth: 1\n\n{chapter_list}\n```\n\n"
+            f"```{{toctree}}\n:caption: For instructors\n:maxdepth: 1\n\n{INSTRUCTORS}\n```\n\n"
             f"```{{toctree}}\n:caption: The lmlab library\n:maxdepth: 1\n\n{reference}\n```\n")
+
+
+def readme_section(heading: str) -> str:
+    """The README's ``## heading`` section (up to the next ``## ``), as a page of its own with that heading as title."""
+    lines = (ROOT / "README.md").read_text(encoding="utf-8").splitlines()
+    try:
+        start = lines.index(f"## {heading}")
+    except ValueError:
+        raise ValueError(f"heading={heading!r} is not a '## ' section of README.md") from None
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+    return "\n".join([f"# {heading}", *lines[start + 1:end]]).rstrip() + "\n"
 
 
 def _package_page(package: str) -> str:
@@ -164,8 +171,8 @@ def stage(src: Path) -> list[str]:
     shutil.rmtree(src, ignore_errors=True)
     (src / "api").mkdir(parents=True)
     titles = []
-    for path in chapters():
-        notebook = json.loads(path.read_text(encoding="utf-8"))
+    for path in chapters().values():
+        notebook = read(path)
         check_executed(path, notebook)
         still_panels(notebook)
         (src / path.name).write_text(json.dumps(notebook, ensure_ascii=False), encoding="utf-8")
@@ -173,6 +180,7 @@ def stage(src: Path) -> list[str]:
     package_names = packages()
     for package in package_names:
         (src / "api" / f"{package}.rst").write_text(_package_page(package), encoding="utf-8")
+    (src / f"{INSTRUCTORS}.md").write_text(readme_section("Presenting a chapter (instructors)"), encoding="utf-8")
     (src / "index.md").write_text(_front_page(titles, package_names), encoding="utf-8")
     return [stem for stem, _ in titles]
 

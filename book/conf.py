@@ -19,11 +19,15 @@ from __future__ import annotations
 import ast
 import json
 import re
+import sys
 from pathlib import Path
 
 from docutils import nodes
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # book/slides.py: a chapter's run time
+
+from slides import run_times  # noqa: E402
+
 project = "lmlab: the Millisecond LM Lab"
 author = "lmlab"
 extensions = ["myst_nb", "sphinx.ext.autodoc", "sphinx-mathjax-offline"]
@@ -122,7 +126,7 @@ def _chapter_links(app, doctree, docname, chapters: dict[str, str]) -> None:
             text.parent.replace(text, _chapter_pieces(app, docname, str(text), chapters))
 
 
-def _run_live_box(app, docname, targets, imported) -> nodes.Element:
+def _run_live_box(app, docname, notebook, targets, imported) -> nodes.Element:
     box = nodes.admonition(classes=["lmlab-run-live"])
     box += nodes.title(text="Run this chapter live")
     steps = nodes.paragraph()
@@ -130,8 +134,13 @@ def _run_live_box(app, docname, targets, imported) -> nodes.Element:
     steps += nodes.literal(text="make lab")
     steps += nodes.Text(" (it sets everything up and opens JupyterLab), then open ")
     steps += nodes.literal(text=f"notebooks/{docname}.ipynb")
-    steps += nodes.Text(" and choose Run ▸ Run All Cells. This page shows the outputs saved by the last such run; "
-                        "panels answer only in the running notebook.")
+    seconds = run_times(notebook, ()).chapter_s
+    steps += nodes.Text(f" and choose Run ▸ Run All Cells. This page shows the outputs saved by the last such run, "
+                        f"which took {seconds:.0f} s on the machine that made it (the kernel's start not included); "
+                        "panels answer only in the running notebook. Cells marked “live demo” are the ones an "
+                        "instructor re-runs in class (")
+    steps += _link(app, docname, "presenting", "", nodes.Text("presenting a chapter"))
+    steps += nodes.Text(").")
     box += steps
     functions = sorted({full for full in imported.values() if full in targets}, key=lambda f: f.rsplit(".", 1)[1])
     if functions:
@@ -154,7 +163,7 @@ def _resolve_chapter(app, doctree, docname) -> None:
     _chapter_links(app, doctree, docname, chapters)
     title = next(iter(doctree.findall(nodes.title)))
     section = title.parent
-    section.insert(section.index(title) + 1, _run_live_box(app, docname, targets, imported))
+    section.insert(section.index(title) + 1, _run_live_box(app, docname, notebook, targets, imported))
 
 
 def setup(app):
