@@ -6,13 +6,14 @@ Nothing is executed and nothing is fetched: the chapters' saved outputs are the 
 2. stages copies of the chapters in book/_build/src, each saved panel (an ipywidgets view, which answers only in a
    running kernel) replaced by a still of its saved state: its controls' values, its text and its chart, under the
    line saying how to run it live;
-3. writes the front page (the chapters in course order) and one reference page per lmlab package;
+3. writes the front page (the chapters in course order), the instructors' page (the README's section on presenting,
+   so it is written once) and one reference page per lmlab package;
 4. runs Sphinx with MyST-NB (the notebook reader Jupyter Book is built on), every warning an error, into
    book/_build/html. book/conf.py adds the links (lmlab functions, other chapters) and each chapter's
    "run it live" box; MathJax and the search index are files of the site, so it works with no network.
 
-Run `python book/build.py` (or `make book`); open book/_build/html/index.html, or serve the folder with
-`python -m http.server -d book/_build/html` for search.
+Run `python book/build.py` (or `make book`) and open book/_build/html/index.html; `make book-serve` serves it on
+127.0.0.1, where search also shows each hit's summary (a browser reading files from disk will not fetch them).
 """
 
 from __future__ import annotations
@@ -221,8 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     start = time.monotonic()
     out = build(args.out)
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
-    print(f"built {out} in {time.monotonic() - start:.1f} s: {size / 1e6:.1f} MB; "
-          f"open {out / 'index.html'}, or for search: python -m http.server -d {out}")
+    print(f"built {out} in {time.monotonic() - start:.1f} s: {size / 1e6:.1f} MB; open {out / 'index.html'} "
+          f"(or run `make book-serve`, for search with summaries)")
     return 0
 
 
