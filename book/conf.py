@@ -17,7 +17,6 @@ Docstrings are shown as their authors wrote them for `help()`, in plain text.
 from __future__ import annotations
 
 import ast
-import json
 import re
 import sys
 from pathlib import Path
@@ -26,7 +25,7 @@ from docutils import nodes
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # book/slides.py: a chapter's run time
 
-from slides import run_times  # noqa: E402
+from slides import read, run_times  # noqa: E402
 
 project = "lmlab: the Millisecond LM Lab"
 author = "lmlab"
@@ -77,8 +76,7 @@ def _imports(notebook: dict) -> dict[str, str]:
 
 def _targets(app) -> dict[str, tuple[str, str]]:
     """Every documented Python object: full name → (page, anchor)."""
-    domain = app.env.domains["py"] if hasattr(app.env.domains, "__getitem__") else app.env.get_domain("py")
-    return {name: (entry.docname, entry.node_id) for name, entry in domain.objects.items()}
+    return {name: (entry.docname, entry.node_id) for name, entry in app.env.domains["py"].objects.items()}
 
 
 def _link(app, docname: str, target: str, anchor: str, child: nodes.Node) -> nodes.reference:
@@ -157,7 +155,7 @@ def _resolve_chapter(app, doctree, docname) -> None:
     chapters = {name[:2]: name for name in app.env.found_docs if re.fullmatch(r"\d\d_\w+", name)}
     if docname not in chapters.values():
         return
-    notebook = json.loads(Path(app.env.doc2path(docname)).read_text(encoding="utf-8"))
+    notebook = read(Path(app.env.doc2path(docname)))
     targets, imported = _targets(app), _imports(notebook)
     _function_links(app, doctree, docname, targets, imported)
     _chapter_links(app, doctree, docname, chapters)

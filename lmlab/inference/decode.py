@@ -363,15 +363,20 @@ def _checked_rows(lm: CausalLM, prompts, max_new_tokens: int) -> list[list[int]]
 
 
 def window_message(name: str, window: int, prompt_tokens: int, max_new_tokens: int) -> str:
-    """Say why a prompt of ``prompt_tokens`` plus ``max_new_tokens`` does not fit a ``window`` of positions, and
-    what would: fewer new tokens while the prompt leaves room for one, else a prompt shorter by so many tokens."""
-    over = prompt_tokens + max_new_tokens - window
-    fix = f"shorten the prompt by {over} tokens"
-    if prompt_tokens < window:
-        fix = f"use max_new_tokens <= {window - prompt_tokens}, or {fix}"
+    """Say why a prompt of ``prompt_tokens`` plus ``max_new_tokens`` does not fit ``name``'s ``window`` of positions,
+    and what would (``window_fix``)."""
     needed = prompt_tokens + max_new_tokens
     return f"max_new_tokens={max_new_tokens} with a {prompt_tokens}-token prompt needs {needed} positions; " \
-           f"{name}'s window is {window}: {fix}"
+           f"{name}'s window is {window}: {window_fix(window, prompt_tokens, max_new_tokens)}"
+
+
+def window_fix(window: int, prompt_tokens: int, max_new_tokens: int) -> str:
+    """What makes a prompt of ``prompt_tokens`` plus ``max_new_tokens`` fit a ``window`` of positions: fewer new
+    tokens while the prompt leaves room for one, else a prompt shorter by so many tokens."""
+    fix = f"shorten the prompt by {prompt_tokens + max_new_tokens - window} tokens"
+    if prompt_tokens < window:
+        fix = f"use max_new_tokens <= {window - prompt_tokens}, or {fix}"
+    return fix
 
 
 def _step_for(lm: CausalLM, step: DecodeStep | None, backend: str, chosen: torch.device,

@@ -300,11 +300,16 @@ def timing_verdict(reference: Timing, other: Timing, low_q: float = 10, high_q: 
     (the spread of repeated timings on a shared machine, not a statistical interval), else "faster" (other's p90
     below reference's p10) or "slower". Raises ValueError for percentiles outside [0, 100].
     """
-    ref_low, ref_high = reference.percentile_ms(low_q), reference.percentile_ms(high_q)
-    low, high = other.percentile_ms(low_q), other.percentile_ms(high_q)
-    if high < ref_low:
+    return _range_verdict((reference.percentile_ms(low_q), reference.percentile_ms(high_q)),
+                          (other.percentile_ms(low_q), other.percentile_ms(high_q)))
+
+
+def _range_verdict(reference: tuple[float, float], other: tuple[float, float]) -> str:
+    """The one rule for times, on two (low, high) ranges: "faster" when other's high is below reference's low,
+    "slower" when other's low is above reference's high, else "within noise" (the ranges overlap)."""
+    if other[1] < reference[0]:
         return "faster"
-    if low > ref_high:
+    if other[0] > reference[1]:
         return "slower"
     return "within noise"
 
@@ -337,10 +342,8 @@ def row_timing_verdict(reference: Timed | tuple[float, float], other: Timed | tu
     above reference's p90, else "within noise". Raises ValueError for a time that is not finite and > 0, or a p90
     below its median.
     """
-    ref_median, ref_high = _median_p90("reference", reference)
-    median, high = _median_p90("other", other)
-    if high < 2 * ref_median - ref_high:
-        return "faster"
-    if 2 * median - high > ref_high:
-        return "slower"
-    return "within noise"
+    ranges = []
+    for name, row in (("reference", reference), ("other", other)):
+        median, p90 = _median_p90(name, row)
+        ranges.append((2 * median - p90, p90))
+    return _range_verdict(*ranges)

@@ -41,7 +41,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from lmlab.inference.decode import CausalLM, make_step
+from lmlab.inference.decode import CausalLM, make_step, window_fix
 from lmlab.inference.sampling import SamplingParams, pick_rows, sampling_params
 from lmlab.inference.step import DecodeStep
 from lmlab.measure.runtime import check_int, torch_threads
@@ -331,12 +331,9 @@ class Engine:
         window = self.window
         check_int("max_new_tokens", max_new_tokens, 1, window)
         if len(ids) + max_new_tokens > window:
-            fix = f"shorten the prompt by {len(ids) + max_new_tokens - window} tokens"
-            if len(ids) < window:
-                fix = f"use max_new_tokens <= {window - len(ids)}, or {fix}"
             raise ValueError(f"max_new_tokens={max_new_tokens} with a {len(ids)}-token prompt needs "
                              f"{len(ids) + max_new_tokens} positions; this engine holds {window} per reply "
-                             f"({self.lm.name}): {fix}")
+                             f"({self.lm.name}): {window_fix(window, len(ids), max_new_tokens)}")
 
     @property
     def window(self) -> int:
