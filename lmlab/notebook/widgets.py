@@ -334,15 +334,9 @@ def accuracy_versus(result: Mapping, reference: Mapping) -> Comparison | None:
         return compare(mine["correct"], theirs["correct"], theirs["tokens"])
     if "tokens" in result and "tokens" in reference:
         return compare(result["accuracy"], reference["accuracy"],
-                       se=(_two_standard_errors(result) / 2, _two_standard_errors(reference) / 2))
+                       se=(binomial_se(result["accuracy"], int(result["tokens"])),
+                           binomial_se(reference["accuracy"], int(reference["tokens"]))))
     return None
-
-
-def _two_standard_errors(scores: Mapping) -> float:
-    """2 · sqrt(p (1 − p) / n) (``binomial_se``) for an evaluation that reports its prediction count as "tokens";
-    0 otherwise."""
-    n = scores.get("tokens")
-    return 2 * binomial_se(scores["accuracy"], int(n)) if n else 0.0
 
 
 class DecodePanel:
