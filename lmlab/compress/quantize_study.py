@@ -300,7 +300,8 @@ def bits_plot(sweep: pd.DataFrame) -> Figure:
             ax.xaxis.set_minor_locator(NullLocator())
             ax.set_xlim(last + 0.4, first - 0.4)  # fewer bits to the right
         xlabel = "bits stored per weight (code + its share of the steps)" if x == "bits stored" else "bits per weight"
-        _finish(top, xlabel, f"next-{unit} accuracy", f"{model}: accuracy per {unit}\n{reference['corpus']}")
+        _finish(top, xlabel, f"next-{unit} accuracy", f"{model}: accuracy per {unit}\n{reference['corpus']}",
+                legend_loc="lower left")  # the curves fall at the right (fewer bits): the legend stays off them
         _finish(bottom, xlabel, f"perplexity per {unit}, log scale", f"{model}: perplexity per {unit}")
     fig.tight_layout()
     return fig
@@ -342,19 +343,26 @@ def bits_takeaway(sweep: pd.DataFrame) -> list[str]:
             head = f"{model}, {weights}: "
             if held == 0:
                 first = line.iloc[0]
-                lines.append(head + f"beyond noise already at {first.bits} bits ({first.accuracy:.4f} against "
+                lines.append(head + f"beyond noise already at {_bits(first)} ({first.accuracy:.4f} against "
                              f"float32's {reference.accuracy:.4f} per {reference.unit})")
                 continue
             last = line.iloc[held - 1]
-            text = head + (f"accuracy within noise of float32's down to {last.bits} bits ({last.accuracy:.4f} ± "
+            text = head + (f"accuracy within noise of float32's down to {_bits(last)} ({last.accuracy:.4f} ± "
                            f"{last.accuracy_se:.4f} against {reference.accuracy:.4f} per {reference.unit}; perplexity "
                            f"{last.perplexity:.2f} against {reference.perplexity:.2f})")
             if held < len(line):
                 below = line.iloc[held]
-                text += (f"; at {below.bits} bits {below.accuracy - reference.accuracy:+.4f}, beyond noise "
+                text += (f"; at {_bits(below)} {below.accuracy - reference.accuracy:+.4f}, beyond noise "
                          f"(perplexity {below.perplexity:.2f})")
             lines.append(text)
     return lines
+
+
+def _bits(row: pd.Series) -> str:
+    """A sweep row's width as the plot's x axis reads it: its code's bits and, where the sweep has them, the bits a
+    weight takes stored."""
+    stored = row.get("bits stored")
+    return f"{row['bits']} bits" + ("" if stored is None or pd.isna(stored) else f" of code, {stored:.2f} stored")
 
 
 # ---------------------------------------------------------------- activations
@@ -654,11 +662,11 @@ def multiply_adds(model: nn.Module, positions: int = 1) -> int:
     return positions * sum(layer.matrix.numel() for layer in weight_layers(model, embeddings=False))
 
 
-def _finish(ax: Axes, xlabel: str, ylabel: str, title: str) -> None:
+def _finish(ax: Axes, xlabel: str, ylabel: str, title: str, legend_loc: str = "best") -> None:
     ax.set_xlabel(xlabel, fontsize=FONT_SIZE)
     ax.set_ylabel(ylabel, fontsize=FONT_SIZE)
     ax.set_title(title, fontsize=FONT_SIZE)
     ax.tick_params(labelsize=FONT_SIZE - 2)
     ax.grid(True, which="major", alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=FONT_SIZE - 3)
+        ax.legend(fontsize=FONT_SIZE - 3, loc=legend_loc)

@@ -52,7 +52,8 @@ import torch
 from lmlab.inference.decode import CausalLM, _checked_rows, _step_for, generate, make_step
 from lmlab.inference.step import PAD_MULTIPLE, DecodeStep, crop_past, every_logit, left_pad, past_length
 from lmlab.measure.runtime import check_int, default_threads, pick_device, torch_threads
-from lmlab.measure.timing import Stopwatch
+from lmlab.measure.stats import timing_verdict
+from lmlab.measure.timing import Stopwatch, Timing
 
 METHODS = ("prompt-lookup", "draft")
 
@@ -314,7 +315,9 @@ def speculative_speedup(lm: CausalLM, prompt: str | Sequence[int], max_new_token
 
     Keys: ``identical`` (same tokens), ``alpha``, ``tokens_per_pass`` (measured) and ``expected_tokens_per_pass``
     (formula E at that α), ``draft_cost`` c, ``expected_speedup`` (formula E / (k c + 1)) and ``speedup`` (measured:
-    plain ms per token / speculative ms per token, medians), both tokens/s, and the runs. ``options`` go to
+    plain ms per token / speculative ms per token, medians), both tokens/s, ``plain_ms`` and ``speculative_ms`` (the
+    ms per token of each run, as Timings), ``verdict`` (speculative against plain by ``timing_verdict``: "faster",
+    "slower" or "within noise" of the runs' spread), and the runs. ``options`` go to
     ``speculative_generate`` (method, draft, k, max_ngram). Raises ValueError as those two do, or repeat < 1.
     """
     check_int("repeat", repeat, 1)
@@ -327,7 +330,8 @@ def speculative_speedup(lm: CausalLM, prompt: str | Sequence[int], max_new_token
         if i:
             plain_ms.append(sum(plain.step_ms) / len(plain.step_ms))
             spec_ms.append(spec.ms_per_token)
-    plain_median, spec_median = float(torch.tensor(plain_ms).median()), float(torch.tensor(spec_ms).median())
+    plain_times, spec_times = Timing.of(plain_ms, threads=threads), Timing.of(spec_ms, threads=threads)
+    plain_median, spec_median = plain_times.median_ms, spec_times.median_ms
     alpha = spec.acceptance_rate
     return {"identical": plain.tokens[0] == spec.tokens, "alpha": alpha, "k": spec.k,
             "tokens_per_pass": spec.tokens_per_pass,
@@ -335,5 +339,6 @@ def speculative_speedup(lm: CausalLM, prompt: str | Sequence[int], max_new_token
             "draft_cost": spec.draft_cost,
             "expected_speedup": expected_speedup(alpha, spec.k, spec.draft_cost) if spec.drafted else math.nan,
             "speedup": plain_median / spec_median, "plain_tokens_per_s": 1e3 / plain_median,
-            "speculative_tokens_per_s": 1e3 / spec_median, "backend": spec.backend, "threads": spec.threads,
+            "speculative_tokens_per_s": 1e3 / spec_median, "plain_ms": plain_times, "speculative_ms": spec_times,
+            "verdict": timing_verdict(plain_times, spec_times), "backend": spec.backend, "threads": spec.threads,
             "plain": plain, "speculative": spec}

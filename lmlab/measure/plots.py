@@ -269,22 +269,31 @@ def place_labels(ax: Axes, points: Sequence[tuple[str, float, float]], font_size
         placed = [(qx - marker, qy - marker, qx + marker, qy + marker)  # other points, so no label covers one
                   for other, (qx, qy) in points_px.items() if other != name] + labels
         inside = ax.bbox.extents  # (left, bottom, right, top) in pixels: a label past the frame is cut off
+        relaxed = None  # in a crowd: the first spot inside the frame clear of other labels (a line shows its point)
         for dx, dy in _LABEL_OFFSETS + [(-8 - width / scale, dy) for _, dy in _LABEL_OFFSETS]:  # right, then left
             bottom = py + dy * scale - (height if dy < 0 else 0)  # labels below their point hang from it
             box = (px + dx * scale, bottom, px + dx * scale + width, bottom + height)
             within = inside[0] <= box[0] and box[2] <= inside[2] and inside[1] <= box[1] and box[3] <= inside[3]
-            if within and _nearest_is_own(box, (px, py), [q for other, q in points_px.items() if other != name]) \
-                    and not any(box[0] < b[2] and b[0] < box[2] and box[1] < b[3] and b[1] < box[3] for b in placed):
+            if not within or any(_overlap(box, b) for b in labels):
+                continue
+            relaxed = relaxed or (dx, dy, box)
+            if _nearest_is_own(box, (px, py), [q for other, q in points_px.items() if other != name]) \
+                    and not any(_overlap(box, b) for b in placed):
                 break
         else:
             dx, dy = _LABEL_OFFSETS[0]
             bottom = py + dy * scale
-            box = (px + dx * scale, bottom, px + dx * scale + width, bottom + height)
+            dx, dy, box = relaxed or (dx, dy, (px + dx * scale, bottom, px + dx * scale + width, bottom + height))
         labels.append(box)
         moved = (dx, dy) != _LABEL_OFFSETS[0]
         ax.annotate(name, (x, y), textcoords="offset points", xytext=(dx, dy), fontsize=font_size,
                     va="bottom" if dy > 0 else "top",
                     arrowprops=dict(arrowstyle="-", lw=0.6, color="gray", shrinkA=0, shrinkB=4) if moved else None)
+
+
+def _overlap(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> bool:
+    """Whether two (left, bottom, right, top) boxes overlap."""
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
 
 def _nearest_is_own(box: tuple[float, float, float, float], own: tuple[float, float],

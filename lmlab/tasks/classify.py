@@ -734,7 +734,7 @@ def confusion_plot(metrics: ClassMetrics, title: str, ax=None, normalize: bool =
     for i in range(k):
         for j in range(k):
             text = f"{shown[i, j]:.2f}\n({counts[i, j]})" if normalize else f"{counts[i, j]}"
-            ax.text(j, i, text, ha="center", va="center", fontsize=FONT_SIZE - (4 if normalize and k > 4 else 2),
+            ax.text(j, i, text, ha="center", va="center", fontsize=FONT_SIZE - (3 if normalize and k > 4 else 2),
                     color="white" if shown[i, j] > top / 2 else "black")
     bar = ax.figure.colorbar(image, ax=ax, fraction=0.046, pad=0.03)
     bar.set_label("share of the true class's texts" if normalize else "texts", fontsize=FONT_SIZE - 2)
