@@ -55,8 +55,8 @@ from lmlab.models.neural import weight_layers
 from lmlab.models.pretrained import measure_llm, perplexity
 from lmlab.models.protocols import DocumentModel
 
-if TYPE_CHECKING:  # matplotlib.typing names what a colour may be; the annotation only names its type
-    from matplotlib.typing import ColorType
+if TYPE_CHECKING:  # matplotlib.typing names what a colour and a legend's place may be; annotations only
+    from matplotlib.typing import ColorType, LegendLocType
 
 UNITS = ("word", "letter", "sub-word token")
 
@@ -362,7 +362,7 @@ def _bits(row: pd.Series) -> str:
     """A sweep row's width as the plot's x axis reads it: its code's bits and, where the sweep has them, the bits a
     weight takes stored."""
     stored = row.get("bits stored")
-    return f"{row['bits']} bits" + ("" if stored is None or pd.isna(stored) else f" of code, {stored:.2f} stored")
+    return f"{row['bits']} bits" + ("" if stored is None or pd.isna(stored) else f" of code ({stored:.2f} stored)")
 
 
 # ---------------------------------------------------------------- activations
@@ -662,7 +662,7 @@ def multiply_adds(model: nn.Module, positions: int = 1) -> int:
     return positions * sum(layer.matrix.numel() for layer in weight_layers(model, embeddings=False))
 
 
-def _finish(ax: Axes, xlabel: str, ylabel: str, title: str, legend_loc: str = "best") -> None:
+def _finish(ax: Axes, xlabel: str, ylabel: str, title: str, legend_loc: LegendLocType = "best") -> None:
     ax.set_xlabel(xlabel, fontsize=FONT_SIZE)
     ax.set_ylabel(ylabel, fontsize=FONT_SIZE)
     ax.set_title(title, fontsize=FONT_SIZE)

@@ -269,21 +269,26 @@ def place_labels(ax: Axes, points: Sequence[tuple[str, float, float]], font_size
         placed = [(qx - marker, qy - marker, qx + marker, qy + marker)  # other points, so no label covers one
                   for other, (qx, qy) in points_px.items() if other != name] + labels
         inside = ax.bbox.extents  # (left, bottom, right, top) in pixels: a label past the frame is cut off
-        relaxed = None  # in a crowd: the first spot inside the frame clear of other labels (a line shows its point)
+        # In a crowd, the best spot found inside the frame and clear of other labels: nearest its own point if one
+        # is (tier 1), else any (tier 2); it may cover a marker, and a line shows its point.
+        relaxed: dict[int, tuple[float, float, tuple[float, float, float, float]]] = {}
+        dx: float
+        dy: float
         for dx, dy in _LABEL_OFFSETS + [(-8 - width / scale, dy) for _, dy in _LABEL_OFFSETS]:  # right, then left
             bottom = py + dy * scale - (height if dy < 0 else 0)  # labels below their point hang from it
             box = (px + dx * scale, bottom, px + dx * scale + width, bottom + height)
             within = inside[0] <= box[0] and box[2] <= inside[2] and inside[1] <= box[1] and box[3] <= inside[3]
             if not within or any(_overlap(box, b) for b in labels):
                 continue
-            relaxed = relaxed or (dx, dy, box)
-            if _nearest_is_own(box, (px, py), [q for other, q in points_px.items() if other != name]) \
-                    and not any(_overlap(box, b) for b in placed):
+            own = _nearest_is_own(box, (px, py), [q for other, q in points_px.items() if other != name])
+            relaxed.setdefault(1 if own else 2, (dx, dy, box))
+            if own and not any(_overlap(box, b) for b in placed):
                 break
         else:
             dx, dy = _LABEL_OFFSETS[0]
             bottom = py + dy * scale
-            dx, dy, box = relaxed or (dx, dy, (px + dx * scale, bottom, px + dx * scale + width, bottom + height))
+            default = (dx, dy, (px + dx * scale, bottom, px + dx * scale + width, bottom + height))
+            dx, dy, box = relaxed.get(1) or relaxed.get(2) or default
         labels.append(box)
         moved = (dx, dy) != _LABEL_OFFSETS[0]
         ax.annotate(name, (x, y), textcoords="offset points", xytext=(dx, dy), fontsize=font_size,
